@@ -1,0 +1,370 @@
+"""Binance Vision (data.binance.vision): file URLs, verified downloads, the zip cache.
+
+What belongs here: the exchange's facts about Vision files (streams, path layout,
+which streams are daily or monthly, publication quirks), building a file's URL,
+fetching its ``.CHECKSUM``, downloading and verifying the zip against it, and the
+local content-addressed cache of verified zips (SPEC §4).
+
+What stays out: HTTP mechanics (retries, backoff, error texts live in
+``http.py``), reading the CSV inside a zip (``vision_csv.py``), and any decision
+about which days to fetch or what a missing day means for a partition (the
+assets and the ledger decide that; here a missing file is just ``NotPublished``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from enum import StrEnum
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from bml_assets.settings import validate_symbol
+from bml_assets.sources.http import DownloadResult, HttpClient, HttpError
+
+
+class Stream(StrEnum):
+    """Vision dataset names, spelled as in the URL path."""
+
+    KLINES = "klines"
+    MARK_PRICE_KLINES = "markPriceKlines"
+    INDEX_PRICE_KLINES = "indexPriceKlines"
+    PREMIUM_INDEX_KLINES = "premiumIndexKlines"
+    AGG_TRADES = "aggTrades"
+    BOOK_TICKER = "bookTicker"
+    METRICS = "metrics"
+    FUNDING_RATE = "fundingRate"
+
+
+# --- exchange facts ---------------------------------------------------------
+
+# USD-M futures live under this path of the Vision host.
+USDM_PATH = "data/futures/um"
+# The kline family sits in an interval folder and the interval (not the dataset
+# name) is in the file name: klines/BTCUSDT/1m/BTCUSDT-1m-2024-01-01.zip.
+KLINE_INTERVAL = "1m"
+KLINE_STREAMS: frozenset[Stream] = frozenset(
+    {Stream.KLINES, Stream.MARK_PRICE_KLINES, Stream.INDEX_PRICE_KLINES, Stream.PREMIUM_INDEX_KLINES}
+)
+# fundingRate is only published as monthly files; metrics only as daily files.
+DAILY_STREAMS: frozenset[Stream] = frozenset(Stream) - {Stream.FUNDING_RATE}
+MONTHLY_STREAMS: frozenset[Stream] = frozenset(Stream) - {Stream.METRICS}
+# bookTicker was not published after this day; later book columns come from live/hot sources.
+BOOK_TICKER_LAST_DAY = date(2024, 3, 30)
+# metrics files from this day on label a snapshot 5 minutes before it was taken
+# (SPEC §4); the reader keeps labels as written, the features normalise them.
+METRICS_NEW_LABELS_FIRST_DAY = date(2026, 6, 25)
+# A missing file is 404 on data.binance.vision; S3-style mirrors answer 403.
+NOT_PUBLISHED_STATUSES: tuple[int, ...] = (404, 403)
+CHECKSUM_SUFFIX = ".CHECKSUM"
+# "<64 hex sha256><two spaces><file name>", as written by sha256sum.
+_CHECKSUM_LINE = re.compile(r"([0-9a-fA-F]{64})  (\S+)")
+_CHECKSUM_MAX_BYTES = 1024  # a real one is ~100 bytes; anything big is an error page
+
+
+class NotPublished(Exception):
+    """The file is not on the host (yet): HTTP 404 or 403. Not an error: Vision
+    publishes a day one to several days late."""
+
+    def __init__(self, url: str, status: int) -> None:
+        super().__init__(f"not published (yet): {url} (HTTP {status})")
+        self.url = url
+        self.status = status
+
+
+class VisionError(Exception):
+    """Any other failure to obtain a verified file; the message names the URL."""
+
+    def __init__(self, message: str, *, url: str | None = None) -> None:
+        super().__init__(message)
+        self.url = url
+
+
+@dataclass(frozen=True)
+class VisionFile:
+    """A verified zip in the cache. ``fetched_at`` is when its bytes were downloaded
+    (for a cache hit: the original download, from the cache's sidecar)."""
+
+    url: str
+    path: Path
+    sha256: str
+    bytes: int
+    from_cache: bool
+    fetched_at: datetime
+
+
+# --- URLs -------------------------------------------------------------------
+
+
+def _stream_path(base_url: str, period: str, stream: Stream, symbol: str, label: str) -> str:
+    stream = Stream(stream)
+    validate_symbol(symbol)
+    base = base_url.rstrip("/")
+    if stream in KLINE_STREAMS:
+        folder = f"{stream}/{symbol}/{KLINE_INTERVAL}"
+        name = f"{symbol}-{KLINE_INTERVAL}-{label}.zip"
+    else:
+        folder = f"{stream}/{symbol}"
+        name = f"{symbol}-{stream}-{label}.zip"
+    return f"{base}/{USDM_PATH}/{period}/{folder}/{name}"
+
+
+def daily_url(base_url: str, stream: Stream, symbol: str, day: date) -> str:
+    """URL of a daily zip, e.g. ``{base}/data/futures/um/daily/klines/BTCUSDT/1m/BTCUSDT-1m-2024-01-01.zip``."""
+    if Stream(stream) not in DAILY_STREAMS:
+        raise ValueError(f"{stream} is not published as daily files; use monthly_url")
+    return _stream_path(base_url, "daily", stream, symbol, f"{day:%Y-%m-%d}")
+
+
+def monthly_url(base_url: str, stream: Stream, symbol: str, year: int, month: int) -> str:
+    """URL of a monthly zip, e.g. ``{base}/data/futures/um/monthly/fundingRate/BTCUSDT/BTCUSDT-fundingRate-2024-01.zip``."""
+    if Stream(stream) not in MONTHLY_STREAMS:
+        raise ValueError(f"{stream} is not published as monthly files; use daily_url")
+    if not (1 <= month <= 12) or not (2000 <= year <= 9999):
+        raise ValueError(f"invalid month {year}-{month}")
+    return _stream_path(base_url, "monthly", stream, symbol, f"{year:04d}-{month:02d}")
+
+
+def _file_name(url: str) -> str:
+    name = urlsplit(url).path.rsplit("/", 1)[-1]
+    if not name.endswith(".zip"):
+        raise VisionError(f"not a Vision zip URL: {url}", url=url)
+    return name
+
+
+def parse_checksum(text: str | bytes, *, url: str) -> str:
+    """The lower-case sha256 from a ``.CHECKSUM`` body for the zip at ``url``.
+
+    Accepts the line with or without a final newline; rejects anything else,
+    including a CHECKSUM that names a different file.
+    """
+    checksum_url = url + CHECKSUM_SUFFIX
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("ascii")
+        except UnicodeDecodeError:
+            raise VisionError(f"malformed CHECKSUM at {checksum_url}: not ASCII text", url=url) from None
+    line = text[:-1] if text.endswith("\n") else text
+    line = line.removesuffix("\r")
+    match = _CHECKSUM_LINE.fullmatch(line)
+    if match is None:
+        shown = text[:120].replace("\n", "\\n")
+        raise VisionError(
+            f"malformed CHECKSUM at {checksum_url}: expected '<64 hex>  <file name>', got {shown!r}",
+            url=url,
+        )
+    digest, name = match.groups()
+    expected_name = _file_name(url)
+    if name != expected_name:
+        raise VisionError(f"CHECKSUM at {checksum_url} is for {name!r}, not {expected_name!r}", url=url)
+    return digest.lower()
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    # Makes a rename durable; not possible (nor needed) on every platform.
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# --- client -----------------------------------------------------------------
+
+
+class VisionClient:
+    """Fetches Vision zips, verified against their CHECKSUM, through a local cache.
+
+    Cache layout: ``cache_dir/<sha256(url)[:2]>/<sha256(url)>/<sha256 of zip>.zip``
+    with a ``<sha256 of zip>.json`` sidecar (url, sha256, bytes, fetched_at). A
+    re-upload with a new checksum gets a new entry beside the old one.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        cache_dir: Path,
+        http: HttpClient | None = None,
+        *,
+        verify_cache_hits: bool = True,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.cache_dir = Path(cache_dir)
+        self.http = http if http is not None else HttpClient()
+        # Re-hashing a hit costs ~0.1 s per 100 MB and catches a damaged cache.
+        self.verify_cache_hits = verify_cache_hits
+
+    # -- public ---------------------------------------------------------------
+
+    def daily_url(self, stream: Stream, symbol: str, day: date) -> str:
+        return daily_url(self.base_url, stream, symbol, day)
+
+    def monthly_url(self, stream: Stream, symbol: str, year: int, month: int) -> str:
+        return monthly_url(self.base_url, stream, symbol, year, month)
+
+    def fetch_daily(self, stream: Stream, symbol: str, day: date) -> VisionFile:
+        return self.fetch(self.daily_url(stream, symbol, day))
+
+    def fetch_monthly(self, stream: Stream, symbol: str, year: int, month: int) -> VisionFile:
+        return self.fetch(self.monthly_url(stream, symbol, year, month))
+
+    def fetch(self, url: str) -> VisionFile:
+        """The verified zip at ``url``, from the cache when it holds the checksummed bytes.
+
+        Raises ``NotPublished`` (404/403 on the CHECKSUM or the zip) or ``VisionError``.
+        """
+        name = _file_name(url)
+        expected = self.checksum(url)
+        cached = self._cache_hit(url, expected)
+        if cached is not None:
+            return cached
+
+        entry = self.entry_dir(url)
+        entry.mkdir(parents=True, exist_ok=True)
+        for attempt in (1, 2):
+            tmp = self._temp_path(entry, expected)
+            try:
+                result = self._download(url, tmp)
+                if result.sha256 == expected:
+                    break
+                tmp.unlink(missing_ok=True)
+                if attempt == 2:
+                    raise VisionError(
+                        f"checksum mismatch for {url}: expected {expected} got {result.sha256}, twice",
+                        url=url,
+                    )
+                # Read the CHECKSUM again: a re-upload between our two requests
+                # changes both files, and the new pair must then match.
+                expected = self.checksum(url)
+                cached = self._cache_hit(url, expected)
+                if cached is not None:
+                    return cached
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+
+        try:
+            self._check_zip(url, tmp, name)
+            final = entry / f"{expected}.zip"
+            os.replace(tmp, final)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        fetched_at = datetime.now(UTC)
+        self._write_sidecar(entry, url, expected, result.bytes, fetched_at)
+        _fsync_dir(entry)
+        return VisionFile(url, final, expected, result.bytes, False, fetched_at)
+
+    def checksum(self, url: str) -> str:
+        """The sha256 the host publishes for ``url`` (its ``.CHECKSUM`` file)."""
+        checksum_url = url + CHECKSUM_SUFFIX
+        try:
+            response = self.http.get(checksum_url, passthrough=NOT_PUBLISHED_STATUSES)
+        except HttpError as exc:
+            raise VisionError(f"cannot read CHECKSUM of {url}: {exc}", url=url) from exc
+        if response.status_code in NOT_PUBLISHED_STATUSES:
+            raise NotPublished(url, response.status_code)
+        if response.status_code != 200:
+            raise VisionError(f"unexpected HTTP {response.status_code} for {checksum_url}", url=url)
+        body = response.content
+        if len(body) > _CHECKSUM_MAX_BYTES:
+            raise VisionError(
+                f"malformed CHECKSUM at {checksum_url}: {len(body)} bytes is not a checksum line", url=url
+            )
+        return parse_checksum(body, url=url)
+
+    def entry_dir(self, url: str) -> Path:
+        """The cache folder of one URL (all checksums ever seen for it)."""
+        key = hashlib.sha256(url.encode("utf-8")).hexdigest()
+        return self.cache_dir / key[:2] / key
+
+    # -- internals ------------------------------------------------------------
+
+    @staticmethod
+    def _temp_path(entry: Path, sha256: str) -> Path:
+        # In the entry folder itself, so the final rename stays on one filesystem;
+        # a unique name, so concurrent fetchers of one URL never share a file.
+        fd, name = tempfile.mkstemp(prefix=f".{sha256[:16]}.", suffix=".part", dir=entry)
+        os.close(fd)
+        return Path(name)
+
+    def _download(self, url: str, dest: Path) -> DownloadResult:
+        try:
+            return self.http.download(url, dest)
+        except HttpError as exc:
+            if exc.status in NOT_PUBLISHED_STATUSES:
+                # The CHECKSUM exists but the zip does not: published half-way; retry later.
+                raise NotPublished(url, exc.status) from exc
+            raise VisionError(f"download of {url} failed: {exc}", url=url) from exc
+
+    @staticmethod
+    def _check_zip(url: str, path: Path, name: str) -> None:
+        # The sha256 already proves these are the published bytes; this catches a
+        # broken upload. Member CRCs are checked when the CSV is read.
+        member = name[: -len(".zip")] + ".csv"
+        try:
+            with zipfile.ZipFile(path) as zf:
+                names = zf.namelist()
+        except (zipfile.BadZipFile, OSError) as exc:
+            raise VisionError(f"corrupted zip {url}: {exc}", url=url) from exc
+        if names != [member]:
+            raise VisionError(
+                f"unexpected contents of zip {url}: expected one member {member!r}, found {names}", url=url
+            )
+
+    def _cache_hit(self, url: str, sha256: str) -> VisionFile | None:
+        entry = self.entry_dir(url)
+        path = entry / f"{sha256}.zip"
+        if not path.is_file():
+            return None
+        if self.verify_cache_hits and _sha256_file(path) != sha256:
+            # Damaged cache entry (disk, manual edit): drop it and download again.
+            path.unlink(missing_ok=True)
+            (entry / f"{sha256}.json").unlink(missing_ok=True)
+            return None
+        size = path.stat().st_size
+        fetched_at = self._read_fetched_at(entry / f"{sha256}.json")
+        if fetched_at is None:
+            # The zip was renamed in but the sidecar never written (crash between the two).
+            fetched_at = datetime.fromtimestamp(path.stat().st_mtime, UTC)
+            self._write_sidecar(entry, url, sha256, size, fetched_at)
+        return VisionFile(url, path, sha256, size, True, fetched_at)
+
+    @staticmethod
+    def _read_fetched_at(sidecar: Path) -> datetime | None:
+        try:
+            meta = json.loads(sidecar.read_text(encoding="utf-8"))
+            return datetime.fromisoformat(meta["fetched_at"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    @staticmethod
+    def _write_sidecar(entry: Path, url: str, sha256: str, size: int, fetched_at: datetime) -> None:
+        meta = {"url": url, "sha256": sha256, "bytes": size, "fetched_at": fetched_at.isoformat()}
+        fd, tmp = tempfile.mkstemp(prefix=".sidecar.", suffix=".part", dir=entry)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(meta, f, indent=1)
+            os.replace(tmp, entry / f"{sha256}.json")
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
