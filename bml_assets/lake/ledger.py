@@ -1,0 +1,621 @@
+"""The ledger (SPEC §7): what the lake holds, where it came from, and how far each symbol is complete.
+
+What belongs here: the SQLAlchemy tables (``partitions``, ``source_files``,
+``watermark``, ``ledger_meta``), the ``Ledger`` class that opens the store and
+applies compare-and-swap updates in single transactions, and the record types
+and exceptions of that API.
+
+What stays out: files (``commit.py`` writes the parquet and then calls
+``Ledger.commit_partition``), paths (``layout.py``), Dagster, and any policy about
+*when* a partition may be committed or a watermark advanced (the callers decide;
+the ledger only guarantees that concurrent writers cannot silently overwrite
+each other).
+
+Portability: only SQLAlchemy Core constructs that SQLite and PostgreSQL both
+understand. SQLite is the default store; it is opened in WAL mode with a busy
+timeout, and write transactions start with ``BEGIN IMMEDIATE`` so that two
+processes never both read-then-write and deadlock: the second writer waits for
+the first, then sees its result. On PostgreSQL the CAS ``UPDATE ... WHERE
+content_hash = :expected`` is safe under READ COMMITTED because a blocked
+UPDATE re-evaluates its WHERE clause against the row the winner committed.
+
+Timestamps are stored in UTC and returned timezone-aware (UTC). ``min_ts`` and
+``max_ts`` are int milliseconds since the epoch. ``path`` is relative to the lake
+root (POSIX form), so a lake can be moved or mounted elsewhere without
+rewriting the ledger.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any, Final, Literal, get_args
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Dialect, Engine, make_url
+from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+from bml_assets.lake.layout import dataset_name, day_text
+from bml_assets.schema import Dataset
+from bml_assets.settings import validate_symbol
+
+SCHEMA_VERSION: Final = 1
+"""Version of the table layout below; stored in ``ledger_meta.schema_version``."""
+
+PartitionStatus = Literal["committed", "not_listed", "not_published"]
+PARTITION_STATUSES: tuple[str, ...] = get_args(PartitionStatus)
+UNAVAILABLE_STATUSES: tuple[str, ...] = ("not_listed", "not_published")
+
+DEFAULT_BUSY_TIMEOUT_S: Final = 60.0
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class LedgerError(RuntimeError):
+    """Base class of the ledger's own errors."""
+
+
+class LedgerVersionError(LedgerError):
+    """The store was written by a different ledger layout version."""
+
+
+class CommitConflict(LedgerError):
+    """A partition's compare-and-swap lost: its row changed since the caller read it."""
+
+    def __init__(self, partition: str, expected: str | None, actual: str | None, *, row_exists: bool) -> None:
+        self.partition = partition
+        self.expected_content_hash = expected
+        self.actual_content_hash = actual
+        self.row_exists = row_exists
+        stored = f"content_hash {actual}" if actual else "no content_hash"
+        if not row_exists:
+            stored = "no row"
+        super().__init__(
+            f"commit conflict on partition {partition}: expected the ledger to hold "
+            f"{'content_hash ' + expected if expected else 'no content_hash'}, but it holds {stored}; "
+            "another writer changed it — re-read the partition and retry"
+        )
+
+
+class WatermarkConflict(LedgerError):
+    """A watermark's compare-and-swap lost: the stored value is not the expected one."""
+
+    def __init__(self, symbol: str, expected: datetime | None, actual: datetime | None) -> None:
+        self.symbol = symbol
+        self.expected = expected
+        self.actual = actual
+        super().__init__(
+            f"watermark conflict for {symbol}: expected {_show(expected)}, but the ledger holds {_show(actual)}; "
+            "re-read the watermark and retry"
+        )
+
+
+class WatermarkRegression(LedgerError, ValueError):
+    """An attempt to move a watermark backwards."""
+
+
+def _show(value: datetime | None) -> str:
+    return "no watermark" if value is None else value.isoformat()
+
+
+# --------------------------------------------------------------------------- records
+
+
+@dataclass(frozen=True)
+class PartitionRecord:
+    """One row of ``partitions``. Treat ``provenance`` and ``source_gaps`` as read-only.
+
+    ``committed`` rows describe a file (path, content_hash and row_count are set);
+    ``not_listed`` / ``not_published`` rows say why there is no file (``message``)
+    and carry no content_hash.
+    """
+
+    dataset: str
+    symbol: str
+    day: date
+    status: PartitionStatus
+    committed_at: datetime
+    path: str | None = None
+    row_count: int | None = None
+    min_ts: int | None = None
+    max_ts: int | None = None
+    schema_hash: str | None = None
+    content_hash: str | None = None
+    provenance: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    source_gaps: Sequence[Mapping[str, Any]] = field(default_factory=list, hash=False)
+    message: str | None = None
+
+    def __post_init__(self) -> None:
+        dataset_name(self.dataset)
+        validate_symbol(self.symbol)
+        day_text(self.day)
+        if self.status not in PARTITION_STATUSES:
+            raise ValueError(f"partition status {self.status!r} is not one of {', '.join(PARTITION_STATUSES)}")
+        _require_aware(self.committed_at, "committed_at")
+        if self.status == "committed":
+            missing = [n for n in ("path", "content_hash", "row_count") if getattr(self, n) is None]
+            if missing:
+                raise ValueError(f"{self.label}: a committed row needs {', '.join(missing)}")
+        elif self.content_hash is not None:
+            raise ValueError(f"{self.label}: a {self.status} row has no file, so no content_hash")
+
+    @property
+    def label(self) -> str:
+        return f"{self.dataset}/{self.symbol}/{self.day.isoformat()}"
+
+
+@dataclass(frozen=True)
+class SourceFileRecord:
+    """One row of ``source_files``: a downloaded source file, identified by (url, sha256)."""
+
+    url: str
+    sha256: str
+    bytes: int
+    fetched_at: datetime
+    rows: int | None = None
+    checksum_verified: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.url:
+            raise ValueError("a source file needs a url")
+        if len(self.sha256) != 64 or any(c not in "0123456789abcdef" for c in self.sha256):
+            raise ValueError(f"{self.url}: sha256 {self.sha256!r} is not 64 lower-case hex characters")
+        _require_aware(self.fetched_at, "fetched_at")
+
+
+def _require_aware(value: datetime, what: str) -> None:
+    if not isinstance(value, datetime) or value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"{what} must be a timezone-aware datetime, got {value!r}")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+# --------------------------------------------------------------------------- tables
+
+
+class UTCDateTime(sa.types.TypeDecorator[datetime]):
+    """An instant stored in UTC and always returned timezone-aware.
+
+    SQLite has no time zones: the value is converted to UTC and stored naive, and
+    read back as UTC. PostgreSQL gets a ``timestamptz``.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        _require_aware(value, "a ledger timestamp")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+metadata = sa.MetaData()
+
+partitions_table = sa.Table(
+    "partitions",
+    metadata,
+    sa.Column("dataset", sa.String(64), primary_key=True),
+    sa.Column("symbol", sa.String(20), primary_key=True),
+    sa.Column("date", sa.Date, primary_key=True),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("path", sa.Text),
+    sa.Column("row_count", sa.BigInteger),
+    sa.Column("min_ts", sa.BigInteger),
+    sa.Column("max_ts", sa.BigInteger),
+    sa.Column("schema_hash", sa.String(64)),
+    sa.Column("content_hash", sa.String(64)),
+    sa.Column("provenance", sa.JSON, nullable=False),
+    sa.Column("source_gaps", sa.JSON, nullable=False),
+    sa.Column("message", sa.Text),
+    sa.Column("committed_at", UTCDateTime, nullable=False),
+    sa.CheckConstraint(
+        "status IN (" + ", ".join(f"'{s}'" for s in PARTITION_STATUSES) + ")", name="ck_partitions_status"
+    ),
+    sa.CheckConstraint("status <> 'committed' OR content_hash IS NOT NULL", name="ck_partitions_committed_has_hash"),
+)
+
+source_files_table = sa.Table(
+    "source_files",
+    metadata,
+    # (url, sha256): Vision re-uploads a file under the same URL with a new
+    # checksum; both versions stay on record because provenance names either.
+    sa.Column("url", sa.Text, primary_key=True),
+    sa.Column("sha256", sa.String(64), primary_key=True),
+    sa.Column("bytes", sa.BigInteger, nullable=False),
+    sa.Column("rows", sa.BigInteger),
+    sa.Column("checksum_verified", sa.Boolean, nullable=False),
+    sa.Column("fetched_at", UTCDateTime, nullable=False),
+)
+
+watermark_table = sa.Table(
+    "watermark",
+    metadata,
+    sa.Column("symbol", sa.String(20), primary_key=True),
+    sa.Column("last_complete_minute", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+)
+
+ledger_meta_table = sa.Table(
+    "ledger_meta",
+    metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+)
+
+_P = partitions_table
+_PARTITION_VALUE_COLUMNS: tuple[str, ...] = tuple(c.name for c in _P.columns if not c.primary_key)
+
+
+def _jsonable(value: Any, what: str) -> Any:
+    """A plain-JSON copy of ``value`` (so what is stored is what is read back), or a clear error."""
+    try:
+        return json.loads(json.dumps(value, allow_nan=False, sort_keys=True))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{what} must be plain JSON (str, int, float, bool, None, lists, dicts): {exc}") from None
+
+
+def _partition_values(record: PartitionRecord) -> dict[str, Any]:
+    return {
+        "status": record.status,
+        "path": record.path,
+        "row_count": record.row_count,
+        "min_ts": record.min_ts,
+        "max_ts": record.max_ts,
+        "schema_hash": record.schema_hash,
+        "content_hash": record.content_hash,
+        "provenance": _jsonable(dict(record.provenance), f"{record.label}: provenance"),
+        "source_gaps": _jsonable([dict(g) for g in record.source_gaps], f"{record.label}: source_gaps"),
+        "message": record.message,
+        "committed_at": record.committed_at,
+    }
+
+
+def _partition_from_row(row: sa.Row[Any]) -> PartitionRecord:
+    m = row._mapping
+    return PartitionRecord(
+        dataset=m["dataset"],
+        symbol=m["symbol"],
+        day=m["date"],
+        **{name: m[name] for name in _PARTITION_VALUE_COLUMNS},
+    )
+
+
+def _partition_key(dataset: str, symbol: str, day: date) -> sa.ColumnElement[bool]:
+    return sa.and_(_P.c.dataset == dataset, _P.c.symbol == symbol, _P.c.date == day)
+
+
+def _require_minute(value: datetime, what: str) -> datetime:
+    _require_aware(value, what)
+    value = value.astimezone(UTC)
+    if value.second or value.microsecond:
+        raise ValueError(f"{what} must be the start of a minute, got {value.isoformat()}")
+    return value
+
+
+# --------------------------------------------------------------------------- the ledger
+
+
+def _install_sqlite_hooks(engine: Engine, busy_timeout_s: float) -> None:
+    """WAL, a busy timeout, and explicit BEGIN / BEGIN IMMEDIATE.
+
+    pysqlite's own transaction handling begins lazily and defers the write lock
+    to the first write; two processes that both read first would then fail with
+    "database is locked" instead of waiting. Taking over BEGIN (SQLAlchemy's
+    documented recipe) lets write transactions take the lock up front.
+    """
+
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
+        cursor = dbapi_connection.cursor()
+        try:
+            # busy_timeout first: switching to WAL itself needs a lock.
+            cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
+            cursor.execute("PRAGMA journal_mode = WAL")
+            cursor.execute("PRAGMA foreign_keys = ON")
+        finally:
+            cursor.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        write = conn.get_execution_options().get("bml_write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+class Ledger:
+    """The ledger store behind a SQLAlchemy URL (``BML_STATE_URL``).
+
+    Safe to use from several threads and processes at once; each method is one
+    transaction. Tables are created on first use (or by ``init()``).
+    """
+
+    def __init__(self, url: str, *, busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S) -> None:
+        parsed = make_url(url)
+        self.url = url
+        self.display_url = parsed.render_as_string(hide_password=True)
+        self._sqlite = parsed.get_backend_name() == "sqlite"
+        if self._sqlite:
+            database = parsed.database
+            if database and database != ":memory:" and not database.startswith("file:"):
+                Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            self._engine = sa.create_engine(url, connect_args={"timeout": busy_timeout_s})
+            _install_sqlite_hooks(self._engine, busy_timeout_s)
+        else:
+            self._engine = sa.create_engine(url, pool_pre_ping=True)
+        # Same pool, but transactions opened through it take the write lock first (SQLite).
+        self._write_engine = self._engine.execution_options(bml_write=True)
+        self._initialised = False
+        self._init_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"Ledger({self.display_url!r})"
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release pooled connections (the ledger reconnects if used again)."""
+        self._engine.dispose()
+
+    # ---- setup
+
+    def init(self) -> None:
+        """Create the tables if absent and check the layout version; idempotent."""
+        with self._init_lock:
+            if self._initialised:
+                return
+            for attempt in range(3):
+                try:
+                    self._create_and_check()
+                    break
+                except (IntegrityError, ProgrammingError):
+                    # PostgreSQL: two processes racing CREATE TABLE; the loser
+                    # retries and then finds the tables (SQLite is serialised by
+                    # BEGIN IMMEDIATE and never gets here).
+                    if attempt == 2:
+                        raise
+            self._initialised = True
+
+    def _create_and_check(self) -> None:
+        meta = ledger_meta_table
+        with self._write_engine.begin() as conn:
+            metadata.create_all(conn)
+            stored = conn.execute(sa.select(meta.c.value).where(meta.c.key == "schema_version")).scalar_one_or_none()
+            if stored is None:
+                conn.execute(sa.insert(meta).values(key="schema_version", value=str(SCHEMA_VERSION)))
+            elif stored != str(SCHEMA_VERSION):
+                raise LedgerVersionError(
+                    f"the ledger at {self.display_url} has schema_version {stored!r}, but this version of bml "
+                    f"reads and writes schema_version {SCHEMA_VERSION}; use a matching bml version, migrate the "
+                    "ledger, or point BML_STATE_URL at another ledger"
+                )
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        self.init()
+        with self._engine.connect() as conn:
+            yield conn
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        self.init()
+        with self._write_engine.begin() as conn:
+            yield conn
+
+    def schema_version(self) -> int:
+        with self._read() as conn:
+            meta = ledger_meta_table
+            return int(conn.execute(sa.select(meta.c.value).where(meta.c.key == "schema_version")).scalar_one())
+
+    # ---- partitions
+
+    def get_partition(self, dataset: Dataset | str, symbol: str, day: date) -> PartitionRecord | None:
+        """The row of one partition, or None when the ledger has never heard of it."""
+        key = _partition_key(dataset_name(dataset), validate_symbol(symbol), _checked_day(day))
+        with self._read() as conn:
+            row = conn.execute(sa.select(_P).where(key)).one_or_none()
+        return None if row is None else _partition_from_row(row)
+
+    def commit_partition(self, record: PartitionRecord, *, expected_content_hash: str | None) -> PartitionRecord:
+        """Write ``record`` if the stored content_hash is still ``expected_content_hash``.
+
+        One transaction, compare-and-swap:
+
+        * ``expected_content_hash=None`` means "the partition has no file yet":
+          it succeeds when there is no row, or when the row carries no hash (a
+          ``not_listed`` / ``not_published`` row being replaced).
+        * a hash means "the row still describes that file": ``UPDATE ... WHERE
+          content_hash = :expected``.
+
+        Anything else raises ``CommitConflict`` naming the partition and both hashes.
+        Returns the record as stored.
+        """
+        values = _partition_values(record)
+        key = _partition_key(record.dataset, record.symbol, record.day)
+        guard = (
+            _P.c.content_hash.is_(None) if expected_content_hash is None else _P.c.content_hash == expected_content_hash
+        )
+        with self._write() as conn:
+            if conn.execute(sa.update(_P).where(key, guard).values(**values)).rowcount == 1:
+                return record
+            if expected_content_hash is None:
+                try:
+                    # A savepoint, so a duplicate key leaves the transaction
+                    # usable on PostgreSQL for the SELECT below.
+                    with conn.begin_nested():
+                        conn.execute(
+                            sa.insert(_P).values(
+                                dataset=record.dataset, symbol=record.symbol, date=record.day, **values
+                            )
+                        )
+                    return record
+                except IntegrityError:
+                    pass
+            current = conn.execute(sa.select(_P.c.content_hash).where(key)).one_or_none()
+        raise CommitConflict(
+            record.label,
+            expected_content_hash,
+            None if current is None else current[0],
+            row_exists=current is not None,
+        )
+
+    def partitions(
+        self,
+        dataset: Dataset | str | None = None,
+        symbols: Iterable[str] | None = None,
+        start: date | None = None,
+        end: date | None = None,
+        *,
+        status: PartitionStatus | None = None,
+    ) -> list[PartitionRecord]:
+        """Rows matching every given filter (``start``/``end`` inclusive), ordered by dataset, symbol, day."""
+        query = sa.select(_P).order_by(_P.c.dataset, _P.c.symbol, _P.c.date)
+        if dataset is not None:
+            query = query.where(_P.c.dataset == dataset_name(dataset))
+        if symbols is not None:
+            wanted = [validate_symbol(s) for s in symbols]
+            if not wanted:
+                return []
+            query = query.where(_P.c.symbol.in_(wanted))
+        if start is not None:
+            query = query.where(_P.c.date >= _checked_day(start))
+        if end is not None:
+            query = query.where(_P.c.date <= _checked_day(end))
+        if status is not None:
+            query = query.where(_P.c.status == status)
+        with self._read() as conn:
+            return [_partition_from_row(row) for row in conn.execute(query)]
+
+    # ---- source files
+
+    def record_source_file(
+        self,
+        *,
+        url: str,
+        sha256: str,
+        bytes: int,  # shadows the builtin on purpose: the column is named so (SPEC §7)
+        checksum_verified: bool,
+        rows: int | None = None,
+        fetched_at: datetime | None = None,
+    ) -> SourceFileRecord:
+        """Insert or update the row of (url, sha256); ``fetched_at`` defaults to now. Returns the stored row."""
+        record = SourceFileRecord(
+            url=url,
+            sha256=sha256,
+            bytes=bytes,
+            rows=rows,
+            checksum_verified=checksum_verified,
+            fetched_at=fetched_at if fetched_at is not None else _now(),
+        )
+        t = source_files_table
+        key = sa.and_(t.c.url == record.url, t.c.sha256 == record.sha256)
+        values = {
+            "bytes": record.bytes,
+            "rows": record.rows,
+            "checksum_verified": record.checksum_verified,
+            "fetched_at": record.fetched_at,
+        }
+        with self._write() as conn:
+            # Portable upsert: update, else insert; a racing insert (PostgreSQL)
+            # turns into the update it should have been.
+            if conn.execute(sa.update(t).where(key).values(**values)).rowcount:
+                return record
+            try:
+                with conn.begin_nested():
+                    conn.execute(sa.insert(t).values(url=record.url, sha256=record.sha256, **values))
+            except IntegrityError:
+                conn.execute(sa.update(t).where(key).values(**values))
+        return record
+
+    def get_source_file(self, url: str, sha256: str | None = None) -> SourceFileRecord | None:
+        """The row of (url, sha256), or with no sha256 the most recently fetched version of url."""
+        t = source_files_table
+        query = sa.select(t).where(t.c.url == url)
+        query = query.where(t.c.sha256 == sha256) if sha256 is not None else query.order_by(t.c.fetched_at.desc())
+        with self._read() as conn:
+            row = conn.execute(query.limit(1)).one_or_none()
+        if row is None:
+            return None
+        m = row._mapping
+        return SourceFileRecord(
+            url=m["url"],
+            sha256=m["sha256"],
+            bytes=m["bytes"],
+            rows=m["rows"],
+            checksum_verified=bool(m["checksum_verified"]),
+            fetched_at=m["fetched_at"],
+        )
+
+    # ---- watermark
+
+    def get_watermark(self, symbol: str) -> datetime | None:
+        """The symbol's last complete minute (its start, UTC), or None."""
+        t = watermark_table
+        with self._read() as conn:
+            return conn.execute(
+                sa.select(t.c.last_complete_minute).where(t.c.symbol == validate_symbol(symbol))
+            ).scalar_one_or_none()
+
+    def watermarks(self) -> dict[str, datetime]:
+        """Every symbol's watermark."""
+        t = watermark_table
+        with self._read() as conn:
+            return {s: m for s, m in conn.execute(sa.select(t.c.symbol, t.c.last_complete_minute))}
+
+    def advance_watermark(self, symbol: str, minute: datetime, *, expected: datetime | None) -> datetime:
+        """Set the watermark to ``minute`` if it still is ``expected`` (None: no watermark yet).
+
+        Never moves backwards: ``minute < expected`` raises ``WatermarkRegression``;
+        ``minute == expected`` is an idempotent no-op. A stale ``expected`` raises
+        ``WatermarkConflict``. Returns the stored minute.
+        """
+        t = watermark_table
+        symbol = validate_symbol(symbol)
+        minute = _require_minute(minute, "the watermark minute")
+        if expected is not None:
+            expected = _require_minute(expected, "the expected watermark")
+            if minute < expected:
+                raise WatermarkRegression(
+                    f"watermark of {symbol} cannot move backwards from {expected.isoformat()} to {minute.isoformat()}"
+                )
+        with self._write() as conn:
+            if expected is None:
+                try:
+                    with conn.begin_nested():
+                        conn.execute(sa.insert(t).values(symbol=symbol, last_complete_minute=minute, updated_at=_now()))
+                    return minute
+                except IntegrityError:
+                    pass
+            else:
+                updated = conn.execute(
+                    sa.update(t)
+                    .where(t.c.symbol == symbol, t.c.last_complete_minute == expected)
+                    .values(last_complete_minute=minute, updated_at=_now())
+                )
+                if updated.rowcount == 1:
+                    return minute
+            current = conn.execute(sa.select(t.c.last_complete_minute).where(t.c.symbol == symbol)).scalar_one_or_none()
+        raise WatermarkConflict(symbol, expected, current)
+
+
+def _checked_day(day: date) -> date:
+    day_text(day)
+    return day

@@ -1,0 +1,267 @@
+"""lake/ledger.py: tables, version check, partition CAS, source files, watermark CAS.
+
+Tests taking ``url`` also run on PostgreSQL when asked to (see conftest.py).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import sqlite3
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from bml_assets.lake.ledger import (
+    CommitConflict,
+    Ledger,
+    LedgerVersionError,
+    PartitionRecord,
+    WatermarkConflict,
+    WatermarkRegression,
+)
+from bml_assets.schema import KLINES, MINUTE_VIEW
+from bml_assets_tests.unit.lake._helpers import COMMITTED_AT, DAY, cas_worker
+
+H0, H1, H2 = "0" * 64, "1" * 64, "2" * 64
+
+
+def _url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'state' / 'nested' / 'ledger.sqlite'}"
+
+
+def _committed(content_hash: str, **changes: object) -> PartitionRecord:
+    fields: dict[str, object] = {
+        "dataset": "klines_1m",
+        "symbol": "BTCUSDT",
+        "day": DAY,
+        "status": "committed",
+        "committed_at": COMMITTED_AT,
+        "path": "futures/um/klines_1m/symbol=BTCUSDT/date=2024-03-05/part.parquet",
+        "row_count": 1440,
+        "min_ts": 1709596800000,
+        "max_ts": 1709683140000,
+        "schema_hash": "abcd",
+        "content_hash": content_hash,
+        "provenance": {"klines": [{"url": "https://x/a.zip", "sha256": H0, "bytes": 10, "rows": 1440}]},
+        "source_gaps": [{"minute": "2024-03-05T01:00:00Z", "missing": ["klines"], "reason": "downtime"}],
+    }
+    fields.update(changes)
+    return PartitionRecord(**fields)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def ledger(url: str) -> Iterator[Ledger]:
+    with Ledger(url) as led:
+        yield led
+
+
+def test_init_creates_the_file_in_wal_mode_with_version_1(tmp_path: Path) -> None:
+    led = Ledger(_url(tmp_path))
+    led.init()
+    led.init()  # idempotent
+    Ledger(_url(tmp_path)).init()  # and for a second object on the same file
+    db = tmp_path / "state" / "nested" / "ledger.sqlite"
+    assert db.is_file()
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        assert conn.execute("SELECT value FROM ledger_meta WHERE key = 'schema_version'").fetchall() == [("1",)]
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert tables == {"partitions", "source_files", "watermark", "ledger_meta"}
+    assert led.schema_version() == 1
+    led.close()
+
+
+def test_a_ledger_of_another_version_is_refused(tmp_path: Path) -> None:
+    Ledger(_url(tmp_path)).init()
+    with sqlite3.connect(tmp_path / "state" / "nested" / "ledger.sqlite") as conn:
+        conn.execute("UPDATE ledger_meta SET value = '2' WHERE key = 'schema_version'")
+    with pytest.raises(LedgerVersionError, match=r"schema_version '2'.*schema_version 1"):
+        Ledger(_url(tmp_path)).get_partition(KLINES, "BTCUSDT", DAY)
+
+
+def test_partition_round_trip(ledger: Ledger) -> None:
+    assert ledger.get_partition(KLINES, "BTCUSDT", DAY) is None
+    record = _committed(H1)
+    assert ledger.commit_partition(record, expected_content_hash=None) == record
+    stored = ledger.get_partition(KLINES, "BTCUSDT", DAY)
+    assert stored == record
+    assert stored is not None and stored.committed_at.tzinfo is not None
+    assert ledger.get_partition("klines_1m", "BTCUSDT", DAY) == record
+    assert ledger.get_partition(MINUTE_VIEW, "BTCUSDT", DAY) is None
+
+
+def test_committed_at_is_stored_in_utc(ledger: Ledger) -> None:
+    plus_two = datetime(2024, 3, 6, 3, 2, 3, tzinfo=timezone(timedelta(hours=2)))
+    ledger.commit_partition(_committed(H1, committed_at=plus_two), expected_content_hash=None)
+    stored = ledger.get_partition(KLINES, "BTCUSDT", DAY)
+    assert stored is not None and stored.committed_at == COMMITTED_AT
+    assert stored.committed_at.utcoffset() == timedelta(0)
+
+
+def test_cas_update_from_the_expected_hash(ledger: Ledger) -> None:
+    ledger.commit_partition(_committed(H0), expected_content_hash=None)
+    ledger.commit_partition(_committed(H1, row_count=5), expected_content_hash=H0)
+    stored = ledger.get_partition(KLINES, "BTCUSDT", DAY)
+    assert stored is not None and (stored.content_hash, stored.row_count) == (H1, 5)
+
+
+def test_two_ledger_objects_cas_from_the_same_hash_one_wins(url: str) -> None:
+    a, b = Ledger(url), Ledger(url)
+    a.commit_partition(_committed(H0), expected_content_hash=None)
+    assert b.get_partition(KLINES, "BTCUSDT", DAY) == _committed(H0)
+    a.commit_partition(_committed(H1), expected_content_hash=H0)
+    with pytest.raises(CommitConflict) as info:
+        b.commit_partition(_committed(H2), expected_content_hash=H0)
+    message = str(info.value)
+    assert "klines_1m/BTCUSDT/2024-03-05" in message and H0 in message and H1 in message
+    assert (info.value.expected_content_hash, info.value.actual_content_hash) == (H0, H1)
+    assert b.get_partition(KLINES, "BTCUSDT", DAY) == _committed(H1)
+    a.close()
+    b.close()
+
+
+def test_insert_expecting_no_file_conflicts_with_an_existing_file(ledger: Ledger) -> None:
+    ledger.commit_partition(_committed(H0), expected_content_hash=None)
+    with pytest.raises(
+        CommitConflict, match=f"expected the ledger to hold no content_hash, but it holds content_hash {H0}"
+    ):
+        ledger.commit_partition(_committed(H1), expected_content_hash=None)
+
+
+def test_expecting_a_hash_on_a_missing_row_conflicts(ledger: Ledger) -> None:
+    with pytest.raises(CommitConflict, match="but it holds no row") as info:
+        ledger.commit_partition(_committed(H1), expected_content_hash=H0)
+    assert info.value.row_exists is False
+    assert ledger.get_partition(KLINES, "BTCUSDT", DAY) is None
+
+
+def test_unavailable_rows_have_no_hash_and_are_replaced_expecting_none(ledger: Ledger) -> None:
+    not_published = PartitionRecord(
+        "klines_1m", "BTCUSDT", DAY, "not_published", COMMITTED_AT, message="HTTP 404", provenance={"klines": {}}
+    )
+    ledger.commit_partition(not_published, expected_content_hash=None)
+    ledger.commit_partition(not_published, expected_content_hash=None)  # recording it twice is fine
+    with pytest.raises(CommitConflict):  # a stale writer that believed a file existed
+        ledger.commit_partition(_committed(H1), expected_content_hash=H0)
+    ledger.commit_partition(_committed(H1), expected_content_hash=None)  # NULL hash matches "no file"
+    stored = ledger.get_partition(KLINES, "BTCUSDT", DAY)
+    assert stored is not None and (stored.status, stored.content_hash, stored.message) == ("committed", H1, None)
+
+
+def test_record_validation() -> None:
+    with pytest.raises(ValueError, match="a committed row needs content_hash"):
+        _committed(None)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="has no file, so no content_hash"):
+        _committed(H0, status="not_listed")
+    with pytest.raises(ValueError, match="is not one of committed, not_listed, not_published"):
+        _committed(H0, status="done")
+    with pytest.raises(ValueError, match="timezone-aware"):
+        _committed(H0, committed_at=datetime(2024, 1, 1))
+    with pytest.raises(ValueError, match="invalid symbol"):
+        _committed(H0, symbol="../x")
+
+
+def test_non_json_provenance_is_refused_with_the_partition_named(ledger: Ledger) -> None:
+    with pytest.raises(ValueError, match=r"klines_1m/BTCUSDT/2024-03-05: provenance must be plain JSON"):
+        ledger.commit_partition(_committed(H0, provenance={"when": date(2024, 1, 1)}), expected_content_hash=None)
+    assert ledger.get_partition(KLINES, "BTCUSDT", DAY) is None
+
+
+def test_partitions_filters_and_order(ledger: Ledger) -> None:
+    for dataset in ("minute", "klines_1m"):
+        for symbol in ("ETHUSDT", "BTCUSDT"):
+            for day in (date(2024, 3, 6), date(2024, 3, 4), date(2024, 3, 5)):
+                ledger.commit_partition(
+                    _committed(H0, dataset=dataset, symbol=symbol, day=day), expected_content_hash=None
+                )
+
+    def keys(rows: list[PartitionRecord]) -> list[tuple[str, str, str]]:
+        return [(r.dataset, r.symbol, r.day.isoformat()) for r in rows]
+
+    assert len(ledger.partitions()) == 12
+    assert keys(ledger.partitions()[:4]) == [
+        ("klines_1m", "BTCUSDT", "2024-03-04"),
+        ("klines_1m", "BTCUSDT", "2024-03-05"),
+        ("klines_1m", "BTCUSDT", "2024-03-06"),
+        ("klines_1m", "ETHUSDT", "2024-03-04"),
+    ]
+    assert keys(ledger.partitions(MINUTE_VIEW, ["ETHUSDT"], date(2024, 3, 5), date(2024, 3, 6))) == [
+        ("minute", "ETHUSDT", "2024-03-05"),
+        ("minute", "ETHUSDT", "2024-03-06"),
+    ]
+    assert keys(ledger.partitions("minute", end=date(2024, 3, 4))) == [
+        ("minute", "BTCUSDT", "2024-03-04"),
+        ("minute", "ETHUSDT", "2024-03-04"),
+    ]
+    assert ledger.partitions(symbols=[]) == []
+    assert ledger.partitions(status="not_listed") == []
+
+
+def test_source_file_upsert(ledger: Ledger) -> None:
+    url = "https://data.binance.vision/data/futures/um/daily/klines/BTCUSDT/1m/BTCUSDT-1m-2024-03-05.zip"
+    t0 = datetime(2024, 3, 6, tzinfo=UTC)
+    ledger.record_source_file(url=url, sha256=H0, bytes=100, checksum_verified=False, fetched_at=t0)
+    ledger.record_source_file(url=url, sha256=H0, bytes=100, rows=1440, checksum_verified=True, fetched_at=t0)
+    stored = ledger.get_source_file(url, H0)
+    assert stored is not None
+    assert (stored.bytes, stored.rows, stored.checksum_verified, stored.fetched_at) == (100, 1440, True, t0)
+    # A re-upload under the same URL is a second row; without a sha256 the newest is returned.
+    ledger.record_source_file(
+        url=url, sha256=H1, bytes=101, rows=1440, checksum_verified=True, fetched_at=t0 + timedelta(days=1)
+    )
+    newest = ledger.get_source_file(url)
+    assert newest is not None and (newest.sha256, newest.bytes) == (H1, 101)
+    assert ledger.get_source_file(url, H0) == stored
+    assert ledger.get_source_file("https://nowhere") is None
+    with pytest.raises(ValueError, match="64 lower-case hex"):
+        ledger.record_source_file(url=url, sha256="ABC", bytes=1, checksum_verified=True)
+
+
+def test_watermark_cas_and_never_backwards(ledger: Ledger) -> None:
+    m0 = datetime(2024, 3, 5, 10, 0, tzinfo=UTC)
+    m1 = m0 + timedelta(minutes=5)
+    assert ledger.get_watermark("BTCUSDT") is None
+    assert ledger.advance_watermark("BTCUSDT", m0, expected=None) == m0
+    assert ledger.get_watermark("BTCUSDT") == m0
+    with pytest.raises(WatermarkConflict, match="expected no watermark, but the ledger holds 2024-03-05T10:00:00"):
+        ledger.advance_watermark("BTCUSDT", m1, expected=None)
+    assert ledger.advance_watermark("BTCUSDT", m1, expected=m0) == m1
+    with pytest.raises(WatermarkConflict) as info:  # a stale reader
+        ledger.advance_watermark("BTCUSDT", m1 + timedelta(minutes=1), expected=m0)
+    assert (info.value.expected, info.value.actual) == (m0, m1)
+    with pytest.raises(WatermarkRegression, match="cannot move backwards"):
+        ledger.advance_watermark("BTCUSDT", m0, expected=m1)
+    assert ledger.advance_watermark("BTCUSDT", m1, expected=m1) == m1  # idempotent
+    assert ledger.get_watermark("BTCUSDT") == m1
+    assert ledger.watermarks() == {"BTCUSDT": m1}
+    with pytest.raises(ValueError, match="timezone-aware"):
+        ledger.advance_watermark("BTCUSDT", datetime(2024, 3, 6), expected=m1)
+    with pytest.raises(ValueError, match="start of a minute"):
+        ledger.advance_watermark("BTCUSDT", m1 + timedelta(seconds=30), expected=m1)
+    assert ledger.get_watermark("BTCUSDT") == m1
+
+
+def test_concurrent_cas_from_processes_exactly_one_wins(url: str) -> None:
+    with Ledger(url) as led:
+        led.commit_partition(_committed(H0), expected_content_hash=None)
+    ctx = multiprocessing.get_context("spawn")
+    start, out = ctx.Event(), ctx.Queue()
+    workers = [ctx.Process(target=cas_worker, args=(url, i + 1, H0, start, out)) for i in range(3)]
+    for w in workers:
+        w.start()
+    start.set()
+    outcomes = dict(out.get(timeout=60) for _ in workers)
+    for w in workers:
+        w.join(30)
+        assert w.exitcode == 0
+    winners = [w for w, outcome in outcomes.items() if outcome == "won"]
+    assert len(winners) == 1, outcomes
+    losers = [o for w, o in outcomes.items() if w not in winners]
+    assert all(o.startswith("conflict: commit conflict on partition klines_1m/BTCUSDT/2024-03-05") for o in losers), (
+        outcomes
+    )
+    with Ledger(url) as led:
+        stored = led.get_partition(KLINES, "BTCUSDT", DAY)
+    assert stored is not None and stored.content_hash == f"{winners[0]:064x}"
