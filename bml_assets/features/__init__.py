@@ -1,0 +1,8 @@
+"""Pure transforms from parsed source tables to the lake's tables (Arrow in, Arrow out).
+
+One module per job: ``klines`` (the four 1m kline streams), ``trade_flow`` (aggTrades
+per minute), ``book`` (bookTicker per minute), ``metrics`` (5-minute snapshots as
+observations), ``funding`` (settlements and the funding step functions),
+``slow_series`` (the as-of join with its forward-fill bound), ``minute_view`` (the
+58-column assembly) and ``timegrid`` (minute arithmetic they share). No I/O, no Dagster.
+"""

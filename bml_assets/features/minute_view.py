@@ -1,0 +1,313 @@
+"""Assembly of the canonical 58-column minute view of one (symbol, day) (SPEC §5).
+
+What belongs here: which minutes become rows (present in all three HARD streams) and
+which are source gaps; the joins of the per-stream tables onto those minutes; the
+formulas the view computes from klines (vwap, average trade size, net taker volume,
+taker-buy ratio) and from the filled metrics (columns 48-50); the NULL/0 rules of
+minutes a stream does not cover; the warnings of the forward-fill bound. What stays
+out: the per-stream aggregation (``klines``, ``trade_flow``, ``book``, ``metrics``,
+``funding``), the as-of mechanics (``slow_series``), I/O and Dagster.
+
+Each step is a function ``frame -> frame`` on a pandas frame indexed by the minute
+start in epoch ms (nullable ``Float64``/``Int64`` columns), chained with ``.pipe``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from bml_assets import schema
+from bml_assets.features.funding import funding_rate_at, next_funding_time_at
+from bml_assets.features.slow_series import asof_fill
+from bml_assets.features.timegrid import (
+    MINUTE_MS,
+    day_bounds_ms,
+    describe_ms,
+    minute_grid_ms,
+    ms_to_datetime,
+    ms_to_timestamps,
+    to_ms,
+)
+
+HARD_STREAMS: tuple[schema.Dataset, ...] = (schema.KLINES, schema.MARK_PRICE_KLINES, schema.INDEX_PRICE_KLINES)
+
+TRADE_FLOW_COLUMNS: tuple[str, ...] = (
+    "max_trade_size_btc",
+    "count_buy_trades",
+    "count_sell_trades",
+    "vol_buy_whale_btc",
+    "vol_sell_whale_btc",
+    "vol_buy_retail_btc",
+    "vol_sell_retail_btc",
+    "whale_trade_count",
+    "realized_vol_1m",
+)
+"""Trade-flow columns that are 0 in a minute without trades (``transact_time`` is NULL there)."""
+
+# minute-view column <- the book minute's mean, and <- its last snapshot (for the as-of fill)
+BOOK_COLUMNS: dict[str, str] = {
+    "avg_spread_usdt": "last_spread_usdt",
+    "bid_ask_imbalance": "last_bid_ask_imbalance",
+    "avg_bid_depth": "last_bid_qty",
+    "avg_ask_depth": "last_ask_qty",
+    "spread_pct": "last_spread_pct",
+}
+
+METRICS_COLUMNS: tuple[str, ...] = ("oi_contracts", "oi_value_usdt", "top_trader_ls_ratio_acct", "global_ls_ratio_acct")
+
+_PANDAS_TYPES = {pa.float64(): pd.Float64Dtype(), pa.int64(): pd.Int64Dtype()}
+
+
+@dataclass(frozen=True)
+class SourceGap:
+    """A minute of the day that is not a row: ``missing`` names the HARD streams
+    (``schema`` dataset names) that lack it — all three when no source has it."""
+
+    minute: dt.datetime
+    missing: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class MinuteView:
+    """The day's minute view: ``table`` in ``schema.MINUTE_SCHEMA``, sorted and unique on
+    ``timestamp``; the minutes left out and why; the forward-fill warnings."""
+
+    table: pa.Table
+    source_gaps: list[SourceGap]
+    warnings: list[str]
+
+
+def build_minute_view(
+    day: dt.date,
+    *,
+    klines: pa.Table | None,
+    mark: pa.Table | None,
+    index: pa.Table | None,
+    premium: pa.Table | None,
+    trade_flow: pa.Table | None,
+    book: pa.Table | None,
+    metrics: pa.Table | None,
+    funding: pa.Table | None,
+    max_ffill_minutes: int,
+    grid_end: dt.datetime | None = None,
+) -> MinuteView:
+    """Build the minute view of ``day`` from per-stream tables in their ``schema`` shapes.
+
+    ``None`` means the stream is not available for the day: allowed for every stream but
+    the three HARD ones. ``book`` and ``metrics`` may also hold rows from before the day
+    (they seed its first minutes); ``funding`` should hold ``settlements_for_day``.
+    ``grid_end`` (exclusive, minute-aligned) limits the grid for a day still in progress;
+    it defaults to the end of the day.
+    """
+    hard_tables = {"klines": klines, "mark": mark, "index": index}
+    for argument, table in hard_tables.items():
+        if table is None:
+            raise ValueError(f"build_minute_view: {argument} is required (HARD stream), got None")
+    grid = _minute_grid(day, grid_end)
+    rows, source_gaps = committed_minutes(
+        grid, {ds.name: table for ds, table in zip(HARD_STREAMS, hard_tables.values(), strict=True)}, day
+    )
+    warnings: list[str] = []
+    frame = (
+        pd.DataFrame(index=pd.Index(rows, name="minute_ms"))
+        .pipe(_with_klines, klines)
+        .pipe(_with_price_klines, mark=mark, index=index, premium=premium)
+        .pipe(_with_trade_flow, trade_flow)
+        .pipe(_with_book, book, max_ffill_minutes=max_ffill_minutes, warnings=warnings)
+        .pipe(_with_metrics, metrics, max_ffill_minutes=max_ffill_minutes, warnings=warnings)
+        .pipe(_with_funding, funding)
+    )
+    return MinuteView(table=_to_minute_table(frame), source_gaps=source_gaps, warnings=warnings)
+
+
+def committed_minutes(grid: np.ndarray, hard: dict[str, pa.Table], day: dt.date) -> tuple[np.ndarray, list[SourceGap]]:
+    """The minutes of ``grid`` present in every HARD table, and a ``SourceGap`` for each
+    other minute of ``grid``. A HARD table's minute outside ``day`` is a ``ValueError``."""
+    start, end = day_bounds_ms(day)
+    present: dict[str, np.ndarray] = {}
+    for name, table in hard.items():
+        minutes = to_ms(table.column("timestamp"))
+        outside = (minutes < start) | (minutes >= end)
+        if outside.any():
+            raise ValueError(f"{name}: minute {describe_ms(int(minutes[outside][0]))} is not in {day.isoformat()}")
+        present[name] = np.isin(grid, minutes)
+    everywhere = np.logical_and.reduce(list(present.values()))
+    gaps = [
+        SourceGap(
+            minute=ms_to_datetime(int(grid[i])),
+            missing=tuple(name for name, flags in present.items() if not flags[i]),
+        )
+        for i in np.flatnonzero(~everywhere).tolist()
+    ]
+    return grid[everywhere], gaps
+
+
+def _minute_grid(day: dt.date, grid_end: dt.datetime | None) -> np.ndarray:
+    start, end = day_bounds_ms(day)
+    if grid_end is not None:
+        if grid_end.tzinfo is None:
+            raise ValueError(f"grid_end must be timezone-aware, got {grid_end!r}")
+        requested = int(grid_end.timestamp() * 1000)
+        if requested % MINUTE_MS or not start <= requested <= end:
+            raise ValueError(f"grid_end {grid_end.isoformat()} is not a whole minute within {day.isoformat()}")
+        end = requested
+    return minute_grid_ms(start, end)
+
+
+# --- joins -------------------------------------------------------------------------------
+
+
+def _by_minute(table: pa.Table, dataset: schema.Dataset) -> pd.DataFrame:
+    """``table`` (in ``dataset``'s shape) as a pandas frame indexed by its time in ms."""
+    frame = table.select(dataset.column_names).to_pandas(types_mapper=_PANDAS_TYPES.get)
+    frame.index = pd.Index(to_ms(table.column(dataset.time_column)), name="minute_ms")
+    if frame.index.has_duplicates:
+        repeated = frame.index[frame.index.duplicated()][0]
+        raise ValueError(f"{dataset.name}: {describe_ms(int(repeated))} appears more than once")
+    return frame.drop(columns=dataset.time_column)
+
+
+def _nulls(frame: pd.DataFrame, names: tuple[str, ...] | list[str]) -> pd.DataFrame:
+    """``frame`` with ``names`` added as all-NULL columns of their minute-view types."""
+    types = dict(schema.MINUTE_VIEW.columns)
+    return frame.assign(
+        **{name: pd.Series(pd.NA, index=frame.index, dtype=_PANDAS_TYPES[types[name]]) for name in names}
+    )
+
+
+def _with_klines(frame: pd.DataFrame, klines: pa.Table) -> pd.DataFrame:
+    """HARD columns 9-12 and 15-17, and the klines-derived columns 13, 18, 20-22, 25."""
+    k = _by_minute(klines, schema.KLINES).reindex(frame.index)
+    volume, count, taker_buy = k["volume"], k["count"], k["taker_buy_volume"]
+    return frame.assign(
+        open=k["open"],
+        high=k["high"],
+        low=k["low"],
+        close=k["close"],
+        vwap_1m=(k["quote_volume"] / volume).where(volume != 0, k["close"]),
+        volume_btc=volume,
+        volume_usdt=k["quote_volume"],
+        trade_count=count,
+        avg_trade_size_btc=(volume / count).where(count != 0, 0.0),
+        taker_buy_vol_btc=taker_buy,
+        taker_buy_vol_usdt=k["taker_buy_quote_volume"],
+        net_taker_vol_btc=taker_buy - (volume - taker_buy),
+        taker_buy_ratio=(taker_buy / volume).where(volume != 0),
+    )
+
+
+def _with_price_klines(
+    frame: pd.DataFrame, *, mark: pa.Table, index: pa.Table, premium: pa.Table | None
+) -> pd.DataFrame:
+    """HARD columns 51-54 and the premium index (55, NULL without its source)."""
+    m = _by_minute(mark, schema.MARK_PRICE_KLINES).reindex(frame.index)
+    i = _by_minute(index, schema.INDEX_PRICE_KLINES).reindex(frame.index)
+    frame = frame.assign(
+        mark_price_open=m["open"],
+        mark_price_close=m["close"],
+        index_price_open=i["open"],
+        index_price_close=i["close"],
+    )
+    if premium is None:
+        return _nulls(frame, ["premium_index"])
+    return frame.assign(premium_index=_by_minute(premium, schema.PREMIUM_INDEX_KLINES)["close"].reindex(frame.index))
+
+
+def _with_trade_flow(frame: pd.DataFrame, trade_flow: pa.Table | None) -> pd.DataFrame:
+    """Columns 2, 19, 23-24, 26-31: from the minute's trades, 0 (``transact_time`` NULL)
+    for a minute without trades, all NULL without an aggTrades file."""
+    if trade_flow is None:
+        return _nulls(frame, ["transact_time", *TRADE_FLOW_COLUMNS])
+    flow = _by_minute(trade_flow, schema.TRADE_FLOW).reindex(frame.index)
+    return frame.assign(
+        transact_time=flow["transact_time"],
+        **{name: flow[name].fillna(0) for name in TRADE_FLOW_COLUMNS},
+    )
+
+
+def _with_book(
+    frame: pd.DataFrame, book: pa.Table | None, *, max_ffill_minutes: int, warnings: list[str]
+) -> pd.DataFrame:
+    """Column 14 and 38-42: the minute's own snapshots where it has some, else 38-42
+    as-of filled from the last snapshot of an earlier minute; all NULL without bookTicker."""
+    if book is None:
+        return _nulls(frame, ["micro_price_close", *BOOK_COLUMNS])
+    minutes = _by_minute(book, schema.BOOK_TICKER)
+    own = minutes.reindex(frame.index)
+    has_snapshot = frame.index.isin(minutes.index)
+    without = frame.index[~has_snapshot].to_numpy()
+    fill = asof_fill(
+        without,
+        book.column("timestamp"),
+        {name: book.column(last) for name, last in BOOK_COLUMNS.items()},
+        max_ffill_minutes=max_ffill_minutes,
+    )
+    warnings.extend(fill.warnings())
+    filled = {name: _series(fill.columns[name], pd.Index(without)).reindex(frame.index) for name in BOOK_COLUMNS}
+    return frame.assign(
+        micro_price_close=own["micro_price_close"],
+        **{name: own[name].where(has_snapshot, filled[name]) for name in BOOK_COLUMNS},
+    )
+
+
+def _with_metrics(
+    frame: pd.DataFrame, metrics: pa.Table | None, *, max_ffill_minutes: int, warnings: list[str]
+) -> pd.DataFrame:
+    """Columns 44-47 as-of filled from the observations; 48-50 derived from them."""
+    if metrics is None:
+        metrics = schema.METRICS.arrow_schema.empty_table()
+    fill = asof_fill(
+        frame.index.to_numpy(),
+        metrics.column("observation_time"),
+        {name: metrics.column(name) for name in METRICS_COLUMNS},
+        max_ffill_minutes=max_ffill_minutes,
+    )
+    warnings.extend(fill.warnings())
+    filled = {name: _series(fill.columns[name], frame.index) for name in METRICS_COLUMNS}
+    top = filled["top_trader_ls_ratio_acct"]
+    return frame.assign(
+        **filled,
+        ls_ratio_divergence=top - filled["global_ls_ratio_acct"],
+        top_trader_long_pct=top / (1 + top),
+        top_trader_short_pct=1 / (1 + top),
+    )
+
+
+def _with_funding(frame: pd.DataFrame, funding: pa.Table | None) -> pd.DataFrame:
+    """Columns 56 and 58, step functions of the settlements (not bounded by the ffill limit)."""
+    if funding is None:
+        return _nulls(frame, ["funding_rate", "next_funding_time"])
+    minutes = frame.index.to_numpy()
+    return frame.assign(
+        funding_rate=_series(funding_rate_at(minutes, funding), frame.index),
+        next_funding_time=_series(next_funding_time_at(minutes, funding), frame.index),
+    )
+
+
+# --- output ------------------------------------------------------------------------------
+
+
+def _series(values: pa.Array, index: pd.Index) -> pd.Series:
+    series = values.to_pandas(types_mapper=_PANDAS_TYPES.get)
+    series.index = index
+    return series
+
+
+def _to_minute_table(frame: pd.DataFrame) -> pa.Table:
+    """The frame as ``schema.MINUTE_SCHEMA``: LIVE columns NULL, every other column
+    required from the frame (a missing one is a bug here, not a NULL)."""
+    n = len(frame)
+    arrays = []
+    for column in schema.MINUTE_COLUMNS:
+        if column.name == "timestamp":
+            arrays.append(ms_to_timestamps(frame.index.to_numpy()))
+        elif column.klass is schema.ColumnClass.LIVE:
+            arrays.append(pa.nulls(n, column.type))
+        else:
+            arrays.append(pa.array(frame[column.name], type=column.type))
+    return pa.Table.from_arrays(arrays, schema=schema.MINUTE_SCHEMA)
