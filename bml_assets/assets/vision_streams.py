@@ -1,0 +1,271 @@
+"""Source-level assets: one per Binance Vision stream, per symbol × UTC day.
+
+What belongs here: the wiring from ``sources/vision.py`` (download, verify, parse)
+to ``features/`` (per-stream tables) for each partition of a run, deciding what a
+missing file means (not listed, not published) and recording provenance. What
+stays out: HTTP, CSV parsing and formulas — each lives in its own module — and
+the canonical 58-column join (``minute_view.py``).
+"""
+
+import datetime as dt
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from dagster import AssetExecutionContext, AssetsDefinition, BackfillPolicy, PartitionsDefinition, asset
+
+from bml_assets.features.book import book_ticker_minutes
+from bml_assets.features.funding import funding_settlements, settlements_for_day
+from bml_assets.features.klines import kline_table
+from bml_assets.features.metrics import combine_observations, metrics_observations
+from bml_assets.features.trade_flow import trade_flow
+from bml_assets.lake.io_manager import DATASET_METADATA_KEY
+from bml_assets.lake.partition_data import PartitionData
+from bml_assets.partitions import SymbolDay, parse_partition_key
+from bml_assets.resources import BmlResource
+from bml_assets.schema import (
+    BOOK_TICKER,
+    FUNDING,
+    INDEX_PRICE_KLINES,
+    KLINES,
+    MARK_PRICE_KLINES,
+    METRICS,
+    PREMIUM_INDEX_KLINES,
+    TRADE_FLOW,
+    Dataset,
+)
+from bml_assets.sources.vision import BOOK_TICKER_LAST_DAY, NotPublished, Stream, VisionFile
+from bml_assets.sources.vision_csv import read_vision_csv
+
+# Vision publishes a day one to several days late (SPEC §4). A HARD stream missing
+# for a day older than this is taken as "the symbol did not trade", not "not yet".
+PUBLICATION_LAG_DAYS = 7
+IO_MANAGER_KEY = "lake_io_manager"
+GROUP = "vision_sources"
+# Days of one symbol per run in a backfill: big enough to amortise process start-up,
+# small enough that a failure costs little.
+MAX_PARTITIONS_PER_RUN = 30
+
+
+def utc_today() -> dt.date:
+    return dt.datetime.now(dt.UTC).date()
+
+
+def run_partitions(context: AssetExecutionContext) -> list[SymbolDay]:
+    """The partitions this run covers: one key, or a range in a single-run backfill."""
+    return sorted(parse_partition_key(k) for k in context.partition_keys)
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """A downloaded, verified and parsed Vision file, with its provenance entry."""
+
+    file: VisionFile
+    table: pa.Table
+
+    @property
+    def provenance(self) -> dict[str, Any]:
+        return {
+            "url": self.file.url,
+            "sha256": self.file.sha256,
+            "bytes": self.file.bytes,
+            "rows": self.table.num_rows,
+            "from_cache": self.file.from_cache,
+        }
+
+
+class StreamFetcher:
+    """Fetches Vision files for one run, recording every verified file in the ledger."""
+
+    def __init__(self, bml: BmlResource) -> None:
+        self._vision = bml.vision()
+        self._ledger = bml.ledger()
+
+    def _parse(self, file: VisionFile, stream: Stream) -> Fetched:
+        table = read_vision_csv(file.path, stream, source=file.url)
+        self._ledger.record_source_file(
+            url=file.url,
+            sha256=file.sha256,
+            bytes=file.bytes,
+            rows=table.num_rows,
+            checksum_verified=True,
+            fetched_at=file.fetched_at,
+        )
+        return Fetched(file, table)
+
+    def daily(self, stream: Stream, sd: SymbolDay) -> Fetched:
+        return self._parse(self._vision.fetch_daily(stream, sd.symbol, sd.day), stream)
+
+    def monthly(self, stream: Stream, symbol: str, year: int, month: int) -> Fetched:
+        return self._parse(self._vision.fetch_monthly(stream, symbol, year, month), stream)
+
+
+def _vision(files: list[Fetched]) -> dict[str, Any]:
+    return {"status": "vision", "files": [f.provenance for f in files]}
+
+
+def _missing(err: NotPublished, reason: str) -> dict[str, Any]:
+    return {"status": "not_published", "url": err.url, "http_status": err.status, "reason": reason}
+
+
+def _not_available(stream: Stream, sd: SymbolDay, err: NotPublished, *, hard: bool) -> PartitionData:
+    recent = (utc_today() - sd.day).days <= PUBLICATION_LAG_DAYS
+    if hard and not recent:
+        message = f"{sd.symbol} is not listed on {sd.day}: Vision has no {stream} file (HTTP {err.status} at {err.url})"
+        return PartitionData.unavailable("not_listed", message, {stream.value: _missing(err, "not listed")})
+    message = f"Vision has not published {stream} for {sd} (HTTP {err.status} at {err.url})"
+    return PartitionData.unavailable("not_published", message, {stream.value: _missing(err, "not published")})
+
+
+def _kline_day(fetch: StreamFetcher, stream: Stream, dataset: Dataset, sd: SymbolDay, *, hard: bool) -> PartitionData:
+    try:
+        got = fetch.daily(stream, sd)
+    except NotPublished as err:
+        return _not_available(stream, sd, err, hard=hard)
+    return PartitionData(kline_table(got.table, sd.day, dataset, source=got.file.url), {stream.value: _vision([got])})
+
+
+def _trade_flow_day(fetch: StreamFetcher, sd: SymbolDay) -> PartitionData:
+    try:
+        got = fetch.daily(Stream.AGG_TRADES, sd)
+    except NotPublished as err:
+        return _not_available(Stream.AGG_TRADES, sd, err, hard=False)
+    return PartitionData(trade_flow(got.table, sd.day, source=got.file.url), {Stream.AGG_TRADES.value: _vision([got])})
+
+
+def _book_ticker_day(fetch: StreamFetcher, sd: SymbolDay) -> PartitionData:
+    if sd.day > BOOK_TICKER_LAST_DAY:
+        message = f"Vision stopped publishing bookTicker after {BOOK_TICKER_LAST_DAY}; book columns are NULL for {sd}"
+        prov = {"status": "not_published", "reason": f"bookTicker ends {BOOK_TICKER_LAST_DAY}"}
+        return PartitionData.unavailable("not_published", message, {Stream.BOOK_TICKER.value: prov})
+    try:
+        got = fetch.daily(Stream.BOOK_TICKER, sd)
+    except NotPublished as err:
+        return _not_available(Stream.BOOK_TICKER, sd, err, hard=False)
+    return PartitionData(
+        book_ticker_minutes(got.table, sd.day, source=got.file.url), {Stream.BOOK_TICKER.value: _vision([got])}
+    )
+
+
+def _metrics_day(fetch: StreamFetcher, sd: SymbolDay) -> PartitionData:
+    """The day's file and the previous day's: its last snapshots seed the first minutes."""
+    try:
+        got = [fetch.daily(Stream.METRICS, sd)]
+    except NotPublished as err:
+        return _not_available(Stream.METRICS, sd, err, hard=False)
+    observations = [metrics_observations(got[0].table, sd.day)]
+    previous = SymbolDay(sd.symbol, sd.day - dt.timedelta(days=1))
+    try:
+        seed = fetch.daily(Stream.METRICS, previous)
+        got.insert(0, seed)
+        observations.insert(0, metrics_observations(seed.table, previous.day))
+    except NotPublished:
+        pass  # the first minutes stay NULL until the day's first snapshot
+    table = _taken_before_day_end(combine_observations(observations), sd.day)
+    return PartitionData(table, {Stream.METRICS.value: _vision(got)})
+
+
+def _taken_before_day_end(obs: pa.Table, day: dt.date) -> pa.Table:
+    """Keep the observations that can reach a minute of ``day``: none taken after it."""
+    end = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), dt.UTC)
+    return obs.filter(
+        pc.less(obs.column("observation_time"), pa.scalar(end, METRICS.arrow_schema.field("observation_time").type))
+    )
+
+
+def _months_for(day: dt.date) -> list[tuple[int, int]]:
+    """The month of ``day``, and the month before on the 1st (its last settlement seeds the day)."""
+    months = [(day.year, day.month)]
+    if day.day == 1:
+        prev = day - dt.timedelta(days=1)
+        months.insert(0, (prev.year, prev.month))
+    return months
+
+
+def _funding_day(fetch: StreamFetcher, sd: SymbolDay) -> PartitionData:
+    got: list[Fetched] = []
+    missing: NotPublished | None = None
+    for year, month in _months_for(sd.day):
+        try:
+            got.append(fetch.monthly(Stream.FUNDING_RATE, sd.symbol, year, month))
+        except NotPublished as err:
+            if (year, month) == (sd.day.year, sd.day.month):
+                missing = err
+    if missing is not None:
+        return _not_available(Stream.FUNDING_RATE, sd, missing, hard=False)
+    settlements = funding_settlements(pa.concat_tables([f.table for f in got]))
+    return PartitionData(settlements_for_day(settlements, sd.day), {Stream.FUNDING_RATE.value: _vision(got)})
+
+
+@dataclass(frozen=True)
+class StreamAsset:
+    dataset: Dataset
+    build: Callable[[StreamFetcher, SymbolDay], PartitionData]
+    description: str
+
+
+STREAM_ASSETS: tuple[StreamAsset, ...] = (
+    StreamAsset(
+        KLINES, lambda f, sd: _kline_day(f, Stream.KLINES, KLINES, sd, hard=True), "1-minute trade klines from Vision"
+    ),
+    StreamAsset(
+        MARK_PRICE_KLINES,
+        lambda f, sd: _kline_day(f, Stream.MARK_PRICE_KLINES, MARK_PRICE_KLINES, sd, hard=True),
+        "1-minute mark price klines from Vision",
+    ),
+    StreamAsset(
+        INDEX_PRICE_KLINES,
+        lambda f, sd: _kline_day(f, Stream.INDEX_PRICE_KLINES, INDEX_PRICE_KLINES, sd, hard=True),
+        "1-minute index price klines from Vision",
+    ),
+    StreamAsset(
+        PREMIUM_INDEX_KLINES,
+        lambda f, sd: _kline_day(f, Stream.PREMIUM_INDEX_KLINES, PREMIUM_INDEX_KLINES, sd, hard=False),
+        "1-minute premium index klines from Vision",
+    ),
+    StreamAsset(TRADE_FLOW, _trade_flow_day, "per-minute trade flow computed from the day's aggTrades"),
+    StreamAsset(
+        BOOK_TICKER,
+        _book_ticker_day,
+        "per-minute top-of-book features from bookTicker (Vision has it until 2024-03-30)",
+    ),
+    StreamAsset(METRICS, _metrics_day, "5-minute open interest and long/short ratios, stamped with the snapshot time"),
+    StreamAsset(FUNDING, _funding_day, "funding settlements covering the day, including the last one before it"),
+)
+
+
+def build_stream_assets(partitions_def: PartitionsDefinition) -> list[AssetsDefinition]:
+    return [_stream_asset(spec, partitions_def) for spec in STREAM_ASSETS]
+
+
+def _stream_asset(spec: StreamAsset, partitions_def: PartitionsDefinition) -> AssetsDefinition:
+    @asset(
+        name=spec.dataset.name,
+        description=spec.description,
+        partitions_def=partitions_def,
+        io_manager_key=IO_MANAGER_KEY,
+        metadata={DATASET_METADATA_KEY: spec.dataset.name},
+        group_name=GROUP,
+        kinds={"parquet"},
+        backfill_policy=BackfillPolicy.multi_run(max_partitions_per_run=MAX_PARTITIONS_PER_RUN),
+    )
+    def _asset(context: AssetExecutionContext, bml: BmlResource) -> dict[str, PartitionData]:
+        fetch = StreamFetcher(bml)
+        return dict(_each(context, lambda sd: spec.build(fetch, sd)))
+
+    return _asset
+
+
+def _each(
+    context: AssetExecutionContext, build: Callable[[SymbolDay], PartitionData]
+) -> Iterator[tuple[str, PartitionData]]:
+    partitions = run_partitions(context)
+    for i, sd in enumerate(partitions, start=1):
+        data = build(sd)
+        rows = data.table.num_rows if data.table is not None else 0
+        context.log.info(
+            f"[{i}/{len(partitions)}] {context.asset_key.to_user_string()} {sd}: {data.status}, {rows} rows"
+        )
+        yield sd.key, data

@@ -1,0 +1,43 @@
+"""The one entry point of the code location: assets, checks, resources and jobs.
+
+What belongs here: assembling the Definitions from the factories of the other
+modules. What stays out: everything else. The environment is read when Dagster
+loads the definitions (the ``@definitions`` function), not when this module is
+imported: the partition set depends on ``BML_SYMBOLS`` and ``BML_START_DATE``.
+"""
+
+from __future__ import annotations
+
+from dagster import AssetSelection, Definitions, define_asset_job, definitions
+
+from bml_assets.assets.minute_view import ASSET_NAME, build_minute_view_asset
+from bml_assets.assets.vision_streams import IO_MANAGER_KEY, build_stream_assets
+from bml_assets.lake.io_manager import LakeIOManager
+from bml_assets.partitions import build_partitions_def
+from bml_assets.resources import BmlResource
+from bml_assets.settings import Settings
+
+MINUTE_VIEW_JOB = "minute_view_job"
+
+
+def build_definitions(settings: Settings, *, bml: BmlResource | None = None) -> Definitions:
+    """The code location for ``settings``; ``bml`` overrides the resource (tests, the demo)."""
+    partitions_def = build_partitions_def(settings)
+    bml = bml or BmlResource()
+    assets = [*build_stream_assets(partitions_def), build_minute_view_asset(partitions_def)]
+    minute_view_job = define_asset_job(
+        MINUTE_VIEW_JOB,
+        selection=AssetSelection.assets(ASSET_NAME).upstream(),
+        partitions_def=partitions_def,
+        description="Build the minute view of the selected symbol × day partitions from Binance Vision.",
+    )
+    return Definitions(
+        assets=assets,
+        jobs=[minute_view_job],
+        resources={"bml": bml, IO_MANAGER_KEY: LakeIOManager(bml=bml)},
+    )
+
+
+@definitions
+def defs() -> Definitions:
+    return build_definitions(Settings.from_env())

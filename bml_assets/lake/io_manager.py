@@ -1,0 +1,166 @@
+"""The Dagster IO manager of the lake: every asset output goes through SPEC §7's commit.
+
+What belongs here: translating between Dagster (partition keys, output metadata)
+and the lake (``commit.py``, ``ledger.py``): one ``commit_table`` or
+``record_unavailable`` per partition of the run — a single-run backfill over a
+range hands over many — and loading upstream partitions back as
+``PartitionData``. What stays out: the commit protocol itself, validation rules
+(``checks.py``) and formulas.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from dagster import ConfigurableIOManager, InputContext, MetadataValue, OutputContext
+
+from bml_assets.checks import enforce_blocking
+from bml_assets.lake.commit import commit_table, read_partition, record_unavailable
+from bml_assets.lake.layout import partition_path
+from bml_assets.lake.partition_data import PartitionData
+from bml_assets.partitions import SymbolDay, parse_partition_key
+from bml_assets.resources import BmlResource
+from bml_assets.schema import DATASETS, MINUTE_VIEW, Dataset
+
+DATASET_METADATA_KEY = "bml/dataset"
+
+
+def dataset_of(metadata: Mapping[str, Any] | None, what: str) -> Dataset:
+    name = (metadata or {}).get(DATASET_METADATA_KEY)
+    if name is None:
+        raise ValueError(f"{what} has no '{DATASET_METADATA_KEY}' metadata: the lake does not know where it lives")
+    value = name.value if hasattr(name, "value") else name
+    return DATASETS[str(value)]
+
+
+def _validator(dataset: Dataset, sd: SymbolDay) -> Callable[[pa.Table], None]:
+    if dataset is MINUTE_VIEW:
+        return lambda table: enforce_blocking(table, sd.day, label=f"minute view {sd}")
+
+    def sorted_unique(table: pa.Table) -> None:
+        t = table.column(dataset.time_column).cast(pa.int64())
+        if len(t) > 1 and not pc.all(pc.greater(t.slice(1), t.slice(0, len(t) - 1))).as_py():
+            raise ValueError(f"{dataset.name} {sd}: {dataset.time_column} is not strictly increasing")
+
+    return sorted_unique
+
+
+def _null_counts(table: pa.Table) -> dict[str, int]:
+    return {name: table.column(name).null_count for name in table.column_names}
+
+
+class LakeIOManager(ConfigurableIOManager):
+    """Atomic parquet partitions under ``BML_LAKE_ROOT``, recorded in the ledger."""
+
+    bml: BmlResource
+
+    def _partitions(self, context: OutputContext | InputContext) -> list[SymbolDay]:
+        if not context.has_asset_partitions:
+            raise ValueError(f"{context.asset_key.to_user_string()}: the lake stores partitioned assets only")
+        return [parse_partition_key(k) for k in context.asset_partition_keys]
+
+    def handle_output(self, context: OutputContext, obj: Mapping[str, PartitionData]) -> None:
+        dataset = dataset_of(context.definition_metadata, context.asset_key.to_user_string())
+        settings, ledger = self.bml.settings(), self.bml.ledger()
+        by_key = {parse_partition_key(k): v for k, v in obj.items()}
+        expected = self._partitions(context)
+        if set(by_key) != set(expected):
+            raise ValueError(
+                f"{dataset.name}: the asset returned partitions {sorted(map(str, by_key))} "
+                f"but the run is for {sorted(map(str, expected))}"
+            )
+        summary: dict[str, dict[str, Any]] = {}
+        for sd in sorted(expected):
+            data = by_key[sd]
+            if data.table is None:
+                record_unavailable(
+                    lake_root=settings.lake_root,
+                    ledger=ledger,
+                    dataset=dataset,
+                    symbol=sd.symbol,
+                    day=sd.day,
+                    status=data.status,
+                    message=data.message or data.status,
+                    provenance=data.provenance,
+                )
+                summary[sd.key] = {"status": data.status, "message": data.message}
+                context.log.warning(f"{dataset.name} {sd}: {data.status} — {data.message}")
+                continue
+            result = commit_table(
+                data.table,
+                lake_root=settings.lake_root,
+                ledger=ledger,
+                dataset=dataset,
+                symbol=sd.symbol,
+                day=sd.day,
+                validate=_validator(dataset, sd),
+                provenance=data.provenance,
+                source_gaps=data.source_gaps,
+            )
+            summary[sd.key] = {
+                "status": "committed",
+                "rows": result.row_count,
+                "path": str(result.path),
+                "content_hash": result.content_hash,
+                "rewritten": result.rewritten,
+            }
+            for w in data.warnings:
+                context.log.warning(f"{dataset.name} {sd}: {w}")
+        context.add_output_metadata(self._metadata(summary, by_key))
+
+    @staticmethod
+    def _metadata(
+        summary: Mapping[str, Mapping[str, Any]], by_key: Mapping[SymbolDay, PartitionData]
+    ) -> dict[str, Any]:
+        md: dict[str, Any] = {
+            "partitions": len(summary),
+            "rows": sum(int(s.get("rows", 0)) for s in summary.values()),
+        }
+        if len(summary) == 1:
+            s, data = next(iter(summary.values())), next(iter(by_key.values()))
+            md["status"] = s["status"]
+            if data.table is not None:
+                md["path"] = MetadataValue.path(s["path"])
+                md["content_hash"] = s["content_hash"]
+                md["rewritten"] = s["rewritten"]
+                md["null_count_per_column"] = MetadataValue.json(_null_counts(data.table))
+            else:
+                md["message"] = str(data.message)
+            md["provenance"] = MetadataValue.json(json.loads(json.dumps(data.provenance, default=str)))
+            if data.source_gaps:
+                md["source_gaps"] = MetadataValue.json(json.loads(json.dumps(list(data.source_gaps), default=str)))
+        else:
+            md["per_partition"] = MetadataValue.json(json.loads(json.dumps(summary, default=str)))
+        return md
+
+    def load_input(self, context: InputContext) -> dict[str, PartitionData]:
+        dataset = dataset_of(
+            context.upstream_output.definition_metadata if context.upstream_output else None,
+            context.asset_key.to_user_string(),
+        )
+        settings, ledger = self.bml.settings(), self.bml.ledger()
+        loaded: dict[str, PartitionData] = {}
+        for sd in self._partitions(context):
+            record = ledger.get_partition(dataset.name, sd.symbol, sd.day)
+            if record is None:
+                raise ValueError(
+                    f"{dataset.name} {sd} is not in the ledger ({settings.state_url}); "
+                    f"materialize {context.asset_key.to_user_string()} for partition {sd.key} first"
+                )
+            if record.status != "committed":
+                loaded[sd.key] = PartitionData.unavailable(
+                    record.status, record.message or record.status, record.provenance
+                )  # type: ignore[arg-type]
+                continue
+            path = partition_path(settings.lake_root, dataset, sd.symbol, sd.day)
+            loaded[sd.key] = PartitionData(
+                table=read_partition(settings.lake_root, dataset, sd.symbol, sd.day),
+                provenance=record.provenance,
+                source_gaps=record.source_gaps,
+            )
+            context.log.debug(f"loaded {dataset.name} {sd} from {path}")
+        return loaded

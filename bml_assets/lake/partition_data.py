@@ -1,0 +1,48 @@
+"""What an asset hands to the lake IO manager for one partition, and gets back.
+
+What belongs here: the value object that travels between assets and the IO
+manager — a table (or the reason there is none), its provenance and its source
+gaps. What stays out: how it is written (``commit.py``) or recorded
+(``ledger.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import pyarrow as pa
+
+Status = Literal["committed", "not_listed", "not_published"]
+
+
+@dataclass(frozen=True)
+class PartitionData:
+    """One (symbol, day) of one dataset.
+
+    ``table`` is None exactly when ``status`` is ``not_listed`` (the symbol did not
+    trade that day) or ``not_published`` (the source has no file for it, yet or
+    ever); ``message`` then says why, naming the URL.
+    """
+
+    table: pa.Table | None
+    provenance: Mapping[str, Any]
+    status: Status = "committed"
+    message: str | None = None
+    source_gaps: Sequence[Mapping[str, Any]] = ()
+    warnings: Sequence[str] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        if (self.table is None) != (self.status != "committed"):
+            raise ValueError(f"PartitionData: status {self.status!r} does not match table presence")
+
+    @property
+    def available(self) -> bool:
+        return self.table is not None
+
+    @classmethod
+    def unavailable(
+        cls, status: Literal["not_listed", "not_published"], message: str, provenance: Mapping[str, Any]
+    ) -> PartitionData:
+        return cls(table=None, provenance=provenance, status=status, message=message)
