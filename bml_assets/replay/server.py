@@ -1,0 +1,701 @@
+"""A local HTTP server that answers like data.binance.vision, with fault switches.
+
+What belongs here: ``ReplayServer`` (a ThreadingHTTPServer on a background thread
+serving GET/HEAD for the USD-M Vision paths and their ``.CHECKSUM``), the private
+parsing of those paths, serving real files from a directory (laid out under
+``data/futures/um/...`` or loose, mapped by file name), the byte-bounded cache of
+rendered zips, the fault rules (``FaultRule``/``FaultSet``, also settable over HTTP
+at ``/_replay/faults``), and ``serve()``, the blocking entry point of the
+``bml replay-server`` command.
+
+What stays out: what the files contain and when they exist (``market.py``), how
+they are rendered (``vision_files.py``), and the project's own Vision URL builder
+and client (``sources/vision.py``), which this server is a test double for.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import re
+import signal
+import socket
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import asdict, dataclass
+from datetime import date, datetime, timedelta
+from enum import StrEnum
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+
+from bml_assets.replay.market import KLINE_STREAMS, MarketConfig, Stream, SyntheticMarket
+from bml_assets.replay.vision_files import checksum_text, zip_bytes, zip_csv
+
+log = logging.getLogger(__name__)
+
+CHECKSUM_SUFFIX = ".CHECKSUM"
+CONTROL_PREFIX = "/_replay/"
+DEFAULT_CACHE_BYTES = 512 << 20
+_LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain"})
+
+
+# --- faults -------------------------------------------------------------------------
+
+
+class FaultKind(StrEnum):
+    MISSING = "missing"  # 404
+    FORBIDDEN = "forbidden"  # 403
+    CORRUPT_ZIP = "corrupt_zip"  # garbage zip, CHECKSUM of the garbage: broken upstream
+    CHECKSUM_MISMATCH = "checksum_mismatch"  # flipped bytes, true CHECKSUM: broken in transit
+    TRUNCATED = "truncated"  # Content-Length larger than the bytes sent, then close
+    ERROR_500 = "error_500"  # HTTP 500
+    SLOW = "slow"  # sleep delay_s, then answer (other rules still apply)
+
+
+# Kinds that change the zip bytes: only requests for the zip itself use them up.
+_ZIP_KINDS = frozenset({FaultKind.CORRUPT_ZIP, FaultKind.CHECKSUM_MISMATCH})
+
+
+@dataclass(frozen=True)
+class FaultRule:
+    """Affect requests whose path contains ``path_contains``; ``times=None`` means
+    every matching request, else that many matching requests."""
+
+    kind: FaultKind
+    path_contains: str
+    times: int | None = None
+    delay_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", FaultKind(self.kind))
+        if not isinstance(self.path_contains, str):
+            raise ValueError("path_contains must be a string")
+        if self.times is not None and (not isinstance(self.times, int) or self.times < 0):
+            raise ValueError(f"times must be None or a whole number ≥ 0, not {self.times!r}")
+        if not self.delay_s >= 0:
+            raise ValueError(f"delay_s must be ≥ 0, not {self.delay_s!r}")
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> FaultRule:
+        unknown = set(data) - {"kind", "path_contains", "times", "delay_s"}
+        if unknown:
+            raise ValueError(f"unknown fault rule fields: {sorted(unknown)}")
+        return cls(
+            kind=FaultKind(data["kind"]),
+            path_contains=data.get("path_contains", ""),
+            times=data.get("times"),
+            delay_s=float(data.get("delay_s", 0.0)),
+        )
+
+
+@dataclass
+class _ActiveRule:
+    rule: FaultRule
+    remaining: int | None
+
+    def live(self) -> bool:
+        return self.remaining is None or self.remaining > 0
+
+    def use(self) -> None:
+        if self.remaining is not None:
+            self.remaining -= 1
+
+
+@dataclass(frozen=True)
+class _Decision:
+    delay_s: float = 0.0
+    kind: FaultKind | None = None
+
+
+class FaultSet:
+    """The server's fault rules, safe to change while requests are served.
+
+    A request sleeps for every matching ``slow`` rule and is then affected by at
+    most one other rule: the first added that matches and has uses left. The
+    zip-changing kinds are used up by zip requests only; a ``corrupt_zip`` rule
+    also makes the file's ``.CHECKSUM`` describe the garbage (while the rule is
+    live, or for the one CHECKSUM request that follows a garbage zip), so the pair
+    looks broken upstream whichever of the two a client fetches first.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._rules: list[_ActiveRule] = []
+        # Zip paths served as garbage whose CHECKSUM has not been asked for since,
+        # and CHECKSUM paths served for garbage whose zip has not been asked for.
+        self._garbage_zip_pending: set[str] = set()
+        self._garbage_checksum_served: set[str] = set()
+
+    def add(self, rule: FaultRule) -> None:
+        with self._lock:
+            self._rules.append(_ActiveRule(rule, rule.times))
+
+    def clear(self) -> None:
+        with self._lock:
+            self._rules.clear()
+            self._garbage_zip_pending.clear()
+            self._garbage_checksum_served.clear()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._rules)
+
+    def describe(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [{**asdict(r.rule), "kind": r.rule.kind.value, "remaining": r.remaining} for r in self._rules]
+
+    def decide(self, path: str) -> _Decision:
+        """Use up the rules that apply to one request of ``path`` (a zip or CHECKSUM path)."""
+        is_checksum = path.endswith(CHECKSUM_SUFFIX)
+        zip_path = path[: -len(CHECKSUM_SUFFIX)] if is_checksum else path
+        delay, kind = 0.0, None
+        with self._lock:
+            for active in self._rules:
+                if active.rule.path_contains not in path or not active.live():
+                    continue
+                if active.rule.kind is FaultKind.SLOW:
+                    active.use()
+                    delay += active.rule.delay_s
+                    continue
+                if kind is not None:
+                    continue
+                if active.rule.kind in _ZIP_KINDS and is_checksum:
+                    if active.rule.kind is FaultKind.CORRUPT_ZIP:
+                        kind = FaultKind.CORRUPT_ZIP
+                        self._garbage_checksum_served.add(zip_path)
+                        self._garbage_zip_pending.discard(zip_path)
+                    continue
+                active.use()
+                kind = active.rule.kind
+            if is_checksum and kind is None and zip_path in self._garbage_zip_pending:
+                self._garbage_zip_pending.discard(zip_path)
+                kind = FaultKind.CORRUPT_ZIP
+            if not is_checksum and kind is FaultKind.CORRUPT_ZIP:
+                if zip_path in self._garbage_checksum_served:
+                    self._garbage_checksum_served.discard(zip_path)
+                else:
+                    self._garbage_zip_pending.add(zip_path)
+        return _Decision(delay, kind)
+
+
+def _garbage(data: bytes) -> bytes:
+    """Deterministic garbage of the same length: the local header survives (it
+    still looks like a zip), everything after it is scrambled."""
+    head = min(len(data), 30)
+    body = np.frombuffer(data, dtype=np.uint8)[head:] ^ np.uint8(0xA5)
+    return data[:head] + body.tobytes()
+
+
+def _flipped(data: bytes) -> bytes:
+    """A few flipped bytes in the middle, as a bad transfer would leave them."""
+    out = bytearray(data)
+    for i in range(len(out) // 2, min(len(out), len(out) // 2 + 8)):
+        out[i] ^= 0xFF
+    return bytes(out)
+
+
+# --- paths ------------------------------------------------------------------------
+
+_SYMBOL = r"[A-Z0-9]{2,20}"
+_DAY = r"\d{4}-\d{2}-\d{2}"
+_KLINE_PATH = re.compile(
+    rf"^/data/futures/um/daily/(klines|markPriceKlines|indexPriceKlines|premiumIndexKlines)/({_SYMBOL})/1m/\2-1m-({_DAY})\.zip$"
+)
+_DAILY_PATH = re.compile(rf"^/data/futures/um/daily/(aggTrades|bookTicker|metrics)/({_SYMBOL})/\2-\1-({_DAY})\.zip$")
+_MONTHLY_PATH = re.compile(
+    rf"^/data/futures/um/monthly/(fundingRate)/({_SYMBOL})/\2-fundingRate-(\d{{4}}-\d{{2}})\.zip$"
+)
+
+
+def _parse_vision_path(path: str) -> tuple[Stream, str, date] | None:
+    """(stream, symbol, period) of a synthetic Vision zip path, or None."""
+    for pattern in (_KLINE_PATH, _DAILY_PATH, _MONTHLY_PATH):
+        match = pattern.fullmatch(path)
+        if match is None:
+            continue
+        stream, symbol, period = match.groups()
+        try:
+            day = date.fromisoformat(period if len(period) == 10 else period + "-01")
+        except ValueError:
+            return None
+        return Stream(stream), symbol, day
+    return None
+
+
+# Loose real files, by name.
+_LOOSE_KLINE = re.compile(rf"^({_SYMBOL})-1m-({_DAY})$")
+_LOOSE_DAILY = re.compile(rf"^({_SYMBOL})-(aggTrades|bookTicker|metrics)-({_DAY})$")
+_LOOSE_MONTHLY = re.compile(rf"^({_SYMBOL})-fundingRate-(\d{{4}}-\d{{2}})$")
+# Folders whose loose files belong to another market (spot, COIN-M) and must not
+# be served as USD-M files.
+_OTHER_MARKET_TOKENS = frozenset({"spot", "cm", "coin", "option", "options"})
+_DERIVED_KLINE_FOLDERS = {s.value.lower(): s.value for s in KLINE_STREAMS if s is not Stream.KLINES}
+
+
+@dataclass(frozen=True)
+class RealFile:
+    """A real file served at ``route``: a zip as is, or a CSV zipped on request."""
+
+    route: str
+    source: Path
+    checksum: Path | None  # the .CHECKSUM beside a real zip, served as is
+    laid_out: bool  # found under data/... rather than mapped by its name
+
+    @property
+    def is_csv(self) -> bool:
+        return self.source.suffix == ".csv"
+
+
+def _loose_route(rel: Path) -> str | None:
+    stem = rel.name[: -len(rel.suffix)]
+    folders = [p.lower() for p in rel.parts[:-1]]
+    if any(tok in _OTHER_MARKET_TOKENS for f in folders for tok in re.split(r"[^a-z0-9]+", f)):
+        return None
+    if m := _LOOSE_KLINE.fullmatch(stem):
+        stream = next((_DERIVED_KLINE_FOLDERS[f] for f in reversed(folders) if f in _DERIVED_KLINE_FOLDERS), "klines")
+        return f"/data/futures/um/daily/{stream}/{m[1]}/1m/{stem}.zip"
+    if m := _LOOSE_DAILY.fullmatch(stem):
+        return f"/data/futures/um/daily/{m[2]}/{m[1]}/{stem}.zip"
+    if m := _LOOSE_MONTHLY.fullmatch(stem):
+        return f"/data/futures/um/monthly/fundingRate/{m[1]}/{stem}.zip"
+    return None
+
+
+def index_real_dir(root: Path) -> dict[str, RealFile]:
+    """Map request paths to the real files under ``root``. Files under a ``data``
+    folder are served at their own path (``.csv`` as ``.zip``); loose files by
+    their name. Laid-out beats loose and a zip beats a CSV for the same path."""
+    found: dict[str, RealFile] = {}
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in (".zip", ".csv")):
+        rel = path.relative_to(root)
+        if "data" in rel.parts[:-1]:
+            parts = rel.parts[rel.parts.index("data") :]
+            route, laid_out = "/" + "/".join(parts[:-1] + (rel.stem + ".zip",)), True
+        else:
+            route, laid_out = _loose_route(rel), False
+        if route is None:
+            log.debug("replay: not serving %s (no USD-M Vision name)", path)
+            continue
+        checksum = path.with_name(path.name + CHECKSUM_SUFFIX)
+        candidate = RealFile(route, path, checksum if path.suffix == ".zip" and checksum.is_file() else None, laid_out)
+        current = found.get(route)
+        if current is None or (not candidate.is_csv, candidate.laid_out) > (not current.is_csv, current.laid_out):
+            found[route] = candidate
+    return found
+
+
+def _period_of(name: str) -> datetime:
+    """A zip entry time for a real CSV zipped here: the morning after its period."""
+    match = re.search(r"(\d{4})-(\d{2})(?:-(\d{2}))?$", name)
+    if match is None:
+        return datetime(1980, 1, 1)
+    y, m, d = int(match[1]), int(match[2]), int(match[3] or 1)
+    try:
+        start = datetime(y, m, d)
+    except ValueError:
+        return datetime(1980, 1, 1)
+    return start + timedelta(days=1 if match[3] else 31, hours=7, minutes=26)
+
+
+# --- rendered files cache ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Rendered:
+    zip: bytes
+    checksum: bytes  # the CHECKSUM file's bytes
+    modified: datetime
+
+
+class _RenderCache:
+    """Rendered files by path, least recently used dropped beyond ``max_bytes``.
+    Concurrent requests for one path render it once."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._items: OrderedDict[str, _Rendered] = OrderedDict()
+        self._size = 0
+        self._inflight: dict[str, threading.Lock] = {}
+
+    def get_or_render(self, key: str, render: Any) -> _Rendered | None:
+        with self._lock:
+            hit = self._items.get(key)
+            if hit is not None:
+                self._items.move_to_end(key)
+                return hit
+            key_lock = self._inflight.setdefault(key, threading.Lock())
+        with key_lock:
+            with self._lock:
+                hit = self._items.get(key)
+                if hit is not None:
+                    return hit
+            value = render()
+            with self._lock:
+                self._inflight.pop(key, None)
+                if value is not None and len(value.zip) <= self.max_bytes:
+                    self._items[key] = value
+                    self._size += len(value.zip)
+                    while self._size > self.max_bytes:
+                        _, old = self._items.popitem(last=False)
+                        self._size -= len(old.zip)
+            return value
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self._size = 0
+
+
+# --- the server -------------------------------------------------------------------
+
+
+def _is_loopback(host: str) -> bool:
+    if host in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _not_found_body(key: str, code: str = "NoSuchKey", message: str = "The specified key does not exist.") -> bytes:
+    # Vision sits on S3 and answers misses with a small XML error document.
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        f"<Error><Code>{code}</Code><Message>{message}</Message><Key>{key.lstrip('/')}</Key></Error>"
+    ).encode()
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    replay: ReplayServer
+
+
+class ReplayServer:
+    """Serve a synthetic market and/or real files as a Binance Vision host.
+
+    ``market`` defaults to ``SyntheticMarket()`` when neither it nor ``real_dir`` is
+    given. Real files win over the market for the same path.
+    """
+
+    def __init__(
+        self,
+        market: SyntheticMarket | None = None,
+        real_dir: Path | str | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        allow_public: bool = False,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
+    ) -> None:
+        if not allow_public and not _is_loopback(host):
+            raise ValueError(
+                f"refusing to listen on non-loopback host {host!r}: the replay server is for local tests; "
+                "pass allow_public=True to expose it"
+            )
+        self.market = market if market is not None or real_dir is not None else SyntheticMarket()
+        self.real_dir = Path(real_dir) if real_dir is not None else None
+        if self.real_dir is not None and not self.real_dir.is_dir():
+            raise FileNotFoundError(f"real_dir {self.real_dir} is not a directory")
+        self.real_files: dict[str, RealFile] = index_real_dir(self.real_dir) if self.real_dir else {}
+        self.host = host
+        self.faults = FaultSet()
+        self._requested_port = port
+        self._cache = _RenderCache(cache_bytes)
+        self._log: list[tuple[str, str, int]] = []
+        self._log_lock = threading.Lock()
+        self._httpd: _HTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # --- lifecycle --------------------------------------------------------------
+
+    def start(self) -> ReplayServer:
+        if self._httpd is not None:
+            return self
+        server_class = _HTTPServer
+        if ":" in self.host:
+            server_class = type("_HTTPServer6", (_HTTPServer,), {"address_family": socket.AF_INET6})
+        httpd = server_class((self.host, self._requested_port), _Handler)
+        httpd.replay = self
+        self._httpd = httpd
+        self._thread = threading.Thread(target=httpd.serve_forever, args=(0.1,), name="bml-replay-server", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        httpd, thread = self._httpd, self._thread
+        self._httpd, self._thread = None, None
+        if httpd is not None:
+            httpd.shutdown()
+            httpd.server_close()
+        if thread is not None:
+            thread.join(timeout=5)
+
+    def __enter__(self) -> ReplayServer:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        if self._httpd is None:
+            raise RuntimeError("the replay server is not started")
+        return int(self._httpd.server_address[1])
+
+    @property
+    def base_url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def request_log(self) -> list[tuple[str, str, int]]:
+        """A copy of (method, path, status) of every request so far, in order."""
+        with self._log_lock:
+            return list(self._log)
+
+    def clear_request_log(self) -> None:
+        with self._log_lock:
+            self._log.clear()
+
+    def clear_cache(self) -> None:
+        self._cache.clear()
+
+    def _record(self, method: str, path: str, status: int) -> None:
+        with self._log_lock:
+            self._log.append((method, path, int(status)))
+
+    # --- content ------------------------------------------------------------------
+
+    def resolve(self, zip_path: str) -> _Rendered | None:
+        """The zip at ``zip_path`` and its CHECKSUM, or None (404)."""
+        real = self.real_files.get(zip_path)
+        if real is not None:
+            return self._cache.get_or_render("real:" + zip_path, lambda: self._render_real(real))
+        if self.market is None:
+            return None
+        parsed = _parse_vision_path(zip_path)
+        if parsed is None:
+            return None
+        stream, symbol, period = parsed
+        # Publication depends on "today", so ask the market before the cache.
+        file = self.market.vision_file(stream, symbol, period)
+        if file is None:
+            return None
+
+        def render() -> _Rendered:
+            data = zip_csv(file.csv_name, file.columns(), header=file.header, modified=file.modified)
+            return _Rendered(data, checksum_text(file.zip_name, data).encode(), file.modified)
+
+        return self._cache.get_or_render("market:" + zip_path, render)
+
+    @staticmethod
+    def _render_real(real: RealFile) -> _Rendered:
+        zip_name = real.route.rsplit("/", 1)[1]
+        modified = _period_of(zip_name[: -len(".zip")])
+        if real.is_csv:
+            data = zip_bytes(zip_name[: -len(".zip")] + ".csv", real.source.read_bytes(), modified=modified)
+        else:
+            data = real.source.read_bytes()
+        checksum = real.checksum.read_bytes() if real.checksum else checksum_text(zip_name, data).encode()
+        return _Rendered(data, checksum, modified)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _HTTPServer
+    protocol_version = "HTTP/1.1"
+    server_version = "bml-replay/1"
+
+    @property
+    def replay(self) -> ReplayServer:
+        return self.server.replay
+
+    def setup(self) -> None:
+        super().setup()
+        # Headers and body go out in separate writes; without NODELAY, Nagle plus
+        # delayed ACKs add ~40 ms to every small keep-alive response.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("replay: " + format, *args)
+
+    # --- plumbing ---------------------------------------------------------------
+
+    def _path(self) -> str:
+        return self.path.split("?", 1)[0].split("#", 1)[0]
+
+    def _send(
+        self, status: int, body: bytes, content_type: str, *, head: bool = False, extra: dict[str, str] | None = None
+    ) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in (extra or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        if not head:
+            self.wfile.write(body)
+        self.replay._record(self.command, self._path(), status)
+
+    def _send_json(self, status: int, payload: Any) -> None:
+        self._send(status, json.dumps(payload).encode(), "application/json")
+
+    def _read_body(self) -> bytes:
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length > 0 else b""
+
+    # --- methods ---------------------------------------------------------------------
+
+    def do_GET(self) -> None:
+        self._serve(head=False)
+
+    def do_HEAD(self) -> None:
+        self._serve(head=True)
+
+    def do_POST(self) -> None:
+        path = self._path()
+        if path != CONTROL_PREFIX + "faults":
+            self._send(HTTPStatus.METHOD_NOT_ALLOWED, b"only GET and HEAD\n", "text/plain")
+            return
+        try:
+            payload = json.loads(self._read_body() or b"[]")
+            items = payload if isinstance(payload, list) else [payload]
+            rules = [FaultRule.from_json(item) for item in items]
+        except (ValueError, KeyError, TypeError) as exc:
+            self._send_json(HTTPStatus.BAD_REQUEST, {"error": f"bad fault rules: {exc}"})
+            return
+        for rule in rules:
+            self.replay.faults.add(rule)
+        self._send_json(HTTPStatus.OK, self.replay.faults.describe())
+
+    def do_DELETE(self) -> None:
+        self._read_body()
+        if self._path() != CONTROL_PREFIX + "faults":
+            self._send(HTTPStatus.METHOD_NOT_ALLOWED, b"only GET and HEAD\n", "text/plain")
+            return
+        self.replay.faults.clear()
+        self._send_json(HTTPStatus.OK, [])
+
+    def _serve(self, *, head: bool) -> None:
+        path = self._path()
+        if path.startswith(CONTROL_PREFIX):
+            self._control(path, head=head)
+            return
+        decision = self.replay.faults.decide(path)
+        if decision.delay_s:
+            time.sleep(decision.delay_s)
+        kind = decision.kind
+        if kind is FaultKind.MISSING:
+            self._send(HTTPStatus.NOT_FOUND, _not_found_body(path), "application/xml", head=head)
+            return
+        if kind is FaultKind.FORBIDDEN:
+            self._send(
+                HTTPStatus.FORBIDDEN,
+                _not_found_body(path, "AccessDenied", "Access Denied"),
+                "application/xml",
+                head=head,
+            )
+            return
+        if kind is FaultKind.ERROR_500:
+            body = _not_found_body(path, "InternalError", "We encountered an internal error. Please try again.")
+            self._send(HTTPStatus.INTERNAL_SERVER_ERROR, body, "application/xml", head=head)
+            return
+
+        is_checksum = path.endswith(CHECKSUM_SUFFIX)
+        try:
+            rendered = self.replay.resolve(path[: -len(CHECKSUM_SUFFIX)] if is_checksum else path)
+        except Exception as exc:  # a bug or a config the market cannot serve: say so, keep serving
+            log.exception("replay: failed to render %s", path)
+            body = _not_found_body(path, "InternalError", f"replay server failed: {exc}")
+            self._send(HTTPStatus.INTERNAL_SERVER_ERROR, body, "application/xml", head=head)
+            return
+        if rendered is None:
+            self._send(HTTPStatus.NOT_FOUND, _not_found_body(path), "application/xml", head=head)
+            return
+        if is_checksum:
+            body = rendered.checksum
+            if kind is FaultKind.CORRUPT_ZIP:
+                body = checksum_text(path.rsplit("/", 1)[1][: -len(CHECKSUM_SUFFIX)], _garbage(rendered.zip)).encode()
+            content_type = "text/plain; charset=utf-8"
+        else:
+            body = rendered.zip
+            if kind is FaultKind.CORRUPT_ZIP:
+                body = _garbage(body)
+            elif kind is FaultKind.CHECKSUM_MISMATCH:
+                body = _flipped(body)
+            content_type = "application/zip"
+        extra = {"Last-Modified": rendered.modified.strftime("%a, %d %b %Y %H:%M:%S GMT")}
+        if kind is FaultKind.TRUNCATED and not head:
+            self._send_truncated(body, content_type, extra)
+            return
+        self._send(HTTPStatus.OK, body, content_type, head=head, extra=extra)
+
+    def _send_truncated(self, body: bytes, content_type: str, extra: dict[str, str]) -> None:
+        # Promise the whole body, send half, hang up: the client sees a short read.
+        self.send_response(HTTPStatus.OK)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in extra.items():
+            self.send_header(name, value)
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(body[: len(body) // 2])
+        self.wfile.flush()
+        self.close_connection = True
+        self.replay._record(self.command, self._path(), HTTPStatus.OK)
+
+    def _control(self, path: str, *, head: bool) -> None:
+        if path == CONTROL_PREFIX + "faults":
+            self._send(HTTPStatus.OK, json.dumps(self.replay.faults.describe()).encode(), "application/json", head=head)
+        elif path == CONTROL_PREFIX + "health":
+            self._send(HTTPStatus.OK, b"ok\n", "text/plain", head=head)
+        else:
+            self._send(HTTPStatus.NOT_FOUND, b"unknown control path\n", "text/plain", head=head)
+
+
+# --- command-line entry point ------------------------------------------------------
+
+
+def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def serve(
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    *,
+    seed: int = 7,
+    trades_per_day: int = 6000,
+    real_dir: Path | str | None = None,
+    listing_dates: dict[str, date] | None = None,
+    allow_public: bool = False,
+) -> None:
+    """Run a replay server in the foreground until Ctrl-C (``bml replay-server``)."""
+    market = SyntheticMarket(MarketConfig(seed=seed, trades_per_day=trades_per_day, listing_dates=listing_dates or {}))
+    server = ReplayServer(market, real_dir=real_dir, host=host, port=port, allow_public=allow_public)
+    server.start()
+    if threading.current_thread() is threading.main_thread():
+        # A service manager stops with SIGTERM: stop as cleanly as on Ctrl-C.
+        signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    try:
+        print(f"bml replay server (Binance Vision) at {server.base_url}", flush=True)
+        if server.real_files:
+            print(f"serving {len(server.real_files)} real file(s) from {server.real_dir}", flush=True)
+        print(f"export BML_VISION_BASE_URL={server.base_url}", flush=True)
+        print("Ctrl-C stops it.", flush=True)
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+        print("replay server stopped", flush=True)
