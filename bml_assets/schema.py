@@ -54,7 +54,14 @@ _SLOW = "as-of latest observation before minute end, ffill ≤ BML_MAX_FFILL_MIN
 
 MINUTE_COLUMNS: tuple[Column, ...] = (
     Column("event_time", I64, L, "live", _NONE, "largest exchange event time E among live events of the minute"),
-    Column("transact_time", I64, B, "aggTrades", "NULL when the minute has no trades", "largest transact_time of the minute's trades"),
+    Column(
+        "transact_time",
+        I64,
+        B,
+        "aggTrades",
+        "NULL when the minute has no trades",
+        "largest transact_time of the minute's trades",
+    ),
     Column("arrival_time", I64, L, "live", _NONE, "local receive time (ms) of the event that set event_time"),
     Column("latency_engine", I64, L, "live", _NONE, "p95 of E − T over the minute's live events (ms)"),
     Column("latency_network", I64, L, "live", _NONE, "p95 of arrival − E (ms)"),
@@ -65,8 +72,22 @@ MINUTE_COLUMNS: tuple[Column, ...] = (
     Column("high", F64, H, "klines", "never NULL", "klines high"),
     Column("low", F64, H, "klines", "never NULL", "klines low"),
     Column("close", F64, H, "klines", "never NULL", "klines close"),
-    Column("vwap_1m", F64, B, "klines", "close when volume is 0", "quote_volume / volume (= Σ notional / Σ quantity of the trades)"),
-    Column("micro_price_close", F64, B, "bookTicker", "NULL when no snapshot in the minute", "(bid·ask_qty + ask·bid_qty) / (bid_qty + ask_qty) of the minute's last snapshot"),
+    Column(
+        "vwap_1m",
+        F64,
+        B,
+        "klines",
+        "close when volume is 0",
+        "quote_volume / volume (= Σ notional / Σ quantity of the trades)",
+    ),
+    Column(
+        "micro_price_close",
+        F64,
+        B,
+        "bookTicker",
+        "NULL when no snapshot in the minute",
+        "(bid·ask_qty + ask·bid_qty) / (bid_qty + ask_qty) of the minute's last snapshot",
+    ),
     Column("volume_btc", F64, H, "klines", "never NULL (0 allowed)", "klines volume (base asset)"),
     Column("volume_usdt", F64, H, "klines", "never NULL (0 allowed)", "klines quote_volume"),
     Column("trade_count", I64, H, "klines", "never NULL", "klines count (individual trades)"),
@@ -74,16 +95,72 @@ MINUTE_COLUMNS: tuple[Column, ...] = (
     Column("max_trade_size_btc", F64, B, "aggTrades", _ZERO_TRADES, "largest aggTrade quantity"),
     Column("taker_buy_vol_btc", F64, B, "klines", "never NULL when klines exist", "klines taker_buy_volume"),
     Column("taker_buy_vol_usdt", F64, B, "klines", "never NULL when klines exist", "klines taker_buy_quote_volume"),
-    Column("net_taker_vol_btc", F64, B, "klines", "never NULL when klines exist", "taker-buy quantity − taker-sell quantity"),
-    Column("count_buy_trades", I64, B, "aggTrades", _ZERO_TRADES, "Σ (last_trade_id − first_trade_id + 1) over taker-buy aggTrades"),
+    Column(
+        "net_taker_vol_btc",
+        F64,
+        B,
+        "klines",
+        "never NULL when klines exist",
+        "taker-buy quantity − taker-sell quantity",
+    ),
+    Column(
+        "count_buy_trades",
+        I64,
+        B,
+        "aggTrades",
+        _ZERO_TRADES,
+        "Σ (last_trade_id − first_trade_id + 1) over taker-buy aggTrades",
+    ),
     Column("count_sell_trades", I64, B, "aggTrades", _ZERO_TRADES, "the same over taker-sell aggTrades"),
     Column("taker_buy_ratio", F64, B, "klines", "NULL when volume is 0", "taker_buy_vol_btc / volume_btc"),
-    Column("vol_buy_whale_btc", F64, B, "aggTrades", _ZERO_TRADES, "Σ quantity of taker-buy aggTrades with notional ≥ 100 000"),
-    Column("vol_sell_whale_btc", F64, B, "aggTrades", _ZERO_TRADES, "Σ quantity of taker-sell aggTrades with notional ≥ 100 000"),
-    Column("vol_buy_retail_btc", F64, B, "aggTrades", _ZERO_TRADES, "Σ quantity of taker-buy aggTrades with notional ≤ 1 000"),
-    Column("vol_sell_retail_btc", F64, B, "aggTrades", _ZERO_TRADES, "Σ quantity of taker-sell aggTrades with notional ≤ 1 000"),
-    Column("whale_trade_count", I64, B, "aggTrades", _ZERO_TRADES, "number of aggTrades with notional ≥ 100 000, both sides"),
-    Column("realized_vol_1m", F64, B, "aggTrades", "0 with fewer than 2 trades", "sqrt(Σ ln(p_i/p_{i−1})²) over trades ordered by (transact_time, agg_trade_id)"),
+    Column(
+        "vol_buy_whale_btc",
+        F64,
+        B,
+        "aggTrades",
+        _ZERO_TRADES,
+        "Σ quantity of taker-buy aggTrades with notional ≥ 100 000",
+    ),
+    Column(
+        "vol_sell_whale_btc",
+        F64,
+        B,
+        "aggTrades",
+        _ZERO_TRADES,
+        "Σ quantity of taker-sell aggTrades with notional ≥ 100 000",
+    ),
+    Column(
+        "vol_buy_retail_btc",
+        F64,
+        B,
+        "aggTrades",
+        _ZERO_TRADES,
+        "Σ quantity of taker-buy aggTrades with notional ≤ 1 000",
+    ),
+    Column(
+        "vol_sell_retail_btc",
+        F64,
+        B,
+        "aggTrades",
+        _ZERO_TRADES,
+        "Σ quantity of taker-sell aggTrades with notional ≤ 1 000",
+    ),
+    Column(
+        "whale_trade_count",
+        I64,
+        B,
+        "aggTrades",
+        _ZERO_TRADES,
+        "number of aggTrades with notional ≥ 100 000, both sides",
+    ),
+    Column(
+        "realized_vol_1m",
+        F64,
+        B,
+        "aggTrades",
+        "0 with fewer than 2 trades",
+        "sqrt(Σ ln(p_i/p_{i−1})²) over trades ordered by (transact_time, agg_trade_id)",
+    ),
     Column("liq_long_vol_usdt", F64, L, "live", "0 when covered and none", "Σ ap × z of SELL-side forced orders"),
     Column("liq_short_vol_usdt", F64, L, "live", "0 when covered and none", "Σ ap × z of BUY-side forced orders"),
     Column("liq_long_count", I64, L, "live", "0 when covered and none", "number of SELL-side forced orders"),
@@ -91,7 +168,14 @@ MINUTE_COLUMNS: tuple[Column, ...] = (
     Column("liq_avg_fill_price", F64, L, "live", "NULL when none", "Σ ap·z / Σ z over all forced orders"),
     Column("liq_unfilled_ratio", F64, L, "live", "NULL when none", "Σ (q − z) / Σ q"),
     Column("avg_spread_usdt", F64, B, "bookTicker", _BOOK, "mean of (ask − bid)"),
-    Column("bid_ask_imbalance", F64, B, "bookTicker", _BOOK, "mean of (bid_qty − ask_qty) / (bid_qty + ask_qty), zero denominators left out"),
+    Column(
+        "bid_ask_imbalance",
+        F64,
+        B,
+        "bookTicker",
+        _BOOK,
+        "mean of (bid_qty − ask_qty) / (bid_qty + ask_qty), zero denominators left out",
+    ),
     Column("avg_bid_depth", F64, B, "bookTicker", _BOOK, "mean bid_qty"),
     Column("avg_ask_depth", F64, B, "bookTicker", _BOOK, "mean ask_qty"),
     Column("spread_pct", F64, B, "bookTicker", _BOOK, "mean of (ask − bid) / mid, a fraction"),
@@ -107,10 +191,33 @@ MINUTE_COLUMNS: tuple[Column, ...] = (
     Column("mark_price_close", F64, H, "markPriceKlines", "never NULL", "mark price klines close"),
     Column("index_price_open", F64, H, "indexPriceKlines", "never NULL", "index price klines open"),
     Column("index_price_close", F64, H, "indexPriceKlines", "never NULL", "index price klines close"),
-    Column("premium_index", F64, B, "premiumIndexKlines", "NULL when that source is missing", "premium index klines close"),
-    Column("funding_rate", F64, B, "fundingRate", "step function; NULL before the first known settlement", "rate of the latest settlement with instant < minute start + 60 s"),
-    Column("predicted_funding", F64, L, "live / hot poller", _NONE, "last markPrice r of the minute, or premiumIndex lastFundingRate"),
-    Column("next_funding_time", I64, B, "fundingRate", "last settlement + interval when history ends", "first settlement instant (ms) strictly after the minute start"),
+    Column(
+        "premium_index", F64, B, "premiumIndexKlines", "NULL when that source is missing", "premium index klines close"
+    ),
+    Column(
+        "funding_rate",
+        F64,
+        B,
+        "fundingRate",
+        "step function; NULL before the first known settlement",
+        "rate of the latest settlement with instant < minute start + 60 s",
+    ),
+    Column(
+        "predicted_funding",
+        F64,
+        L,
+        "live / hot poller",
+        _NONE,
+        "last markPrice r of the minute, or premiumIndex lastFundingRate",
+    ),
+    Column(
+        "next_funding_time",
+        I64,
+        B,
+        "fundingRate",
+        "last settlement + interval when history ends",
+        "first settlement instant (ms) strictly after the minute start",
+    ),
 )
 del H, B, L
 
@@ -126,9 +233,7 @@ class Dataset:
 
     @property
     def arrow_schema(self) -> pa.Schema:
-        return pa.schema(
-            [pa.field(n, t, nullable=n != self.time_column) for n, t in self.columns]
-        )
+        return pa.schema([pa.field(n, t, nullable=n != self.time_column) for n, t in self.columns])
 
     @property
     def column_names(self) -> list[str]:

@@ -41,9 +41,7 @@ class SettingsError(ValueError):
 def validate_symbol(symbol: str, *, what: str = "symbol") -> str:
     """Return ``symbol`` if it is safe to use as a path part, else raise."""
     if not isinstance(symbol, str) or not SYMBOL_PATTERN.fullmatch(symbol):
-        raise SettingsError(
-            f"invalid {what} {symbol!r}: expected 2-20 characters of A-Z and 0-9 (e.g. BTCUSDT)"
-        )
+        raise SettingsError(f"invalid {what} {symbol!r}: expected 2-20 characters of A-Z and 0-9 (e.g. BTCUSDT)")
     return symbol
 
 
@@ -97,9 +95,7 @@ class Settings:
             )
 
     @classmethod
-    def from_env(
-        cls, environ: Mapping[str, str] | None = None, *, dotenv_path: str | Path | None = ".env"
-    ) -> Settings:
+    def from_env(cls, environ: Mapping[str, str] | None = None, *, dotenv_path: str | Path | None = ".env") -> Settings:
         """Read ``BML_*`` from ``environ`` (default ``os.environ``), then a ``.env`` file
         for what the environment does not set, then the SPEC defaults."""
         env: dict[str, str] = dict(DEFAULTS)
