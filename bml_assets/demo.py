@@ -23,6 +23,9 @@ from bml_assets.resources import BmlResource
 from bml_assets.schema import MINUTE_VIEW
 from bml_assets.settings import Settings
 
+# Dagster's per-event debug lines would bury the summary; warnings and errors still show.
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
 
 @dataclass
 class PartitionReport:
@@ -63,15 +66,17 @@ def run_demo(
                 for day in days:
                     key = partition_key(symbol, day)
                     echo(f"materializing minute_view {key} …")
-                    result = job.execute_in_process(partition_key=key, instance=instance, raise_on_error=False)
-                    reports.append(_report(key, result, Ledger(settings.state_url), symbol, day))
+                    result = job.execute_in_process(
+                        partition_key=key, instance=instance, raise_on_error=False, run_config=QUIET
+                    )
+                    reports.append(_report(key, result, Ledger(settings.state_url), lake_root, symbol, day))
         return reports
     finally:
         if server is not None:
             server.stop()
 
 
-def _report(key: str, result, ledger: Ledger, symbol: str, day: dt.date) -> PartitionReport:
+def _report(key: str, result, ledger: Ledger, lake_root: Path, symbol: str, day: dt.date) -> PartitionReport:
     record = ledger.get_partition(MINUTE_VIEW.name, symbol, day)
     checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
     error = None
@@ -82,7 +87,7 @@ def _report(key: str, result, ledger: Ledger, symbol: str, day: dt.date) -> Part
         key=key,
         success=result.success,
         status=record.status if record else "missing",
-        path=record.path if record else None,
+        path=str((lake_root / record.path).resolve()) if record and record.path else None,
         rows=record.row_count if record else None,
         checks=checks,
         error=error,
@@ -90,15 +95,17 @@ def _report(key: str, result, ledger: Ledger, symbol: str, day: dt.date) -> Part
 
 
 def format_reports(reports: list[PartitionReport]) -> str:
-    lines = []
+    lines = [f"{'partition':<22} {'status':<13} {'rows':>5}  checks  file"]
     for r in reports:
         passed = sum(r.checks.values())
-        lines.append(
-            f"{r.key:<22} {r.status:<13} rows={r.rows!s:<5} checks {passed}/{len(r.checks)} passed  {r.path or ''}"
-        )
-        for name, ok in sorted(r.checks.items()):
-            if not ok:
-                lines.append(f"    check failed: {name}")
+        lines.append(f"{r.key:<22} {r.status:<13} {r.rows!s:>5}  {passed:>2}/{len(r.checks):<3}  {r.path or ''}")
         if r.error:
             lines.append(f"    error: {r.error}")
+    names = sorted({n for r in reports for n in r.checks})
+    if names:
+        lines.append("")
+        lines.append("asset checks (partitions passed / checked):")
+        for name in names:
+            ran = [r.checks[name] for r in reports if name in r.checks]
+            lines.append(f"  {'ok  ' if all(ran) else 'FAIL'} {name:<34} {sum(ran)}/{len(ran)}")
     return "\n".join(lines)

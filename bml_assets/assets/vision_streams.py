@@ -47,6 +47,8 @@ GROUP = "vision_sources"
 # Days of one symbol per run in a backfill: big enough to amortise process start-up,
 # small enough that a failure costs little.
 MAX_PARTITIONS_PER_RUN = 30
+# Steps that download from Vision share this Dagster concurrency pool (dagster.yaml sets its limit).
+VISION_POOL = "binance_vision"
 
 
 def utc_today() -> dt.date:
@@ -250,6 +252,7 @@ def _stream_asset(spec: StreamAsset, partitions_def: PartitionsDefinition) -> As
         group_name=GROUP,
         kinds={"parquet"},
         backfill_policy=BackfillPolicy.multi_run(max_partitions_per_run=MAX_PARTITIONS_PER_RUN),
+        pool=VISION_POOL,
     )
     def _asset(context: AssetExecutionContext, bml: BmlResource) -> dict[str, PartitionData]:
         fetch = StreamFetcher(bml)

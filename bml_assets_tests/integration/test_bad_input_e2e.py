@@ -19,7 +19,7 @@ AGG_PATH = f"aggTrades/BTCUSDT/BTCUSDT-aggTrades-{DAY.isoformat()}.zip"
 KLINES_PATH = f"klines/BTCUSDT/1m/BTCUSDT-1m-{DAY.isoformat()}.zip"
 
 
-def failure_text(result) -> str:  # noqa: ANN001
+def failure_text(result) -> str:
     """Every error message of the run's failed steps, causes included."""
     texts = []
     for event in result.all_events:
@@ -58,7 +58,9 @@ def assert_untouched(lake: Lake, before: bytes, record: object) -> None:
     ],
     ids=["corrupt_zip", "checksum_mismatch", "truncated", "persistent_500"],
 )
-def test_fault_fails_clearly_and_keeps_the_previous_file(built, replay: ReplayServer, rule: FaultRule, expected: str) -> None:  # noqa: ANN001
+def test_fault_fails_clearly_and_keeps_the_previous_file(
+    built, replay: ReplayServer, rule: FaultRule, expected: str
+) -> None:
     lake, before, record = built
     replay.faults.add(rule)
     result = lake.materialize("BTCUSDT", DAY)
@@ -69,7 +71,7 @@ def test_fault_fails_clearly_and_keeps_the_previous_file(built, replay: ReplaySe
     assert_untouched(lake, before, record)
 
 
-def test_missing_klines_for_a_committed_day_keeps_the_file(built, replay: ReplayServer) -> None:  # noqa: ANN001
+def test_missing_klines_for_a_committed_day_keeps_the_file(built, replay: ReplayServer) -> None:
     lake, before, record = built
     replay.faults.add(FaultRule("missing", KLINES_PATH))
     result = lake.materialize("BTCUSDT", DAY)
@@ -78,7 +80,7 @@ def test_missing_klines_for_a_committed_day_keeps_the_file(built, replay: Replay
     assert_untouched(lake, before, record)
 
 
-def test_transient_500_burst_and_slow_responses_are_survived(built, replay: ReplayServer) -> None:  # noqa: ANN001
+def test_transient_500_burst_and_slow_responses_are_survived(built, replay: ReplayServer) -> None:
     lake, before, record = built
     replay.faults.add(FaultRule("error_500", AGG_PATH, times=2))
     replay.faults.add(FaultRule("slow", KLINES_PATH, delay_s=0.3))
@@ -111,7 +113,7 @@ BAD_KLINES = {
 
 
 @pytest.mark.parametrize("case", sorted(BAD_KLINES))
-def test_bad_klines_file_names_file_and_row_and_keeps_the_lake(built, market, tmp_path: Path, case: str) -> None:  # noqa: ANN001
+def test_bad_klines_file_names_file_and_row_and_keeps_the_lake(built, market, tmp_path: Path, case: str) -> None:
     lake, before, record = built
     csv_text, row_hint = BAD_KLINES[case]
     target = tmp_path / "real" / "data" / "futures" / "um" / "daily" / "klines" / "BTCUSDT" / "1m"

@@ -1,0 +1,74 @@
+"""The documented shell path: `dagster asset materialize` with BML_* pointing at a Vision-like server.
+
+The server mixes the real klines file of ../shared (2023-04-15) with the synthetic
+market for the other streams, so the real file goes through the whole product.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from bml_assets.lake.ledger import Ledger
+from bml_assets.replay.market import MarketConfig, SyntheticMarket
+from bml_assets.replay.server import ReplayServer
+
+REAL_DAY = "2023-04-15"
+
+
+def test_dagster_asset_materialize_writes_the_partition_from_real_klines(tmp_path: Path, real_fixtures: Path) -> None:
+    lake_root = tmp_path / "lake"
+    dagster_home = tmp_path / "dagster_home"
+    dagster_home.mkdir()
+    with ReplayServer(
+        market=SyntheticMarket(MarketConfig(seed=3, trades_per_day=2000)), real_dir=real_fixtures
+    ) as server:
+        env = {
+            **os.environ,
+            "DAGSTER_HOME": str(dagster_home),
+            "BML_LAKE_ROOT": str(lake_root),
+            "BML_VISION_BASE_URL": server.base_url,
+            "BML_SYMBOLS": "BTCUSDT",
+            "BML_START_DATE": "2023-04-01",
+        }
+        done = subprocess.run(
+            [
+                str(Path(sys.executable).parent / "dagster"),
+                "asset",
+                "materialize",
+                "-m",
+                "bml_assets.definitions",
+                "--select",
+                "+minute_view",
+                "--partition",
+                f"{REAL_DAY}|BTCUSDT",
+            ],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    assert done.returncode == 0, done.stderr[-3000:]
+    path = lake_root / "futures/um/minute/symbol=BTCUSDT" / f"date={REAL_DAY}" / "part.parquet"
+    table = pq.read_table(path)
+    assert (table.num_rows, table.num_columns) == (1440, 58)
+    first, last = table.slice(0, 1).to_pylist()[0], table.slice(1439, 1).to_pylist()[0]
+    # The real file's first and last rows, as written in it.
+    assert (first["open"], first["high"], first["low"], first["close"]) == (30453.00, 30455.00, 30446.40, 30452.40)
+    assert (first["volume_btc"], first["volume_usdt"], first["trade_count"]) == (174.120, 5301913.57520, 1884)
+    assert first["taker_buy_vol_btc"] == 83.714
+    assert first["vwap_1m"] == 5301913.57520 / 174.120
+    assert (last["open"], last["close"], last["trade_count"]) == (30284.80, 30280.40, 588)
+    record = Ledger(f"sqlite:///{lake_root}/_state/ledger.sqlite").get_partition(
+        "minute", "BTCUSDT", dt.date(2023, 4, 15)
+    )
+    assert record is not None and record.status == "committed"
+    assert record.provenance["klines"]["files"][0]["url"].endswith(
+        f"/data/futures/um/daily/klines/BTCUSDT/1m/BTCUSDT-1m-{REAL_DAY}.zip"
+    )

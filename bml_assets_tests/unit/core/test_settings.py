@@ -1,0 +1,49 @@
+"""Settings from the environment: defaults, parsing, and errors that name the variable."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+
+from bml_assets.settings import Settings, SettingsError, parse_symbols, validate_symbol
+
+
+def test_defaults_follow_the_spec(tmp_path: Path) -> None:
+    s = Settings.from_env({}, dotenv_path=tmp_path / "absent.env")
+    assert s.symbols == ("BTCUSDT",)
+    assert s.start_date == dt.date(2020, 1, 1)
+    assert s.lake_root == Path("lake")
+    assert s.state_url == "sqlite:///lake/_state/ledger.sqlite"
+    assert s.vision_base_url == "https://data.binance.vision"
+    assert (s.safety_lag_minutes, s.max_ffill_minutes, s.rest_weight_budget) == (1, 60, 1800)
+
+
+def test_environment_wins_over_dotenv(tmp_path: Path) -> None:
+    dotenv = tmp_path / ".env"
+    dotenv.write_text("BML_SYMBOLS=ETHUSDT\nBML_MAX_FFILL_MINUTES=5\n")
+    s = Settings.from_env({"BML_SYMBOLS": "BTCUSDT, SOLUSDT", "BML_LAKE_ROOT": "/data/lake"}, dotenv_path=dotenv)
+    assert s.symbols == ("BTCUSDT", "SOLUSDT")
+    assert s.max_ffill_minutes == 5
+    assert s.state_url == "sqlite:////data/lake/_state/ledger.sqlite"
+
+
+@pytest.mark.parametrize("bad", ["../x", "btc usdt", "btcusdt", "B", "BTC/USDT", ""])
+def test_symbols_that_could_escape_a_path_are_refused(bad: str) -> None:
+    with pytest.raises(SettingsError, match="invalid symbol"):
+        validate_symbol(bad)
+
+
+def test_bad_values_name_their_variable(tmp_path: Path) -> None:
+    absent = tmp_path / "absent.env"
+    with pytest.raises(SettingsError, match="BML_SYMBOLS"):
+        Settings.from_env({"BML_SYMBOLS": "BTCUSDT,../x"}, dotenv_path=absent)
+    with pytest.raises(SettingsError, match="BML_START_DATE"):
+        Settings.from_env({"BML_START_DATE": "yesterday"}, dotenv_path=absent)
+    with pytest.raises(SettingsError, match="BML_MAX_FFILL_MINUTES"):
+        Settings.from_env({"BML_MAX_FFILL_MINUTES": "-1"}, dotenv_path=absent)
+    with pytest.raises(SettingsError, match="BML_VISION_BASE_URL"):
+        Settings.from_env({"BML_VISION_BASE_URL": "ftp://x"}, dotenv_path=absent)
+    with pytest.raises(SettingsError, match="twice"):
+        parse_symbols("BTCUSDT,BTCUSDT")
