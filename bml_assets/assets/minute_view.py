@@ -76,6 +76,10 @@ def _unavailable_day(sd: SymbolDay, inputs: Mapping[str, PartitionData]) -> Part
         first = hard[KLINES.name]
         status = "not_listed" if all(d.status == "not_listed" for d in hard.values()) else "not_published"
         return PartitionData.unavailable(status, first.message or status, _provenance(inputs))  # type: ignore[arg-type]
+    if any(d.status == "not_published" for d in missing.values()):
+        # Vision publishes each stream on its own schedule: wait for the rest.
+        message = f"minute view {sd} waits for " + "; ".join(str(d.message) for d in missing.values())
+        return PartitionData.unavailable("not_published", message, _provenance(inputs))
     raise Failure(
         description=f"minute view {sd}: HARD streams disagree — "
         + "; ".join(f"{name}: {d.status} ({d.message})" for name, d in missing.items())

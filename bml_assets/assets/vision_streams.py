@@ -20,6 +20,7 @@ from bml_assets.features.book import book_ticker_minutes
 from bml_assets.features.funding import funding_settlements, settlements_for_day
 from bml_assets.features.klines import kline_table
 from bml_assets.features.metrics import combine_observations, metrics_observations
+from bml_assets.features.timegrid import OutsideDayError
 from bml_assets.features.trade_flow import trade_flow
 from bml_assets.lake.io_manager import DATASET_METADATA_KEY
 from bml_assets.lake.partition_data import PartitionData
@@ -36,8 +37,8 @@ from bml_assets.schema import (
     TRADE_FLOW,
     Dataset,
 )
-from bml_assets.sources.vision import BOOK_TICKER_LAST_DAY, NotPublished, Stream, VisionFile
-from bml_assets.sources.vision_csv import read_vision_csv
+from bml_assets.sources.vision import BOOK_TICKER_LAST_DAY, NotPublished, Stream, VisionError, VisionFile
+from bml_assets.sources.vision_csv import data_row_of, read_vision_csv
 
 # Vision publishes a day one to several days late (SPEC §4). A HARD stream missing
 # for a day older than this is taken as "the symbol did not trade", not "not yet".
@@ -65,7 +66,22 @@ class Fetched:
     """A downloaded, verified and parsed Vision file, with its provenance entry."""
 
     file: VisionFile
+    stream: Stream
     table: pa.Table
+
+    def transform(self, fn: Callable[[pa.Table], pa.Table]) -> pa.Table:
+        """Run a feature transform on the parsed table; a row outside the day is
+        reported at its row in the file as written (the parsed table is sorted)."""
+        try:
+            return fn(self.table)
+        except OutsideDayError as err:
+            row = (
+                data_row_of(self.file.path, self.stream, err.column, err.value_ms, source=self.file.url)
+                if err.value_ms is not None
+                else None
+            )
+            where = f"data row {row}" if row is not None else "a row"
+            raise VisionError(f"{self.file.url}, {where}: {err.detail}", url=self.file.url) from err
 
     @property
     def provenance(self) -> dict[str, Any]:
@@ -95,7 +111,7 @@ class StreamFetcher:
             checksum_verified=True,
             fetched_at=file.fetched_at,
         )
-        return Fetched(file, table)
+        return Fetched(file, stream, table)
 
     def daily(self, stream: Stream, sd: SymbolDay) -> Fetched:
         return self._parse(self._vision.fetch_daily(stream, sd.symbol, sd.day), stream)
@@ -126,7 +142,8 @@ def _kline_day(fetch: StreamFetcher, stream: Stream, dataset: Dataset, sd: Symbo
         got = fetch.daily(stream, sd)
     except NotPublished as err:
         return _not_available(stream, sd, err, hard=hard)
-    return PartitionData(kline_table(got.table, sd.day, dataset, source=got.file.url), {stream.value: _vision([got])})
+    table = got.transform(lambda t: kline_table(t, sd.day, dataset, source=got.file.url))
+    return PartitionData(table, {stream.value: _vision([got])})
 
 
 def _trade_flow_day(fetch: StreamFetcher, sd: SymbolDay) -> PartitionData:
@@ -134,7 +151,8 @@ def _trade_flow_day(fetch: StreamFetcher, sd: SymbolDay) -> PartitionData:
         got = fetch.daily(Stream.AGG_TRADES, sd)
     except NotPublished as err:
         return _not_available(Stream.AGG_TRADES, sd, err, hard=False)
-    return PartitionData(trade_flow(got.table, sd.day, source=got.file.url), {Stream.AGG_TRADES.value: _vision([got])})
+    table = got.transform(lambda t: trade_flow(t, sd.day, source=got.file.url))
+    return PartitionData(table, {Stream.AGG_TRADES.value: _vision([got])})
 
 
 def _book_ticker_day(fetch: StreamFetcher, sd: SymbolDay) -> PartitionData:
@@ -146,9 +164,26 @@ def _book_ticker_day(fetch: StreamFetcher, sd: SymbolDay) -> PartitionData:
         got = fetch.daily(Stream.BOOK_TICKER, sd)
     except NotPublished as err:
         return _not_available(Stream.BOOK_TICKER, sd, err, hard=False)
-    return PartitionData(
-        book_ticker_minutes(got.table, sd.day, source=got.file.url), {Stream.BOOK_TICKER.value: _vision([got])}
-    )
+    minutes = got.transform(lambda t: book_ticker_minutes(t, sd.day, source=got.file.url))
+    files = [got]
+    if _first_minute_missing(minutes, sd.day):
+        # The previous day's last snapshot seeds the minutes before the day's first one.
+        previous = SymbolDay(sd.symbol, sd.day - dt.timedelta(days=1))
+        try:
+            seed = fetch.daily(Stream.BOOK_TICKER, previous)
+        except NotPublished:
+            seed = None
+        if seed is not None:
+            seed_minutes = seed.transform(lambda t: book_ticker_minutes(t, previous.day, source=seed.file.url))
+            if seed_minutes.num_rows:
+                minutes = pa.concat_tables([seed_minutes.slice(seed_minutes.num_rows - 1), minutes])
+                files.insert(0, seed)
+    return PartitionData(minutes, {Stream.BOOK_TICKER.value: _vision(files)})
+
+
+def _first_minute_missing(minutes: pa.Table, day: dt.date) -> bool:
+    start = dt.datetime.combine(day, dt.time(), dt.UTC)
+    return minutes.num_rows == 0 or minutes.column("timestamp")[0].as_py() > start
 
 
 def _metrics_day(fetch: StreamFetcher, sd: SymbolDay) -> PartitionData:

@@ -27,7 +27,17 @@ ArrayLike = pa.Array | pa.ChunkedArray | np.ndarray
 
 
 class OutsideDayError(ValueError):
-    """A source row whose time is not inside the partition's UTC day."""
+    """A source row whose time is not inside the partition's UTC day.
+
+    ``column`` and ``value_ms`` let the caller find the row in the file as written:
+    the row number in the message counts rows of the (sorted) table it was given.
+    """
+
+    def __init__(self, message: str, *, column: str = "", value_ms: int | None = None, detail: str = "") -> None:
+        super().__init__(message)
+        self.column = column
+        self.value_ms = value_ms
+        self.detail = detail or message
 
 
 def day_start_ms(day: dt.date) -> int:
@@ -120,9 +130,9 @@ def check_inside_day(
     if bad.any():
         row = first_true_row(bad)
         reason = "a whole minute inside" if minute_aligned else "inside"
-        raise error(
-            f"{source}: row {row}: {what} {describe_ms(int(times_ms[row - 1]))} is not {reason} {day.isoformat()} UTC"
-        )
+        value = int(times_ms[row - 1])
+        detail = f"{what} {describe_ms(value)} is not {reason} {day.isoformat()} UTC"
+        raise error(f"{source}: row {row}: {detail}", column=what, value_ms=value, detail=detail)
 
 
 def is_sorted_by(primary: np.ndarray, secondary: np.ndarray) -> bool:

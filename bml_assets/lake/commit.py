@@ -47,7 +47,7 @@ import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -383,6 +383,15 @@ def commit_table(
         try:
             content_hash = _write_verified(canonical, tmp, dataset, label)
             if content_hash == expected and target.is_file() and file_sha256(target) == content_hash:
+                assert previous is not None
+                if previous.provenance != provenance_json or previous.source_gaps != gaps_json:
+                    # Same bytes from re-published sources: the ledger must still name them.
+                    ledger.commit_partition(
+                        replace(
+                            previous, provenance=provenance_json, source_gaps=gaps_json, committed_at=datetime.now(UTC)
+                        ),
+                        expected_content_hash=expected,
+                    )
                 return CommitResult(target, content_hash, canonical.num_rows, False, expected)
             os.replace(tmp, target)
             renamed = True

@@ -370,3 +370,16 @@ def read_vision_csv(path: Path, stream: Stream, *, source: str | None = None) ->
     columns = _finish_columns(table.column_names, table.columns, layout, source, 1)
     table = pa.Table.from_arrays(columns, schema=layout.output_schema)
     return _sort_unique(table, layout.key, source)
+
+
+def data_row_of(path: Path, stream: Stream, column: str, value: int, *, source: str | None = None) -> int | None:
+    """1-based data row (header not counted) of the first row whose ``column`` equals
+    ``value``, in the file as written — for error messages about a sorted table."""
+    offset = 0
+    for batch in iter_vision_csv_batches(path, stream, source=source, use_threads=False):
+        hits = pc.equal(batch.column(column), pa.scalar(value, batch.schema.field(column).type))
+        index = pc.index(hits, True).as_py()
+        if index >= 0:
+            return offset + index + 1
+        offset += batch.num_rows
+    return None

@@ -25,6 +25,7 @@ DOWNTIME = ((600, 3),)  # 10:00-10:02 UTC: the exchange produced nothing
 LISTING = dt.date(2024, 2, 20)
 SYMBOLS = ("BTCUSDT", "ETHUSDT")
 TRADES_PER_DAY = 4000
+MARKET_TODAY = dt.date(2026, 11, 1)
 
 
 @pytest.fixture(scope="session")
@@ -36,6 +37,8 @@ def market() -> SyntheticMarket:
             listing_dates={"ETHUSDT": LISTING},
             downtime={("BTCUSDT", DOWNTIME_DAY): DOWNTIME},
             shuffle_and_duplicate=True,
+            # Publication is judged against this day, not the wall clock.
+            today=MARKET_TODAY,
         )
     )
 

@@ -109,6 +109,11 @@ BAD_KLINES = {
     "non_numeric_field": (HEADER + _row(T0) + _row(T0 + 60000, open_="abc"), "row 2"),
     "row_outside_the_day": (HEADER + _row(T0) + _row(T0 + 86_400_000), "row 2"),
     "truncated_csv": (HEADER + _row(T0) + _row(T0 + 60000)[:17], "row 2"),
+    # Named at its row in the file as written, though the parser sorts the rows.
+    "unsorted_row_outside_the_day": (
+        HEADER + _row(T0 + 86_400_000) + _row(T0 + 120_000) + _row(T0 + 60_000) + _row(T0),
+        "data row 1:",
+    ),
 }
 
 

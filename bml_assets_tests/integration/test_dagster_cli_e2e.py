@@ -1,7 +1,8 @@
 """The documented shell path: `dagster asset materialize` with BML_* pointing at a Vision-like server.
 
-The server mixes the real klines file of ../shared (2023-04-15) with the synthetic
-market for the other streams, so the real file goes through the whole product.
+One test uses the synthetic market only (it always runs); the other mixes in the
+real klines file of ../shared (2023-04-15), so a real file goes through the whole
+product, and skips without ../shared.
 """
 
 from __future__ import annotations
@@ -21,40 +22,56 @@ from bml_assets.replay.server import ReplayServer
 REAL_DAY = "2023-04-15"
 
 
-def test_dagster_asset_materialize_writes_the_partition_from_real_klines(tmp_path: Path, real_fixtures: Path) -> None:
-    lake_root = tmp_path / "lake"
+def _market() -> SyntheticMarket:
+    return SyntheticMarket(MarketConfig(seed=3, trades_per_day=2000, today=dt.date(2026, 11, 1)))
+
+
+def _materialize(tmp_path: Path, server: ReplayServer, day: str) -> subprocess.CompletedProcess[str]:
+    """`dagster asset materialize` as the README documents it, configured only through BML_*."""
     dagster_home = tmp_path / "dagster_home"
-    dagster_home.mkdir()
-    with ReplayServer(
-        market=SyntheticMarket(MarketConfig(seed=3, trades_per_day=2000)), real_dir=real_fixtures
-    ) as server:
-        env = {
-            **os.environ,
-            "DAGSTER_HOME": str(dagster_home),
-            "BML_LAKE_ROOT": str(lake_root),
-            "BML_VISION_BASE_URL": server.base_url,
-            "BML_SYMBOLS": "BTCUSDT",
-            "BML_START_DATE": "2023-04-01",
-        }
-        done = subprocess.run(
-            [
-                str(Path(sys.executable).parent / "dagster"),
-                "asset",
-                "materialize",
-                "-m",
-                "bml_assets.definitions",
-                "--select",
-                "+minute_view",
-                "--partition",
-                f"{REAL_DAY}|BTCUSDT",
-            ],
-            env=env,
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+    dagster_home.mkdir(exist_ok=True)
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(dagster_home),
+        "BML_LAKE_ROOT": str(tmp_path / "lake"),
+        "BML_VISION_BASE_URL": server.base_url,
+        "BML_SYMBOLS": "BTCUSDT",
+        "BML_START_DATE": "2023-04-01",
+    }
+    dagster = str(Path(sys.executable).parent / "dagster")
+    return subprocess.run(
+        [
+            dagster,
+            "asset",
+            "materialize",
+            "-m",
+            "bml_assets.definitions",
+            "--select",
+            "+minute_view",
+            "--partition",
+            f"{day}|BTCUSDT",
+        ],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_dagster_asset_materialize_from_the_replay_market(tmp_path: Path) -> None:
+    with ReplayServer(market=_market()) as server:
+        done = _materialize(tmp_path, server, "2024-03-01")
     assert done.returncode == 0, done.stderr[-3000:]
+    table = pq.read_table(tmp_path / "lake/futures/um/minute/symbol=BTCUSDT/date=2024-03-01/part.parquet")
+    assert (table.num_rows, table.num_columns) == (1440, 58)
+
+
+def test_dagster_asset_materialize_writes_the_partition_from_real_klines(tmp_path: Path, real_fixtures: Path) -> None:
+    with ReplayServer(market=_market(), real_dir=real_fixtures) as server:
+        done = _materialize(tmp_path, server, REAL_DAY)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lake_root = tmp_path / "lake"
     path = lake_root / "futures/um/minute/symbol=BTCUSDT" / f"date={REAL_DAY}" / "part.parquet"
     table = pq.read_table(path)
     assert (table.num_rows, table.num_columns) == (1440, 58)

@@ -133,8 +133,15 @@ def test_same_table_twice_is_not_rewritten(lake: Path, ledger: Ledger) -> None:
     assert second.content_hash == first.content_hash
     assert (second.rewritten, second.previous_content_hash) == (False, first.content_hash)
     assert _target(lake).stat().st_ino == inode  # the file was not replaced
-    assert ledger.get_partition(KLINES, "BTCUSDT", DAY) == row  # the row was left as is
+    after = ledger.get_partition(KLINES, "BTCUSDT", DAY)
+    assert after is not None and row is not None
+    # Same bytes, but the ledger now names the sources that produced them.
+    assert after.provenance == {"other": 1}
+    assert (after.content_hash, after.path, after.row_count) == (row.content_hash, row.path, row.row_count)
     assert _temps(lake) == []
+    third = _commit(lake, ledger, table, provenance={"other": 1})
+    assert third.rewritten is False
+    assert ledger.get_partition(KLINES, "BTCUSDT", DAY) == after  # nothing changed: the row was left as is
 
 
 def test_a_new_table_replaces_the_file_from_the_ledger_hash(lake: Path, ledger: Ledger) -> None:

@@ -1,0 +1,59 @@
+"""What a missing HARD stream means for the day's minute view."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pyarrow as pa
+import pytest
+from dagster import Failure
+
+from bml_assets.assets.minute_view import build_day
+from bml_assets.lake.partition_data import PartitionData
+from bml_assets.partitions import SymbolDay
+from bml_assets.schema import KLINES
+
+SD = SymbolDay("BTCUSDT", dt.date(2024, 3, 1))
+NAMES = (
+    "klines_1m",
+    "mark_price_klines_1m",
+    "index_price_klines_1m",
+    "premium_index_klines_1m",
+    "trade_flow_1m",
+    "book_ticker_1m",
+    "metrics_5m",
+    "funding_settlements",
+)
+
+
+def inputs(**status: str) -> dict[str, PartitionData]:
+    out = {}
+    for name in NAMES:
+        s = status.get(name, "committed")
+        if s == "committed":
+            out[name] = PartitionData(
+                KLINES.arrow_schema.empty_table() if name == "klines_1m" else pa.table({}), {name: {"status": "vision"}}
+            )
+        else:
+            out[name] = PartitionData.unavailable(s, f"{name} is {s}", {name: {"status": s}})  # type: ignore[arg-type]
+    return out
+
+
+def test_all_hard_streams_not_listed_means_not_listed() -> None:
+    data = build_day(
+        SD,
+        inputs(klines_1m="not_listed", mark_price_klines_1m="not_listed", index_price_klines_1m="not_listed"),
+        max_ffill_minutes=60,
+    )
+    assert (data.status, data.table) == ("not_listed", None)
+
+
+def test_a_hard_stream_not_yet_published_means_not_published() -> None:
+    data = build_day(SD, inputs(mark_price_klines_1m="not_published"), max_ffill_minutes=60)
+    assert data.status == "not_published"
+    assert "mark_price_klines_1m is not_published" in (data.message or "")
+
+
+def test_hard_streams_that_disagree_on_an_old_day_fail_loudly() -> None:
+    with pytest.raises(Failure, match="HARD streams disagree"):
+        build_day(SD, inputs(index_price_klines_1m="not_listed"), max_ffill_minutes=60)
