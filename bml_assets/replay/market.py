@@ -8,6 +8,8 @@ published before ``today``, header rows by date, bookTicker's end, monthly
 funding files after the month, metrics label conventions, optional shuffled and
 duplicated rows). Every value is a pure function of (seed, symbol, day or
 instant): the same request gives byte-identical files in any order.
+The REST side (``rest_api.py``) reads the very same exact-unit arrays through
+the public accessors at the end of ``SyntheticMarket``, so REST and Vision agree.
 
 What stays out: CSV/zip formatting (``vision_files.py``), URL paths and HTTP
 (``server.py``). Nothing here reads the clock except ``today`` when the config
@@ -231,6 +233,10 @@ class MarketConfig:
     metrics_new_labels_from: date = METRICS_NEW_LABELS_FIRST_DAY
     # Write files with some rows out of order and a few exact duplicates, as Vision does.
     shuffle_and_duplicate: bool = False
+    # The exchange's symbol universe as REST sees it (exchangeInfo, -1121 Invalid
+    # symbol for the rest). None: every valid symbol is known, and exchangeInfo
+    # lists the ``listing_dates`` keys plus BTCUSDT and ETHUSDT.
+    symbols: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.trades_per_day < 10:
@@ -239,6 +245,10 @@ class MarketConfig:
             raise ValueError("book_snapshots_per_minute must not be negative")
         for symbol in self.listing_dates:
             _check_symbol(symbol)
+        if self.symbols is not None:
+            if isinstance(self.symbols, str):
+                raise ValueError("symbols must be a sequence of symbols, not one string")
+            object.__setattr__(self, "symbols", tuple(_check_symbol(s) for s in self.symbols))
 
 
 def _check_symbol(symbol: str) -> str:
@@ -313,6 +323,19 @@ class SyntheticMarket:
     def today(self) -> date:
         return self.config.today or _utc_today()
 
+    def universe(self) -> tuple[str, ...]:
+        """The symbols exchangeInfo lists: ``config.symbols``, else the
+        ``listing_dates`` keys plus BTCUSDT and ETHUSDT, sorted."""
+        if self.config.symbols is not None:
+            return self.config.symbols
+        return tuple(sorted({*self.config.listing_dates, "BTCUSDT", "ETHUSDT"}))
+
+    def is_known_symbol(self, symbol: str) -> bool:
+        """Whether REST knows ``symbol`` (a valid name, in ``config.symbols`` when set)."""
+        if not isinstance(symbol, str) or not SYMBOL_RE.fullmatch(symbol):
+            return False
+        return self.config.symbols is None or symbol in self.config.symbols
+
     def listing_date(self, symbol: str) -> date:
         return self.config.listing_dates.get(_check_symbol(symbol), DEFAULT_LISTING_DATE)
 
@@ -322,16 +345,21 @@ class SyntheticMarket:
     def is_trading(self, symbol: str, day: date) -> bool:
         return day >= self.listing_date(symbol)
 
-    def vision_file(self, stream: Stream | str, symbol: str, period: date) -> VisionFile | None:
+    def vision_file(
+        self, stream: Stream | str, symbol: str, period: date, *, today: date | None = None
+    ) -> VisionFile | None:
         """The Vision file of ``stream`` for ``symbol`` and ``period`` (a day; for the
         monthly fundingRate any day of the month), or None when Vision would answer
-        404: not listed yet, not published yet, or a stream that had ended."""
+        404: not listed yet, not published yet, or a stream that had ended.
+        ``today`` overrides ``self.today()`` (a server with a market clock passes
+        the clock's date)."""
         stream = Stream(stream)
         if not SYMBOL_RE.fullmatch(symbol):
             return None
+        today = today or self.today()
         if stream is Stream.FUNDING_RATE:
-            return self._funding_file(symbol, period.replace(day=1))
-        if period < self.listing_date(symbol) or period >= self.today():
+            return self._funding_file(symbol, period.replace(day=1), today)
+        if period < self.listing_date(symbol) or period >= today:
             return None
         if stream is Stream.BOOK_TICKER and period > BOOK_TICKER_LAST_DAY:
             return None
@@ -358,10 +386,10 @@ class SyntheticMarket:
             columns = self._shuffle_and_duplicate(columns, symbol, period, stream)
         return columns
 
-    def _funding_file(self, symbol: str, month: date) -> VisionFile | None:
+    def _funding_file(self, symbol: str, month: date, today: date | None = None) -> VisionFile | None:
         next_month = _next_month(month)
         # Vision publishes a monthly file once the month is over.
-        if next_month > self.today() or next_month <= self.listing_date(symbol):
+        if next_month > (today or self.today()) or next_month <= self.listing_date(symbol):
             return None
         name = f"{symbol}-fundingRate-{month:%Y-%m}.zip"
         modified = datetime(next_month.year, next_month.month, 1, 7, 26)
@@ -845,6 +873,34 @@ class SyntheticMarket:
             CsvColumn("funding_interval_hours", np.full(len(instants), FUNDING_INTERVAL_HOURS, dtype=np.int64)),
             CsvColumn("last_funding_rate", rate_units, 8),
         )
+
+    # --- exact arrays for the REST API (rest_api.py) ------------------------------
+    # The same arrays the Vision files are rendered from, so REST and Vision agree
+    # to the last digit. Shared with the caches: callers must not modify them.
+
+    def trade_arrays(self, symbol: str, day: date) -> _Trades:
+        """The day's aggTrades in exact units, sorted by (transact_time, id)."""
+        return self._trades(_check_symbol(symbol), day)
+
+    def kline_columns(self, symbol: str, day: date, kind: Stream | str = Stream.KLINES) -> tuple[CsvColumn, ...]:
+        """The 12 kline columns of ``kind`` for the day, unshuffled (the Vision file's values)."""
+        return self._kline_columns(_check_symbol(symbol), day, Stream(kind))
+
+    def book_ticker_columns(self, symbol: str, day: date) -> tuple[CsvColumn, ...]:
+        """The day's bookTicker columns, sorted by transaction_time."""
+        return self._book_ticker_columns(_check_symbol(symbol), day)
+
+    def metrics_day(self, symbol: str, day: date) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """(snapshot instants in ms, values in exact units by column) of the day's
+        metrics file: the snapshots of D 00:05 … D+1 00:00, none before listing."""
+        _check_symbol(symbol)
+        instants = self._metrics_instants(day) if self.is_trading(symbol, day) else np.zeros(0, np.int64)
+        return instants, self.metrics_snapshots(symbol, instants)
+
+    def funding_columns(self, symbol: str, month: date) -> tuple[CsvColumn, ...]:
+        """The fundingRate file's columns for the month of ``month`` (calc_time,
+        funding_interval_hours, last_funding_rate), from the listing day on."""
+        return self._funding_columns(_check_symbol(symbol), month.replace(day=1))
 
 
 def _next_month(month: date) -> date:

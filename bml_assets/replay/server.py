@@ -1,7 +1,11 @@
-"""A local HTTP server that answers like data.binance.vision, with fault switches.
+"""A local HTTP server that answers like data.binance.vision and the USD-M REST
+host, with fault switches.
 
 What belongs here: ``ReplayServer`` (a ThreadingHTTPServer on a background thread
-serving GET/HEAD for the USD-M Vision paths and their ``.CHECKSUM``), the private
+serving GET/HEAD for the USD-M Vision paths and their ``.CHECKSUM``, and routing
+``/fapi/...`` and ``/futures/data/...`` to the REST logic of ``rest_api.py`` under
+the server's rate limiter, with ``X-MBX-USED-WEIGHT-1M`` on every REST answer),
+the optional shared ``MarketClock`` (Vision's "today" and REST's "now"), the private
 parsing of those paths, serving real files from a directory (laid out under
 ``data/futures/um/...`` or loose, mapped by file name), the byte-bounded cache of
 rendered zips, the fault rules (``FaultRule``/``FaultSet``, also settable over HTTP
@@ -9,8 +13,10 @@ at ``/_replay/faults``), and ``serve()``, the blocking entry point of the
 ``bml replay-server`` command.
 
 What stays out: what the files contain and when they exist (``market.py``), how
-they are rendered (``vision_files.py``), and the project's own Vision URL builder
-and client (``sources/vision.py``), which this server is a test double for.
+they are rendered (``vision_files.py``), what REST answers and how weight is
+counted (``rest_api.py``), the clock (``clock.py``), and the project's own Vision
+URL builder and client (``sources/vision.py``), which this server is a test
+double for.
 """
 
 from __future__ import annotations
@@ -32,10 +38,25 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+from urllib.parse import parse_qsl
 
 import numpy as np
 
+from bml_assets.replay.clock import MarketClock
 from bml_assets.replay.market import KLINE_STREAMS, MarketConfig, Stream, SyntheticMarket
+from bml_assets.replay.rest_api import (
+    DEFAULT_FUNDING_LIMIT,
+    DEFAULT_WEIGHT_LIMIT,
+    RateLimiter,
+    RestApi,
+    RestLogEntry,
+    RestResponse,
+    RestService,
+    ban_message,
+    error_response,
+    invalid_symbol,
+    is_rest_path,
+)
 from bml_assets.replay.vision_files import checksum_text, zip_bytes, zip_csv
 
 log = logging.getLogger(__name__)
@@ -57,21 +78,29 @@ class FaultKind(StrEnum):
     TRUNCATED = "truncated"  # Content-Length larger than the bytes sent, then close
     ERROR_500 = "error_500"  # HTTP 500
     SLOW = "slow"  # sleep delay_s, then answer (other rules still apply)
+    RATE_LIMIT_429 = "rate_limit_429"  # 429 with Retry-After: retry_after_s
+    BAN_418 = "ban_418"  # 418 with Retry-After: retry_after_s and the -1003 ban body
+    MALFORMED_JSON = "malformed_json"  # REST only: 200 with a truncated JSON body
+    BAD_SYMBOL = "bad_symbol"  # REST only: 400 {"code":-1121,"msg":"Invalid symbol."}
 
 
 # Kinds that change the zip bytes: only requests for the zip itself use them up.
 _ZIP_KINDS = frozenset({FaultKind.CORRUPT_ZIP, FaultKind.CHECKSUM_MISMATCH})
+# Kinds that only mean something on REST paths; Vision requests pass them by.
+_REST_ONLY_KINDS = frozenset({FaultKind.MALFORMED_JSON, FaultKind.BAD_SYMBOL})
 
 
 @dataclass(frozen=True)
 class FaultRule:
     """Affect requests whose path contains ``path_contains``; ``times=None`` means
-    every matching request, else that many matching requests."""
+    every matching request, else that many matching requests. ``retry_after_s`` is
+    the ``Retry-After`` of ``rate_limit_429`` and ``ban_418`` answers."""
 
     kind: FaultKind
     path_contains: str
     times: int | None = None
     delay_s: float = 0.0
+    retry_after_s: int = 1
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kind", FaultKind(self.kind))
@@ -81,10 +110,12 @@ class FaultRule:
             raise ValueError(f"times must be None or a whole number ≥ 0, not {self.times!r}")
         if not self.delay_s >= 0:
             raise ValueError(f"delay_s must be ≥ 0, not {self.delay_s!r}")
+        if isinstance(self.retry_after_s, bool) or not isinstance(self.retry_after_s, int) or self.retry_after_s < 0:
+            raise ValueError(f"retry_after_s must be a whole number ≥ 0, not {self.retry_after_s!r}")
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> FaultRule:
-        unknown = set(data) - {"kind", "path_contains", "times", "delay_s"}
+        unknown = set(data) - {"kind", "path_contains", "times", "delay_s", "retry_after_s"}
         if unknown:
             raise ValueError(f"unknown fault rule fields: {sorted(unknown)}")
         return cls(
@@ -92,6 +123,7 @@ class FaultRule:
             path_contains=data.get("path_contains", ""),
             times=data.get("times"),
             delay_s=float(data.get("delay_s", 0.0)),
+            retry_after_s=data.get("retry_after_s", 1),
         )
 
 
@@ -112,6 +144,7 @@ class _ActiveRule:
 class _Decision:
     delay_s: float = 0.0
     kind: FaultKind | None = None
+    rule: FaultRule | None = None  # the rule that set ``kind``
 
 
 class FaultSet:
@@ -152,13 +185,18 @@ class FaultSet:
             return [{**asdict(r.rule), "kind": r.rule.kind.value, "remaining": r.remaining} for r in self._rules]
 
     def decide(self, path: str) -> _Decision:
-        """Use up the rules that apply to one request of ``path`` (a zip or CHECKSUM path)."""
-        is_checksum = path.endswith(CHECKSUM_SUFFIX)
+        """Use up the rules that apply to one request of ``path`` (a zip or CHECKSUM
+        path, or a REST path: there the zip kinds do not apply, and on Vision paths
+        the REST-only kinds do not)."""
+        rest = is_rest_path(path)
+        is_checksum = not rest and path.endswith(CHECKSUM_SUFFIX)
         zip_path = path[: -len(CHECKSUM_SUFFIX)] if is_checksum else path
-        delay, kind = 0.0, None
+        delay, kind, chosen = 0.0, None, None
         with self._lock:
             for active in self._rules:
                 if active.rule.path_contains not in path or not active.live():
+                    continue
+                if active.rule.kind in (_ZIP_KINDS if rest else _REST_ONLY_KINDS):
                     continue
                 if active.rule.kind is FaultKind.SLOW:
                     active.use()
@@ -173,7 +211,7 @@ class FaultSet:
                         self._garbage_zip_pending.discard(zip_path)
                     continue
                 active.use()
-                kind = active.rule.kind
+                kind, chosen = active.rule.kind, active.rule
             if is_checksum and kind is None and zip_path in self._garbage_zip_pending:
                 self._garbage_zip_pending.discard(zip_path)
                 kind = FaultKind.CORRUPT_ZIP
@@ -182,7 +220,7 @@ class FaultSet:
                     self._garbage_checksum_served.discard(zip_path)
                 else:
                     self._garbage_zip_pending.add(zip_path)
-        return _Decision(delay, kind)
+        return _Decision(delay, kind, chosen)
 
 
 def _garbage(data: bytes) -> bytes:
@@ -380,10 +418,22 @@ class _HTTPServer(ThreadingHTTPServer):
 
 
 class ReplayServer:
-    """Serve a synthetic market and/or real files as a Binance Vision host.
+    """Serve a synthetic market and/or real files as a Binance Vision host, and the
+    synthetic market as a USD-M REST host (``/fapi/...``, ``/futures/data/...``).
 
     ``market`` defaults to ``SyntheticMarket()`` when neither it nor ``real_dir`` is
     given. Real files win over the market for the same path.
+
+    ``clock``: the market time shared by Vision and REST. With it, Vision's "today"
+    is the clock's UTC date (it overrides ``MarketConfig.today``) and REST answers
+    at the clock's now; without it, Vision behaves as before (``MarketConfig.today``
+    or the real UTC date) and REST uses the real time. Rate limits always count the
+    wall time (the clock's ``wall_time``, else ``time.time``).
+
+    REST limits (per client IP, see ``rest_api.RateLimiter``): ``rest_weight_limit``
+    weight per fixed ``rest_window_s`` window; 429 when over, and after
+    ``rest_ban_after`` 429s in a window a 418 ban of ``rest_ban_s`` seconds;
+    fundingRate also ``rest_funding_limit`` requests per ``rest_funding_window_s``.
     """
 
     def __init__(
@@ -395,6 +445,13 @@ class ReplayServer:
         *,
         allow_public: bool = False,
         cache_bytes: int = DEFAULT_CACHE_BYTES,
+        clock: MarketClock | None = None,
+        rest_weight_limit: int = DEFAULT_WEIGHT_LIMIT,
+        rest_window_s: float = 60.0,
+        rest_ban_after: int = 3,
+        rest_ban_s: float = 120.0,
+        rest_funding_limit: int = DEFAULT_FUNDING_LIMIT,
+        rest_funding_window_s: float = 300.0,
     ) -> None:
         if not allow_public and not _is_loopback(host):
             raise ValueError(
@@ -414,6 +471,20 @@ class ReplayServer:
         self._log_lock = threading.Lock()
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self.clock = clock
+        limiter = RateLimiter(
+            rest_weight_limit,
+            rest_window_s,
+            ban_after=rest_ban_after,
+            ban_s=rest_ban_s,
+            funding_limit=rest_funding_limit,
+            funding_window_s=rest_funding_window_s,
+        )
+        # REST needs the synthetic market; a real-files-only server answers REST with 404.
+        self.rest: RestService | None = None
+        if self.market is not None:
+            api = RestApi(self.market, clock, weight_limit=rest_weight_limit)
+            self.rest = RestService(api, limiter, clock.wall_time if clock is not None else time.time)
 
     # --- lifecycle --------------------------------------------------------------
 
@@ -468,6 +539,19 @@ class ReplayServer:
         with self._log_lock:
             self._log.clear()
 
+    @property
+    def rest_log(self) -> list[RestLogEntry]:
+        """A copy of every REST request so far, in order (wall time, path, params,
+        status, weight charged)."""
+        return self.rest.log if self.rest is not None else []
+
+    def clear_rest_log(self) -> None:
+        if self.rest is not None:
+            self.rest.clear_log()
+
+    def wall_time(self) -> float:
+        return self.clock.wall_time() if self.clock is not None else time.time()
+
     def clear_cache(self) -> None:
         self._cache.clear()
 
@@ -489,7 +573,8 @@ class ReplayServer:
             return None
         stream, symbol, period = parsed
         # Publication depends on "today", so ask the market before the cache.
-        file = self.market.vision_file(stream, symbol, period)
+        today = self.clock.today() if self.clock is not None else None
+        file = self.market.vision_file(stream, symbol, period, today=today)
         if file is None:
             return None
 
@@ -591,10 +676,16 @@ class _Handler(BaseHTTPRequestHandler):
         if path.startswith(CONTROL_PREFIX):
             self._control(path, head=head)
             return
+        if is_rest_path(path):
+            self._serve_rest(path, head=head)
+            return
         decision = self.replay.faults.decide(path)
         if decision.delay_s:
             time.sleep(decision.delay_s)
         kind = decision.kind
+        if kind in (FaultKind.RATE_LIMIT_429, FaultKind.BAN_418):
+            self._send_limited(decision, head=head)
+            return
         if kind is FaultKind.MISSING:
             self._send(HTTPStatus.NOT_FOUND, _not_found_body(path), "application/xml", head=head)
             return
@@ -640,9 +731,71 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self._send(HTTPStatus.OK, body, content_type, head=head, extra=extra)
 
-    def _send_truncated(self, body: bytes, content_type: str, extra: dict[str, str]) -> None:
+    def _send_limited(self, decision: _Decision, *, head: bool) -> None:
+        self._send_rest(self._limited_response(decision, {}), head=head)
+
+    def _limited_response(self, decision: _Decision, extra: dict[str, str]) -> RestResponse:
+        """A 429 or 418 from a fault rule, with its Retry-After and a Binance body."""
+        retry = decision.rule.retry_after_s if decision.rule is not None else 1
+        headers = {**extra, "Retry-After": str(retry)}
+        if decision.kind is FaultKind.BAN_418:
+            until_ms = int((self.replay.wall_time() + retry) * 1000)
+            return error_response(HTTPStatus.IM_A_TEAPOT, -1003, ban_message(until_ms), headers)
+        return error_response(HTTPStatus.TOO_MANY_REQUESTS, -1003, "Too many requests; please slow down.", headers)
+
+    # --- REST ----------------------------------------------------------------------------
+
+    def _serve_rest(self, path: str, *, head: bool) -> None:
+        query = self.path.split("?", 1)[1].split("#", 1)[0] if "?" in self.path else ""
+        params: dict[str, str] = {}
+        for name, value in parse_qsl(query, keep_blank_values=True):
+            params.setdefault(name, value)
+        service = self.replay.rest
+        ip = str(self.client_address[0])
+        decision = self.replay.faults.decide(path)
+        if decision.delay_s:
+            time.sleep(decision.delay_s)
+        wall = self.replay.wall_time()
+        if service is None:
+            response = error_response(HTTPStatus.NOT_FOUND, -5000, "REST needs a synthetic market")
+            self._send_rest(response, head=head)
+            return
+        kind = decision.kind
+        if kind is not None and kind not in (FaultKind.TRUNCATED, FaultKind.MALFORMED_JSON):
+            # An injected answer: the limiter is not consulted and nothing is charged.
+            headers = service.weight_headers(ip, wall)
+            if kind in (FaultKind.RATE_LIMIT_429, FaultKind.BAN_418):
+                response = self._limited_response(decision, headers)
+            elif kind is FaultKind.BAD_SYMBOL:
+                response = invalid_symbol().response(headers)
+            elif kind is FaultKind.MISSING:
+                response = error_response(HTTPStatus.NOT_FOUND, -5000, "Not found.", headers)
+            elif kind is FaultKind.FORBIDDEN:
+                response = error_response(HTTPStatus.FORBIDDEN, -5000, "Forbidden.", headers)
+            else:  # error_500
+                msg = "An unknown error occurred while processing the request."
+                response = error_response(HTTPStatus.INTERNAL_SERVER_ERROR, -1000, msg, headers)
+            service.record(wall, path, params, response.status, 0)
+            self._send_rest(response, head=head)
+            return
+        response = service.request(ip, path, params, wall)
+        if kind is FaultKind.MALFORMED_JSON and response.status == HTTPStatus.OK:
+            # A body cut in the middle, with a Content-Length that matches it.
+            cut = max(1, len(response.body) // 2)
+            response = RestResponse(response.status, response.body[:cut], response.headers, response.content_type)
+        if kind is FaultKind.TRUNCATED and not head:
+            self._send_truncated(response.body, response.content_type, response.headers, status=response.status)
+            return
+        self._send_rest(response, head=head)
+
+    def _send_rest(self, response: RestResponse, *, head: bool) -> None:
+        self._send(response.status, response.body, response.content_type, head=head, extra=response.headers)
+
+    def _send_truncated(
+        self, body: bytes, content_type: str, extra: dict[str, str], *, status: int = HTTPStatus.OK
+    ) -> None:
         # Promise the whole body, send half, hang up: the client sees a short read.
-        self.send_response(HTTPStatus.OK)
+        self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         for name, value in extra.items():
@@ -652,7 +805,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(body[: len(body) // 2])
         self.wfile.flush()
         self.close_connection = True
-        self.replay._record(self.command, self._path(), HTTPStatus.OK)
+        self.replay._record(self.command, self._path(), status)
 
     def _control(self, path: str, *, head: bool) -> None:
         if path == CONTROL_PREFIX + "faults":
@@ -679,10 +832,14 @@ def serve(
     real_dir: Path | str | None = None,
     listing_dates: dict[str, date] | None = None,
     allow_public: bool = False,
+    clock_origin: datetime | None = None,
+    clock_speed: float = 1.0,
 ) -> None:
-    """Run a replay server in the foreground until Ctrl-C (``bml replay-server``)."""
+    """Run a replay server in the foreground until Ctrl-C (``bml replay-server``).
+    With ``clock_origin``, market time starts there and runs at ``clock_speed``."""
     market = SyntheticMarket(MarketConfig(seed=seed, trades_per_day=trades_per_day, listing_dates=listing_dates or {}))
-    server = ReplayServer(market, real_dir=real_dir, host=host, port=port, allow_public=allow_public)
+    clock = MarketClock.live(clock_origin, clock_speed) if clock_origin is not None else None
+    server = ReplayServer(market, real_dir=real_dir, host=host, port=port, allow_public=allow_public, clock=clock)
     server.start()
     if threading.current_thread() is threading.main_thread():
         # A service manager stops with SIGTERM: stop as cleanly as on Ctrl-C.
@@ -692,6 +849,9 @@ def serve(
         if server.real_files:
             print(f"serving {len(server.real_files)} real file(s) from {server.real_dir}", flush=True)
         print(f"export BML_VISION_BASE_URL={server.base_url}", flush=True)
+        print(f"export BML_REST_BASE_URL={server.base_url}", flush=True)
+        if clock is not None:
+            print(f"market clock: {clock!r}", flush=True)
         print("Ctrl-C stops it.", flush=True)
         threading.Event().wait()
     except KeyboardInterrupt:
