@@ -7,8 +7,8 @@ into ``HttpError`` messages a person can act on (the exchange's ``code``/``msg``
 hashing it.
 
 What stays out: anything that knows about Binance Vision paths, CHECKSUM files
-or the cache (``vision.py``), and REST weight accounting / rate limiting (a
-later REST module builds on this client). Nothing here parses CSV.
+or the cache (``vision.py``), and REST weight accounting / rate limiting
+(``rest.py`` and ``rest_budget.py`` plug into ``get`` through its per-attempt hooks). Nothing here parses CSV.
 """
 
 from __future__ import annotations
@@ -181,20 +181,34 @@ class HttpClient:
         params: Mapping[str, Any] | None = None,
         stream: bool = False,
         passthrough: Collection[int] = DEFAULT_PASSTHROUGH,
+        before_attempt: Callable[[], object] | None = None,
+        after_attempt: Callable[[requests.Response | None], object] | None = None,
     ) -> requests.Response:
         """GET ``url``. 2xx and statuses in ``passthrough`` are returned as they are;
-        5xx and transport errors are retried; everything else raises ``HttpError``."""
+        5xx and transport errors are retried; everything else raises ``HttpError``.
+
+        ``before_attempt`` runs before every request sent (retries included; it may
+        block or raise, e.g. a rate limiter), ``after_attempt`` after each one with
+        its response, or None when none arrived (e.g. to read rate-limit headers)."""
         headers = {"User-Agent": self.user_agent}
         last_problem = ""
         for attempt in range(self.max_retries + 1):
+            if before_attempt is not None:
+                before_attempt()
             try:
                 response = self.session.get(url, params=params, stream=stream, timeout=self.timeout_s, headers=headers)
             except TRANSPORT_ERRORS as exc:
                 last_problem = f"{type(exc).__name__}: {exc}"
+                if after_attempt is not None:
+                    after_attempt(None)
             except requests.RequestException as exc:
+                if after_attempt is not None:
+                    after_attempt(None)
                 # Not worth a retry (bad URL, redirect loop): one exception type for callers.
                 raise HttpError(f"GET {url} failed: {type(exc).__name__}: {exc}", url=url) from exc
             else:
+                if after_attempt is not None:
+                    after_attempt(response)
                 status = response.status_code
                 if status in passthrough or 200 <= status < 400:
                     return response
