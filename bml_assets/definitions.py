@@ -8,16 +8,18 @@ imported: the partition set depends on ``BML_SYMBOLS`` and ``BML_START_DATE``.
 
 from __future__ import annotations
 
-from dagster import AssetSelection, Definitions, define_asset_job, definitions
+from dagster import AssetSelection, Definitions, define_asset_job, definitions, in_process_executor
 
 from bml_assets.assets.minute_view import ASSET_NAME, build_minute_view_asset
-from bml_assets.assets.vision_streams import IO_MANAGER_KEY, build_stream_assets
+from bml_assets.assets.streams import IO_MANAGER_KEY, build_stream_assets
+from bml_assets.automation import build_hot_poll_sensor, build_vision_promotion_sensor
 from bml_assets.lake.io_manager import LakeIOManager
 from bml_assets.partitions import build_partitions_def
 from bml_assets.resources import BmlResource
 from bml_assets.settings import Settings
 
 MINUTE_VIEW_JOB = "minute_view_job"
+HOT_JOB = "hot_minute_job"
 
 
 def build_definitions(settings: Settings, *, bml: BmlResource | None = None) -> Definitions:
@@ -31,9 +33,21 @@ def build_definitions(settings: Settings, *, bml: BmlResource | None = None) -> 
         partitions_def=partitions_def,
         description="Build the minute view of the selected symbol × day partitions from Binance Vision.",
     )
+    # The hot poll runs every minute: one process for all its steps keeps it within seconds.
+    hot_job = define_asset_job(
+        HOT_JOB,
+        selection=AssetSelection.assets(ASSET_NAME).upstream(),
+        partitions_def=partitions_def,
+        executor_def=in_process_executor,
+        description="One incremental poll of a live day (REST): new closed minutes committed, watermark advanced.",
+    )
     return Definitions(
         assets=assets,
-        jobs=[minute_view_job],
+        jobs=[minute_view_job, hot_job],
+        sensors=[
+            build_hot_poll_sensor(settings.symbols, job_name=HOT_JOB),
+            build_vision_promotion_sensor(job_name=MINUTE_VIEW_JOB),
+        ],
         resources={"bml": bml, IO_MANAGER_KEY: LakeIOManager(bml=bml)},
     )
 

@@ -12,6 +12,7 @@ import time; explicit fields (tests, the demo) win over the environment.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from dagster import ConfigurableResource
@@ -19,6 +20,7 @@ from pydantic import PrivateAttr
 
 from bml_assets.lake.ledger import Ledger
 from bml_assets.settings import Settings
+from bml_assets.sources.rest import RestClient
 from bml_assets.sources.vision import VisionClient
 
 
@@ -28,11 +30,14 @@ class BmlResource(ConfigurableResource):
     lake_root: str | None = None
     state_url: str | None = None
     vision_base_url: str | None = None
+    rest_base_url: str | None = None
     max_ffill_minutes: int | None = None
+    safety_lag_minutes: int | None = None
 
     _settings: Settings | None = PrivateAttr(default=None)
     _ledger: Ledger | None = PrivateAttr(default=None)
     _vision: VisionClient | None = PrivateAttr(default=None)
+    _rest: RestClient | None = PrivateAttr(default=None)
 
     def settings(self) -> Settings:
         if self._settings is None:
@@ -46,8 +51,12 @@ class BmlResource(ConfigurableResource):
                 changes["state_url"] = self.state_url
             if self.vision_base_url:
                 changes["vision_base_url"] = self.vision_base_url.rstrip("/")
+            if self.rest_base_url:
+                changes["rest_base_url"] = self.rest_base_url.rstrip("/")
             if self.max_ffill_minutes is not None:
                 changes["max_ffill_minutes"] = self.max_ffill_minutes
+            if self.safety_lag_minutes is not None:
+                changes["safety_lag_minutes"] = self.safety_lag_minutes
             self._settings = base.with_(**changes) if changes else base
         return self._settings
 
@@ -62,8 +71,13 @@ class BmlResource(ConfigurableResource):
             self._vision = VisionClient(s.vision_base_url, s.cache_dir)
         return self._vision
 
+    def rest(self) -> RestClient:
+        """The REST client; its weight budget is shared through the state database."""
+        if self._rest is None:
+            s = self.settings()
+            self._rest = RestClient(s.rest_base_url, state_url=s.state_url, weight_budget=s.rest_weight_budget)
+        return self._rest
+
 
 def _state_url_from_env() -> bool:
-    import os
-
     return bool(os.environ.get("BML_STATE_URL", "").strip())

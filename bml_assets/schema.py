@@ -313,6 +313,19 @@ FUNDING = Dataset(
     time_column="settlement_time",
 )
 
+HOT_SNAPSHOTS = Dataset(
+    name="hot_snapshots",
+    description="snapshots polled from REST (premiumIndex, openInterest, bookTicker) while the day was live",
+    columns=(
+        ("observation_time", TIMESTAMP),
+        *_f64("mark_price", "index_price", "predicted_funding"),
+        ("next_funding_time", I64),
+        *_f64("open_interest", "bid_price", "bid_qty", "ask_price", "ask_qty"),
+        ("book_update_id", I64),
+    ),
+    time_column="observation_time",
+)
+
 DATASETS: dict[str, Dataset] = {
     d.name: d
     for d in (
@@ -325,6 +338,7 @@ DATASETS: dict[str, Dataset] = {
         BOOK_TICKER,
         METRICS,
         FUNDING,
+        HOT_SNAPSHOTS,
     )
 }
 

@@ -11,6 +11,9 @@ import datetime as dt
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from dagster import (
     AssetCheckResult,
     AssetExecutionContext,
@@ -25,16 +28,22 @@ from dagster import (
     asset,
 )
 
-from bml_assets.assets.vision_streams import IO_MANAGER_KEY, MAX_PARTITIONS_PER_RUN, run_partitions, utc_today
+from bml_assets.assets.rest_days import ExchangeNow
+from bml_assets.assets.streams import IO_MANAGER_KEY, MAX_PARTITIONS_PER_RUN, DayContext, run_partitions
 from bml_assets.checks import ALL_RULES, Evidence, Outcome, check_result, check_specs, to_frame
+from bml_assets.features.hot_snapshots import book_from_snapshots, open_interest_observations, predicted_funding_minutes
+from bml_assets.features.metrics import combine_observations
 from bml_assets.features.minute_view import build_minute_view
+from bml_assets.features.timegrid import day_bounds_ms, ms_to_datetime
 from bml_assets.lake.io_manager import DATASET_METADATA_KEY
+from bml_assets.lake.ledger import Ledger, WatermarkConflict
 from bml_assets.lake.partition_data import PartitionData
 from bml_assets.partitions import SymbolDay
 from bml_assets.resources import BmlResource
 from bml_assets.schema import (
     BOOK_TICKER,
     FUNDING,
+    HOT_SNAPSHOTS,
     INDEX_PRICE_KLINES,
     KLINES,
     MARK_PRICE_KLINES,
@@ -56,7 +65,12 @@ UPSTREAMS = (
     BOOK_TICKER,
     METRICS,
     FUNDING,
+    HOT_SNAPSHOTS,
 )
+# A minute missing while later ones exist is re-queried (each poll asks again from the
+# watermark) for this long after it closed, then recorded as a source gap.
+GAP_CONFIRM_MINUTES = 3
+MINUTE_MS = 60_000
 
 
 def _provenance(inputs: Mapping[str, PartitionData]) -> dict[str, Any]:
@@ -88,7 +102,59 @@ def _unavailable_day(sd: SymbolDay, inputs: Mapping[str, PartitionData]) -> Part
     )
 
 
-def build_day(sd: SymbolDay, inputs: Mapping[str, PartitionData], *, max_ffill_minutes: int) -> PartitionData:
+def _is_live_source(inputs: Mapping[str, PartitionData]) -> bool:
+    """True when a HARD stream came from REST: the day may still be forming."""
+    return any(
+        isinstance(p, dict) and p.get("status") == "rest"
+        for name in (KLINES.name, MARK_PRICE_KLINES.name, INDEX_PRICE_KLINES.name)
+        for p in inputs[name].provenance.values()
+    )
+
+
+def live_grid_end(sd: SymbolDay, inputs: Mapping[str, PartitionData], now: ExchangeNow) -> dt.datetime | None:
+    """Where a REST-built day's committable minutes end (exclusive), or None for the whole day.
+
+    Stops at the last minute closed plus the safety lag, and before any missing
+    minute not yet confirmed as a source gap (so the watermark never passes it).
+    """
+    start, day_end = day_bounds_ms(sd.day)
+    end = now.end_ms(sd.day)
+    present: np.ndarray | None = None
+    for name in (KLINES.name, MARK_PRICE_KLINES.name, INDEX_PRICE_KLINES.name):
+        table = inputs[name].table
+        assert table is not None
+        ms = pc.cast(table.column("timestamp"), pa.int64()).to_numpy()
+        present = ms if present is None else np.intersect1d(present, ms)
+    grid = np.arange(start, end, MINUTE_MS, dtype=np.int64)
+    missing = grid[~np.isin(grid, present if present is not None else [])]
+    confirm_ms = (1 + now.lag_minutes + GAP_CONFIRM_MINUTES) * MINUTE_MS
+    unconfirmed = missing[missing + confirm_ms > now.now_ms]
+    if len(unconfirmed):
+        end = min(end, int(unconfirmed[0]))
+    return None if end == day_end else ms_to_datetime(end)
+
+
+def _with_snapshots(inputs: Mapping[str, PartitionData], sd: SymbolDay) -> dict[str, Any]:
+    """Book, open interest and predicted funding from the hot snapshots, where there are some."""
+    snaps = inputs[HOT_SNAPSHOTS.name].table
+    book = inputs[BOOK_TICKER.name].table
+    metrics = inputs[METRICS.name].table
+    if snaps is None or snaps.num_rows == 0:
+        return {"book": book, "metrics": metrics, "predicted_funding": None}
+    if book is None:
+        book = book_from_snapshots(snaps, sd.day, source=f"hot snapshots {sd}")
+    oi = open_interest_observations(snaps)
+    metrics = oi if metrics is None else combine_observations([metrics, oi])
+    return {"book": book, "metrics": metrics, "predicted_funding": predicted_funding_minutes(snaps, sd.day)}
+
+
+def build_day(
+    sd: SymbolDay,
+    inputs: Mapping[str, PartitionData],
+    *,
+    max_ffill_minutes: int,
+    grid_end: dt.datetime | None = None,
+) -> PartitionData:
     unavailable = _unavailable_day(sd, inputs)
     if unavailable is not None:
         return unavailable
@@ -99,10 +165,10 @@ def build_day(sd: SymbolDay, inputs: Mapping[str, PartitionData], *, max_ffill_m
         index=inputs[INDEX_PRICE_KLINES.name].table,
         premium=inputs[PREMIUM_INDEX_KLINES.name].table,
         trade_flow=inputs[TRADE_FLOW.name].table,
-        book=inputs[BOOK_TICKER.name].table,
-        metrics=inputs[METRICS.name].table,
         funding=inputs[FUNDING.name].table,
         max_ffill_minutes=max_ffill_minutes,
+        grid_end=grid_end,
+        **_with_snapshots(inputs, sd),
     )
     gaps = [
         {
@@ -115,12 +181,28 @@ def build_day(sd: SymbolDay, inputs: Mapping[str, PartitionData], *, max_ffill_m
     return PartitionData(view.table, _provenance(inputs), source_gaps=gaps, warnings=tuple(view.warnings))
 
 
-def evidence_for(sd: SymbolDay, data: PartitionData, trade_flow: PartitionData, *, today: dt.date) -> Evidence:
+def advance_watermark(ledger: Ledger, sd: SymbolDay, grid_end: dt.datetime | None) -> dt.datetime | None:
+    """Move the symbol's watermark to the day's last committed grid minute, when that
+    continues it (no hole between the old watermark and this day). Returns the new one."""
+    day_start = dt.datetime.combine(sd.day, dt.time(), dt.UTC)
+    last = (grid_end or day_start + dt.timedelta(days=1)) - dt.timedelta(minutes=1)
+    if last < day_start:
+        return None
+    current = ledger.get_watermark(sd.symbol)
+    if current is not None and (current >= last or current < day_start - dt.timedelta(minutes=1)):
+        return None
+    try:
+        return ledger.advance_watermark(sd.symbol, last, expected=current)
+    except WatermarkConflict:
+        return None  # another writer moved it first; the next run continues from there
+
+
+def evidence_for(sd: SymbolDay, data: PartitionData, trade_flow: PartitionData, *, closed_day: bool) -> Evidence:
     assert data.table is not None
     return Evidence(
         day=sd.day,
         frame=to_frame(data.table),
-        closed_day=sd.day < today,
+        closed_day=closed_day,
         trade_flow=to_frame(trade_flow.table) if trade_flow.table is not None else None,
         provenance=data.provenance,
         source_gaps=data.source_gaps,
@@ -146,18 +228,23 @@ def build_minute_view_asset(partitions_def: PartitionsDefinition) -> AssetsDefin
         context: AssetExecutionContext, bml: BmlResource, **upstream: dict[str, PartitionData]
     ) -> Iterator[Any]:
         max_ffill = bml.settings().max_ffill_minutes
-        today = utc_today()
+        ctx = DayContext(bml, tags=context.run.tags)
         out: dict[str, PartitionData] = {}
+        grid_ends: dict[SymbolDay, dt.datetime | None] = {}
         outcomes: dict[str, dict[str, Outcome]] = {r.name: {} for r in ALL_RULES}
         partitions = run_partitions(context)
         for i, sd in enumerate(partitions, start=1):
             inputs = {name: by_key[sd.key] for name, by_key in upstream.items()}
-            data = build_day(sd, inputs, max_ffill_minutes=max_ffill)
+            grid_end = None
+            if _unavailable_day(sd, inputs) is None and _is_live_source(inputs):
+                grid_end = live_grid_end(sd, inputs, ctx.now())
+            data = build_day(sd, inputs, max_ffill_minutes=max_ffill, grid_end=grid_end)
             out[sd.key] = data
             if data.table is None:
                 context.log.warning(f"[{i}/{len(partitions)}] minute view {sd}: {data.status} — {data.message}")
                 continue
-            ev = evidence_for(sd, data, inputs[TRADE_FLOW.name], today=today)
+            grid_ends[sd] = grid_end
+            ev = evidence_for(sd, data, inputs[TRADE_FLOW.name], closed_day=grid_end is None)
             for rule in ALL_RULES:
                 outcomes[rule.name][sd.key] = rule.run(ev)
             context.log.info(
@@ -182,6 +269,11 @@ def build_minute_view_asset(partitions_def: PartitionsDefinition) -> AssetsDefin
                 allow_retries=False,
             )
         yield Output(out)
+        # The IO manager has committed every partition: the watermark may move over them.
+        for sd, grid_end in grid_ends.items():
+            moved = advance_watermark(bml.ledger(), sd, grid_end)
+            if moved is not None:
+                context.log.info(f"watermark {sd.symbol} → {moved.isoformat()}")
         for rule in ALL_RULES:
             if not outcomes[rule.name]:
                 yield AssetCheckResult(

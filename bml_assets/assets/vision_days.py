@@ -1,20 +1,19 @@
-"""Source-level assets: one per Binance Vision stream, per symbol × UTC day.
+"""Vision-backed stream days: one (symbol, day) of each stream from Binance Vision files.
 
-What belongs here: the wiring from ``sources/vision.py`` (download, verify, parse)
-to ``features/`` (per-stream tables) for each partition of a run, deciding what a
-missing file means (not listed, not published) and recording provenance. What
-stays out: HTTP, CSV parsing and formulas — each lives in its own module — and
-the canonical 58-column join (``minute_view.py``).
+What belongs here: downloading (through ``sources/vision.py``), parsing and
+transforming (``features/``) the files behind each per-stream table, recording
+every verified file in the ledger, and reporting a missing file as "not
+published" with its URL. What stays out: Dagster, deciding what a missing file
+means for the day (``streams.py`` knows the exchange's clock), and REST.
 """
 
 import datetime as dt
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from dagster import AssetExecutionContext, AssetsDefinition, BackfillPolicy, PartitionsDefinition, asset
 
 from bml_assets.features.book import book_ticker_minutes
 from bml_assets.features.funding import funding_settlements, settlements_for_day
@@ -22,43 +21,15 @@ from bml_assets.features.klines import kline_table
 from bml_assets.features.metrics import combine_observations, metrics_observations
 from bml_assets.features.timegrid import OutsideDayError
 from bml_assets.features.trade_flow import trade_flow
-from bml_assets.lake.io_manager import DATASET_METADATA_KEY
 from bml_assets.lake.partition_data import PartitionData
-from bml_assets.partitions import SymbolDay, parse_partition_key
+from bml_assets.partitions import SymbolDay
 from bml_assets.resources import BmlResource
 from bml_assets.schema import (
-    BOOK_TICKER,
-    FUNDING,
-    INDEX_PRICE_KLINES,
-    KLINES,
-    MARK_PRICE_KLINES,
     METRICS,
-    PREMIUM_INDEX_KLINES,
-    TRADE_FLOW,
     Dataset,
 )
 from bml_assets.sources.vision import BOOK_TICKER_LAST_DAY, NotPublished, Stream, VisionError, VisionFile
 from bml_assets.sources.vision_csv import data_row_of, read_vision_csv
-
-# Vision publishes a day one to several days late (SPEC §4). A HARD stream missing
-# for a day older than this is taken as "the symbol did not trade", not "not yet".
-PUBLICATION_LAG_DAYS = 7
-IO_MANAGER_KEY = "lake_io_manager"
-GROUP = "vision_sources"
-# Days of one symbol per run in a backfill: big enough to amortise process start-up,
-# small enough that a failure costs little.
-MAX_PARTITIONS_PER_RUN = 30
-# Steps that download from Vision share this Dagster concurrency pool (dagster.yaml sets its limit).
-VISION_POOL = "binance_vision"
-
-
-def utc_today() -> dt.date:
-    return dt.datetime.now(dt.UTC).date()
-
-
-def run_partitions(context: AssetExecutionContext) -> list[SymbolDay]:
-    """The partitions this run covers: one key, or a range in a single-run backfill."""
-    return sorted(parse_partition_key(k) for k in context.partition_keys)
 
 
 @dataclass(frozen=True)
@@ -128,34 +99,30 @@ def _missing(err: NotPublished, reason: str) -> dict[str, Any]:
     return {"status": "not_published", "url": err.url, "http_status": err.status, "reason": reason}
 
 
-def _not_available(stream: Stream, sd: SymbolDay, err: NotPublished, *, hard: bool) -> PartitionData:
-    recent = (utc_today() - sd.day).days <= PUBLICATION_LAG_DAYS
-    if hard and not recent:
-        message = f"{sd.symbol} is not listed on {sd.day}: Vision has no {stream} file (HTTP {err.status} at {err.url})"
-        return PartitionData.unavailable("not_listed", message, {stream.value: _missing(err, "not listed")})
+def _not_available(stream: Stream, sd: SymbolDay, err: NotPublished) -> PartitionData:
     message = f"Vision has not published {stream} for {sd} (HTTP {err.status} at {err.url})"
     return PartitionData.unavailable("not_published", message, {stream.value: _missing(err, "not published")})
 
 
-def _kline_day(fetch: StreamFetcher, stream: Stream, dataset: Dataset, sd: SymbolDay, *, hard: bool) -> PartitionData:
+def kline_day(fetch: StreamFetcher, stream: Stream, dataset: Dataset, sd: SymbolDay) -> PartitionData:
     try:
         got = fetch.daily(stream, sd)
     except NotPublished as err:
-        return _not_available(stream, sd, err, hard=hard)
+        return _not_available(stream, sd, err)
     table = got.transform(lambda t: kline_table(t, sd.day, dataset, source=got.file.url))
     return PartitionData(table, {stream.value: _vision([got])})
 
 
-def _trade_flow_day(fetch: StreamFetcher, sd: SymbolDay) -> PartitionData:
+def trade_flow_day(fetch: StreamFetcher, sd: SymbolDay) -> PartitionData:
     try:
         got = fetch.daily(Stream.AGG_TRADES, sd)
     except NotPublished as err:
-        return _not_available(Stream.AGG_TRADES, sd, err, hard=False)
+        return _not_available(Stream.AGG_TRADES, sd, err)
     table = got.transform(lambda t: trade_flow(t, sd.day, source=got.file.url))
     return PartitionData(table, {Stream.AGG_TRADES.value: _vision([got])})
 
 
-def _book_ticker_day(fetch: StreamFetcher, sd: SymbolDay) -> PartitionData:
+def book_ticker_day(fetch: StreamFetcher, sd: SymbolDay) -> PartitionData:
     if sd.day > BOOK_TICKER_LAST_DAY:
         message = f"Vision stopped publishing bookTicker after {BOOK_TICKER_LAST_DAY}; book columns are NULL for {sd}"
         prov = {"status": "not_published", "reason": f"bookTicker ends {BOOK_TICKER_LAST_DAY}"}
@@ -163,7 +130,7 @@ def _book_ticker_day(fetch: StreamFetcher, sd: SymbolDay) -> PartitionData:
     try:
         got = fetch.daily(Stream.BOOK_TICKER, sd)
     except NotPublished as err:
-        return _not_available(Stream.BOOK_TICKER, sd, err, hard=False)
+        return _not_available(Stream.BOOK_TICKER, sd, err)
     minutes = got.transform(lambda t: book_ticker_minutes(t, sd.day, source=got.file.url))
     files = [got]
     if _first_minute_missing(minutes, sd.day):
@@ -186,12 +153,12 @@ def _first_minute_missing(minutes: pa.Table, day: dt.date) -> bool:
     return minutes.num_rows == 0 or minutes.column("timestamp")[0].as_py() > start
 
 
-def _metrics_day(fetch: StreamFetcher, sd: SymbolDay) -> PartitionData:
+def metrics_day(fetch: StreamFetcher, sd: SymbolDay) -> PartitionData:
     """The day's file and the previous day's: its last snapshots seed the first minutes."""
     try:
         got = [fetch.daily(Stream.METRICS, sd)]
     except NotPublished as err:
-        return _not_available(Stream.METRICS, sd, err, hard=False)
+        return _not_available(Stream.METRICS, sd, err)
     observations = [metrics_observations(got[0].table, sd.day)]
     previous = SymbolDay(sd.symbol, sd.day - dt.timedelta(days=1))
     try:
@@ -221,7 +188,7 @@ def _months_for(day: dt.date) -> list[tuple[int, int]]:
     return months
 
 
-def _funding_day(fetch: StreamFetcher, sd: SymbolDay) -> PartitionData:
+def funding_day(fetch: StreamFetcher, sd: SymbolDay) -> PartitionData:
     got: list[Fetched] = []
     missing: NotPublished | None = None
     for year, month in _months_for(sd.day):
@@ -231,79 +198,6 @@ def _funding_day(fetch: StreamFetcher, sd: SymbolDay) -> PartitionData:
             if (year, month) == (sd.day.year, sd.day.month):
                 missing = err
     if missing is not None:
-        return _not_available(Stream.FUNDING_RATE, sd, missing, hard=False)
+        return _not_available(Stream.FUNDING_RATE, sd, missing)
     settlements = funding_settlements(pa.concat_tables([f.table for f in got]))
     return PartitionData(settlements_for_day(settlements, sd.day), {Stream.FUNDING_RATE.value: _vision(got)})
-
-
-@dataclass(frozen=True)
-class StreamAsset:
-    dataset: Dataset
-    build: Callable[[StreamFetcher, SymbolDay], PartitionData]
-    description: str
-
-
-STREAM_ASSETS: tuple[StreamAsset, ...] = (
-    StreamAsset(
-        KLINES, lambda f, sd: _kline_day(f, Stream.KLINES, KLINES, sd, hard=True), "1-minute trade klines from Vision"
-    ),
-    StreamAsset(
-        MARK_PRICE_KLINES,
-        lambda f, sd: _kline_day(f, Stream.MARK_PRICE_KLINES, MARK_PRICE_KLINES, sd, hard=True),
-        "1-minute mark price klines from Vision",
-    ),
-    StreamAsset(
-        INDEX_PRICE_KLINES,
-        lambda f, sd: _kline_day(f, Stream.INDEX_PRICE_KLINES, INDEX_PRICE_KLINES, sd, hard=True),
-        "1-minute index price klines from Vision",
-    ),
-    StreamAsset(
-        PREMIUM_INDEX_KLINES,
-        lambda f, sd: _kline_day(f, Stream.PREMIUM_INDEX_KLINES, PREMIUM_INDEX_KLINES, sd, hard=False),
-        "1-minute premium index klines from Vision",
-    ),
-    StreamAsset(TRADE_FLOW, _trade_flow_day, "per-minute trade flow computed from the day's aggTrades"),
-    StreamAsset(
-        BOOK_TICKER,
-        _book_ticker_day,
-        "per-minute top-of-book features from bookTicker (Vision has it until 2024-03-30)",
-    ),
-    StreamAsset(METRICS, _metrics_day, "5-minute open interest and long/short ratios, stamped with the snapshot time"),
-    StreamAsset(FUNDING, _funding_day, "funding settlements covering the day, including the last one before it"),
-)
-
-
-def build_stream_assets(partitions_def: PartitionsDefinition) -> list[AssetsDefinition]:
-    return [_stream_asset(spec, partitions_def) for spec in STREAM_ASSETS]
-
-
-def _stream_asset(spec: StreamAsset, partitions_def: PartitionsDefinition) -> AssetsDefinition:
-    @asset(
-        name=spec.dataset.name,
-        description=spec.description,
-        partitions_def=partitions_def,
-        io_manager_key=IO_MANAGER_KEY,
-        metadata={DATASET_METADATA_KEY: spec.dataset.name},
-        group_name=GROUP,
-        kinds={"parquet"},
-        backfill_policy=BackfillPolicy.multi_run(max_partitions_per_run=MAX_PARTITIONS_PER_RUN),
-        pool=VISION_POOL,
-    )
-    def _asset(context: AssetExecutionContext, bml: BmlResource) -> dict[str, PartitionData]:
-        fetch = StreamFetcher(bml)
-        return dict(_each(context, lambda sd: spec.build(fetch, sd)))
-
-    return _asset
-
-
-def _each(
-    context: AssetExecutionContext, build: Callable[[SymbolDay], PartitionData]
-) -> Iterator[tuple[str, PartitionData]]:
-    partitions = run_partitions(context)
-    for i, sd in enumerate(partitions, start=1):
-        data = build(sd)
-        rows = data.table.num_rows if data.table is not None else 0
-        context.log.info(
-            f"[{i}/{len(partitions)}] {context.asset_key.to_user_string()} {sd}: {data.status}, {rows} rows"
-        )
-        yield sd.key, data

@@ -95,6 +95,7 @@ def build_minute_view(
     funding: pa.Table | None,
     max_ffill_minutes: int,
     grid_end: dt.datetime | None = None,
+    predicted_funding: pa.Table | None = None,
 ) -> MinuteView:
     """Build the minute view of ``day`` from per-stream tables in their ``schema`` shapes.
 
@@ -102,7 +103,9 @@ def build_minute_view(
     the three HARD ones. ``book`` and ``metrics`` may also hold rows from before the day
     (they seed its first minutes); ``funding`` should hold ``settlements_for_day``.
     ``grid_end`` (exclusive, minute-aligned) limits the grid for a day still in progress;
-    it defaults to the end of the day.
+    it defaults to the end of the day. ``predicted_funding`` (``timestamp``,
+    ``predicted_funding``: the hot poller's last polled rate per minute) fills column 57
+    for the minutes that have a poll; the other LIVE columns stay NULL.
     """
     hard_tables = {"klines": klines, "mark": mark, "index": index}
     for argument, table in hard_tables.items():
@@ -121,6 +124,7 @@ def build_minute_view(
         .pipe(_with_book, book, max_ffill_minutes=max_ffill_minutes, warnings=warnings)
         .pipe(_with_metrics, metrics, max_ffill_minutes=max_ffill_minutes, warnings=warnings)
         .pipe(_with_funding, funding)
+        .pipe(_with_predicted_funding, predicted_funding)
     )
     return MinuteView(table=_to_minute_table(frame), source_gaps=source_gaps, warnings=warnings)
 
@@ -289,6 +293,15 @@ def _with_funding(frame: pd.DataFrame, funding: pa.Table | None) -> pd.DataFrame
     )
 
 
+def _with_predicted_funding(frame: pd.DataFrame, predicted: pa.Table | None) -> pd.DataFrame:
+    """Column 57 where a poll landed in the minute (never filled forward: a LIVE column)."""
+    if predicted is None or predicted.num_rows == 0:
+        return frame
+    ms = predicted.column("timestamp").cast(pa.int64()).to_numpy()
+    values = pd.Series(predicted.column("predicted_funding").to_numpy(zero_copy_only=False), index=ms)
+    return frame.assign(predicted_funding=values.reindex(frame.index).astype("Float64"))
+
+
 # --- output ------------------------------------------------------------------------------
 
 
@@ -306,7 +319,7 @@ def _to_minute_table(frame: pd.DataFrame) -> pa.Table:
     for column in schema.MINUTE_COLUMNS:
         if column.name == "timestamp":
             arrays.append(ms_to_timestamps(frame.index.to_numpy()))
-        elif column.klass is schema.ColumnClass.LIVE:
+        elif column.klass is schema.ColumnClass.LIVE and column.name not in frame:
             arrays.append(pa.nulls(n, column.type))
         else:
             arrays.append(pa.array(frame[column.name], type=column.type))

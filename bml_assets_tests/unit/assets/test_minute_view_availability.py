@@ -23,6 +23,7 @@ NAMES = (
     "book_ticker_1m",
     "metrics_5m",
     "funding_settlements",
+    "hot_snapshots",
 )
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from dagster import AssetKey
 
-from bml_assets.definitions import MINUTE_VIEW_JOB, build_definitions, defs
+from bml_assets.definitions import HOT_JOB, MINUTE_VIEW_JOB, build_definitions, defs
 from bml_assets.schema import column_table_markdown
 from bml_assets.settings import Settings
 
@@ -24,6 +24,7 @@ def test_definitions_load_with_asset_keys_and_checks() -> None:
         "book_ticker_1m",
         "metrics_5m",
         "funding_settlements",
+        "hot_snapshots",
         "minute_view",
     }
     checks = {k.name for k in graph.asset_check_keys if k.asset_key == AssetKey("minute_view")}
@@ -35,6 +36,8 @@ def test_definitions_load_with_asset_keys_and_checks() -> None:
     } <= checks
     assert len(checks) == 13
     assert d.resolve_job_def(MINUTE_VIEW_JOB) is not None
+    assert d.resolve_job_def(HOT_JOB) is not None
+    assert {s.name for s in d.sensors} == {"hot_poll_sensor", "vision_promotion_sensor"}
 
 
 def test_lazy_entry_point_reads_the_environment_when_called(monkeypatch, tmp_path: Path) -> None:

@@ -1,0 +1,258 @@
+"""Source-level assets: one per stream, per symbol × UTC day, from Vision or REST.
+
+What belongs here: the Dagster assets of the per-stream tables and, for each
+partition of a run, the choice of source (SPEC §1 bands): verified Vision when it
+has published the day; REST for today and for the recent days Vision has not
+published yet; otherwise "not listed" / "not published" with the reason. Also
+the hot snapshots asset (premiumIndex / openInterest / bookTicker polled while a
+day is live). What stays out: the Vision and REST day builders themselves
+(``vision_days.py``, ``rest_days.py``), HTTP and formulas.
+
+"Today" is the exchange's today (REST server time), never this machine's clock,
+so a replayed market with its own clock is served exactly like the real one.
+"""
+
+import datetime as dt
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+
+import pyarrow as pa
+from dagster import AssetExecutionContext, AssetsDefinition, BackfillPolicy, PartitionsDefinition, asset
+
+from bml_assets.assets import rest_days, vision_days
+from bml_assets.assets.rest_days import ExchangeNow
+from bml_assets.assets.vision_days import StreamFetcher
+from bml_assets.lake.commit import read_partition
+from bml_assets.lake.io_manager import DATASET_METADATA_KEY
+from bml_assets.lake.partition_data import PartitionData
+from bml_assets.partitions import SymbolDay, parse_partition_key
+from bml_assets.resources import BmlResource
+from bml_assets.schema import (
+    BOOK_TICKER,
+    FUNDING,
+    HOT_SNAPSHOTS,
+    INDEX_PRICE_KLINES,
+    KLINES,
+    MARK_PRICE_KLINES,
+    METRICS,
+    PREMIUM_INDEX_KLINES,
+    TRADE_FLOW,
+    Dataset,
+)
+from bml_assets.sources.rest import REST_POOL, RestClient
+from bml_assets.sources.vision import Stream
+
+# Vision publishes a day one to several days late (SPEC §4): inside this many days
+# REST stands in (provisionally); older, a HARD stream's 404 means "not listed".
+PUBLICATION_LAG_DAYS = 7
+IO_MANAGER_KEY = "lake_io_manager"
+GROUP = "sources"
+# Days of one symbol per run in a backfill: big enough to amortise process start-up,
+# small enough that a failure costs little.
+MAX_PARTITIONS_PER_RUN = 30
+# Run tags set by the sensors: the band of a hot-poll run ("hot" skips Vision, which
+# never has today; "catch-up" is a day after the watermark) and a Vision promotion.
+BAND_TAG = "bml/band"
+HOT_BAND = "hot"
+PROMOTION_TAG = "bml/promotion"
+HARD_STREAMS = (KLINES.name, MARK_PRICE_KLINES.name, INDEX_PRICE_KLINES.name)
+
+
+def run_partitions(context: AssetExecutionContext) -> list[SymbolDay]:
+    """The partitions this run covers: one key, or a range in a single-run backfill."""
+    return sorted(parse_partition_key(k) for k in context.partition_keys)
+
+
+class DayContext:
+    """What a stream asset needs for one run: both sources, a clock, the lake.
+
+    Runs requested by the sensors (tagged with ``bml/band`` or ``bml/promotion``)
+    follow the exchange's clock (REST server time), so a replayed market with a
+    clock of its own is served like the real one. Runs started by hand or by a
+    backfill use this machine's UTC clock and never call REST for a day Vision
+    is expected to have.
+    """
+
+    def __init__(self, bml: BmlResource, *, tags: Mapping[str, str]) -> None:
+        self.bml = bml
+        self.hot = tags.get(BAND_TAG) == HOT_BAND
+        self.exchange_clock = BAND_TAG in tags or PROMOTION_TAG in tags
+        self.vision = StreamFetcher(bml)
+        self._now: ExchangeNow | None = None
+
+    @property
+    def rest(self) -> RestClient:
+        return self.bml.rest()
+
+    @property
+    def max_ffill_minutes(self) -> int:
+        return self.bml.settings().max_ffill_minutes
+
+    def now(self) -> ExchangeNow:
+        """The clock of this run (see the class docstring), read once."""
+        if self._now is None:
+            if self.exchange_clock:
+                now_ms = self.rest.server_time_ms()
+            else:
+                now_ms = int(dt.datetime.now(dt.UTC).timestamp() * 1000)
+            self._now = ExchangeNow(now_ms, self.bml.settings().safety_lag_minutes)
+        return self._now
+
+    def existing(self, dataset: Dataset, sd: SymbolDay) -> pa.Table | None:
+        """The committed table of the partition, the incremental cursor of the hot band."""
+        record = self.bml.ledger().get_partition(dataset.name, sd.symbol, sd.day)
+        if record is None or record.status != "committed":
+            return None
+        return read_partition(self.bml.settings().lake_root, dataset, sd.symbol, sd.day)
+
+
+def choose(
+    ctx: DayContext,
+    sd: SymbolDay,
+    dataset: Dataset,
+    vision: Callable[[], PartitionData],
+    rest: Callable[[ExchangeNow], PartitionData] | None,
+) -> PartitionData:
+    """Vision when it has the day; REST for today and the recent unpublished days."""
+    if ctx.hot and rest is not None:
+        return rest(ctx.now())
+    data = vision()
+    if data.available:
+        return data
+    now = ctx.now()
+    if sd.day > now.today:
+        message = f"{sd} is after today ({now.today}): nothing is published for it yet"
+        return PartitionData.unavailable("not_published", message, data.provenance)
+    recent = (now.today - sd.day).days <= PUBLICATION_LAG_DAYS
+    if recent and rest is not None:
+        return rest(now)
+    if dataset.name in HARD_STREAMS and not recent:
+        stream = next(iter(data.provenance))
+        message = f"{sd.symbol} is not listed on {sd.day}: {data.message}"
+        return PartitionData.unavailable(
+            "not_listed", message, {stream: {**data.provenance[stream], "reason": "not listed"}}
+        )
+    return data
+
+
+@dataclass(frozen=True)
+class StreamAsset:
+    dataset: Dataset
+    build: Callable[[DayContext, SymbolDay], PartitionData]
+    description: str
+
+
+def _kline_stream(stream: Stream, dataset: Dataset) -> Callable[[DayContext, SymbolDay], PartitionData]:
+    def build(ctx: DayContext, sd: SymbolDay) -> PartitionData:
+        return choose(
+            ctx,
+            sd,
+            dataset,
+            lambda: vision_days.kline_day(ctx.vision, stream, dataset, sd),
+            lambda now: rest_days.kline_day(ctx.rest, stream, dataset, sd, now, ctx.existing(dataset, sd)),
+        )
+
+    return build
+
+
+def _trade_flow(ctx: DayContext, sd: SymbolDay) -> PartitionData:
+    return choose(
+        ctx,
+        sd,
+        TRADE_FLOW,
+        lambda: vision_days.trade_flow_day(ctx.vision, sd),
+        lambda now: rest_days.trade_flow_day(ctx.rest, sd, now, ctx.existing(TRADE_FLOW, sd)),
+    )
+
+
+def _book_ticker(ctx: DayContext, sd: SymbolDay) -> PartitionData:
+    # REST has no bookTicker history: live days take their book from the hot snapshots.
+    return choose(ctx, sd, BOOK_TICKER, lambda: vision_days.book_ticker_day(ctx.vision, sd), None)
+
+
+def _metrics(ctx: DayContext, sd: SymbolDay) -> PartitionData:
+    return choose(
+        ctx,
+        sd,
+        METRICS,
+        lambda: vision_days.metrics_day(ctx.vision, sd),
+        lambda now: rest_days.metrics_day(ctx.rest, sd, now, max_ffill_minutes=ctx.max_ffill_minutes),
+    )
+
+
+def _funding(ctx: DayContext, sd: SymbolDay) -> PartitionData:
+    return choose(
+        ctx,
+        sd,
+        FUNDING,
+        lambda: vision_days.funding_day(ctx.vision, sd),
+        lambda now: rest_days.funding_day(ctx.rest, sd, now),
+    )
+
+
+def _hot_snapshots(ctx: DayContext, sd: SymbolDay) -> PartitionData:
+    return rest_days.hot_snapshot_day(ctx.rest, sd, ctx.now(), ctx.existing(HOT_SNAPSHOTS, sd))
+
+
+STREAM_ASSETS: tuple[StreamAsset, ...] = (
+    StreamAsset(KLINES, _kline_stream(Stream.KLINES, KLINES), "1-minute trade klines"),
+    StreamAsset(
+        MARK_PRICE_KLINES, _kline_stream(Stream.MARK_PRICE_KLINES, MARK_PRICE_KLINES), "1-minute mark price klines"
+    ),
+    StreamAsset(
+        INDEX_PRICE_KLINES, _kline_stream(Stream.INDEX_PRICE_KLINES, INDEX_PRICE_KLINES), "1-minute index price klines"
+    ),
+    StreamAsset(
+        PREMIUM_INDEX_KLINES,
+        _kline_stream(Stream.PREMIUM_INDEX_KLINES, PREMIUM_INDEX_KLINES),
+        "1-minute premium index klines",
+    ),
+    StreamAsset(TRADE_FLOW, _trade_flow, "per-minute trade flow computed from the day's aggTrades"),
+    StreamAsset(
+        BOOK_TICKER, _book_ticker, "per-minute top-of-book features from bookTicker (Vision has it until 2024-03-30)"
+    ),
+    StreamAsset(METRICS, _metrics, "5-minute open interest and long/short ratios, stamped with the snapshot time"),
+    StreamAsset(FUNDING, _funding, "funding settlements covering the day, including the last one before it"),
+    StreamAsset(
+        HOT_SNAPSHOTS,
+        _hot_snapshots,
+        "premiumIndex / openInterest / bookTicker polled from REST while the day is live (one row per poll)",
+    ),
+)
+
+
+def build_stream_assets(partitions_def: PartitionsDefinition) -> list[AssetsDefinition]:
+    return [_stream_asset(spec, partitions_def) for spec in STREAM_ASSETS]
+
+
+def _stream_asset(spec: StreamAsset, partitions_def: PartitionsDefinition) -> AssetsDefinition:
+    @asset(
+        name=spec.dataset.name,
+        description=spec.description,
+        partitions_def=partitions_def,
+        io_manager_key=IO_MANAGER_KEY,
+        metadata={DATASET_METADATA_KEY: spec.dataset.name},
+        group_name=GROUP,
+        kinds={"parquet"},
+        backfill_policy=BackfillPolicy.multi_run(max_partitions_per_run=MAX_PARTITIONS_PER_RUN),
+        pool=REST_POOL,
+    )
+    def _asset(context: AssetExecutionContext, bml: BmlResource) -> dict[str, PartitionData]:
+        ctx = DayContext(bml, tags=context.run.tags)
+        return dict(_each(context, lambda sd: spec.build(ctx, sd)))
+
+    return _asset
+
+
+def _each(
+    context: AssetExecutionContext, build: Callable[[SymbolDay], PartitionData]
+) -> Iterator[tuple[str, PartitionData]]:
+    partitions = run_partitions(context)
+    for i, sd in enumerate(partitions, start=1):
+        data = build(sd)
+        rows = data.table.num_rows if data.table is not None else 0
+        source = ",".join(sorted({str(p.get("status")) for p in data.provenance.values() if isinstance(p, dict)}))
+        context.log.info(
+            f"[{i}/{len(partitions)}] {context.asset_key.to_user_string()} {sd}: {data.status} ({source}), {rows} rows"
+        )
+        yield sd.key, data

@@ -1,0 +1,128 @@
+"""Schedules and sensors: keeping today current, and promoting REST-built days to Vision.
+
+What belongs here: when runs are requested and with which deterministic run
+keys and cursors. What stays out: what a run does (the assets) and how the
+exchange is reached (``resources.py``).
+
+- ``hot_poll_sensor``: every few seconds, per symbol, asks the exchange's clock
+  which minutes are closed plus the safety lag; when a minute past the symbol's
+  watermark has become committable, requests a run of the partition that holds
+  it (today's, or the day after the watermark when catching up). The run key is
+  (symbol, day, committable-until minute), so a tick that repeats itself adds
+  nothing, and the cursor remembers what was asked.
+- ``vision_promotion_sensor``: a bounded number of REST-built (provisional) days
+  per tick, round-robin by cursor; when Vision has published the day's klines,
+  requests a rebuild, keyed by the klines file's sha256.
+"""
+
+import datetime as dt
+import json
+
+from dagster import (
+    DefaultSensorStatus,
+    RunRequest,
+    SensorDefinition,
+    SensorEvaluationContext,
+    SkipReason,
+    sensor,
+)
+
+from bml_assets.assets.rest_days import ExchangeNow
+from bml_assets.assets.streams import BAND_TAG, HOT_BAND, PROMOTION_TAG
+from bml_assets.features.timegrid import ms_to_datetime
+from bml_assets.partitions import partition_key
+from bml_assets.resources import BmlResource
+from bml_assets.schema import MINUTE_VIEW
+from bml_assets.sources.vision import NotPublished, Stream
+
+HOT_POLL_INTERVAL_S = 5
+PROMOTION_INTERVAL_S = 300
+PROMOTIONS_PER_TICK = 5
+
+
+def hot_targets(bml: BmlResource, symbols: tuple[str, ...], now: ExchangeNow) -> dict[str, dt.date]:
+    """Per symbol, the day whose next minute after the watermark is committable now."""
+    ledger = bml.ledger()
+    targets: dict[str, dt.date] = {}
+    today_start = dt.datetime.combine(now.today, dt.time(), dt.UTC)
+    for symbol in symbols:
+        watermark = ledger.get_watermark(symbol)
+        following = today_start if watermark is None else watermark + dt.timedelta(minutes=1)
+        if following.timestamp() * 1000 < now.closed_end_ms:
+            targets[symbol] = following.date()
+    return targets
+
+
+def build_hot_poll_sensor(symbols: tuple[str, ...], *, job_name: str) -> SensorDefinition:
+    @sensor(
+        name="hot_poll_sensor",
+        job_name=job_name,
+        minimum_interval_seconds=HOT_POLL_INTERVAL_S,
+        default_status=DefaultSensorStatus.RUNNING,
+        description="Keeps today's partitions current: one run per symbol when a new minute is committable.",
+    )
+    def hot_poll_sensor(context: SensorEvaluationContext, bml: BmlResource):
+        now = ExchangeNow(bml.rest().server_time_ms(), bml.settings().safety_lag_minutes)
+        cursor: dict[str, int] = json.loads(context.cursor) if context.cursor else {}
+        requested = False
+        for symbol, day in hot_targets(bml, symbols, now).items():
+            if cursor.get(symbol) == now.closed_end_ms:
+                continue  # already asked for everything committable now
+            until = ms_to_datetime(now.closed_end_ms).strftime("%Y-%m-%dT%H:%M")
+            yield RunRequest(
+                run_key=f"hot:{symbol}:{day.isoformat()}:{until}",
+                partition_key=partition_key(symbol, day),
+                tags={BAND_TAG: HOT_BAND if day == now.today else "catch-up"},
+            )
+            cursor[symbol] = now.closed_end_ms
+            requested = True
+        context.update_cursor(json.dumps(cursor, sort_keys=True))
+        if not requested:
+            yield SkipReason(f"nothing new committable before {ms_to_datetime(now.closed_end_ms).isoformat()}")
+
+    return hot_poll_sensor
+
+
+def provisional_streams(provenance: dict) -> list[str]:
+    return sorted(s for s, p in provenance.items() if isinstance(p, dict) and p.get("status") == "rest")
+
+
+def build_vision_promotion_sensor(*, job_name: str) -> SensorDefinition:
+    @sensor(
+        name="vision_promotion_sensor",
+        job_name=job_name,
+        minimum_interval_seconds=PROMOTION_INTERVAL_S,
+        default_status=DefaultSensorStatus.RUNNING,
+        description="Rebuilds REST-built (provisional) days from Vision once Vision publishes them.",
+    )
+    def vision_promotion_sensor(context: SensorEvaluationContext, bml: BmlResource):
+        ledger, vision = bml.ledger(), bml.vision()
+        today = ExchangeNow(bml.rest().server_time_ms(), 0).today
+        candidates = [
+            r
+            for r in ledger.partitions(dataset=MINUTE_VIEW.name, status="committed")
+            if r.day < today and provisional_streams(r.provenance)
+        ]
+        candidates.sort(key=lambda r: (r.day, r.symbol))
+        after = context.cursor or ""
+        ordered = [r for r in candidates if f"{r.day}|{r.symbol}" > after] + [
+            r for r in candidates if f"{r.day}|{r.symbol}" <= after
+        ]
+        checked = 0
+        for record in ordered[:PROMOTIONS_PER_TICK]:
+            checked += 1
+            context.update_cursor(f"{record.day}|{record.symbol}")
+            try:
+                sha = vision.checksum(vision.daily_url(Stream.KLINES, record.symbol, record.day))
+            except NotPublished:
+                continue
+            rest_streams = ",".join(provisional_streams(record.provenance))
+            yield RunRequest(
+                run_key=f"promote:{partition_key(record.symbol, record.day)}:{rest_streams}:{sha}",
+                partition_key=partition_key(record.symbol, record.day),
+                tags={PROMOTION_TAG: "vision"},
+            )
+        if not checked:
+            yield SkipReason("no provisional (REST-built) days")
+
+    return vision_promotion_sensor
