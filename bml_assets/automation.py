@@ -30,10 +30,11 @@ from dagster import (
 from bml_assets.assets.rest_days import ExchangeNow
 from bml_assets.assets.streams import BAND_TAG, HOT_BAND, PROMOTION_TAG
 from bml_assets.features.timegrid import ms_to_datetime
+from bml_assets.lake.io_manager import provisional_streams
 from bml_assets.partitions import partition_key
 from bml_assets.resources import BmlResource
 from bml_assets.schema import MINUTE_VIEW
-from bml_assets.sources.vision import NotPublished, Stream
+from bml_assets.sources.vision import DAILY_STREAMS, NotPublished, Stream, VisionClient
 
 HOT_POLL_INTERVAL_S = 5
 PROMOTION_INTERVAL_S = 300
@@ -83,8 +84,21 @@ def build_hot_poll_sensor(symbols: tuple[str, ...], *, job_name: str) -> SensorD
     return hot_poll_sensor
 
 
-def provisional_streams(provenance: dict) -> list[str]:
-    return sorted(s for s, p in provenance.items() if isinstance(p, dict) and p.get("status") == "rest")
+def _published_on_vision(vision: VisionClient, symbol: str, day: dt.date, streams: list[str]) -> dict[str, str]:
+    """The sha256 of each provisional stream's Vision file that is published by now."""
+    published: dict[str, str] = {}
+    for name in streams:
+        stream = Stream(name)
+        url = (
+            vision.monthly_url(stream, symbol, day.year, day.month)
+            if stream not in DAILY_STREAMS
+            else vision.daily_url(stream, symbol, day)
+        )
+        try:
+            published[name] = vision.checksum(url)
+        except NotPublished:
+            continue
+    return published
 
 
 def build_vision_promotion_sensor(*, job_name: str) -> SensorDefinition:
@@ -112,13 +126,12 @@ def build_vision_promotion_sensor(*, job_name: str) -> SensorDefinition:
         for record in ordered[:PROMOTIONS_PER_TICK]:
             checked += 1
             context.update_cursor(f"{record.day}|{record.symbol}")
-            try:
-                sha = vision.checksum(vision.daily_url(Stream.KLINES, record.symbol, record.day))
-            except NotPublished:
+            published = _published_on_vision(vision, record.symbol, record.day, provisional_streams(record.provenance))
+            if not published:
                 continue
-            rest_streams = ",".join(provisional_streams(record.provenance))
             yield RunRequest(
-                run_key=f"promote:{partition_key(record.symbol, record.day)}:{rest_streams}:{sha}",
+                run_key=f"promote:{partition_key(record.symbol, record.day)}:"
+                + ",".join(f"{s}={sha[:16]}" for s, sha in sorted(published.items())),
                 partition_key=partition_key(record.symbol, record.day),
                 tags={PROMOTION_TAG: "vision"},
             )

@@ -103,6 +103,8 @@ class Evidence:
     trade_flow: pd.DataFrame | None = None
     provenance: Mapping[str, Any] = field(default_factory=dict)
     source_gaps: Sequence[Mapping[str, Any]] = ()
+    # The REST-built view this Vision build replaces (a promotion), else None.
+    replaced_rest_view: pd.DataFrame | None = None
 
 
 @dataclass(frozen=True)
@@ -337,6 +339,30 @@ def _provenance_rule(ev: Evidence) -> tuple[pd.DataFrame, Mapping[str, Any]]:
     ), {"sources": {s: ev.provenance.get(s, {}).get("status", "missing") for s in PROVENANCE_STREAMS}}
 
 
+def _promotion_rule(ev: Evidence) -> tuple[pd.DataFrame, Mapping[str, Any]]:
+    if ev.replaced_rest_view is None:
+        return _NO_FAILURES, {"skipped": "not a promotion from REST"}
+    old = ev.replaced_rest_view.set_index("timestamp")
+    new = ev.frame.set_index("timestamp")
+    common = new.index.intersection(old.index)
+    parts = []
+    for column in HARD_COLUMNS:
+        if column == "timestamp":
+            continue
+        a, b = new.loc[common, column].astype("Float64"), old.loc[common, column].astype("Float64")
+        bad = ~(_rel_close(a, b) | (a == b)).fillna(False)
+        if bad.any():
+            parts.append(
+                _rows(
+                    pd.Series(common[bad.to_numpy()]),
+                    column,
+                    [f"vision {x} ≠ rest {y}" for x, y in zip(a[bad], b[bad], strict=True)],
+                )
+            )
+    facts = {"minutes_compared": len(common), "rest_only_minutes": len(old.index.difference(new.index))}
+    return (pd.concat(parts) if parts else _NO_FAILURES), facts
+
+
 BLOCKING_RULES: tuple[Rule, ...] = (
     Rule("schema_58_columns", "the 58 names and types, in order (SPEC §5)", True, _schema_rule),
     Rule(
@@ -366,6 +392,12 @@ REPORTED_RULES: tuple[Rule, ...] = (
         "every stream names its source (vision / rest / live) or why it has none",
         False,
         _provenance_rule,
+    ),
+    Rule(
+        "promotion_matches_rest",
+        "a Vision rebuild of a REST-built day agrees with it on HARD columns (1e-9 relative)",
+        False,
+        _promotion_rule,
     ),
 )
 ALL_RULES = BLOCKING_RULES + REPORTED_RULES

@@ -12,6 +12,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 from dagster import (
@@ -52,6 +53,7 @@ from bml_assets.schema import (
     PREMIUM_INDEX_KLINES,
     TRADE_FLOW,
 )
+from bml_assets.sources.vision import Stream
 
 ASSET_NAME = "minute_view"
 GROUP = "minute"
@@ -197,9 +199,29 @@ def advance_watermark(ledger: Ledger, sd: SymbolDay, grid_end: dt.datetime | Non
         return None  # another writer moved it first; the next run continues from there
 
 
-def evidence_for(sd: SymbolDay, data: PartitionData, trade_flow: PartitionData, *, closed_day: bool) -> Evidence:
+def replaced_rest_view(ctx: DayContext, sd: SymbolDay, data: PartitionData) -> pd.DataFrame | None:
+    """The committed REST-built view this build replaces with Vision klines (a promotion)."""
+    record = ctx.bml.ledger().get_partition(MINUTE_VIEW.name, sd.symbol, sd.day)
+    klines_now = data.provenance.get(Stream.KLINES.value, {})
+    if record is None or record.status != "committed" or klines_now.get("status") != "vision":
+        return None
+    if record.provenance.get(Stream.KLINES.value, {}).get("status") != "rest":
+        return None
+    previous = ctx.existing(MINUTE_VIEW, sd)
+    return to_frame(previous) if previous is not None else None
+
+
+def evidence_for(
+    sd: SymbolDay,
+    data: PartitionData,
+    trade_flow: PartitionData,
+    *,
+    closed_day: bool,
+    replaced_rest_view: pd.DataFrame | None = None,
+) -> Evidence:
     assert data.table is not None
     return Evidence(
+        replaced_rest_view=replaced_rest_view,
         day=sd.day,
         frame=to_frame(data.table),
         closed_day=closed_day,
@@ -244,7 +266,13 @@ def build_minute_view_asset(partitions_def: PartitionsDefinition) -> AssetsDefin
                 context.log.warning(f"[{i}/{len(partitions)}] minute view {sd}: {data.status} — {data.message}")
                 continue
             grid_ends[sd] = grid_end
-            ev = evidence_for(sd, data, inputs[TRADE_FLOW.name], closed_day=grid_end is None)
+            ev = evidence_for(
+                sd,
+                data,
+                inputs[TRADE_FLOW.name],
+                closed_day=grid_end is None,
+                replaced_rest_view=replaced_rest_view(ctx, sd, data),
+            )
             for rule in ALL_RULES:
                 outcomes[rule.name][sd.key] = rule.run(ev)
             context.log.info(

@@ -45,6 +45,8 @@ from bml_assets.sources.vision import Stream
 # Vision publishes a day one to several days late (SPEC §4): inside this many days
 # REST stands in (provisionally); older, a HARD stream's 404 means "not listed".
 PUBLICATION_LAG_DAYS = 7
+# fundingRate is published monthly, after the month: REST stands in for up to two months.
+FUNDING_REST_DAYS = 62
 IO_MANAGER_KEY = "lake_io_manager"
 GROUP = "sources"
 # Days of one symbol per run in a backfill: big enough to amortise process start-up,
@@ -112,6 +114,8 @@ def choose(
     dataset: Dataset,
     vision: Callable[[], PartitionData],
     rest: Callable[[ExchangeNow], PartitionData] | None,
+    *,
+    rest_window_days: int = PUBLICATION_LAG_DAYS,
 ) -> PartitionData:
     """Vision when it has the day; REST for today and the recent unpublished days."""
     if ctx.hot and rest is not None:
@@ -123,9 +127,10 @@ def choose(
     if sd.day > now.today:
         message = f"{sd} is after today ({now.today}): nothing is published for it yet"
         return PartitionData.unavailable("not_published", message, data.provenance)
-    recent = (now.today - sd.day).days <= PUBLICATION_LAG_DAYS
-    if recent and rest is not None:
+    age_days = (now.today - sd.day).days
+    if age_days <= rest_window_days and rest is not None:
         return rest(now)
+    recent = age_days <= PUBLICATION_LAG_DAYS
     if dataset.name in HARD_STREAMS and not recent:
         stream = next(iter(data.provenance))
         message = f"{sd.symbol} is not listed on {sd.day}: {data.message}"
@@ -187,6 +192,7 @@ def _funding(ctx: DayContext, sd: SymbolDay) -> PartitionData:
         FUNDING,
         lambda: vision_days.funding_day(ctx.vision, sd),
         lambda now: rest_days.funding_day(ctx.rest, sd, now),
+        rest_window_days=FUNDING_REST_DAYS,
     )
 
 

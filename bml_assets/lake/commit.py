@@ -384,11 +384,16 @@ def commit_table(
             content_hash = _write_verified(canonical, tmp, dataset, label)
             if content_hash == expected and target.is_file() and file_sha256(target) == content_hash:
                 assert previous is not None
-                if previous.provenance != provenance_json or previous.source_gaps != gaps_json:
-                    # Same bytes from re-published sources: the ledger must still name them.
+                changed = (previous.provenance, previous.source_gaps) != (provenance_json, gaps_json)
+                if changed or (message is not None and message != previous.message):
+                    # Same bytes from other (e.g. re-published) sources: the ledger must name them.
                     ledger.commit_partition(
                         replace(
-                            previous, provenance=provenance_json, source_gaps=gaps_json, committed_at=datetime.now(UTC)
+                            previous,
+                            provenance=provenance_json,
+                            source_gaps=gaps_json,
+                            message=message if message is not None else previous.message,
+                            committed_at=datetime.now(UTC),
                         ),
                         expected_content_hash=expected,
                     )

@@ -21,6 +21,7 @@ from dagster import ConfigurableIOManager, InputContext, MetadataValue, OutputCo
 from bml_assets.checks import enforce_blocking
 from bml_assets.lake.commit import commit_table, read_partition, record_unavailable
 from bml_assets.lake.layout import partition_path
+from bml_assets.lake.ledger import PartitionRecord
 from bml_assets.lake.partition_data import PartitionData
 from bml_assets.partitions import SymbolDay, parse_partition_key
 from bml_assets.resources import BmlResource
@@ -47,6 +48,25 @@ def _validator(dataset: Dataset, sd: SymbolDay) -> Callable[[pa.Table], None]:
             raise ValueError(f"{dataset.name} {sd}: {dataset.time_column} is not strictly increasing")
 
     return sorted_unique
+
+
+def provisional_streams(provenance: Mapping[str, Any]) -> list[str]:
+    """Streams a partition took from REST: provisional until Vision publishes them."""
+    return sorted(s for s, p in provenance.items() if isinstance(p, Mapping) and p.get("status") == "rest")
+
+
+def _promotion_note(previous: PartitionRecord | None, provenance: Mapping[str, Any]) -> str | None:
+    """The ledger's record of a promotion: streams that were REST-built and now come from Vision."""
+    if previous is None or previous.status != "committed":
+        return None
+    promoted = [
+        s
+        for s in provisional_streams(previous.provenance)
+        if isinstance(provenance.get(s), Mapping) and provenance[s].get("status") == "vision"
+    ]
+    if not promoted:
+        return None
+    return f"promoted from REST to Vision: {', '.join(promoted)} (previous content hash {previous.content_hash})"
 
 
 def _null_counts(table: pa.Table) -> dict[str, int]:
@@ -92,6 +112,7 @@ class LakeIOManager(ConfigurableIOManager):
                 continue
             result = commit_table(
                 data.table,
+                message=_promotion_note(ledger.get_partition(dataset.name, sd.symbol, sd.day), data.provenance),
                 lake_root=settings.lake_root,
                 ledger=ledger,
                 dataset=dataset,

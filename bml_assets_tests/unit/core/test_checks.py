@@ -163,3 +163,13 @@ def test_slow_series_null_after_the_bound_is_reported_when_metrics_exist() -> No
     outcome = rule.run(ev)
     assert not outcome.passed
     assert outcome.facts["null_rate"]["oi_contracts"] == pytest.approx(2 / 3, abs=1e-6)
+
+
+def test_promotion_rule_lists_minutes_where_vision_and_rest_disagree() -> None:
+    rest = to_frame(view(close=[101.0, 102.0, 102.5]))
+    vision = view(close=[101.0, 102.0 * (1 + 1e-12), 102.6])  # rounding at 00:01, a real difference at 00:02
+    ev = Evidence(day=DAY, frame=to_frame(vision), closed_day=False, provenance=PROVENANCE, replaced_rest_view=rest)
+    rule = next(r for r in ALL_RULES if r.name == "promotion_matches_rest")
+    outcome = rule.run(ev)
+    assert sorted(outcome.failures["minute"].str[11:16]) == ["00:02"]
+    assert list(outcome.failures["value"]) == ["vision 102.6 ≠ rest 102.5"]

@@ -1,0 +1,251 @@
+"""The hot and warm bands end to end, against the replay server with a market clock.
+
+The clock is fixed and moved by the tests, so nothing depends on the wall clock.
+REST and Vision serve one synthetic market, so the REST-built view of a day must
+equal the Vision-built view of the same minutes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from dagster import DagsterInstance, ExecuteInProcessResult, build_sensor_context
+
+from bml_assets.assets.streams import BAND_TAG, HOT_BAND
+from bml_assets.definitions import HOT_JOB, MINUTE_VIEW_JOB, build_definitions
+from bml_assets.demo import QUIET
+from bml_assets.lake.ledger import Ledger
+from bml_assets.partitions import partition_key
+from bml_assets.replay.clock import MarketClock
+from bml_assets.replay.market import MarketConfig, SyntheticMarket
+from bml_assets.replay.server import FaultRule, ReplayServer
+from bml_assets.resources import BmlResource
+from bml_assets.settings import Settings
+
+# After bookTicker ended on Vision: book columns come only from the hot snapshots.
+HOT_DAY = dt.date(2024, 6, 3)
+T = dt.datetime(2024, 6, 3, tzinfo=dt.UTC)
+DOWNTIME = ((600, 3),)  # 10:00-10:02
+
+
+def at(hh: int, mm: int, ss: int = 0, day: dt.datetime = T) -> dt.datetime:
+    return day + dt.timedelta(hours=hh, minutes=mm, seconds=ss)
+
+
+@dataclass
+class HotLake:
+    root: Path
+    server: ReplayServer
+    clock: MarketClock
+    bml: BmlResource
+    instance: DagsterInstance
+    market: SyntheticMarket
+
+    @property
+    def ledger(self) -> Ledger:
+        return Ledger(self.bml.settings().state_url)
+
+    @property
+    def defs(self):  # noqa: ANN201
+        settings = Settings(symbols=("BTCUSDT",), start_date=dt.date(2024, 1, 1), lake_root=self.root)
+        return build_definitions(settings, bml=self.bml)
+
+    def run(self, job: str, day: dt.date, tags: dict[str, str] | None = None) -> ExecuteInProcessResult:
+        return self.defs.resolve_job_def(job).execute_in_process(
+            partition_key=partition_key("BTCUSDT", day),
+            instance=self.instance,
+            raise_on_error=False,
+            run_config=QUIET,
+            tags=tags or {},
+        )
+
+    def poll(self, day: dt.date = HOT_DAY) -> ExecuteInProcessResult:
+        return self.run(HOT_JOB, day, {BAND_TAG: HOT_BAND})
+
+    def view(self, day: dt.date = HOT_DAY):  # noqa: ANN201
+        path = self.root / "futures/um/minute/symbol=BTCUSDT" / f"date={day.isoformat()}" / "part.parquet"
+        return pq.read_table(path)
+
+
+@pytest.fixture
+def hot(tmp_path: Path) -> Iterator[HotLake]:
+    market = SyntheticMarket(
+        MarketConfig(seed=21, trades_per_day=6000, downtime={("BTCUSDT", dt.date(2024, 6, 4)): DOWNTIME})
+    )
+    clock = MarketClock.fixed(at(10, 30, 20))
+    with ReplayServer(market=market, clock=clock) as server, DagsterInstance.ephemeral() as instance:
+        root = tmp_path / "lake"
+        bml = BmlResource(
+            lake_root=str(root),
+            state_url=f"sqlite:///{root}/_state/ledger.sqlite",
+            vision_base_url=server.base_url,
+            rest_base_url=server.base_url,
+            safety_lag_minutes=1,
+        )
+        yield HotLake(root, server, clock, bml, instance, market)
+
+
+def test_hot_poll_commits_closed_minutes_only_and_advances_the_watermark(hot: HotLake) -> None:
+    # 10:30:20 with a 1-minute lag: 10:28 is the last minute closed for a full minute.
+    assert hot.poll().success
+    view = hot.view()
+    assert view.num_rows == 629  # 00:00 … 10:28
+    assert view.column("timestamp")[-1].as_py() == at(10, 28)
+    assert hot.ledger.get_watermark("BTCUSDT") == at(10, 28)
+    # The forming minute (10:30) and the one inside the lag (10:29) are not there.
+    hot.clock.set(at(10, 35, 5))
+    assert hot.poll().success
+    later = hot.view()
+    assert later.num_rows == 634 and hot.ledger.get_watermark("BTCUSDT") == at(10, 33)
+    assert later.slice(0, 629).equals(view)  # committed minutes never change
+
+
+def test_rest_built_minutes_equal_the_vision_built_day(hot: HotLake, tmp_path: Path) -> None:
+    hot.clock.set(at(12, 0, 30))
+    assert hot.poll().success
+    rest_view = hot.view()
+    assert rest_view.num_rows == 719
+    # Two days later Vision has published the day: build it from Vision in another lake.
+    hot.clock.set(at(0, 0, 0, day=T + dt.timedelta(days=2)))
+    other = HotLake(
+        tmp_path / "vision_lake",
+        hot.server,
+        hot.clock,
+        BmlResource(
+            lake_root=str(tmp_path / "vision_lake"),
+            state_url=f"sqlite:///{tmp_path}/vision_lake/_state/ledger.sqlite",
+            vision_base_url=hot.server.base_url,
+            rest_base_url=hot.server.base_url,
+        ),
+        hot.instance,
+        hot.market,
+    )
+    # as the sensors' runs do, follow the exchange's clock (REST stands in for the monthly funding file)
+    assert other.run(MINUTE_VIEW_JOB, HOT_DAY, {BAND_TAG: "catch-up"}).success
+    vision_view = other.view().slice(0, 719)
+    ledger = other.ledger.get_partition("minute", "BTCUSDT", HOT_DAY)
+    assert ledger is not None and ledger.provenance["klines"]["status"] == "vision"
+    same = [
+        "open", "high", "low", "close", "volume_btc", "volume_usdt", "trade_count", "vwap_1m",
+        "taker_buy_vol_btc", "taker_buy_vol_usdt", "net_taker_vol_btc", "count_buy_trades", "count_sell_trades",
+        "vol_buy_whale_btc", "vol_sell_whale_btc", "vol_buy_retail_btc", "vol_sell_retail_btc", "whale_trade_count",
+        "realized_vol_1m", "max_trade_size_btc", "transact_time", "mark_price_open", "mark_price_close",
+        "index_price_open", "index_price_close", "premium_index", "funding_rate", "next_funding_time",
+        "oi_value_usdt", "top_trader_ls_ratio_acct", "global_ls_ratio_acct",
+    ]  # fmt: skip
+    for column in same:
+        assert rest_view.column(column).equals(vision_view.column(column)), column
+    # Hot-only fields: one poll, in the minute it was taken (12:00, not committed yet) — none in the view.
+    assert rest_view.column("predicted_funding").null_count == 719
+
+
+def test_each_poll_lands_its_snapshot_in_its_own_minute(hot: HotLake) -> None:
+    assert hot.poll().success  # snapshot at 10:30:20 → minute 10:30, not committed yet
+    hot.clock.set(at(10, 33, 0))
+    assert hot.poll().success  # 10:33:00 → minute 10:33 (committable once 10:35 has passed)
+    hot.clock.set(at(10, 36, 30))
+    assert hot.poll().success
+    view = hot.view().to_pandas().set_index("timestamp")
+    predicted = view["predicted_funding"].dropna()
+    assert [t.strftime("%H:%M") for t in predicted.index] == ["10:30", "10:33"]
+    # Book columns from the snapshots: 10:30 and 10:33 have their own; 10:31 is filled from 10:30's.
+    assert not np.isnan(view.loc[at(10, 30), "micro_price_close"])
+    assert np.isnan(view.loc[at(10, 31), "micro_price_close"])
+    assert view.loc[at(10, 31), "avg_spread_usdt"] == view.loc[at(10, 30), "avg_spread_usdt"]
+    # Before the first poll there is no book at all: nothing is stamped backwards.
+    assert np.isnan(view.loc[at(10, 29), "avg_spread_usdt"])
+
+
+def test_missing_minutes_hold_the_watermark_then_become_source_gaps(hot: HotLake) -> None:
+    day = HOT_DAY + dt.timedelta(days=1)
+    day_t = T + dt.timedelta(days=1)
+    hot.clock.set(at(10, 3, 30, day=day_t))
+    assert hot.poll(day).success
+    assert hot.ledger.get_watermark("BTCUSDT") is None or hot.ledger.get_watermark("BTCUSDT") == at(9, 59, day=day_t)
+    assert hot.view(day).column("timestamp")[-1].as_py() == at(9, 59, day=day_t)
+    hot.clock.set(at(10, 8, 0, day=day_t))
+    assert hot.poll(day).success
+    view = hot.view(day)
+    assert view.column("timestamp")[-1].as_py() == at(10, 6, day=day_t)
+    assert view.num_rows == 607 - 3
+    record = hot.ledger.get_partition("minute", "BTCUSDT", day)
+    assert record is not None
+    assert [g["minute"][11:16] for g in record.source_gaps] == ["10:00", "10:01", "10:02"]
+
+
+def test_a_crash_mid_commit_loses_and_doubles_nothing(hot: HotLake, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert hot.poll().success
+    hot.clock.set(at(10, 40, 10))
+    real_replace = os.replace
+
+    def crash_on_minute_view(src, dst):  # noqa: ANN001, ANN202
+        if "/minute/" in str(dst):
+            raise OSError("simulated crash while committing the minute view")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", crash_on_minute_view)
+    assert not hot.poll().success  # stream tables moved on, the minute view did not
+    assert hot.view().num_rows == 629 and hot.ledger.get_watermark("BTCUSDT") == at(10, 28)
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert hot.poll().success
+    view = hot.view()
+    assert view.num_rows == 639 and hot.ledger.get_watermark("BTCUSDT") == at(10, 38)
+    trades = hot.market.agg_trades("BTCUSDT", HOT_DAY).to_pandas()
+    start = int(T.timestamp() * 1000)
+    closed = trades[trades["transact_time"] < start + 639 * 60_000]
+    # Every trade counted once: the day's buy+sell counts equal the market's individual trades.
+    total = int(view.column("count_buy_trades").to_numpy().sum() + view.column("count_sell_trades").to_numpy().sum())
+    assert total == int((closed["last_trade_id"] - closed["first_trade_id"] + 1).sum())
+
+
+def test_a_past_day_from_rest_never_uses_the_current_snapshot(hot: HotLake) -> None:
+    past = HOT_DAY - dt.timedelta(days=1)
+    hot.clock.set(at(18, 0, 0))  # the exchange is at 18:00 on HOT_DAY
+    # Vision has not published the past day yet: it is built from REST (the warm band).
+    hot.server.faults.add(FaultRule("missing", f"{past.isoformat()}.zip"))
+    assert hot.run(MINUTE_VIEW_JOB, past, {BAND_TAG: "catch-up"}).success
+    view = hot.view(past).to_pandas()
+    record = hot.ledger.get_partition("minute", "BTCUSDT", past)
+    assert record is not None and record.provenance["klines"]["status"] == "rest"
+    assert view.shape == (1440, 58)
+    assert view["predicted_funding"].isna().all()  # never polled live
+    assert view["avg_spread_usdt"].isna().all() and view["micro_price_close"].isna().all()
+    # Open interest at 23:59 is the 23:55 snapshot of that day, not today's 18:00 value.
+    snap = hot.market.metrics("BTCUSDT", past).to_pandas().set_index("snapshot_time")
+    day_start = int(dt.datetime.combine(past, dt.time(), dt.UTC).timestamp() * 1000)
+    assert view["oi_contracts"].iloc[-1] == snap.loc[day_start + 1435 * 60_000, "sum_open_interest"]
+    now_oi = hot.bml.rest().open_interest("BTCUSDT")["openInterest"]
+    assert float(now_oi) not in set(view["oi_contracts"].dropna())
+
+
+def test_a_rest_built_day_is_promoted_when_vision_publishes_it(hot: HotLake) -> None:
+    past = HOT_DAY - dt.timedelta(days=1)
+    hot.clock.set(at(18, 0, 0))
+    hot.server.faults.add(FaultRule("missing", f"{past.isoformat()}.zip"))
+    assert hot.run(MINUTE_VIEW_JOB, past, {BAND_TAG: "catch-up"}).success
+    rest_hash = hot.ledger.get_partition("minute", "BTCUSDT", past).content_hash  # type: ignore[union-attr]
+    hot.server.faults.clear()  # Vision now publishes the day
+    defs = hot.defs
+    sensor = defs.resolve_sensor_def("vision_promotion_sensor")
+    with build_sensor_context(instance=hot.instance, resources={"bml": hot.bml}, definitions=defs) as context:
+        requests = list(sensor(context))
+    run_requests = [r for r in requests if hasattr(r, "partition_key")]
+    assert [r.partition_key for r in run_requests] == [partition_key("BTCUSDT", past)]
+    promoted = hot.run(MINUTE_VIEW_JOB, past, dict(run_requests[0].tags))
+    assert promoted.success
+    checks = {e.check_name: e for e in promoted.get_asset_check_evaluations()}
+    assert checks["promotion_matches_rest"].passed
+    assert checks["promotion_matches_rest"].metadata["facts"].value[partition_key("BTCUSDT", past)]["minutes_compared"] == 1440
+    record = hot.ledger.get_partition("minute", "BTCUSDT", past)
+    assert record is not None
+    assert record.provenance["klines"]["status"] == "vision"
+    assert "promoted from REST to Vision: aggTrades, indexPriceKlines, klines" in (record.message or "")
+    # REST and Vision serve one market: the promoted file is byte-identical, only its sources changed.
+    assert record.content_hash == rest_hash
