@@ -28,7 +28,7 @@ from dagster import (
 )
 
 from bml_assets.assets.rest_days import ExchangeNow
-from bml_assets.assets.streams import BAND_TAG, HOT_BAND, PROMOTION_TAG
+from bml_assets.assets.streams import BAND_TAG, HOT_BAND, NOT_BEFORE_TAG, PROMOTION_TAG
 from bml_assets.features.timegrid import ms_to_datetime
 from bml_assets.lake.io_manager import provisional_streams
 from bml_assets.partitions import partition_key
@@ -37,6 +37,9 @@ from bml_assets.schema import MINUTE_VIEW
 from bml_assets.sources.vision import DAILY_STREAMS, NotPublished, Stream, VisionClient
 
 HOT_POLL_INTERVAL_S = 5
+# Launch a hot run this early: a run process takes seconds to start, and the run
+# waits (NOT_BEFORE_TAG) until the exchange's clock makes its minute committable.
+HOT_LAUNCH_LEAD_MS = 8_000
 PROMOTION_INTERVAL_S = 300
 PROMOTIONS_PER_TICK = 5
 
@@ -63,7 +66,9 @@ def build_hot_poll_sensor(symbols: tuple[str, ...], *, job_name: str) -> SensorD
         description="Keeps today's partitions current: one run per symbol when a new minute is committable.",
     )
     def hot_poll_sensor(context: SensorEvaluationContext, bml: BmlResource):
-        now = ExchangeNow(bml.rest().server_time_ms(), bml.settings().safety_lag_minutes)
+        lag = bml.settings().safety_lag_minutes
+        # What will be committable a launch-lead from now: the run waits for it.
+        now = ExchangeNow(bml.rest().server_time_ms() + HOT_LAUNCH_LEAD_MS, lag)
         cursor: dict[str, int] = json.loads(context.cursor) if context.cursor else {}
         requested = False
         for symbol, day in hot_targets(bml, symbols, now).items():
@@ -73,7 +78,10 @@ def build_hot_poll_sensor(symbols: tuple[str, ...], *, job_name: str) -> SensorD
             yield RunRequest(
                 run_key=f"hot:{symbol}:{day.isoformat()}:{until}",
                 partition_key=partition_key(symbol, day),
-                tags={BAND_TAG: HOT_BAND if day == now.today else "catch-up"},
+                tags={
+                    BAND_TAG: HOT_BAND if day == now.today else "catch-up",
+                    NOT_BEFORE_TAG: str(now.closed_end_ms + lag * 60_000),
+                },
             )
             cursor[symbol] = now.closed_end_ms
             requested = True

@@ -44,11 +44,42 @@ def main() -> None:
     default=None,
     help="Also serve real Vision files from this folder (they win over the synthetic market).",
 )
-def replay_server(host: str, port: int, seed: int, trades_per_day: int, real_dir: Path | None) -> None:
-    """Serve Binance Vision files (synthetic market and/or real files) on a local port."""
+@click.option(
+    "--clock-origin",
+    default=None,
+    help="Run a market clock from this UTC instant (e.g. 2024-06-03T10:00:00) instead of real time: "
+    "REST serves the market as of that clock and Vision publishes only days before it.",
+)
+@click.option("--clock-speed", default=1.0, show_default=True, type=float, help="Market seconds per real second.")
+def replay_server(
+    host: str,
+    port: int,
+    seed: int,
+    trades_per_day: int,
+    real_dir: Path | None,
+    clock_origin: str | None,
+    clock_speed: float,
+) -> None:
+    """Serve Binance Vision files and the USD-M REST API (synthetic market and/or real files) locally."""
     from bml_assets.replay.server import serve
 
-    serve(host, port, seed=seed, trades_per_day=trades_per_day, real_dir=real_dir, listing_dates={})
+    origin = None
+    if clock_origin is not None:
+        try:
+            origin = dt.datetime.fromisoformat(clock_origin)
+        except ValueError:
+            raise click.BadParameter(f"{clock_origin!r} is not an ISO time like 2024-06-03T10:00:00") from None
+        origin = origin if origin.tzinfo else origin.replace(tzinfo=dt.UTC)
+    serve(
+        host,
+        port,
+        seed=seed,
+        trades_per_day=trades_per_day,
+        real_dir=real_dir,
+        listing_dates={},
+        clock_origin=origin,
+        clock_speed=clock_speed,
+    )
 
 
 @main.command()

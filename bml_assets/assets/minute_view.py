@@ -250,7 +250,7 @@ def build_minute_view_asset(partitions_def: PartitionsDefinition) -> AssetsDefin
         context: AssetExecutionContext, bml: BmlResource, **upstream: dict[str, PartitionData]
     ) -> Iterator[Any]:
         max_ffill = bml.settings().max_ffill_minutes
-        ctx = DayContext(bml, tags=context.run.tags)
+        ctx = DayContext(bml, run_id=context.run.run_id, tags=context.run.tags)
         out: dict[str, PartitionData] = {}
         grid_ends: dict[SymbolDay, dt.datetime | None] = {}
         outcomes: dict[str, dict[str, Outcome]] = {r.name: {} for r in ALL_RULES}

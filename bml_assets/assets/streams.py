@@ -13,6 +13,7 @@ so a replayed market with its own clock is served exactly like the real one.
 """
 
 import datetime as dt
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
@@ -57,6 +58,13 @@ MAX_PARTITIONS_PER_RUN = 30
 BAND_TAG = "bml/band"
 HOT_BAND = "hot"
 PROMOTION_TAG = "bml/promotion"
+# Set by the hot poller, which launches a run a few seconds early to hide process
+# start-up: the run waits until the exchange's clock reaches it (epoch ms).
+NOT_BEFORE_TAG = "bml/not_before_ms"
+MAX_NOT_BEFORE_WAIT_S = 30.0
+# One clock reading per run, shared by its steps in this process: every stream of a
+# run is cut at the same minute.
+_RUN_CLOCKS: dict[str, ExchangeNow] = {}
 HARD_STREAMS = (KLINES.name, MARK_PRICE_KLINES.name, INDEX_PRICE_KLINES.name)
 
 
@@ -75,12 +83,13 @@ class DayContext:
     is expected to have.
     """
 
-    def __init__(self, bml: BmlResource, *, tags: Mapping[str, str]) -> None:
+    def __init__(self, bml: BmlResource, *, run_id: str, tags: Mapping[str, str]) -> None:
         self.bml = bml
+        self.run_id = run_id
         self.hot = tags.get(BAND_TAG) == HOT_BAND
         self.exchange_clock = BAND_TAG in tags or PROMOTION_TAG in tags
+        self.not_before_ms = int(tags[NOT_BEFORE_TAG]) if NOT_BEFORE_TAG in tags else None
         self.vision = StreamFetcher(bml)
-        self._now: ExchangeNow | None = None
 
     @property
     def rest(self) -> RestClient:
@@ -91,14 +100,26 @@ class DayContext:
         return self.bml.settings().max_ffill_minutes
 
     def now(self) -> ExchangeNow:
-        """The clock of this run (see the class docstring), read once."""
-        if self._now is None:
-            if self.exchange_clock:
-                now_ms = self.rest.server_time_ms()
-            else:
-                now_ms = int(dt.datetime.now(dt.UTC).timestamp() * 1000)
-            self._now = ExchangeNow(now_ms, self.bml.settings().safety_lag_minutes)
-        return self._now
+        """The clock of this run (see the class docstring), read once per run."""
+        cached = _RUN_CLOCKS.get(self.run_id)
+        if cached is not None:
+            return cached
+        if self.exchange_clock:
+            now_ms = self._exchange_time_not_before()
+        else:
+            now_ms = int(dt.datetime.now(dt.UTC).timestamp() * 1000)
+        now = _RUN_CLOCKS[self.run_id] = ExchangeNow(now_ms, self.bml.settings().safety_lag_minutes)
+        return now
+
+    def _exchange_time_not_before(self) -> int:
+        now_ms = self.rest.server_time_ms()
+        if self.not_before_ms is None:
+            return now_ms
+        deadline = time.monotonic() + MAX_NOT_BEFORE_WAIT_S
+        while now_ms < self.not_before_ms and time.monotonic() < deadline:
+            time.sleep(min((self.not_before_ms - now_ms) / 1000, 1.0))
+            now_ms = self.rest.server_time_ms()
+        return now_ms
 
     def existing(self, dataset: Dataset, sd: SymbolDay) -> pa.Table | None:
         """The committed table of the partition, the incremental cursor of the hot band."""
@@ -244,7 +265,7 @@ def _stream_asset(spec: StreamAsset, partitions_def: PartitionsDefinition) -> As
         pool=REST_POOL,
     )
     def _asset(context: AssetExecutionContext, bml: BmlResource) -> dict[str, PartitionData]:
-        ctx = DayContext(bml, tags=context.run.tags)
+        ctx = DayContext(bml, run_id=context.run.run_id, tags=context.run.tags)
         return dict(_each(context, lambda sd: spec.build(ctx, sd)))
 
     return _asset

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 from dagster import DagsterInstance, ExecuteInProcessResult, build_sensor_context
 
-from bml_assets.assets.streams import BAND_TAG, HOT_BAND
+from bml_assets.assets.streams import BAND_TAG, HOT_BAND, NOT_BEFORE_TAG
 from bml_assets.definitions import HOT_JOB, MINUTE_VIEW_JOB, build_definitions
 from bml_assets.demo import QUIET
 from bml_assets.lake.ledger import Ledger
@@ -53,7 +53,7 @@ class HotLake:
         return Ledger(self.bml.settings().state_url)
 
     @property
-    def defs(self):  # noqa: ANN201
+    def defs(self):
         settings = Settings(symbols=("BTCUSDT",), start_date=dt.date(2024, 1, 1), lake_root=self.root)
         return build_definitions(settings, bml=self.bml)
 
@@ -69,7 +69,7 @@ class HotLake:
     def poll(self, day: dt.date = HOT_DAY) -> ExecuteInProcessResult:
         return self.run(HOT_JOB, day, {BAND_TAG: HOT_BAND})
 
-    def view(self, day: dt.date = HOT_DAY):  # noqa: ANN201
+    def view(self, day: dt.date = HOT_DAY):
         path = self.root / "futures/um/minute/symbol=BTCUSDT" / f"date={day.isoformat()}" / "part.parquet"
         return pq.read_table(path)
 
@@ -185,7 +185,7 @@ def test_a_crash_mid_commit_loses_and_doubles_nothing(hot: HotLake, monkeypatch:
     hot.clock.set(at(10, 40, 10))
     real_replace = os.replace
 
-    def crash_on_minute_view(src, dst):  # noqa: ANN001, ANN202
+    def crash_on_minute_view(src, dst):
         if "/minute/" in str(dst):
             raise OSError("simulated crash while committing the minute view")
         return real_replace(src, dst)
@@ -242,10 +242,96 @@ def test_a_rest_built_day_is_promoted_when_vision_publishes_it(hot: HotLake) -> 
     assert promoted.success
     checks = {e.check_name: e for e in promoted.get_asset_check_evaluations()}
     assert checks["promotion_matches_rest"].passed
-    assert checks["promotion_matches_rest"].metadata["facts"].value[partition_key("BTCUSDT", past)]["minutes_compared"] == 1440
+    assert (
+        checks["promotion_matches_rest"].metadata["facts"].value[partition_key("BTCUSDT", past)]["minutes_compared"]
+        == 1440
+    )
     record = hot.ledger.get_partition("minute", "BTCUSDT", past)
     assert record is not None
     assert record.provenance["klines"]["status"] == "vision"
     assert "promoted from REST to Vision: aggTrades, indexPriceKlines, klines" in (record.message or "")
     # REST and Vision serve one market: the promoted file is byte-identical, only its sources changed.
     assert record.content_hash == rest_hash
+
+
+def _failure_text(result: ExecuteInProcessResult) -> str:
+    texts = []
+    for event in result.all_events:
+        if event.is_step_failure:
+            err = event.step_failure_data.error
+            while err is not None:
+                texts.append(err.message)
+                err = err.cause
+    return "\n".join(texts)
+
+
+@pytest.mark.parametrize(
+    ("rule", "expected"),
+    [
+        (FaultRule("malformed_json", "/fapi/v1/klines"), "/fapi/v1/klines"),
+        (FaultRule("ban_418", "/fapi/v1/aggTrades", retry_after_s=600), "banned"),
+    ],
+    ids=["malformed_json", "ban_418_mid_day"],
+)
+def test_bad_rest_answers_fail_clearly_and_keep_committed_minutes(hot: HotLake, rule: FaultRule, expected: str) -> None:
+    assert hot.poll().success
+    before = hot.view()
+    hot.clock.set(at(10, 40, 10))
+    hot.server.faults.add(rule)
+    result = hot.poll()
+    assert not result.success
+    assert expected in _failure_text(result), _failure_text(result)
+    assert hot.view().equals(before)
+    assert hot.ledger.get_watermark("BTCUSDT") == at(10, 28)
+
+
+def test_a_ban_stops_the_next_run_before_it_sends_anything(hot: HotLake) -> None:
+    assert hot.poll().success
+    hot.server.faults.add(FaultRule("ban_418", "/fapi/v1/klines", times=1, retry_after_s=600))
+    hot.clock.set(at(10, 40, 10))
+    assert not hot.poll().success
+    sent = len(hot.server.rest_log)
+    again = hot.poll()  # a new run (another process in production): the ban is in the state database
+    assert not again.success
+    assert "banned until" in _failure_text(again)
+    assert len(hot.server.rest_log) == sent  # nothing reached the exchange
+
+
+def test_hot_poll_sensor_requests_each_committable_minute_once(hot: HotLake) -> None:
+    defs = hot.defs
+    sensor = defs.resolve_sensor_def("hot_poll_sensor")
+
+    def evaluate(cursor: str | None) -> tuple[list, str | None]:
+        with build_sensor_context(
+            instance=hot.instance, resources={"bml": hot.bml}, definitions=defs, cursor=cursor
+        ) as context:
+            out = list(sensor(context))
+            return [r for r in out if hasattr(r, "run_key")], context.cursor
+
+    requests, cursor = evaluate(None)
+    assert [(r.run_key, r.partition_key, r.tags[BAND_TAG]) for r in requests] == [
+        ("hot:BTCUSDT:2024-06-03:2024-06-03T10:29", "2024-06-03|BTCUSDT", "hot")
+    ]
+    # Launched early; the run waits until 10:29 + 60 s + 1 min lag by the exchange's clock.
+    assert requests[0].tags[NOT_BEFORE_TAG] == str(int(at(10, 30).timestamp() * 1000))
+    assert evaluate(cursor)[0] == []  # same tick again: nothing new
+    hot.clock.set(at(10, 31, 5))
+    requests, _ = evaluate(cursor)
+    assert [r.run_key for r in requests] == ["hot:BTCUSDT:2024-06-03:2024-06-03T10:30"]
+
+
+def test_an_early_launched_run_waits_for_the_exchange_clock(hot: HotLake) -> None:
+    import threading
+
+    hot.clock.set(at(10, 29, 58))  # two seconds before 10:28 becomes committable (10:28 + 60 s + 1 min)
+    timer = threading.Timer(1.0, lambda: hot.clock.set(at(10, 30, 0)))
+    timer.start()
+    try:
+        result = hot.run(
+            HOT_JOB, HOT_DAY, {BAND_TAG: HOT_BAND, NOT_BEFORE_TAG: str(int(at(10, 30).timestamp() * 1000))}
+        )
+    finally:
+        timer.cancel()
+    assert result.success
+    # Had it not waited, 10:27 would have been the last committable minute.
+    assert hot.ledger.get_watermark("BTCUSDT") == at(10, 28)

@@ -1,0 +1,260 @@
+"""The shared REST weight budget and the 418 ban, end to end: real processes, real
+``RestClient``s, one SQLite state file, the replay server as the exchange.
+
+Everything is judged from the server's own ``rest_log`` (when each request
+arrived, what it was charged, what was answered), never from what the clients
+believe they did. Budgets run on a 2-second window so the tests take seconds.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import multiprocessing
+import random
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bml_assets.replay.clock import MarketClock
+from bml_assets.replay.market import MarketConfig, SyntheticMarket
+from bml_assets.replay.rest_api import RestLogEntry
+from bml_assets.replay.server import FaultRule, ReplayServer
+from bml_assets.sources import rest_limits as limits
+from bml_assets.sources.rest import RestBanned, RestClient
+from bml_assets.sources.rest_budget import WeightBudget, utc_iso
+from bml_assets.sources.vision import Stream
+
+DAY = dt.date(2024, 6, 3)
+DAY_MS = int(dt.datetime.combine(DAY, dt.time(), dt.UTC).timestamp() * 1000)
+NOW = dt.datetime(2024, 6, 4, 12, tzinfo=dt.UTC)  # the exchange has all of DAY
+WINDOW_S = 2.0
+BUDGET = 60  # weight per WINDOW_S, shared by every process
+HAMMER_S = 3.0
+BAN_S = 3
+SYMBOL = "BTCUSDT"
+# Kline windows of 60 / 300 / 800 / 1200 minutes: weight 1 / 2 / 5 / 10 (limit = minutes).
+KLINE_MINUTES = (60, 300, 800, 1200)
+# The client stamps its budget events in whole milliseconds: a request can be let
+# through up to 1 ms early on the server's float clock (rounding at both ends).
+ROUNDING_S = 0.001
+
+
+@pytest.fixture
+def server() -> Iterator[ReplayServer]:
+    market = SyntheticMarket(MarketConfig(seed=5, trades_per_day=20_000))
+    # The server's own limit is far above the shared budget: it never answers 429,
+    # so the budget alone is what keeps the weight down.
+    with ReplayServer(
+        market=market, clock=MarketClock.fixed(NOW), rest_weight_limit=100_000, rest_window_s=WINDOW_S
+    ) as srv:
+        yield srv
+
+
+@pytest.fixture
+def state_url(tmp_path: Path) -> str:
+    url = f"sqlite:///{tmp_path}/state.sqlite"
+    WeightBudget(url, "init", 1).init()  # create the tables once, before processes race for them
+    return url
+
+
+# --- the worker processes (module level, plain arguments, plain results) --------------------
+
+
+def _client(base_url: str, state_url: str, max_ban_wait_s: float = 0.0) -> RestClient:
+    return RestClient(
+        base_url, state_url=state_url, weight_budget=BUDGET, window_s=WINDOW_S, max_ban_wait_s=max_ban_wait_s
+    )
+
+
+def _one_kline_request(client: RestClient, rng: random.Random) -> None:
+    stream = rng.choice(list(limits.KLINE_PATHS))
+    minutes = rng.choice(KLINE_MINUTES)
+    client.klines(stream, SYMBOL, DAY_MS, DAY_MS + minutes * limits.MINUTE_MS)
+
+
+def _one_agg_trades_request(client: RestClient, rng: random.Random) -> None:
+    # One minute by time window: a single page (weight 20), never paged further.
+    start = DAY_MS + rng.randrange(1440) * limits.MINUTE_MS
+    client.agg_trades(SYMBOL, start_ms=start, end_ms=start + limits.MINUTE_MS)
+
+
+def _hammer(base_url: str, state_url: str, seed: int, ready: Any, go: Any, out: Any) -> None:
+    client = _client(base_url, state_url)
+    rng = random.Random(seed)
+    ready.put(seed)
+    go.wait(60)
+    stop_at = time.time() + HAMMER_S
+    while time.time() < stop_at:
+        if rng.random() < 0.35:
+            _one_agg_trades_request(client, rng)
+        else:
+            _one_kline_request(client, rng)
+    out.put((seed, client.requests_sent, client.weight_spent))
+    client.close()
+
+
+def _banned_first(base_url: str, state_url: str, ready: Any, go: Any, out: Any) -> None:
+    """Process A: its very first request is answered 418."""
+    client = _client(base_url, state_url)
+    ready.put("A")
+    go.wait(60)
+    try:
+        client.klines(Stream.KLINES, SYMBOL, DAY_MS, DAY_MS + 60 * limits.MINUTE_MS)
+        out.put(("A", "ok", None, None, client.requests_sent))
+    except RestBanned as exc:
+        out.put(("A", "banned", exc.until_ms, str(exc), client.requests_sent))
+    client.close()
+
+
+def _after_the_ban(base_url: str, state_url: str, ready: Any, go: Any, out: Any) -> None:
+    """Process B: once without waiting for bans (refused locally), then willing to wait 10 s."""
+    refusing = _client(base_url, state_url, max_ban_wait_s=0.0)
+    waiting = _client(base_url, state_url, max_ban_wait_s=10.0)
+    ready.put("B")
+    go.wait(60)
+    try:
+        refusing.klines(Stream.KLINES, SYMBOL, DAY_MS, DAY_MS + 60 * limits.MINUTE_MS)
+        out.put(("B0", "ok", None, None, refusing.requests_sent, time.time()))
+    except RestBanned as exc:
+        out.put(("B0", "banned", exc.until_ms, str(exc), refusing.requests_sent, time.time()))
+    table = waiting.klines(Stream.KLINES, SYMBOL, DAY_MS, DAY_MS + 60 * limits.MINUTE_MS)
+    out.put(("B10", "ok", table.num_rows, None, waiting.requests_sent, time.time()))
+    refusing.close()
+    waiting.close()
+
+
+class _Processes:
+    """Spawned workers that have imported everything and wait for ``go``; joined (or
+    terminated, if a test failed) on exit."""
+
+    def __init__(self) -> None:
+        self.ctx = multiprocessing.get_context("spawn")
+        self.ready = self.ctx.Queue()
+        self.out = self.ctx.Queue()
+        self.procs: list[Any] = []
+
+    def start(self, target: Any, *args: Any) -> Any:
+        go = self.ctx.Event()
+        proc = self.ctx.Process(target=target, args=(*args, self.ready, go, self.out), daemon=True)
+        proc.start()
+        self.procs.append(proc)
+        return go
+
+    def wait_ready(self, n: int) -> None:
+        for _ in range(n):
+            self.ready.get(timeout=60)
+
+    def result(self) -> Any:
+        return self.out.get(timeout=60)
+
+    def __enter__(self) -> _Processes:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for proc in self.procs:
+            proc.join(timeout=30)
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(timeout=5)
+        assert all(proc.exitcode == 0 for proc in self.procs), [proc.exitcode for proc in self.procs]
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+def _peak_window_weight(entries: list[RestLogEntry], window_s: float) -> float:
+    """The largest weight charged within any rolling ``window_s`` on the server's clock
+    (the requests that arrived in (t - window_s, t] for every arrival t)."""
+    events = sorted((e.wall_time_s, e.weight) for e in entries if e.status == 200)
+    peak = total = first = 0
+    for t, weight in events:
+        total += weight
+        while events[first][0] <= t - window_s:
+            total -= events[first][1]
+            first += 1
+        peak = max(peak, total)
+    return peak
+
+
+# --- tests ---------------------------------------------------------------------------------
+
+
+def test_two_processes_never_exceed_the_shared_budget_on_the_servers_clock(
+    server: ReplayServer, state_url: str
+) -> None:
+    with _Processes() as procs:
+        gos = [procs.start(_hammer, server.base_url, state_url, seed) for seed in (1, 2)]
+        procs.wait_ready(2)
+        server.clear_rest_log()
+        for go in gos:
+            go.set()
+        sent = sorted(procs.result() for _ in gos)
+    log = server.rest_log
+    assert log, "no request reached the server"
+    assert {e.status for e in log} == {200}  # the server never had to say 429 or 418
+    # The server saw exactly what the two clients sent: both took part.
+    assert sum(requests for _, requests, _ in sent) == len(log)
+    assert sum(weight for _, _, weight in sent) == sum(e.weight for e in log)
+    assert all(requests > 0 for _, requests, _ in sent), sent
+    assert {e.path for e in log} >= {limits.AGG_TRADES_PATH, limits.KLINES_PATH}
+    assert {e.weight for e in log} >= {1, 2, 5, 10, 20}
+    # More weight than one window allows was sent, so the budget had to hold requests back …
+    total = sum(e.weight for e in log)
+    assert total > 1.5 * BUDGET, total
+    # … and in no rolling window did the server see more than the shared budget,
+    # while the budget was actually approached (this test can fail both ways).
+    peak = _peak_window_weight(log, WINDOW_S - ROUNDING_S)
+    assert peak <= BUDGET, f"peak {peak} > budget {BUDGET} in a rolling {WINDOW_S} s window"
+    assert peak >= 0.6 * BUDGET, f"peak {peak}: the budget was never approached, nothing was tested"
+
+
+def test_a_418_to_one_process_stops_the_other_until_the_ban_ends(server: ReplayServer, state_url: str) -> None:
+    with _Processes() as procs:
+        go_a = procs.start(_banned_first, server.base_url, state_url)
+        go_b = procs.start(_after_the_ban, server.base_url, state_url)
+        procs.wait_ready(2)  # both started and imported: the ban below outlives their start-up
+        server.clear_rest_log()
+        server.faults.add(FaultRule("ban_418", limits.KLINES_PATH, times=1, retry_after_s=BAN_S))
+
+        go_a.set()
+        name, outcome, until_ms, message, a_sent = procs.result()
+        assert (name, outcome, a_sent) == ("A", "banned", 1)
+        go_b.set()  # B starts right after A was banned
+        refused = procs.result()
+        waited = procs.result()
+    log = server.rest_log
+    ban = log[0]
+    assert ban.status == 418 and ban.path == limits.KLINES_PATH and ban.weight == 0
+    # A names the end of the ban the exchange announced (Retry-After / "banned until").
+    assert int((ban.wall_time_s + BAN_S) * 1000) <= until_ms <= (ban.wall_time_s + BAN_S + 0.5) * 1000
+    assert f"until {utc_iso(until_ms)} UTC" in message
+
+    # B without patience: refused locally, during the ban, without sending anything.
+    name, outcome, b_until, b_message, b_sent, refused_at = refused
+    assert (name, outcome, b_sent) == ("B0", "banned", 0)
+    assert b_until == until_ms and f"until {utc_iso(until_ms)} UTC" in b_message
+    assert refused_at < until_ms / 1000
+    # B with max_ban_wait_s=10: waited for the end of the ban, then got its answer.
+    name, outcome, rows, _, b10_sent, done_at = waited
+    assert (name, outcome, rows, b10_sent) == ("B10", "ok", 60, 1)
+
+    after = log[1:]
+    # Nothing arrived while the ban lasted; the one request after it is B's (A had stopped).
+    assert [e for e in after if e.wall_time_s < until_ms / 1000] == []
+    assert len(after) == 1 and after[0].status == 200 and after[0].path == limits.KLINES_PATH
+    assert until_ms / 1000 <= after[0].wall_time_s <= done_at
+    assert after[0].wall_time_s - refused_at < BAN_S + 1  # it waited for the ban, not much longer
+
+
+def test_the_window_check_itself_catches_an_overspend() -> None:
+    """The judge of the first test is not vacuous: a burst over the budget is seen."""
+    entry = RestLogEntry
+    burst = [entry(100.0 + i * 0.1, "/fapi/v1/aggTrades", {}, 200, 20) for i in range(4)]
+    assert _peak_window_weight(burst, WINDOW_S) == 80
+    spread = [entry(100.0 + i * 1.0, "/fapi/v1/aggTrades", {}, 200, 20) for i in range(4)]
+    assert _peak_window_weight(spread, WINDOW_S) == 40
+    rejected = [entry(100.0, "/fapi/v1/aggTrades", {}, 429, 20), *spread]
+    assert _peak_window_weight(rejected, WINDOW_S) == 40
