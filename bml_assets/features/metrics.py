@@ -17,8 +17,9 @@ import pyarrow as pa
 
 from bml_assets import schema
 from bml_assets.features.timegrid import MINUTE_MS, ms_to_timestamps, to_ms
+from bml_assets.sources.vision import METRICS_NEW_LABELS_FIRST_DAY
 
-METRICS_LABEL_CHANGE = dt.date(2026, 6, 25)
+METRICS_LABEL_CHANGE = METRICS_NEW_LABELS_FIRST_DAY  # the exchange fact lives with the Vision client
 """First file date whose row labelled T holds the snapshot taken at T + 5 min."""
 
 LABEL_SHIFT_MS = 5 * MINUTE_MS

@@ -24,33 +24,19 @@ from __future__ import annotations
 
 import hashlib
 import math
-import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from enum import StrEnum
 from functools import partial
 
 import numpy as np
 import pyarrow as pa
 
 from bml_assets.replay.vision_files import CsvColumn, table_of
-
-
-class Stream(StrEnum):
-    """Vision dataset names, spelled as in the URL path."""
-
-    KLINES = "klines"
-    MARK_PRICE_KLINES = "markPriceKlines"
-    INDEX_PRICE_KLINES = "indexPriceKlines"
-    PREMIUM_INDEX_KLINES = "premiumIndexKlines"
-    AGG_TRADES = "aggTrades"
-    BOOK_TICKER = "bookTicker"
-    METRICS = "metrics"
-    FUNDING_RATE = "fundingRate"
-
+from bml_assets.settings import SYMBOL_PATTERN
+from bml_assets.sources.vision import BOOK_TICKER_LAST_DAY, METRICS_NEW_LABELS_FIRST_DAY, Stream
 
 KLINE_STREAMS: tuple[Stream, ...] = (
     Stream.KLINES,
@@ -60,13 +46,10 @@ KLINE_STREAMS: tuple[Stream, ...] = (
 )
 DAILY_STREAMS: tuple[Stream, ...] = (*KLINE_STREAMS, Stream.AGG_TRADES, Stream.BOOK_TICKER, Stream.METRICS)
 
-SYMBOL_RE = re.compile(r"^[A-Z0-9]{2,20}$")
 DEFAULT_LISTING_DATE = date(2019, 9, 8)
 # Vision facts (SPEC §4) the files imitate.
 KLINES_HEADER_FIRST_DAY = date(2022, 6, 1)
 AGG_TRADES_HEADER_FIRST_DAY = date(2022, 8, 11)
-BOOK_TICKER_LAST_DAY = date(2024, 3, 30)
-METRICS_NEW_LABELS_FIRST_DAY = date(2026, 6, 25)
 
 KLINE_COLUMNS: tuple[str, ...] = (
     "open_time",
@@ -252,7 +235,7 @@ class MarketConfig:
 
 
 def _check_symbol(symbol: str) -> str:
-    if not isinstance(symbol, str) or not SYMBOL_RE.fullmatch(symbol):
+    if not isinstance(symbol, str) or not SYMBOL_PATTERN.fullmatch(symbol):
         raise ValueError(f"invalid symbol {symbol!r}: expected 2-20 characters of A-Z and 0-9")
     return symbol
 
@@ -332,7 +315,7 @@ class SyntheticMarket:
 
     def is_known_symbol(self, symbol: str) -> bool:
         """Whether REST knows ``symbol`` (a valid name, in ``config.symbols`` when set)."""
-        if not isinstance(symbol, str) or not SYMBOL_RE.fullmatch(symbol):
+        if not isinstance(symbol, str) or not SYMBOL_PATTERN.fullmatch(symbol):
             return False
         return self.config.symbols is None or symbol in self.config.symbols
 
@@ -354,7 +337,7 @@ class SyntheticMarket:
         ``today`` overrides ``self.today()`` (a server with a market clock passes
         the clock's date)."""
         stream = Stream(stream)
-        if not SYMBOL_RE.fullmatch(symbol):
+        if not SYMBOL_PATTERN.fullmatch(symbol):
             return None
         today = today or self.today()
         if stream is Stream.FUNDING_RATE:

@@ -28,6 +28,18 @@ TRADES_PER_DAY = 4000
 MARKET_TODAY = dt.date(2026, 11, 1)
 
 
+def failure_text(result: ExecuteInProcessResult) -> str:
+    """Every error message of a run's failed steps, causes included."""
+    texts = []
+    for event in result.all_events:
+        if event.is_step_failure:
+            err = event.step_failure_data.error
+            while err is not None:
+                texts.append(err.message)
+                err = err.cause
+    return "\n".join(texts)
+
+
 @pytest.fixture(scope="session")
 def market() -> SyntheticMarket:
     return SyntheticMarket(

@@ -13,22 +13,10 @@ from dagster import DagsterInstance
 
 from bml_assets.replay.server import FaultRule, ReplayServer
 
-from .conftest import DAY, Lake, make_lake
+from .conftest import DAY, Lake, failure_text, make_lake
 
 AGG_PATH = f"aggTrades/BTCUSDT/BTCUSDT-aggTrades-{DAY.isoformat()}.zip"
 KLINES_PATH = f"klines/BTCUSDT/1m/BTCUSDT-1m-{DAY.isoformat()}.zip"
-
-
-def failure_text(result) -> str:
-    """Every error message of the run's failed steps, causes included."""
-    texts = []
-    for event in result.all_events:
-        if event.is_step_failure:
-            err = event.step_failure_data.error
-            while err is not None:
-                texts.append(err.message)
-                err = err.cause
-    return "\n".join(texts)
 
 
 @pytest.fixture

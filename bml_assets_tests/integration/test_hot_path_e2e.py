@@ -29,6 +29,8 @@ from bml_assets.replay.server import FaultRule, ReplayServer
 from bml_assets.resources import BmlResource
 from bml_assets.settings import Settings
 
+from .conftest import failure_text
+
 # After bookTicker ended on Vision: book columns come only from the hot snapshots.
 HOT_DAY = dt.date(2024, 6, 3)
 T = dt.datetime(2024, 6, 3, tzinfo=dt.UTC)
@@ -254,17 +256,6 @@ def test_a_rest_built_day_is_promoted_when_vision_publishes_it(hot: HotLake) -> 
     assert record.content_hash == rest_hash
 
 
-def _failure_text(result: ExecuteInProcessResult) -> str:
-    texts = []
-    for event in result.all_events:
-        if event.is_step_failure:
-            err = event.step_failure_data.error
-            while err is not None:
-                texts.append(err.message)
-                err = err.cause
-    return "\n".join(texts)
-
-
 @pytest.mark.parametrize(
     ("rule", "expected"),
     [
@@ -280,7 +271,7 @@ def test_bad_rest_answers_fail_clearly_and_keep_committed_minutes(hot: HotLake, 
     hot.server.faults.add(rule)
     result = hot.poll()
     assert not result.success
-    assert expected in _failure_text(result), _failure_text(result)
+    assert expected in failure_text(result), failure_text(result)
     assert hot.view().equals(before)
     assert hot.ledger.get_watermark("BTCUSDT") == at(10, 28)
 
@@ -293,7 +284,7 @@ def test_a_ban_stops_the_next_run_before_it_sends_anything(hot: HotLake) -> None
     sent = len(hot.server.rest_log)
     again = hot.poll()  # a new run (another process in production): the ban is in the state database
     assert not again.success
-    assert "banned until" in _failure_text(again)
+    assert "banned until" in failure_text(again)
     assert len(hot.server.rest_log) == sent  # nothing reached the exchange
 
 
