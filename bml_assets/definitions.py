@@ -15,6 +15,7 @@ from bml_assets.assets.streams import IO_MANAGER_KEY, build_stream_assets
 from bml_assets.automation import build_hot_poll_sensor, build_vision_promotion_sensor
 from bml_assets.lake.io_manager import LakeIOManager
 from bml_assets.partitions import build_partitions_def
+from bml_assets.repair import build_repair_sensor, build_scan_job
 from bml_assets.resources import BmlResource
 from bml_assets.settings import Settings
 
@@ -43,10 +44,11 @@ def build_definitions(settings: Settings, *, bml: BmlResource | None = None) -> 
     )
     return Definitions(
         assets=assets,
-        jobs=[minute_view_job, hot_job],
+        jobs=[minute_view_job, hot_job, build_scan_job(settings.symbols, settings.start_date)],
         sensors=[
             build_hot_poll_sensor(settings.symbols, job_name=HOT_JOB),
             build_vision_promotion_sensor(job_name=MINUTE_VIEW_JOB),
+            build_repair_sensor(settings.symbols, settings.start_date, job_name=MINUTE_VIEW_JOB),
         ],
         resources={"bml": bml, IO_MANAGER_KEY: LakeIOManager(bml=bml)},
     )

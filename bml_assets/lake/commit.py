@@ -382,21 +382,28 @@ def commit_table(
         renamed = False
         try:
             content_hash = _write_verified(canonical, tmp, dataset, label)
+            record = PartitionRecord(
+                dataset=dataset.name,
+                symbol=symbol,
+                day=day,
+                status="committed",
+                committed_at=datetime.now(UTC),
+                path=relative_partition_path(dataset, symbol, day).as_posix(),
+                row_count=canonical.num_rows,
+                min_ts=min_ts,
+                max_ts=max_ts,
+                schema_hash=schema_hash(dataset.arrow_schema),
+                content_hash=content_hash,
+                provenance=provenance_json,
+                source_gaps=gaps_json,
+                message=message if message is not None else (previous.message if previous is not None else None),
+            )
             if content_hash == expected and target.is_file() and file_sha256(target) == content_hash:
                 assert previous is not None
-                changed = (previous.provenance, previous.source_gaps) != (provenance_json, gaps_json)
-                if changed or (message is not None and message != previous.message):
-                    # Same bytes from other (e.g. re-published) sources: the ledger must name them.
-                    ledger.commit_partition(
-                        replace(
-                            previous,
-                            provenance=provenance_json,
-                            source_gaps=gaps_json,
-                            message=message if message is not None else previous.message,
-                            committed_at=datetime.now(UTC),
-                        ),
-                        expected_content_hash=expected,
-                    )
+                # Same bytes: keep the file. The ledger row is refreshed only if it no longer
+                # describes them (other sources, a stale schema hash or row count, a note).
+                if replace(previous, committed_at=record.committed_at) != record:
+                    ledger.commit_partition(record, expected_content_hash=expected)
                 return CommitResult(target, content_hash, canonical.num_rows, False, expected)
             os.replace(tmp, target)
             renamed = True
@@ -406,22 +413,6 @@ def commit_table(
             if not renamed:
                 tmp.unlink(missing_ok=True)
 
-        record = PartitionRecord(
-            dataset=dataset.name,
-            symbol=symbol,
-            day=day,
-            status="committed",
-            committed_at=datetime.now(UTC),
-            path=relative_partition_path(dataset, symbol, day).as_posix(),
-            row_count=canonical.num_rows,
-            min_ts=min_ts,
-            max_ts=max_ts,
-            schema_hash=schema_hash(dataset.arrow_schema),
-            content_hash=content_hash,
-            provenance=provenance_json,
-            source_gaps=gaps_json,
-            message=message,
-        )
         try:
             _fsync_dir(target.parent)
             ledger.commit_partition(record, expected_content_hash=expected)

@@ -37,7 +37,8 @@ def test_definitions_load_with_asset_keys_and_checks() -> None:
     assert len(checks) == 14
     assert d.resolve_job_def(MINUTE_VIEW_JOB) is not None
     assert d.resolve_job_def(HOT_JOB) is not None
-    assert {s.name for s in d.sensors} == {"hot_poll_sensor", "vision_promotion_sensor"}
+    assert {s.name for s in d.sensors} == {"hot_poll_sensor", "vision_promotion_sensor", "repair_sensor"}
+    assert d.resolve_job_def("lake_scan_job") is not None
 
 
 def test_lazy_entry_point_reads_the_environment_when_called(monkeypatch, tmp_path: Path) -> None:

@@ -1,0 +1,322 @@
+"""repair_sensor over a ledger of 50 symbols × 1800 days: bounded ticks, a moving cursor,
+every planted problem requested once per sweep, confirmed source gaps never, and fast.
+
+The ledger rows are inserted in bulk and each committed row gets an empty marker file
+at its real path: the sensor's shallow scan only stats files, so markers are all it
+needs to see (the ledger and the layout are real).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from dagster import DagsterInstance, RunRequest, SkipReason, build_sensor_context
+from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
+
+from bml_assets.lake.layout import partition_path, relative_partition_path
+from bml_assets.lake.ledger import Ledger, partitions_table
+from bml_assets.lake.scan import CURRENT_SCHEMA_HASH, scan
+from bml_assets.partitions import partition_key
+from bml_assets.repair import REPAIR_TAG, build_repair_sensor
+from bml_assets.resources import BmlResource
+from bml_assets.schema import MINUTE_VIEW
+
+SYMBOLS = tuple(f"S{i:02d}USDT" for i in range(50))
+START = dt.date(2020, 1, 1)
+DAYS = 1800
+LAST = START + dt.timedelta(days=DAYS - 1)  # 2024-12-05
+TODAY = LAST + dt.timedelta(days=1)
+CLUSTER_DAY = START + dt.timedelta(days=1000)  # 12 problems on one day: more than a tick may request
+MAX_RUNS = 10
+TICK_LIMIT_S = 10.0
+
+
+def day_ms(day: dt.date) -> int:
+    return int(dt.datetime.combine(day, dt.time(), dt.UTC).timestamp() * 1000)
+
+
+# (symbol index, day index, kind): 30 problems
+PLANTED: tuple[tuple[int, int, str], ...] = (
+    *[(i, 1000, k) for i, k in enumerate(["file_missing", "schema_outdated", "missing_minutes"] * 4)],
+    (0, 0, "not_built"),
+    (49, 1799, "file_missing"),
+    (7, 31, "schema_outdated"),
+    (7, 30, "missing_minutes"),
+    (13, 200, "not_published_stale"),
+    (13, 201, "timestamp_disorder"),
+    (21, 365, "file_missing"),
+    (22, 366, "not_built"),
+    (30, 700, "missing_minutes"),
+    (31, 999, "timestamp_disorder"),
+    (32, 1001, "not_published_stale"),
+    (40, 1400, "schema_outdated"),
+    (41, 1500, "file_missing"),
+    (42, 1600, "not_built"),
+    (43, 1700, "missing_minutes"),
+    (44, 1750, "timestamp_disorder"),
+    (45, 1790, "not_published_stale"),
+    (46, 1798, "schema_outdated"),
+)
+SOURCE_GAP_DAY = (5, 500)  # 1437 rows + 3 confirmed source-gap minutes: complete
+NOT_LISTED_DAY = (6, 600)
+RECENT_NOT_PUBLISHED = (8, DAYS - 1)  # yesterday: Vision may not have it yet
+
+
+def key_of(symbol_index: int, day_index: int) -> str:
+    return partition_key(SYMBOLS[symbol_index], START + dt.timedelta(days=day_index))
+
+
+EXPECTED = {key_of(s, d): kind for s, d, kind in PLANTED}
+
+
+@dataclass
+class BigLake:
+    root: Path
+    url: str
+    build_s: float
+
+    def bml(self) -> BmlResource:
+        return BmlResource(lake_root=str(self.root), state_url=self.url)
+
+
+INSERT = (
+    "INSERT INTO partitions (dataset, symbol, date, status, path, row_count, min_ts, max_ts, schema_hash, "
+    "content_hash, provenance, source_gaps, message, committed_at) "
+    "VALUES (?, ?, ?, 'committed', ?, 1440, ?, ?, ?, ?, ?, '[]', NULL, '2025-01-01 00:00:00.000000')"
+)
+
+
+def _rows() -> Iterator[tuple[Any, ...]]:
+    """Committed rows in SQLite's storage form (what SQLAlchemy writes), for a driver-level executemany."""
+    provenance = json.dumps({"klines": {"status": "vision"}})
+    for symbol in SYMBOLS:
+        for d in range(DAYS):
+            day = START + dt.timedelta(days=d)
+            yield (
+                MINUTE_VIEW.name,
+                symbol,
+                day.isoformat(),
+                relative_partition_path(MINUTE_VIEW, symbol, day).as_posix(),
+                day_ms(day),
+                day_ms(day) + 1439 * 60_000,
+                CURRENT_SCHEMA_HASH,
+                "a" * 64,
+                provenance,
+            )
+
+
+def _plant(conn: sa.Connection, root: Path, s: int, d: int, kind: str) -> None:
+    t = partitions_table
+    symbol, day = SYMBOLS[s], START + dt.timedelta(days=d)
+    where = sa.and_(t.c.dataset == "minute", t.c.symbol == symbol, t.c.date == day)
+    path = partition_path(root, MINUTE_VIEW, symbol, day)
+    if kind in ("file_missing", "not_built", "not_published_stale", "not_listed"):
+        path.unlink()
+    if kind == "not_built":
+        conn.execute(sa.delete(t).where(where))
+    elif kind in ("not_published_stale", "not_published", "not_listed"):
+        status = "not_listed" if kind == "not_listed" else "not_published"
+        conn.execute(
+            sa.update(t)
+            .where(where)
+            .values(status=status, path=None, content_hash=None, row_count=None, min_ts=None, max_ts=None)
+        )
+    elif kind == "schema_outdated":
+        conn.execute(sa.update(t).where(where).values(schema_hash="0" * 16))
+    elif kind == "missing_minutes":
+        conn.execute(sa.update(t).where(where).values(row_count=1400))
+    elif kind == "timestamp_disorder":
+        conn.execute(sa.update(t).where(where).values(max_ts=day_ms(day + dt.timedelta(days=1))))
+    elif kind == "source_gaps":
+        gaps = [
+            {"minute": dt.datetime.fromtimestamp((day_ms(day) + m * 60_000) / 1000, dt.UTC).isoformat()}
+            for m in (1, 2, 3)
+        ]
+        conn.execute(sa.update(t).where(where).values(row_count=1437, source_gaps=gaps))
+
+
+def build_big_lake(root: Path) -> BigLake:
+    """The ledger (bulk insert) and the marker files, then the planted problems."""
+    began = time.perf_counter()
+    url = f"sqlite:///{root / '_state' / 'ledger.sqlite'}"
+    Ledger(url).init()
+    for symbol in SYMBOLS:
+        symbol_dir = partition_path(root, MINUTE_VIEW, symbol, START).parent.parent
+        os.makedirs(symbol_dir)
+        for d in range(DAYS):
+            folder = symbol_dir / f"date={(START + dt.timedelta(days=d)).isoformat()}"
+            os.mkdir(folder)
+            os.close(os.open(folder / "part.parquet", os.O_CREAT | os.O_WRONLY, 0o644))
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(INSERT, list(_rows()))
+        for s, d, kind in PLANTED:
+            _plant(conn, root, s, d, kind)
+        _plant(conn, root, *SOURCE_GAP_DAY, "source_gaps")
+        _plant(conn, root, *NOT_LISTED_DAY, "not_listed")
+        _plant(conn, root, *RECENT_NOT_PUBLISHED, "not_published")
+    engine.dispose()
+    return BigLake(root, url, time.perf_counter() - began)
+
+
+@pytest.fixture(scope="module")
+def big(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BigLake]:
+    # 90 000 folders: on tmpfs when there is one, where making and removing them is cheap.
+    shm = Path("/dev/shm")
+    base = (
+        Path(tempfile.mkdtemp(prefix="bml-repair-", dir=shm))
+        if shm.is_dir() and os.access(shm, os.W_OK)
+        else tmp_path_factory.mktemp("repair")
+    )
+    try:
+        yield build_big_lake(base / "lake")
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def evaluate(
+    sensor: Any, big: BigLake, instance: DagsterInstance, cursor: str | None
+) -> tuple[list[Any], str | None, float]:
+    began = time.perf_counter()
+    with build_sensor_context(instance=instance, resources={"bml": big.bml()}, cursor=cursor) as context:
+        out = list(sensor(context))
+        elapsed = time.perf_counter() - began
+        return out, context.cursor, elapsed
+
+
+def make_sensor(**kw: Any):
+    return build_repair_sensor(
+        SYMBOLS, START, job_name="minute_view_job", max_runs_per_tick=MAX_RUNS, today=lambda _bml: TODAY, **kw
+    )
+
+
+def test_the_full_ledger_only_scan_finds_exactly_the_planted_problems(big: BigLake) -> None:
+    began = time.perf_counter()
+    report = scan(big.root, Ledger(big.url), SYMBOLS, START, LAST, today=TODAY, deep=False)
+    elapsed = time.perf_counter() - began
+    print(f"\nshallow scan of {report.checked} partitions: {elapsed:.2f} s (lake built in {big.build_s:.1f} s)")
+    assert report.checked == 50 * 1800
+    assert {partition_key(p.symbol, p.day): str(p.kind) for p in report.problems} == EXPECTED
+    assert report.by_kind() == {
+        "not_built": 3,
+        "file_missing": 7,
+        "schema_outdated": 7,
+        "missing_minutes": 7,
+        "timestamp_disorder": 3,
+        "not_published_stale": 3,
+    }
+    assert elapsed < 30
+
+
+def test_ticks_are_bounded_the_cursor_walks_and_a_sweep_requests_every_problem_once(big: BigLake) -> None:
+    sensor = make_sensor()
+    requested: list[RunRequest] = []
+    cursors: list[dict[str, Any]] = []
+    times: list[float] = []
+    cursor: str | None = None
+    with DagsterInstance.ephemeral() as instance:
+        for _ in range(200):
+            out, cursor, elapsed = evaluate(sensor, big, instance, cursor)
+            times.append(elapsed)
+            runs = [r for r in out if isinstance(r, RunRequest)]
+            assert len(runs) <= MAX_RUNS
+            assert runs or any(isinstance(r, SkipReason) for r in out)
+            assert cursor is not None
+            state = json.loads(cursor)
+            if state["sweep"] == 1:
+                # Wrapped: this tick began the next sweep with the first window again.
+                assert {r.partition_key for r in runs} == {key_of(0, 0), key_of(7, 30)}
+                break
+            requested += runs
+            cursors.append(state)
+    print(
+        f"\nrepair_sensor over 50 × 1800 ledger rows: {len(times)} ticks, "
+        f"max {max(times) * 1000:.0f} ms, mean {sum(times) / len(times) * 1000:.0f} ms per tick"
+    )
+    # 1800 days / 31 per tick = 59 windows, plus one tick more for the 12 problems of one day.
+    assert len(cursors) == 60
+    positions = [(c["day"], c["after"]) for c in cursors]
+    assert positions == sorted(positions) and len(set(positions)) == len(positions)
+    assert cursors[0] == {"day": "2020-02-01", "after": "", "sweep": 0}
+    cluster = [c for c in cursors if c["after"]]
+    assert cluster == [{"day": "2022-09-19", "after": "2022-09-27|S08USDT", "sweep": 0}]
+    # Every planted problem exactly once, with its kind; the source-gap day never.
+    keys = [r.partition_key for r in requested]
+    assert len(keys) == len(set(keys)) == 30
+    assert {r.partition_key: r.tags[REPAIR_TAG] for r in requested} == EXPECTED
+    assert key_of(*SOURCE_GAP_DAY) not in keys
+    assert all(r.run_key.startswith(f"repair:{r.partition_key}:{r.tags[REPAIR_TAG]}:") for r in requested)
+    assert max(times) < TICK_LIMIT_S
+
+
+def test_run_keys_repeat_within_a_sweep_and_change_with_the_next(big: BigLake) -> None:
+    sensor = make_sensor()
+    with DagsterInstance.ephemeral() as instance:
+        first, cursor, _ = evaluate(sensor, big, instance, None)
+        again, cursor_again, _ = evaluate(sensor, big, instance, None)
+        assert [r.run_key for r in first if isinstance(r, RunRequest)] == [
+            r.run_key for r in again if isinstance(r, RunRequest)
+        ]
+        assert cursor == cursor_again
+        request, other = [r for r in first if isinstance(r, RunRequest)]
+        assert request.partition_key == key_of(0, 0) and request.tags[REPAIR_TAG] == "not_built"
+        assert other.partition_key == key_of(7, 30) and other.tags[REPAIR_TAG] == "missing_minutes"
+        # Past yesterday the cursor wraps: the same partition gets a new key (one retry per sweep).
+        wrapped, cursor, _ = evaluate(
+            sensor, big, instance, json.dumps({"day": TODAY.isoformat(), "after": "", "sweep": 3})
+        )
+        retry, _ = [r for r in wrapped if isinstance(r, RunRequest)]
+        assert retry.partition_key == request.partition_key and retry.run_key != request.run_key
+        assert json.loads(cursor)["sweep"] == 4
+
+
+def test_a_partition_with_a_run_in_flight_is_left_to_it(big: BigLake) -> None:
+    sensor = make_sensor()
+    window = json.dumps({"day": "2022-09-19", "after": "", "sweep": 0})
+    busy = key_of(0, 1000)
+    with DagsterInstance.ephemeral() as instance:
+        instance.add_run(
+            DagsterRun(
+                job_name="minute_view_job",
+                run_id="busy-run",
+                tags={"dagster/partition": busy},
+                status=DagsterRunStatus.STARTED,
+            )
+        )
+        out, _, _ = evaluate(sensor, big, instance, window)
+    keys = [r.partition_key for r in out if isinstance(r, RunRequest)]
+    assert busy not in keys and len(keys) == MAX_RUNS
+    assert keys[:2] == [key_of(31, 999), key_of(1, 1000)]
+
+
+def test_nothing_before_the_first_closed_day(big: BigLake) -> None:
+    sensor = build_repair_sensor(SYMBOLS, START, job_name="minute_view_job", today=lambda _bml: START)
+    with DagsterInstance.ephemeral() as instance:
+        out, _, _ = evaluate(sensor, big, instance, None)
+    assert [type(r) for r in out] == [SkipReason]
+    assert sensor.minimum_interval_seconds == 300 and sensor.name == "repair_sensor"
+
+
+def test_days_before_a_listing_are_not_requested(big: BigLake) -> None:
+    asked: list[BmlResource] = []
+
+    def listing(bml: BmlResource) -> dict[str, dt.date]:
+        asked.append(bml)
+        return {SYMBOLS[0]: START + dt.timedelta(days=1)}
+
+    sensor = make_sensor(listing_dates=listing)
+    with DagsterInstance.ephemeral() as instance:
+        out, _, _ = evaluate(sensor, big, instance, None)
+    assert [r.partition_key for r in out if isinstance(r, RunRequest)] == [key_of(7, 30)]
+    assert len(asked) == 1

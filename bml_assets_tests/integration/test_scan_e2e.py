@@ -1,0 +1,177 @@
+"""The consistency scan on a real lake: built through the definitions from the replay
+server, damaged in six ways, found by the scan (and the scan job, and the sensor), then
+repaired by rebuilding the targets through the same job until the scan is clean."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from dataclasses import replace
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from dagster import RunRequest, build_sensor_context
+
+from bml_assets.definitions import MINUTE_VIEW_JOB
+from bml_assets.lake.commit import encode_parquet
+from bml_assets.lake.scan import ScanReport, scan
+from bml_assets.partitions import partition_key
+from bml_assets.repair import REPAIR_TAG, build_repair_sensor, build_scan_job, repair_targets
+from bml_assets.resources import BmlResource
+from bml_assets.schema import MINUTE_VIEW, schema_hash
+
+from .conftest import DAY, DOWNTIME_DAY, SYMBOLS, Lake
+
+D1, D2, D3 = DAY, DOWNTIME_DAY, dt.date(2024, 3, 3)
+TODAY = dt.date(2024, 3, 4)
+DROPPED = (100, 101, 102, 103, 104)  # 01:40-01:44 of D2, dropped from the file behind the ledger's back
+
+
+def minute(day: dt.date, m: int) -> str:
+    return (dt.datetime.combine(day, dt.time(), dt.UTC) + dt.timedelta(minutes=m)).isoformat()
+
+
+def run_scan(lake: Lake, *, deep: bool = True) -> ScanReport:
+    return scan(lake.root, lake.ledger, SYMBOLS, D1, D3, today=TODAY, deep=deep)
+
+
+def found(report: ScanReport) -> list[tuple[str, str, str]]:
+    return [(p.symbol, p.day.isoformat(), str(p.kind)) for p in report.problems]
+
+
+def scan_job_metadata(lake: Lake) -> dict[str, object]:
+    bml = BmlResource(
+        lake_root=str(lake.root), state_url=lake.settings.state_url, vision_base_url=lake.settings.vision_base_url
+    )
+    job = build_scan_job(SYMBOLS, D1)
+    result = job.execute_in_process(
+        resources={"bml": bml},
+        instance=lake.instance,
+        run_config={"ops": {"scan_lake": {"config": {"end": D3.isoformat(), "today": TODAY.isoformat()}}}},
+    )
+    assert result.success
+    (event,) = [e for e in result.all_events if e.event_type_value == "STEP_OUTPUT"]
+    return {k: getattr(v, "value", v) for k, v in event.event_specific_data.metadata.items()}
+
+
+def test_planted_damage_is_found_and_rebuilding_the_targets_makes_the_lake_clean(lake: Lake) -> None:
+    for symbol in SYMBOLS:
+        for day in (D1, D2, D3):
+            if (symbol, day) != ("ETHUSDT", D3):  # left unbuilt
+                assert lake.materialize(symbol, day).success
+
+    # The exchange's downtime on D2 is three confirmed source gaps, not a problem.
+    downtime = lake.ledger.get_partition(MINUTE_VIEW, "BTCUSDT", D2)
+    assert downtime is not None and downtime.row_count == 1437 and len(downtime.source_gaps) == 3
+    assert found(run_scan(lake)) == [("ETHUSDT", "2024-03-03", "not_built")]
+
+    # 1. a deleted file
+    lake.minute_path("BTCUSDT", D1).unlink()
+    # 2. corrupt bytes: a zeroed stretch in the middle and a broken end marker
+    path = lake.minute_path("ETHUSDT", D1)
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 4096] = bytes(4096)
+    data[-4:] = b"PAR0"
+    path.write_bytes(bytes(data))
+    # 3. rows dropped from a file, the ledger kept
+    path = lake.minute_path("BTCUSDT", D2)
+    table = pq.ParquetFile(path).read()
+    minutes = pc.divide(
+        pc.subtract(table.column("timestamp").cast(pa.int64()), int(table.column("timestamp")[0].value)), 60_000
+    )
+    keep = pc.invert(pc.is_in(minutes, pa.array(DROPPED, pa.int64())))
+    pq.write_table(table.filter(keep), path)
+    # 4. a ledger row with a wrong content hash
+    record = lake.ledger.get_partition(MINUTE_VIEW, "ETHUSDT", D2)
+    assert record is not None
+    lake.ledger.commit_partition(replace(record, content_hash="0" * 64), expected_content_hash=record.content_hash)
+    # 5. a file of an older layout (one column fewer), recorded as such
+    path = lake.minute_path("BTCUSDT", D3)
+    old = pq.ParquetFile(path).read().drop_columns(["premium_index"])
+    old_bytes = encode_parquet(old)
+    path.write_bytes(old_bytes)
+    record = lake.ledger.get_partition(MINUTE_VIEW, "BTCUSDT", D3)
+    assert record is not None
+    lake.ledger.commit_partition(
+        replace(record, content_hash=hashlib.sha256(old_bytes).hexdigest(), schema_hash=schema_hash(old.schema)),
+        expected_content_hash=record.content_hash,
+    )
+    # 6. ETHUSDT D3 was never built
+
+    report = run_scan(lake)
+    assert found(report) == [
+        ("BTCUSDT", "2024-03-01", "file_missing"),
+        ("ETHUSDT", "2024-03-01", "unreadable"),
+        ("ETHUSDT", "2024-03-01", "content_hash_mismatch"),
+        ("BTCUSDT", "2024-03-02", "content_hash_mismatch"),
+        ("BTCUSDT", "2024-03-02", "missing_minutes"),
+        ("ETHUSDT", "2024-03-02", "content_hash_mismatch"),
+        ("BTCUSDT", "2024-03-03", "schema_outdated"),
+        ("ETHUSDT", "2024-03-03", "not_built"),
+    ]
+    (gap_day,) = [p for p in report.problems if p.kind == "missing_minutes"]
+    # Exactly the dropped minutes: the three source-gap minutes of 10:00-10:02 are not owed.
+    assert gap_day.minutes == tuple(minute(D2, m) for m in DROPPED)
+    assert gap_day.detail == "1432 rows, 3 source-gap minutes: 5 minutes missing"
+    (schema,) = [p for p in report.problems if p.kind == "schema_outdated"]
+    assert "missing columns: premium_index" in schema.detail and "the ledger records schema_hash" in schema.detail
+
+    # The shallow scan (the sensor's) sees what the ledger and a stat can tell.
+    assert found(run_scan(lake, deep=False)) == [
+        ("BTCUSDT", "2024-03-01", "file_missing"),
+        ("BTCUSDT", "2024-03-03", "schema_outdated"),
+        ("ETHUSDT", "2024-03-03", "not_built"),
+    ]
+    sensor = build_repair_sensor(SYMBOLS, D1, job_name=MINUTE_VIEW_JOB, today=lambda _bml: TODAY)
+    with build_sensor_context(instance=lake.instance, resources={"bml": lake.defs.resources["bml"]}) as context:
+        requests = [r for r in sensor(context) if isinstance(r, RunRequest)]
+    assert [(r.partition_key, r.tags[REPAIR_TAG]) for r in requests] == [
+        (partition_key("BTCUSDT", D1), "file_missing"),
+        (partition_key("BTCUSDT", D3), "schema_outdated"),
+        (partition_key("ETHUSDT", D3), "not_built"),
+    ]
+
+    metadata = scan_job_metadata(lake)
+    assert metadata["clean"] is False and metadata["checked"] == 6 and metadata["partitions_to_repair"] == 6
+    assert metadata["by_kind"] == {
+        "not_built": 1,
+        "file_missing": 1,
+        "unreadable": 1,
+        "schema_outdated": 1,
+        "content_hash_mismatch": 3,
+        "missing_minutes": 1,
+    }
+    assert "| BTCUSDT | 2024-03-02 | missing_minutes |" in str(metadata["problem_table"])
+
+    # Repair: rebuild every target through the ordinary job.
+    targets = repair_targets(report)
+    assert targets == [
+        ("BTCUSDT", D1),
+        ("ETHUSDT", D1),
+        ("BTCUSDT", D2),
+        ("ETHUSDT", D2),
+        ("BTCUSDT", D3),
+        ("ETHUSDT", D3),
+    ]
+    for symbol, day in targets:
+        assert lake.materialize(symbol, day).success, (symbol, day)
+    after = run_scan(lake)
+    assert after.clean, after.to_rows()
+    assert run_scan(lake, deep=False).clean
+    assert scan_job_metadata(lake)["clean"] is True
+    # The downtime day is whole again, its gaps still recorded.
+    rebuilt = lake.ledger.get_partition(MINUTE_VIEW, "BTCUSDT", D2)
+    assert rebuilt is not None and rebuilt.row_count == 1437 and rebuilt.content_hash == downtime.content_hash
+
+
+def test_a_stale_schema_hash_in_the_ledger_alone_is_repaired_by_a_rebuild(lake: Lake) -> None:
+    assert lake.materialize("BTCUSDT", D1).success
+    record = lake.ledger.get_partition(MINUTE_VIEW, "BTCUSDT", D1)
+    assert record is not None
+    lake.ledger.commit_partition(replace(record, schema_hash="0" * 16), expected_content_hash=record.content_hash)
+    report = scan(lake.root, lake.ledger, ["BTCUSDT"], D1, D1, today=TODAY)
+    assert found(report) == [("BTCUSDT", "2024-03-01", "schema_outdated")]
+    assert lake.materialize("BTCUSDT", D1).success
+    assert scan(lake.root, lake.ledger, ["BTCUSDT"], D1, D1, today=TODAY).clean
