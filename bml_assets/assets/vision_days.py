@@ -10,7 +10,7 @@ means for the day (``streams.py`` knows the exchange's clock), and REST.
 import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -20,7 +20,7 @@ from bml_assets.features.funding import funding_settlements, settlements_for_day
 from bml_assets.features.klines import kline_table
 from bml_assets.features.metrics import combine_observations, metrics_observations
 from bml_assets.features.timegrid import OutsideDayError
-from bml_assets.features.trade_flow import trade_flow
+from bml_assets.features.trade_flow import TradeFlowBuilder, trade_flow
 from bml_assets.lake.partition_data import PartitionData
 from bml_assets.partitions import SymbolDay
 from bml_assets.resources import BmlResource
@@ -29,7 +29,23 @@ from bml_assets.schema import (
     Dataset,
 )
 from bml_assets.sources.vision import BOOK_TICKER_LAST_DAY, NotPublished, Stream, VisionError, VisionFile
-from bml_assets.sources.vision_csv import data_row_of, read_vision_csv
+from bml_assets.sources.vision_csv import data_row_of, iter_vision_csv_batches, read_vision_csv
+
+T = TypeVar("T")
+
+
+def relocate_outside_day(file: VisionFile, stream: Stream, work: Callable[[], T]) -> T:
+    """Run ``work``; a row outside the day is reported at its row in the file as written."""
+    try:
+        return work()
+    except OutsideDayError as err:
+        row = (
+            data_row_of(file.path, stream, err.column, err.value_ms, source=file.url)
+            if err.value_ms is not None
+            else None
+        )
+        where = f"data row {row}" if row is not None else "a row"
+        raise VisionError(f"{file.url}, {where}: {err.detail}", url=file.url) from err
 
 
 @dataclass(frozen=True)
@@ -38,21 +54,20 @@ class Fetched:
 
     file: VisionFile
     stream: Stream
-    table: pa.Table
+    table: pa.Table | None  # None when the file was streamed, not held
+    rows: int
 
     def transform(self, fn: Callable[[pa.Table], pa.Table]) -> pa.Table:
         """Run a feature transform on the parsed table; a row outside the day is
         reported at its row in the file as written (the parsed table is sorted)."""
-        try:
-            return fn(self.table)
-        except OutsideDayError as err:
-            row = (
-                data_row_of(self.file.path, self.stream, err.column, err.value_ms, source=self.file.url)
-                if err.value_ms is not None
-                else None
-            )
-            where = f"data row {row}" if row is not None else "a row"
-            raise VisionError(f"{self.file.url}, {where}: {err.detail}", url=self.file.url) from err
+        table = self.parsed
+        return relocate_outside_day(self.file, self.stream, lambda: fn(table))
+
+    @property
+    def parsed(self) -> pa.Table:
+        if self.table is None:
+            raise ValueError(f"{self.file.url} was streamed, not held: no table")
+        return self.table
 
     @property
     def provenance(self) -> dict[str, Any]:
@@ -60,7 +75,7 @@ class Fetched:
             "url": self.file.url,
             "sha256": self.file.sha256,
             "bytes": self.file.bytes,
-            "rows": self.table.num_rows,
+            "rows": self.rows,
             "from_cache": self.file.from_cache,
         }
 
@@ -72,23 +87,31 @@ class StreamFetcher:
         self._vision = bml.vision()
         self._ledger = bml.ledger()
 
-    def _parse(self, file: VisionFile, stream: Stream) -> Fetched:
-        table = read_vision_csv(file.path, stream, source=file.url)
+    def file(self, stream: Stream, sd: SymbolDay) -> VisionFile:
+        """The verified daily zip (raises ``NotPublished``), not parsed yet."""
+        return self._vision.fetch_daily(stream, sd.symbol, sd.day)
+
+    def record(self, file: VisionFile, stream: Stream, rows: int, table: pa.Table | None = None) -> Fetched:
+        """Record a parsed file in the ledger's ``source_files``."""
         self._ledger.record_source_file(
             url=file.url,
             sha256=file.sha256,
             bytes=file.bytes,
-            rows=table.num_rows,
+            rows=rows,
             checksum_verified=True,
             fetched_at=file.fetched_at,
         )
-        return Fetched(file, stream, table)
+        return Fetched(file, stream, table, rows)
+
+    def parse(self, file: VisionFile, stream: Stream) -> Fetched:
+        table = read_vision_csv(file.path, stream, source=file.url)
+        return self.record(file, stream, table.num_rows, table)
 
     def daily(self, stream: Stream, sd: SymbolDay) -> Fetched:
-        return self._parse(self._vision.fetch_daily(stream, sd.symbol, sd.day), stream)
+        return self.parse(self.file(stream, sd), stream)
 
     def monthly(self, stream: Stream, symbol: str, year: int, month: int) -> Fetched:
-        return self._parse(self._vision.fetch_monthly(stream, symbol, year, month), stream)
+        return self.parse(self._vision.fetch_monthly(stream, symbol, year, month), stream)
 
 
 def _vision(files: list[Fetched]) -> dict[str, Any]:
@@ -114,11 +137,26 @@ def kline_day(fetch: StreamFetcher, stream: Stream, dataset: Dataset, sd: Symbol
 
 
 def trade_flow_day(fetch: StreamFetcher, sd: SymbolDay) -> PartitionData:
+    """Streamed in record batches when the file is in order (it normally is), so a day
+    of millions of trades is never held whole; else parsed, sorted and de-duplicated."""
     try:
-        got = fetch.daily(Stream.AGG_TRADES, sd)
+        file = fetch.file(Stream.AGG_TRADES, sd)
     except NotPublished as err:
         return _not_available(Stream.AGG_TRADES, sd, err)
-    table = got.transform(lambda t: trade_flow(t, sd.day, source=got.file.url))
+    builder = TradeFlowBuilder(sd.day, source=file.url)
+    in_order = relocate_outside_day(
+        file,
+        Stream.AGG_TRADES,
+        lambda: all(
+            builder.add(batch) for batch in iter_vision_csv_batches(file.path, Stream.AGG_TRADES, source=file.url)
+        ),
+    )
+    if in_order:
+        got = fetch.record(file, Stream.AGG_TRADES, builder.rows)
+        table = builder.finish()
+    else:
+        got = fetch.parse(file, Stream.AGG_TRADES)
+        table = got.transform(lambda t: trade_flow(t, sd.day, source=got.file.url))
     return PartitionData(table, {Stream.AGG_TRADES.value: _vision([got])})
 
 
@@ -159,12 +197,12 @@ def metrics_day(fetch: StreamFetcher, sd: SymbolDay) -> PartitionData:
         got = [fetch.daily(Stream.METRICS, sd)]
     except NotPublished as err:
         return _not_available(Stream.METRICS, sd, err)
-    observations = [metrics_observations(got[0].table, sd.day)]
+    observations = [metrics_observations(got[0].parsed, sd.day)]
     previous = SymbolDay(sd.symbol, sd.day - dt.timedelta(days=1))
     try:
         seed = fetch.daily(Stream.METRICS, previous)
         got.insert(0, seed)
-        observations.insert(0, metrics_observations(seed.table, previous.day))
+        observations.insert(0, metrics_observations(seed.parsed, previous.day))
     except NotPublished:
         pass  # the first minutes stay NULL until the day's first snapshot
     table = _taken_before_day_end(combine_observations(observations), sd.day)
@@ -199,5 +237,5 @@ def funding_day(fetch: StreamFetcher, sd: SymbolDay) -> PartitionData:
                 missing = err
     if missing is not None:
         return _not_available(Stream.FUNDING_RATE, sd, missing)
-    settlements = funding_settlements(pa.concat_tables([f.table for f in got]))
+    settlements = funding_settlements(pa.concat_tables([f.parsed for f in got]))
     return PartitionData(settlements_for_day(settlements, sd.day), {Stream.FUNDING_RATE.value: _vision(got)})

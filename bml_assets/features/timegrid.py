@@ -104,7 +104,7 @@ def column_numpy(table: pa.Table, name: str, dtype: type | np.dtype, *, source: 
     if column.null_count:
         row = first_true_row(column.is_null().to_numpy(zero_copy_only=False))
         raise ValueError(f"{source}: column {name!r} is empty at row {row}")
-    return np.asarray(column.to_numpy(), dtype=dtype)
+    return np.asarray(column.to_numpy(zero_copy_only=False), dtype=dtype)
 
 
 def first_true_row(mask: np.ndarray) -> int:

@@ -57,6 +57,18 @@ class _Trades:
     def take(self, order: np.ndarray) -> _Trades:
         return _Trades(**{name: getattr(self, name)[order] for name in self.__dataclass_fields__})
 
+    def slice(self, start: int, stop: int) -> _Trades:
+        return _Trades(**{name: getattr(self, name)[start:stop] for name in self.__dataclass_fields__})
+
+    @staticmethod
+    def concat(first: _Trades, second: _Trades) -> _Trades:
+        return _Trades(
+            **{
+                name: np.concatenate([getattr(first, name), getattr(second, name)])
+                for name in first.__dataclass_fields__
+            }
+        )
+
 
 def trade_flow(agg: pa.Table, day: dt.date, *, source: str) -> pa.Table:
     """One ``schema.TRADE_FLOW`` row per minute of ``day`` with at least one trade.
@@ -71,7 +83,54 @@ def trade_flow(agg: pa.Table, day: dt.date, *, source: str) -> pa.Table:
     return _aggregate(trades)
 
 
-def _read_trades(agg: pa.Table, day: dt.date, *, source: str) -> _Trades:
+class TradeFlowBuilder:
+    """``trade_flow`` over record batches, for files already in (transact_time,
+    agg_trade_id) order — as Vision writes them — so a day of millions of trades is
+    never held whole.
+
+    Each minute is still aggregated from one contiguous array (the last, possibly
+    unfinished minute of a batch is carried into the next), so the result is
+    identical to ``trade_flow`` on the whole table. ``add`` returns False as soon as
+    the rows are not strictly ordered (unsorted or duplicated input): the caller
+    then falls back to the sort-and-deduplicate path.
+    """
+
+    def __init__(self, day: dt.date, *, source: str) -> None:
+        self.day = day
+        self.source = source
+        self.rows = 0
+        self._carry: _Trades | None = None
+        self._parts: list[pa.Table] = []
+
+    def add(self, batch: pa.RecordBatch | pa.Table) -> bool:
+        trades = _read_trades(batch, self.day, source=self.source)
+        self.rows += len(trades.agg_trade_id)
+        if self._carry is not None:
+            trades = _Trades.concat(self._carry, trades)
+        if not is_sorted_by(trades.transact_time, trades.agg_trade_id):
+            return False
+        n = len(trades.transact_time)
+        if n == 0:
+            return True
+        minute = floor_minute(trades.transact_time)
+        # Rows of the last minute may continue in the next batch: keep them back.
+        cut = int(np.searchsorted(minute, minute[-1], side="left"))
+        if cut:
+            self._parts.append(_aggregate(trades.slice(0, cut)))
+        # a copy: the batch's memory can go
+        self._carry = trades.slice(cut, n).take(np.arange(n - cut))
+        return True
+
+    def finish(self) -> pa.Table:
+        if self._carry is not None and len(self._carry.agg_trade_id):
+            self._parts.append(_aggregate(self._carry))
+            self._carry = None
+        if not self._parts:
+            return schema.TRADE_FLOW.arrow_schema.empty_table()
+        return pa.concat_tables(self._parts).combine_chunks()
+
+
+def _read_trades(agg: pa.Table | pa.RecordBatch, day: dt.date, *, source: str) -> _Trades:
     trades = _Trades(
         agg_trade_id=column_numpy(agg, "agg_trade_id", np.int64, source=source),
         price=column_numpy(agg, "price", np.float64, source=source),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+import pyarrow as pa
 import pytest
 
 from bml_assets import schema
@@ -163,3 +164,42 @@ def test_no_trades_gives_no_rows():
     table = trade_flow(raw_agg_trades([]), DAY, source=SOURCE)
     assert table.num_rows == 0
     assert table.schema.equals(schema.TRADE_FLOW.arrow_schema)
+
+
+def test_streaming_builder_equals_the_whole_table_when_batches_split_minutes() -> None:
+    import datetime as _dt
+
+    from bml_assets.features.trade_flow import TradeFlowBuilder
+
+    day = _dt.date(2024, 3, 1)
+    t0 = 1709251200000
+    rows = [
+        # (id, price, qty, first, last, time, is_buyer_maker) — minute 00:00 spans both batches
+        (1, 100.0, 1.0, 10, 11, t0 + 1_000, False),
+        (2, 101.0, 0.5, 12, 12, t0 + 1_000, True),
+        (3, 100.5, 2.0, 13, 15, t0 + 30_000, False),
+        (4, 99.0, 0.1, 16, 16, t0 + 59_999, True),
+        (5, 98.0, 3.0, 17, 19, t0 + 60_000, False),
+        (6, 98.5, 1.5, 20, 20, t0 + 180_000, True),
+    ]
+    names = ["agg_trade_id", "price", "quantity", "first_trade_id", "last_trade_id", "transact_time", "is_buyer_maker"]
+    table = pa.table({n: [r[i] for r in rows] for i, n in enumerate(names)})
+    builder = TradeFlowBuilder(day, source="test")
+    for batch in (table.slice(0, 2), table.slice(2, 3), table.slice(5, 1)):
+        assert builder.add(batch)
+    assert builder.rows == 6
+    assert builder.finish().equals(trade_flow(table, day, source="test"))
+
+
+def test_streaming_builder_refuses_rows_out_of_order() -> None:
+    import datetime as _dt
+
+    from bml_assets.features.trade_flow import TradeFlowBuilder
+
+    t0 = 1709251200000
+    names = ["agg_trade_id", "price", "quantity", "first_trade_id", "last_trade_id", "transact_time", "is_buyer_maker"]
+    first = pa.table({n: [v] for n, v in zip(names, (2, 100.0, 1.0, 2, 2, t0 + 5, False), strict=True)})
+    second = pa.table({n: [v] for n, v in zip(names, (1, 100.0, 1.0, 1, 1, t0 + 1, False), strict=True)})
+    builder = TradeFlowBuilder(_dt.date(2024, 3, 1), source="test")
+    assert builder.add(first)
+    assert not builder.add(second)
