@@ -2,19 +2,36 @@
 
 What belongs here: argument parsing, progress and exit codes for the commands
 people run in a terminal; each command calls into the package (the replay
-server, the demo driving the real Dagster definitions). What stays out: logic of
-its own — a command that needs some, gets it in the module that owns the subject.
+server, the demo driving the real Dagster definitions, ``backfill.py`` for the
+state, the symbol universe, scans, backfills and the hot pass). What stays out:
+logic of its own — a command that needs some, gets it in the module that owns the
+subject.
+
+Exit codes: 0 when everything asked for is done and clean, 1 when work failed or
+problems remain (or the state cannot be used), 2 for usage errors (bad options,
+dates, symbols or ``BML_*`` values). Configuration comes from the same ``BML_*``
+environment (and ``.env``) as the Dagster code location. Heavy modules (Dagster)
+are imported inside the commands, so ``--help`` stays quick.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import json
+import os
+import shutil
+import signal
+import subprocess
 import sys
+import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 
-from bml_assets.settings import SettingsError, parse_symbols
+from bml_assets.settings import Settings, SettingsError, parse_symbols
 
 DEMO_DAYS = (dt.date(2024, 2, 29), dt.date(2024, 3, 1), dt.date(2024, 3, 2))
 
@@ -23,14 +40,110 @@ def _date(_ctx: click.Context, _param: click.Parameter, value: str | None) -> dt
     if value is None:
         return None
     try:
-        return dt.datetime.fromisoformat(value).date()
+        moment = dt.datetime.fromisoformat(value.strip())
     except ValueError:
         raise click.BadParameter(f"{value!r} is not a date like 2024-03-01 (or an ISO timestamp)") from None
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(dt.UTC)  # partitions are UTC days
+    return moment.date()
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+LEDGER_VERSION_HELP = (
+    "what to do: bml does not migrate a ledger in place. Either run the bml version that wrote this "
+    "ledger, or start a new one: point BML_STATE_URL (or BML_LAKE_ROOT) at a fresh location, run "
+    "`bml init-state`, then `bml backfill-range` to rebuild the ledger rows (unchanged files are not rewritten)."
+)
+
+
+def _fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(1)
+
+
+def _guarded(fn: F) -> F:
+    """Turn the errors a user can act on into clear messages and the right exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from bml_assets.backfill import CommandError, UnknownSymbol
+        from bml_assets.lake.ledger import LedgerVersionError
+        from bml_assets.sources.http import HttpError
+        from bml_assets.sources.rest import RestError
+        from bml_assets.sources.rest_budget import RestBanned
+
+        try:
+            return fn(*args, **kwargs)
+        except SettingsError as err:
+            raise click.UsageError(f"configuration: {err}") from None
+        except UnknownSymbol as err:
+            raise click.UsageError(str(err)) from None
+        except CommandError as err:
+            _fail(str(err))
+        except LedgerVersionError as err:
+            _fail(f"{err}\n{LEDGER_VERSION_HELP}")
+        except (HttpError, RestError, RestBanned) as err:
+            _fail(f"the exchange could not be asked: {err}")
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _settings() -> Settings:
+    return Settings.from_env()
+
+
+def _symbols_option(value: str | None) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    try:
+        return parse_symbols(value, variable="--symbols")
+    except SettingsError as err:
+        raise click.BadParameter(str(err), param_hint="--symbols") from None
+
+
+def _check_range(start: dt.date, end: dt.date, today: dt.date) -> None:
+    if end < start:
+        raise click.UsageError(f"the range is reversed: --start {start.isoformat()} is after --end {end.isoformat()}")
+    if end > today:
+        raise click.UsageError(
+            f"--end {end.isoformat()} is after today ({today.isoformat()} UTC): nothing to build yet"
+        )
+
+
+def _live_bar() -> bool:
+    return sys.stderr.isatty()
+
+
+class _Quiet:
+    """Stands in for a progress bar when stderr is not a terminal (logs, CI): one line, no redraws."""
+
+    def __init__(self, iterable: Any = None, label: str = "", **_kw: Any) -> None:
+        self._iterable = iterable
+        click.echo(f"{label} …", err=True)
+
+    def __enter__(self) -> Any:
+        return self._iterable if self._iterable is not None else self
+
+    def __exit__(self, *_exc: object) -> None:
+        return None
+
+    def update(self, _n: int, _item: Any = None) -> None:
+        return None
+
+
+def _progress(iterable: Any = None, **kw: Any) -> Any:
+    """``click.progressbar`` (with ETA, on stderr) on a terminal, else a single line."""
+    if not _live_bar():
+        return _Quiet(iterable, **kw)
+    return click.progressbar(iterable, show_eta=True, file=sys.stderr, **kw)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """bml — the Binance Minute Lake: a verified 58-column 1-minute view of USD-M perpetuals."""
+    # Dagster's beta/preview notices about the project's own definitions are not for terminal users.
+    warnings.filterwarnings("ignore", message=r".*is currently in (beta|preview)")
 
 
 @main.command("replay-server")
@@ -121,3 +234,393 @@ def columns() -> None:
     from bml_assets.schema import column_table_markdown
 
     click.echo(column_table_markdown())
+
+
+# --------------------------------------------------------------------------- state and universe
+
+
+@main.command("init-state")
+@_guarded
+def init_state() -> None:
+    """Create the lake root and the ledger tables (idempotent); print where they are."""
+    from bml_assets.backfill import init_state as create
+
+    info = create(_settings())
+    click.echo(f"lake root: {info.lake_root}")
+    click.echo(f"ledger:    {info.ledger_url} (schema_version {info.schema_version})")
+    click.echo(f"tables:    {', '.join(info.tables)}")
+    hint = "" if info.symbols_synced else "  (run `bml symbols sync` to load the exchange's symbols)"
+    click.echo(f"symbols synced: {info.symbols_synced}{hint}")
+
+
+@main.group()
+def symbols() -> None:
+    """The exchange's symbol universe, kept in the ledger's symbols table."""
+
+
+@symbols.command("sync")
+@_guarded
+def symbols_sync() -> None:
+    """exchangeInfo → the onboard date and status of every USD-M perpetual, in the ledger.
+
+    Days before a symbol's onboard date are then "not listed" (backfills skip them);
+    a symbol that stopped trading stops at its last trading day when exchangeInfo
+    gives it.
+    """
+    from bml_assets.backfill import sync_symbols
+
+    settings = _settings()
+    result = sync_symbols(settings)
+    click.echo(
+        f"exchangeInfo ({settings.rest_base_url}): {result.perpetuals} USD-M perpetual(s): "
+        f"{result.trading} trading, {result.not_trading} not trading "
+        f"({result.delisted_with_date} with a last trading day)"
+    )
+    click.echo(
+        f"ledger {result.ledger_url}: {result.sync.added} added, {result.sync.changed} changed, "
+        f"{result.sync.unchanged} unchanged"
+    )
+    absent = [s for s in settings.symbols if s not in result.symbols]
+    if absent:
+        click.echo(f"warning: BML_SYMBOLS lists {', '.join(absent)}, which exchangeInfo does not list", err=True)
+
+
+# --------------------------------------------------------------------------- hot band
+
+
+def _when(moment: dt.datetime | None) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M") if moment else "none"
+
+
+@main.command("run-once")
+@click.option("--symbols", "symbols_text", default=None, help="Comma-separated symbols (default: BML_SYMBOLS).")
+@_guarded
+def run_once(symbols_text: str | None) -> None:
+    """One hot-poll pass: per symbol, commit the minutes closed since its watermark (exchange clock)."""
+    from bml_assets.backfill import hot_pass, open_workspace
+
+    settings = _settings()
+    ws = open_workspace(settings, _symbols_option(symbols_text))
+    ws.close()
+    failed = 0
+    click.echo(f"{'symbol':<12} {'day':<10} {'band':<8} {'watermark before':<17} -> after")
+    try:
+        for o in hot_pass(settings, ws.symbols):
+            day = o.day.isoformat() if o.day else "-"
+            note = "" if o.day else "  (nothing new is committable yet)"
+            click.echo(f"{o.symbol:<12} {day:<10} {o.band or '-':<8} {_when(o.before):<17} -> {_when(o.after)}{note}")
+            if not o.ok:
+                failed += 1
+                click.echo(f"    FAILED: {o.error}", err=True)
+    except KeyboardInterrupt:
+        click.echo("\ninterrupted: the watermarks stay where the last commit left them", err=True)
+        sys.exit(130)
+    sys.exit(1 if failed else 0)
+
+
+@main.command("run-daemon")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address of the web UI (loopback unless told).")
+@click.option("--port", default=3000, show_default=True, type=click.IntRange(0, 65535), help="Port of the web UI.")
+@click.option(
+    "--workspace",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Workspace file (default: ./workspace.yaml, else the project's, else the bml_assets module).",
+)
+@_guarded
+def run_daemon(host: str, port: int, workspace: Path | None) -> None:
+    """Run `dagster dev` (web UI + daemon: schedules and sensors) with this environment; Ctrl-C stops it."""
+    from bml_assets.backfill import check_lake_root
+
+    settings = _settings()  # a bad BML_* value is reported here, not by a code server later
+    check_lake_root(settings.lake_root)
+    dagster = Path(sys.executable).with_name("dagster")
+    executable = str(dagster) if dagster.is_file() else shutil.which("dagster")
+    if executable is None:
+        _fail("the `dagster` command is not installed next to this Python; pip install dagster dagster-webserver")
+    command = [str(executable), "dev", "--host", host, "--port", str(port)]
+    found = workspace or next(
+        (p for p in (Path("workspace.yaml"), Path(__file__).resolve().parent.parent / "workspace.yaml") if p.is_file()),
+        None,
+    )
+    command += ["-w", str(found.resolve())] if found else ["-m", "bml_assets.definitions"]
+    if not os.environ.get("DAGSTER_HOME"):
+        click.echo(
+            "note: DAGSTER_HOME is not set: runs and sensor state go to a temporary folder; set it (and copy "
+            "dagster.yaml there) to keep them",
+            err=True,
+        )
+    click.echo(f"starting: {' '.join(command)}  (UI on http://{host}:{port}; Ctrl-C stops)", err=True)
+    # Its own process group, so a Ctrl-C reaches dagster once: forwarded from here. The
+    # handlers are installed before the start: a signal ignored here (a background job of a
+    # script) would otherwise stay ignored in dagster too, and it could not be stopped.
+    children: list[subprocess.Popen[bytes]] = []
+    received: list[int] = []
+
+    def forward(signum: int, _frame: Any) -> None:
+        received.append(signum)
+        if children and children[0].poll() is None:
+            children[0].send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        children.append(subprocess.Popen(command, env=os.environ.copy(), process_group=0))
+        if received:  # asked to stop while it was starting
+            children[0].send_signal(received[-1])
+        code = children[0].wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for child in children:
+            if child.poll() is None:
+                child.terminate()
+                try:
+                    child.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    child.kill()
+    # dagster dev exits non-zero when interrupted; an asked-for stop is a clean end.
+    sys.exit(0 if code in (0, -signal.SIGINT, -signal.SIGTERM, 130, 143) else 1)
+
+
+# --------------------------------------------------------------------------- watermark and scan
+
+
+@main.command("show-watermark")
+@click.option("--symbol", default=None, help="Only this symbol.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@_guarded
+def show_watermark(symbol: str | None, as_json: bool) -> None:
+    """Per symbol: watermark, committed partitions, first/last day, provisional and not-listed days."""
+    from bml_assets.backfill import show_ranges, watermark_report
+
+    if symbol is not None:
+        try:
+            symbol = parse_symbols(symbol, variable="--symbol")[0]
+        except SettingsError as err:
+            raise click.BadParameter(str(err), param_hint="--symbol") from None
+    rows = watermark_report(_settings(), symbol)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    click.echo(
+        f"{'symbol':<12} {'watermark':<25} {'committed':>9}  {'first':<10}  {'last':<10}  provisional / not listed"
+    )
+    for r in rows:
+        days = [dt.date.fromisoformat(d) for d in r["provisional_days"]]
+        missing = [dt.date.fromisoformat(d) for d in r["not_listed_days"]]
+        click.echo(
+            f"{r['symbol']:<12} {r['watermark'] or 'none':<25} {r['committed_partitions']:>9}  "
+            f"{r['first_committed_day'] or '-':<10}  {r['last_committed_day'] or '-':<10}  "
+            f"{len(days)} ({show_ranges(days)}) / {len(missing)} ({show_ranges(missing)})"
+        )
+
+
+def _problem_table(rows: list[dict[str, Any]]) -> list[str]:
+    lines = [f"{'kind':<22} {'symbol':<12} {'day':<10} {'minutes':>7}  detail"]
+    lines += [f"{r['kind']:<22} {r['symbol']:<12} {r['day']:<10} {r['minutes']:>7}  {r['detail']}" for r in rows]
+    return lines
+
+
+@main.command()
+@click.option("--start", callback=_date, required=True, help="First day (YYYY-MM-DD or an ISO timestamp).")
+@click.option("--end", callback=_date, required=True, help="Last day, inclusive.")
+@click.option("--symbols", "symbols_text", default=None, help="Comma-separated symbols (default: BML_SYMBOLS).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--shallow", is_flag=True, help="Only the ledger and file sizes (no reading of the files).")
+@_guarded
+def scan(start: dt.date, end: dt.date, symbols_text: str | None, as_json: bool, shallow: bool) -> None:
+    """Check the lake against the ledger over a range; exit 0 when clean, 1 when problems remain."""
+    from bml_assets.backfill import listed_scan, open_workspace, problem_rows, utc_today
+
+    today = utc_today()
+    _check_range(start, end, today)
+    ws = open_workspace(_settings(), _symbols_option(symbols_text))
+    try:
+        report = listed_scan(ws, start, end, deep=not shallow)
+    finally:
+        ws.close()
+    if as_json:
+        payload = {
+            "start": start.isoformat(),
+            "end": end.isoformat(),
+            "today": today.isoformat(),
+            "symbols": list(ws.symbols),
+            "deep": not shallow,
+            "checked": report.checked,
+            "clean": report.clean,
+            "by_kind": report.by_kind(),
+            "problems": report.to_rows(),
+        }
+        click.echo(json.dumps(payload, indent=2, default=str))
+    else:
+        span = f"{start.isoformat()}..{end.isoformat()}, {', '.join(ws.symbols)}"
+        if report.clean:
+            click.echo(f"clean: {report.checked} partition(s) checked, no problems ({span})")
+        else:
+            click.echo("\n".join(_problem_table(problem_rows(report))))
+            kinds = ", ".join(f"{k} {n}" for k, n in report.by_kind().items())
+            click.echo(f"{len(report.problems)} problem(s) in {report.checked} partition(s) checked ({span}): {kinds}")
+    sys.exit(0 if report.clean else 1)
+
+
+# --------------------------------------------------------------------------- backfills
+
+
+def _backfill_options(fn: F) -> F:
+    for option in reversed(
+        [
+            click.option(
+                "--symbols", "symbols_text", default=None, help="Comma-separated symbols (default: BML_SYMBOLS)."
+            ),
+            click.option(
+                "--max-missing-hours",
+                type=click.IntRange(min=0),
+                default=None,
+                help="Plan at most this much work (each partition counts 24 h); the rest is left for a later run.",
+            ),
+            click.option("--dry-run", is_flag=True, help="Print the plan only (exit 0 when there is nothing to do)."),
+            click.option(
+                "--chunk-days",
+                type=click.IntRange(min=1),
+                default=30,
+                show_default=True,
+                help="Days scanned per step and built per symbol before the next symbol.",
+            ),
+        ]
+    ):
+        fn = option(fn)
+    return fn
+
+
+def _run_backfill(
+    start: dt.date,
+    end: dt.date,
+    symbols_text: str | None,
+    max_missing_hours: int | None,
+    dry_run: bool,
+    chunk_days: int,
+) -> None:
+    from bml_assets import backfill as bf
+
+    _check_range(start, end, bf.utc_today())
+    settings = _settings()
+    ws = bf.open_workspace(settings, _symbols_option(symbols_text))
+    try:
+        if not ws.universe:
+            click.echo(
+                "note: the symbol universe is not synced (`bml symbols sync`): listing dates are unknown, "
+                "days before a listing are found out by the build and recorded as not listed"
+            )
+        scan_symbols, notes = bf.symbols_in_range(ws, start, end)
+        for note in notes:
+            click.echo(note)
+        if not scan_symbols:
+            sys.exit(0)
+
+        spans = bf.chunks(start, end, chunk_days)
+        reports = []
+        with _progress(spans, label=f"scanning {len(spans)} chunk(s)", item_show_func=_span_label) as bar:
+            for a, b in bar:
+                reports.append(bf.scan_span(ws, a, b, symbols=scan_symbols))
+        plan = bf.plan_backfill(
+            bf.targets_from_reports(reports),
+            start=start,
+            end=end,
+            symbols=scan_symbols,
+            listings=ws.listings,
+            max_missing_hours=max_missing_hours,
+            chunk_days=chunk_days,
+        )
+        if dry_run:
+            click.echo("\n".join(plan.lines()))
+            sys.exit(0 if not plan.partitions and not bf.unplanned_problems(ws, reports, plan) else 1)
+        lines = plan.lines()
+        click.echo(lines[0])
+        for line in lines[1:]:
+            if not line.startswith("  "):  # the partition list is for --dry-run
+                click.echo(line)
+        outcomes = []
+        if plan.partitions:
+            with _progress(
+                length=len(plan.partitions),
+                label=f"building {len(plan.partitions)} partition(s)",
+                show_pos=True,
+                item_show_func=_outcome_label,
+            ) as bar:
+                try:
+                    for outcome in bf.execute_plan(plan, settings):
+                        outcomes.append(outcome)
+                        bar.update(1, outcome)
+                        if not _live_bar():
+                            state = "ok" if outcome.ok else "FAILED"
+                            what = "written" if outcome.rewritten else "unchanged"
+                            click.echo(
+                                f"  {outcome.symbol:<12} {outcome.day.isoformat()}  {state:<6} "
+                                f"{outcome.status:<13} {what:<9} {outcome.seconds:5.1f} s"
+                            )
+                except KeyboardInterrupt:
+                    done = sum(o.ok for o in outcomes)
+                    click.echo(
+                        f"\ninterrupted after {done} of {len(plan.partitions)} partition(s): what was committed "
+                        "stays; run the same command again to go on",
+                        err=True,
+                    )
+                    sys.exit(130)
+        final = bf.scan_span(ws, start, end, symbols=scan_symbols)
+        remaining = bf.remaining_problems(ws, [final])
+    finally:
+        ws.close()
+    click.echo("\n".join(bf.summary_lines(outcomes, remaining)))
+    if plan.cap_reached:
+        click.echo(f"cap reached: {len(plan.left_out)} partition(s) were left for a later run (--max-missing-hours)")
+    failed = any(not o.ok for o in outcomes)
+    sys.exit(1 if failed or remaining else 0)
+
+
+def _span_label(span: tuple[dt.date, dt.date] | None) -> str:
+    return f"{span[0].isoformat()}..{span[1].isoformat()}" if span else ""
+
+
+def _outcome_label(outcome: Any) -> str:
+    return f"{outcome.symbol} {outcome.day.isoformat()}" if outcome else ""
+
+
+@main.command("backfill-range")
+@click.option("--start", callback=_date, required=True, help="First day (YYYY-MM-DD or an ISO timestamp).")
+@click.option("--end", callback=_date, required=True, help="Last day, inclusive.")
+@_backfill_options
+@_guarded
+def backfill_range(
+    start: dt.date,
+    end: dt.date,
+    symbols_text: str | None,
+    max_missing_hours: int | None,
+    dry_run: bool,
+    chunk_days: int,
+) -> None:
+    """Scan the range, rebuild every partition the scan finds wrong or missing, scan again.
+
+    Partitions are built through the real definitions (minute_view_job, in-process, one
+    run per partition; in the DAGSTER_HOME instance when it is set). Days a symbol was
+    not listed are skipped. Exit 0 only when the final scan is clean.
+    """
+    _run_backfill(start, end, symbols_text, max_missing_hours, dry_run, chunk_days)
+
+
+@main.command("backfill-years")
+@click.option("--years", type=click.IntRange(1, 50), required=True, help="How many years back from yesterday.")
+@_backfill_options
+@_guarded
+def backfill_years(
+    years: int, symbols_text: str | None, max_missing_hours: int | None, dry_run: bool, chunk_days: int
+) -> None:
+    """backfill-range from N years before yesterday to yesterday."""
+    from bml_assets.backfill import years_back
+
+    start, end = years_back(years)
+    click.echo(f"range: {start.isoformat()}..{end.isoformat()}")
+    _run_backfill(start, end, symbols_text, max_missing_hours, dry_run, chunk_days)
+
+
+if __name__ == "__main__":
+    main()

@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from dagster import (
     AssetCheckResult,
+    AssetCheckSpec,
     AssetExecutionContext,
     AssetIn,
     AssetKey,
@@ -39,6 +40,7 @@ from bml_assets.features.timegrid import day_bounds_ms, ms_to_datetime
 from bml_assets.lake.io_manager import DATASET_METADATA_KEY
 from bml_assets.lake.ledger import Ledger, WatermarkConflict
 from bml_assets.lake.partition_data import PartitionData
+from bml_assets.lake.scan import scan
 from bml_assets.partitions import SymbolDay
 from bml_assets.resources import BmlResource
 from bml_assets.schema import (
@@ -72,6 +74,7 @@ UPSTREAMS = (
 # A minute missing while later ones exist is re-queried (each poll asks again from the
 # watermark) for this long after it closed, then recorded as a source gap.
 GAP_CONFIRM_MINUTES = 3
+LAKE_SCAN_CHECK = "lake_scan_clean"
 MINUTE_MS = 60_000
 
 
@@ -199,6 +202,22 @@ def advance_watermark(ledger: Ledger, sd: SymbolDay, grid_end: dt.datetime | Non
         return None  # another writer moved it first; the next run continues from there
 
 
+def lake_scan_result(bml: BmlResource, grid_ends: Mapping[SymbolDay, dt.datetime | None]) -> AssetCheckResult:
+    """The consistency scan (``lake/scan.py``) of the partitions this run committed."""
+    settings, ledger = bml.settings(), bml.ledger()
+    problems: list[dict[str, Any]] = []
+    for sd, grid_end in grid_ends.items():
+        # A day still forming is checked as "today": its later minutes are not missing yet.
+        today = sd.day if grid_end is not None else sd.day + dt.timedelta(days=1)
+        report = scan(settings.lake_root, ledger, [sd.symbol], sd.day, sd.day, today=today, deep=True)
+        problems += report.to_rows()
+    return AssetCheckResult(
+        check_name=LAKE_SCAN_CHECK,
+        passed=not problems,
+        metadata={"partitions_scanned": len(grid_ends), "problems": MetadataValue.json(problems)},
+    )
+
+
 def replaced_rest_view(ctx: DayContext, sd: SymbolDay, data: PartitionData) -> pd.DataFrame | None:
     """The committed REST-built view this build replaces with Vision klines (a promotion)."""
     record = ctx.bml.ledger().get_partition(MINUTE_VIEW.name, sd.symbol, sd.day)
@@ -243,7 +262,14 @@ def build_minute_view_asset(partitions_def: PartitionsDefinition) -> AssetsDefin
         group_name=GROUP,
         kinds={"parquet"},
         ins={d.name: AssetIn(key=AssetKey(d.name)) for d in UPSTREAMS},
-        check_specs=check_specs(key),
+        check_specs=[
+            *check_specs(key),
+            AssetCheckSpec(
+                LAKE_SCAN_CHECK,
+                asset=key,
+                description="the committed file and its ledger row pass the consistency scan (bml scan)",
+            ),
+        ],
         backfill_policy=BackfillPolicy.multi_run(max_partitions_per_run=MAX_PARTITIONS_PER_RUN),
     )
     def minute_view(
@@ -297,6 +323,7 @@ def build_minute_view_asset(partitions_def: PartitionsDefinition) -> AssetsDefin
                 allow_retries=False,
             )
         yield Output(out)
+        yield lake_scan_result(bml, grid_ends)
         # The IO manager has committed every partition: the watermark may move over them.
         for sd, grid_end in grid_ends.items():
             moved = advance_watermark(bml.ledger(), sd, grid_end)

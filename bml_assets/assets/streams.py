@@ -25,6 +25,7 @@ from bml_assets.assets.rest_days import ExchangeNow
 from bml_assets.assets.vision_days import StreamFetcher
 from bml_assets.lake.commit import read_partition
 from bml_assets.lake.io_manager import DATASET_METADATA_KEY
+from bml_assets.lake.ledger import SymbolRecord
 from bml_assets.lake.partition_data import PartitionData
 from bml_assets.partitions import SymbolDay, parse_partition_key
 from bml_assets.resources import BmlResource
@@ -90,6 +91,7 @@ class DayContext:
         self.exchange_clock = BAND_TAG in tags or PROMOTION_TAG in tags
         self.not_before_ms = int(tags[NOT_BEFORE_TAG]) if NOT_BEFORE_TAG in tags else None
         self.vision = StreamFetcher(bml)
+        self._universe: dict[str, SymbolRecord] | None = None
 
     @property
     def rest(self) -> RestClient:
@@ -121,12 +123,33 @@ class DayContext:
             now_ms = self.rest.server_time_ms()
         return now_ms
 
+    def listing(self, symbol: str) -> SymbolRecord | None:
+        """The symbol's row of the synced universe, if ``bml symbols sync`` ran."""
+        if self._universe is None:
+            self._universe = self.bml.ledger().symbols()
+        return self._universe.get(symbol)
+
     def existing(self, dataset: Dataset, sd: SymbolDay) -> pa.Table | None:
         """The committed table of the partition, the incremental cursor of the hot band."""
         record = self.bml.ledger().get_partition(dataset.name, sd.symbol, sd.day)
         if record is None or record.status != "committed":
             return None
         return read_partition(self.bml.settings().lake_root, dataset, sd.symbol, sd.day)
+
+
+def listing_verdict(ctx: DayContext, sd: SymbolDay) -> PartitionData | None:
+    """ "Not listed" straight from the synced universe (``bml symbols sync``), with no request:
+    before the symbol's onboard day, or after its last trading day."""
+    record = ctx.listing(sd.symbol)
+    if record is None:
+        return None
+    if record.onboard_date is not None and sd.day < record.onboard_date:
+        reason = f"{sd.symbol} is not listed on {sd.day}: it started trading on {record.onboard_date} (exchangeInfo)"
+    elif record.delist_date is not None and sd.day > record.delist_date:
+        reason = f"{sd.symbol} is not listed on {sd.day}: it stopped trading after {record.delist_date} (exchangeInfo)"
+    else:
+        return None
+    return PartitionData.unavailable("not_listed", reason, {"exchangeInfo": {"status": "not_listed", "reason": reason}})
 
 
 def choose(
@@ -139,6 +162,9 @@ def choose(
     rest_window_days: int = PUBLICATION_LAG_DAYS,
 ) -> PartitionData:
     """Vision when it has the day; REST for today and the recent unpublished days."""
+    not_listed = listing_verdict(ctx, sd)
+    if not_listed is not None:
+        return not_listed
     if ctx.hot and rest is not None:
         return rest(ctx.now())
     data = vision()

@@ -1,7 +1,8 @@
 """The ledger (SPEC §7): what the lake holds, where it came from, and how far each symbol is complete.
 
 What belongs here: the SQLAlchemy tables (``partitions``, ``source_files``,
-``watermark``, ``ledger_meta``), the ``Ledger`` class that opens the store and
+``watermark``, ``ledger_meta``, and ``symbols``: the exchange's symbol universe
+as ``bml symbols sync`` last saw it), the ``Ledger`` class that opens the store and
 applies compare-and-swap updates in single transactions, and the record types
 and exceptions of that API.
 
@@ -18,6 +19,11 @@ processes never both read-then-write and deadlock: the second writer waits for
 the first, then sees its result. On PostgreSQL the CAS ``UPDATE ... WHERE
 content_hash = :expected`` is safe under READ COMMITTED because a blocked
 UPDATE re-evaluates its WHERE clause against the row the winner committed.
+
+The ``symbols`` table is created on its first use (``upsert_symbols``,
+``symbols``), not by ``init()``: a ledger that never synced the universe keeps
+exactly the core tables, and an older ledger of the same version gains the
+table when it first syncs (adding a table is not a layout change).
 
 Timestamps are stored in UTC and returned timezone-aware (UTC). ``min_ts`` and
 ``max_ts`` are int milliseconds since the epoch. ``path`` is relative to the lake
@@ -169,6 +175,47 @@ class SourceFileRecord:
         _require_aware(self.fetched_at, "fetched_at")
 
 
+@dataclass(frozen=True)
+class SymbolRecord:
+    """One row of ``symbols``: a USD-M perpetual as exchangeInfo describes it.
+
+    ``onboard_date`` is the first UTC day the symbol traded (days before it are
+    "not listed"); ``delist_date`` the last day it traded, when it has stopped
+    and the exchange says so; ``status`` the exchange's (``TRADING``, ``SETTLING``,
+    ``PENDING_TRADING``, ``CLOSE`` …). ``updated_at`` is when the row last changed.
+    """
+
+    symbol: str
+    onboard_date: date | None
+    status: str
+    delist_date: date | None = None
+    updated_at: datetime | None = None
+
+    def __post_init__(self) -> None:
+        validate_symbol(self.symbol)
+        for name in ("onboard_date", "delist_date"):
+            value = getattr(self, name)
+            if value is not None:
+                day_text(value)
+        if not isinstance(self.status, str) or not self.status:
+            raise ValueError(f"{self.symbol}: a symbol needs a status (e.g. TRADING)")
+        if self.updated_at is not None:
+            _require_aware(self.updated_at, "updated_at")
+
+    @property
+    def trading(self) -> bool:
+        return self.status == "TRADING"
+
+
+@dataclass(frozen=True)
+class SymbolSync:
+    """What ``upsert_symbols`` did: rows added, changed, and left as they were."""
+
+    added: int
+    changed: int
+    unchanged: int
+
+
 def _require_aware(value: datetime, what: str) -> None:
     if not isinstance(value, datetime) or value.tzinfo is None or value.utcoffset() is None:
         raise ValueError(f"{what} must be a timezone-aware datetime, got {value!r}")
@@ -256,6 +303,19 @@ ledger_meta_table = sa.Table(
     sa.Column("key", sa.String(64), primary_key=True),
     sa.Column("value", sa.Text, nullable=False),
 )
+
+symbols_table = sa.Table(
+    "symbols",
+    metadata,
+    sa.Column("symbol", sa.String(20), primary_key=True),
+    sa.Column("onboard_date", sa.Date),
+    sa.Column("delist_date", sa.Date),
+    sa.Column("status", sa.String(32), nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+)
+
+# What ``init()`` creates; ``symbols`` is created on its first use (see the module docstring).
+_CORE_TABLES = (partitions_table, source_files_table, watermark_table, ledger_meta_table)
 
 _P = partitions_table
 _PARTITION_VALUE_COLUMNS: tuple[str, ...] = tuple(c.name for c in _P.columns if not c.primary_key)
@@ -360,6 +420,7 @@ class Ledger:
         # Same pool, but transactions opened through it take the write lock first (SQLite).
         self._write_engine = self._engine.execution_options(bml_write=True)
         self._initialised = False
+        self._symbols_ready = False
         self._init_lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -397,7 +458,7 @@ class Ledger:
     def _create_and_check(self) -> None:
         meta = ledger_meta_table
         with self._write_engine.begin() as conn:
-            metadata.create_all(conn)
+            metadata.create_all(conn, tables=list(_CORE_TABLES))
             stored = conn.execute(sa.select(meta.c.value).where(meta.c.key == "schema_version")).scalar_one_or_none()
             if stored is None:
                 conn.execute(sa.insert(meta).values(key="schema_version", value=str(SCHEMA_VERSION)))
@@ -614,6 +675,77 @@ class Ledger:
                     return minute
             current = conn.execute(sa.select(t.c.last_complete_minute).where(t.c.symbol == symbol)).scalar_one_or_none()
         raise WatermarkConflict(symbol, expected, current)
+
+    # ---- symbols (the exchange's universe, from ``bml symbols sync``)
+
+    def _ensure_symbols_table(self) -> None:
+        self.init()
+        if self._symbols_ready:
+            return
+        for attempt in range(3):
+            try:
+                with self._write_engine.begin() as conn:
+                    symbols_table.create(conn, checkfirst=True)
+                break
+            except (IntegrityError, ProgrammingError):
+                if attempt == 2:  # PostgreSQL: a racing CREATE TABLE; the retry finds it
+                    raise
+        self._symbols_ready = True
+
+    def upsert_symbols(self, records: Iterable[SymbolRecord]) -> SymbolSync:
+        """Insert or update one row per record (one transaction); rows of other symbols stay.
+
+        A row whose onboard date, delist date and status are unchanged keeps its
+        ``updated_at``; a changed or new row gets the record's ``updated_at`` (now if unset).
+        """
+        t = symbols_table
+        batch = {r.symbol: r for r in records}
+        self._ensure_symbols_table()
+        added = changed = unchanged = 0
+        with self._write() as conn:
+            stored = {
+                row.symbol: (row.onboard_date, row.delist_date, row.status)
+                for row in conn.execute(sa.select(t.c.symbol, t.c.onboard_date, t.c.delist_date, t.c.status))
+            }
+            for symbol, record in sorted(batch.items()):
+                values = {
+                    "onboard_date": record.onboard_date,
+                    "delist_date": record.delist_date,
+                    "status": record.status,
+                    "updated_at": record.updated_at if record.updated_at is not None else _now(),
+                }
+                previous = stored.get(symbol)
+                if previous == (record.onboard_date, record.delist_date, record.status):
+                    unchanged += 1
+                elif previous is not None:
+                    conn.execute(sa.update(t).where(t.c.symbol == symbol).values(**values))
+                    changed += 1
+                else:
+                    try:
+                        with conn.begin_nested():
+                            conn.execute(sa.insert(t).values(symbol=symbol, **values))
+                        added += 1
+                    except IntegrityError:  # PostgreSQL: a concurrent sync inserted it first
+                        conn.execute(sa.update(t).where(t.c.symbol == symbol).values(**values))
+                        changed += 1
+        return SymbolSync(added=added, changed=changed, unchanged=unchanged)
+
+    def symbols(self) -> dict[str, SymbolRecord]:
+        """Every synced symbol by name (empty when the universe was never synced)."""
+        t = symbols_table
+        self._ensure_symbols_table()
+        with self._read() as conn:
+            rows = conn.execute(sa.select(t).order_by(t.c.symbol)).all()
+        return {
+            m["symbol"]: SymbolRecord(
+                symbol=m["symbol"],
+                onboard_date=m["onboard_date"],
+                delist_date=m["delist_date"],
+                status=m["status"],
+                updated_at=m["updated_at"],
+            )
+            for m in (row._mapping for row in rows)
+        }
 
 
 def _checked_day(day: date) -> date:

@@ -32,7 +32,7 @@ def test_partition_lands_at_spec_path_with_1440_rows_and_passing_checks(lake: La
     assert record.content_hash == hashlib.sha256(path.read_bytes()).hexdigest()
     assert record.row_count == 1440
     checks = _checks(result)
-    assert len(checks) == 14 and all(checks.values()), checks
+    assert len(checks) == 15 and all(checks.values()), checks
     # Every stream names its source file and hash.
     assert record.provenance["klines"]["status"] == "vision"
     assert len(record.provenance["klines"]["files"][0]["sha256"]) == 64
@@ -125,3 +125,17 @@ def test_premium_index_is_from_the_premium_klines(lake: Lake, market) -> None:
     view = pq.read_table(lake.minute_path("BTCUSDT", DAY))
     premium = market.klines("BTCUSDT", DAY, "premiumIndexKlines")
     assert pc.equal(view.column("premium_index"), premium.column("close")).to_pylist() == [True] * 1440
+
+
+def test_a_synced_listing_date_makes_earlier_days_not_listed_without_requests(lake: Lake, replay) -> None:
+    from bml_assets.lake.ledger import SymbolRecord
+
+    lake.ledger.upsert_symbols([SymbolRecord("ETHUSDT", onboard_date=LISTING, status="TRADING")])
+    day = LISTING - dt.timedelta(days=30)
+    before = len(replay.request_log)
+    result = lake.materialize("ETHUSDT", day)
+    assert result.success
+    record = lake.ledger.get_partition("minute", "ETHUSDT", day)
+    assert record is not None and record.status == "not_listed"
+    assert "started trading on 2024-02-20 (exchangeInfo)" in (record.message or "")
+    assert [p for _, p, _ in replay.request_log[before:] if day.isoformat() in p] == []

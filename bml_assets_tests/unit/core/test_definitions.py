@@ -34,7 +34,7 @@ def test_definitions_load_with_asset_keys_and_checks() -> None:
         "ohlc_consistent",
         "timestamps_unique_sorted_in_day",
     } <= checks
-    assert len(checks) == 14
+    assert len(checks) == 15
     assert d.resolve_job_def(MINUTE_VIEW_JOB) is not None
     assert d.resolve_job_def(HOT_JOB) is not None
     assert {s.name for s in d.sensors} == {"hot_poll_sensor", "vision_promotion_sensor", "repair_sensor"}

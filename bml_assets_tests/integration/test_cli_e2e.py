@@ -1,0 +1,318 @@
+"""The ``bml`` command line end to end: every command through its real entry point, in a
+subprocess, configured by ``BML_*`` like Dagster, against a replay server on loopback.
+
+The replay server's market clock is fixed (2024-06-03 10:30:20 UTC): REST answers as of
+then (``run-once`` follows it) and Vision has published every day before it. ``scan`` and
+the backfills judge "today" by this machine's clock, so the days used here (March 2024)
+are closed whatever the date.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bml_assets.lake.commit import file_sha256
+from bml_assets.lake.ledger import Ledger
+from bml_assets.replay.clock import MarketClock
+from bml_assets.replay.market import MarketConfig, SyntheticMarket
+from bml_assets.replay.server import ReplayServer
+
+CLOCK_AT = dt.datetime(2024, 6, 3, 10, 30, 20, tzinfo=dt.UTC)
+ETH_LISTING = dt.date(2024, 2, 20)
+SYMBOLS = "BTCUSDT,ETHUSDT"
+_SCRIPT = Path(sys.executable).with_name("bml")
+BML = [str(_SCRIPT)] if _SCRIPT.is_file() else [sys.executable, "-m", "bml_assets.cli"]
+MODULE = [sys.executable, "-m", "bml_assets.cli"]
+TIMEOUT_S = 120
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ReplayServer]:
+    market = SyntheticMarket(MarketConfig(seed=5, trades_per_day=2000, listing_dates={"ETHUSDT": ETH_LISTING}))
+    with ReplayServer(market=market, clock=MarketClock.fixed(CLOCK_AT)) as replay:
+        yield replay
+
+
+class Bml:
+    """Runs ``bml`` in a subprocess with its own lake and the replay server's URLs."""
+
+    def __init__(self, tmp_path: Path, server: ReplayServer, lake: Path | None = None) -> None:
+        self.cwd = tmp_path  # no stray .env of the repository is read
+        self.lake = lake or tmp_path / "lake"
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("BML_") and k != "DAGSTER_HOME"}
+        self.env.update(
+            BML_SYMBOLS=SYMBOLS,
+            BML_START_DATE="2024-01-01",
+            BML_LAKE_ROOT=str(self.lake),
+            BML_VISION_BASE_URL=server.base_url,
+            BML_REST_BASE_URL=server.base_url,
+            PYTHONWARNINGS="ignore",
+        )
+
+    @property
+    def state_url(self) -> str:
+        return f"sqlite:///{self.lake / '_state' / 'ledger.sqlite'}"
+
+    def __call__(self, *args: str, entry: list[str] = BML, **env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*entry, *args],
+            cwd=self.cwd,
+            env={**self.env, **env},
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT_S,
+        )
+
+    def popen(self, *args: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [*BML, *args],
+            cwd=self.cwd,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+    def minute_path(self, symbol: str, day: str) -> Path:
+        return self.lake / "futures/um/minute" / f"symbol={symbol}" / f"date={day}" / "part.parquet"
+
+    def minute_rows(self):
+        with Ledger(self.state_url) as ledger:
+            return ledger.partitions(dataset="minute")
+
+
+def ok(result: subprocess.CompletedProcess[str], code: int = 0) -> subprocess.CompletedProcess[str]:
+    assert result.returncode == code, (
+        f"exit {result.returncode}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
+    )
+    return result
+
+
+@pytest.fixture
+def bml(tmp_path: Path, server: ReplayServer) -> Bml:
+    return Bml(tmp_path, server)
+
+
+COMMANDS = [
+    [],
+    ["init-state"],
+    ["symbols"],
+    ["symbols", "sync"],
+    ["run-once"],
+    ["run-daemon"],
+    ["show-watermark"],
+    ["scan"],
+    ["backfill-range"],
+    ["backfill-years"],
+    ["replay-server"],
+    ["demo"],
+    ["columns"],
+]
+
+
+def test_every_command_has_help(bml: Bml) -> None:
+    for command in COMMANDS:
+        out = ok(bml(*command, "--help")).stdout
+        assert "Usage: bml" in out, command
+    assert "--max-missing-hours" in bml("backfill-years", "--help").stdout
+    assert "--shallow" in bml("scan", "--help").stdout
+
+
+def test_state_universe_backfill_scan_and_repair(bml: Bml) -> None:
+    out = ok(bml("init-state")).stdout
+    assert f"lake root: {bml.lake.resolve()}" in out and "ledger.sqlite" in out
+    ok(bml("init-state"))  # idempotent
+
+    out = ok(bml("symbols", "sync")).stdout
+    assert "2 USD-M perpetual(s): 2 trading" in out and "2 added" in out
+    assert "0 added, 0 changed, 2 unchanged" in ok(bml("symbols", "sync")).stdout
+    with Ledger(bml.state_url) as ledger:
+        assert ledger.symbols()["ETHUSDT"].onboard_date == ETH_LISTING
+
+    # A range before the listing: said plainly, nothing to do.
+    out = ok(bml("backfill-range", "--start", "2024-01-01", "--end", "2024-01-05", "--symbols", "ETHUSDT")).stdout
+    assert "before its listing on 2024-02-20: nothing to do" in out
+    assert bml.minute_rows() == []
+
+    # The plan first: 6 days to build (exit 1: work remains), and the cap.
+    dry = ok(bml("backfill-range", "--start", "2024-03-01", "--end", "2024-03-03", "--dry-run"), 1).stdout
+    assert "plan: 6 partition(s) to build (144 h)" in dry and "ETHUSDT      2024-03-03  not_built" in dry
+    years = ok(bml("backfill-years", "--years", "1", "--dry-run", "--max-missing-hours", "50"), 1).stdout
+    assert "range: " in years and "plan: 2 partition(s) to build (48 h)" in years
+    assert "cap reached: --max-missing-hours 50 allows 48 h" in years
+    assert bml.minute_rows() == []
+
+    # From an empty lake: 2 symbols × 3 days, then a clean scan.
+    out = ok(bml("backfill-range", "--start", "2024-03-01", "--end", "2024-03-03")).stdout
+    assert "built 6 of 6 partition(s) (6 committed; 6 written, 0 unchanged)" in out
+    assert "final scan: clean" in out
+    assert "clean: 6 partition(s) checked" in ok(bml("scan", "--start", "2024-03-01", "--end", "2024-03-03")).stdout
+    report = json.loads(ok(bml("scan", "--start", "2024-03-01", "--end", "2024-03-03", "--json")).stdout)
+    assert report["clean"] is True and report["checked"] == 6 and report["problems"] == []
+
+    # A re-run has nothing to do and touches nothing.
+    path = bml.minute_path("ETHUSDT", "2024-03-02")
+    before = {p: p.stat().st_mtime_ns for p in (bml.lake / "futures/um/minute").rglob("*.parquet")}
+    out = ok(bml("backfill-range", "--start", "2024-03-01", "--end", "2024-03-03")).stdout
+    assert "plan: 0 partition(s)" in out and "final scan: clean" in out
+    assert {p: p.stat().st_mtime_ns for p in before} == before
+
+    # A damaged file: the scan finds it (exit 1), the backfill repairs it (exit 0).
+    good = file_sha256(path)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    out = ok(bml("scan", "--start", "2024-03-01", "--end", "2024-03-03"), 1).stdout
+    assert "content_hash_mismatch" in out and "ETHUSDT" in out and "2024-03-02" in out
+    report = json.loads(ok(bml("scan", "--start", "2024-03-01", "--end", "2024-03-03", "--json"), 1).stdout)
+    assert [(p["symbol"], p["date"], p["kind"]) for p in report["problems"]] == [
+        ("ETHUSDT", "2024-03-02", "content_hash_mismatch")
+    ]
+    out = ok(bml("backfill-range", "--start", "2024-03-01", "--end", "2024-03-03")).stdout
+    assert "built 1 of 1 partition(s)" in out and "1 written" in out and "final scan: clean" in out
+    assert file_sha256(path) == good
+    ok(bml("scan", "--start", "2024-03-01", "--end", "2024-03-03", entry=MODULE))
+
+    marks = {r["symbol"]: r for r in json.loads(ok(bml("show-watermark", "--json")).stdout)}
+    assert marks["BTCUSDT"]["committed_partitions"] == 3
+    assert (marks["ETHUSDT"]["first_committed_day"], marks["ETHUSDT"]["last_committed_day"]) == (
+        "2024-03-01",
+        "2024-03-03",
+    )
+    assert marks["ETHUSDT"]["provisional_days"] == [] and marks["ETHUSDT"]["not_listed_days"] == []
+    text = ok(bml("show-watermark", "--symbol", "BTCUSDT")).stdout
+    assert text.splitlines()[1].startswith("BTCUSDT") and "        3  2024-03-01  2024-03-03" in text
+    assert "ETHUSDT" not in text
+
+
+def test_usage_errors_and_unusable_state(bml: Bml, tmp_path: Path) -> None:
+    reversed_ = ok(bml("scan", "--start", "2024-03-03", "--end", "2024-03-01"), 2)
+    assert "the range is reversed" in reversed_.stderr
+    reversed_ = ok(bml("backfill-range", "--start", "2024-03-03", "--end", "2024-03-01"), 2)
+    assert "the range is reversed" in reversed_.stderr
+    malformed = ok(bml("backfill-range", "--start", "2024-02-30", "--end", "2024-03-01"), 2)
+    assert "'2024-02-30' is not a date" in malformed.stderr
+    assert not bml.lake.exists()  # a usage error leaves nothing behind
+    ok(bml("scan", "--start", "2024-03-01T00:00:00", "--end", "2024-03-01T12:00:00+00:00", "--shallow"), 1)
+
+    unknown = ok(bml("backfill-range", "--start", "2024-03-01", "--end", "2024-03-01", "--symbols", "XRPUSDT"), 2)
+    assert "unknown symbol XRPUSDT: not in BML_SYMBOLS (BTCUSDT,ETHUSDT)" in unknown.stderr
+    assert "bml symbols sync" in unknown.stderr
+    assert (
+        "unknown symbol XRPUSDT"
+        in ok(bml("scan", "--start", "2024-03-01", "--end", "2024-03-01", "--symbols", "XRPUSDT"), 2).stderr
+    )
+
+    assert "unknown symbol XRPUSDT" in ok(bml("show-watermark", "--symbol", "XRPUSDT"), 2).stderr
+
+    bad_config = ok(bml("init-state", BML_SYMBOLS="btc"), 2)
+    assert "configuration" in bad_config.stderr and "BML_SYMBOLS" in bad_config.stderr
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    unwritable = ok(bml("init-state", BML_LAKE_ROOT=str(blocker / "lake")), 1)
+    assert f"the lake root {blocker / 'lake'} is not writable" in unwritable.stderr
+
+    ok(bml("init-state"))
+    with sqlite3.connect(bml.lake / "_state" / "ledger.sqlite") as conn:
+        conn.execute("UPDATE ledger_meta SET value = '0' WHERE key = 'schema_version'")
+    old = ok(bml("show-watermark"), 1)
+    assert "schema_version '0'" in old.stderr and "what to do" in old.stderr
+    assert "schema_version '0'" in ok(bml("backfill-range", "--start", "2024-03-01", "--end", "2024-03-01"), 1).stderr
+
+
+def test_run_once_advances_the_watermark_by_the_exchange_clock(bml: Bml, server: ReplayServer) -> None:
+    ok(bml("init-state"))
+    out = ok(bml("run-once")).stdout
+    # 10:30:20 with a 1-minute safety lag: 10:28 is the last committable minute.
+    assert "BTCUSDT      2024-06-03 hot      none              -> 2024-06-03 10:28" in out
+    assert "ETHUSDT      2024-06-03 hot      none              -> 2024-06-03 10:28" in out
+    assert "nothing new is committable yet" in ok(bml("run-once")).stdout
+    server.clock.set(CLOCK_AT + dt.timedelta(minutes=5))
+    try:
+        out = ok(bml("run-once", "--symbols", "BTCUSDT")).stdout
+    finally:
+        server.clock.set(CLOCK_AT)
+    assert "BTCUSDT      2024-06-03 hot      2024-06-03 10:28  -> 2024-06-03 10:33" in out
+    report = {r["symbol"]: r for r in json.loads(ok(bml("show-watermark", "--json")).stdout)}
+    assert report["BTCUSDT"]["watermark"] == "2024-06-03T10:33:00+00:00"
+    assert report["ETHUSDT"]["watermark"] == "2024-06-03T10:28:00+00:00"
+    assert report["BTCUSDT"]["provisional_days"] == ["2024-06-03"]  # REST-built, Vision has not published it
+
+
+def test_a_killed_backfill_resumes_and_commits_every_partition_once(bml: Bml) -> None:
+    args = ("backfill-range", "--start", "2024-03-10", "--end", "2024-03-15")
+    ok(bml("init-state"))
+    proc = bml.popen(*args)
+    first: list = []
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and proc.poll() is None:
+            first = [r for r in bml.minute_rows() if r.status == "committed"]
+            if first:
+                break
+            time.sleep(0.05)
+        assert first, "no partition was committed before the deadline"
+        proc.kill()  # SIGKILL: no cleanup of any kind
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    killed_at = {(r.symbol, r.day): r for r in first}
+    assert len(bml.minute_rows()) < 12
+
+    out = ok(bml(*args)).stdout
+    assert "final scan: clean" in out
+    rows = bml.minute_rows()
+    assert len(rows) == 12 and len({(r.symbol, r.day) for r in rows}) == 12
+    for r in rows:
+        assert r.status == "committed"
+        assert file_sha256(bml.lake / r.path) == r.content_hash
+        if (r.symbol, r.day) in killed_at:  # committed before the kill: not committed again
+            assert r.committed_at == killed_at[(r.symbol, r.day)].committed_at
+    assert not list(bml.lake.rglob("*.tmp"))
+    ok(bml("scan", "--start", "2024-03-10", "--end", "2024-03-15"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_run_daemon_serves_the_ui_and_stops_on_ctrl_c(bml: Bml) -> None:
+    port = _free_port()
+    proc = bml.popen("run-daemon", "--port", str(port))
+    try:
+        deadline = time.monotonic() + 90
+        up = False
+        while time.monotonic() < deadline and proc.poll() is None and not up:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2) as answer:
+                    up = answer.status == 200
+            except OSError:
+                time.sleep(0.3)
+        assert up, proc.stdout.read() if proc.poll() is not None and proc.stdout else "the UI did not answer"
+        proc.send_signal(signal.SIGINT)
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.terminate()  # forwarded to dagster dev
+            proc.wait(timeout=60)
+    assert proc.returncode == 0, output
+    assert f"--port {port}" in output and "workspace.yaml" in output
+    assert "Dagster services shut down" in output
