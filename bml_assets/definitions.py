@@ -8,6 +8,8 @@ imported: the partition set depends on ``BML_SYMBOLS`` and ``BML_START_DATE``.
 
 from __future__ import annotations
 
+import datetime as dt
+
 from dagster import AssetSelection, Definitions, define_asset_job, definitions, in_process_executor
 
 from bml_assets.assets.minute_view import ASSET_NAME, build_minute_view_asset
@@ -21,6 +23,11 @@ from bml_assets.settings import Settings
 
 MINUTE_VIEW_JOB = "minute_view_job"
 HOT_JOB = "hot_minute_job"
+
+
+def synced_listing_dates(bml: BmlResource) -> dict[str, dt.date]:
+    """Onboard days from the synced universe (``bml symbols sync``): earlier days are not work."""
+    return {s: r.onboard_date for s, r in bml.ledger().symbols().items() if r.onboard_date is not None}
 
 
 def build_definitions(settings: Settings, *, bml: BmlResource | None = None) -> Definitions:
@@ -44,11 +51,17 @@ def build_definitions(settings: Settings, *, bml: BmlResource | None = None) -> 
     )
     return Definitions(
         assets=assets,
-        jobs=[minute_view_job, hot_job, build_scan_job(settings.symbols, settings.start_date)],
+        jobs=[
+            minute_view_job,
+            hot_job,
+            build_scan_job(settings.symbols, settings.start_date, listing_dates=synced_listing_dates),
+        ],
         sensors=[
             build_hot_poll_sensor(settings.symbols, job_name=HOT_JOB),
             build_vision_promotion_sensor(job_name=MINUTE_VIEW_JOB),
-            build_repair_sensor(settings.symbols, settings.start_date, job_name=MINUTE_VIEW_JOB),
+            build_repair_sensor(
+                settings.symbols, settings.start_date, job_name=MINUTE_VIEW_JOB, listing_dates=synced_listing_dates
+            ),
         ],
         resources={"bml": bml, IO_MANAGER_KEY: LakeIOManager(bml=bml)},
     )
