@@ -1,0 +1,169 @@
+"""Every benchmark of the harness in one command, and the targets they are judged against.
+
+    .venv/bin/python bench/run_all.py
+
+Runs, each in its own process (each appends its own table to bench/results.md):
+
+1. ``bench/day_build.py``: one day from local Vision zips at 1 M, 3 M and 7 M aggTrades,
+   phase by phase, against the pyarrow floor and DuckDB;
+2. ``bench/backfill.py``: 2 symbols × 15 days through the real Dagster definitions;
+3. ``bench/rest_day_weight.py --trades-per-day 100000``: the REST weight of one past day.
+
+Then prints the targets table and appends it too, with the machine description and
+the load seen. Takes under 10 minutes on a 2-core machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+sys.path.insert(0, str(BENCH))
+
+from day_build import append_results, load_text, machine_description  # noqa: E402
+
+RSS_TARGET_MB = 1024
+RATIO_FLOOR_TARGET = 2.0
+RATIO_DUCKDB_TARGET = 1.0
+ORCHESTRATION_TARGET = 0.20
+REST_TARGET = 1.1
+
+
+def run(cmd: list[str], *, capture: bool = False) -> str:
+    print(f"\n$ {' '.join(Path(c).name if c == sys.executable else c for c in cmd)}", flush=True)
+    started = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=REPO, text=True, capture_output=capture)
+    if capture:
+        print(proc.stdout, flush=True)
+        if proc.returncode != 0:
+            print(proc.stderr[-5000:], file=sys.stderr, flush=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{cmd[1]} failed with exit code {proc.returncode}")
+    print(f"({Path(cmd[1]).name}: {time.perf_counter() - started:.0f} s)", flush=True)
+    return proc.stdout or ""
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "**MISSED**"
+
+
+def targets(day: dict[str, Any], backfill: dict[str, Any], rest: float | None) -> list[tuple[str, str, str, str]]:
+    """(what, measured, target, verdict) rows."""
+    by_size = {s["size"]: s for s in day["sizes"]}
+    rows = []
+    for size in (3_000_000, 7_000_000):
+        s = by_size.get(size)
+        if s is not None and "ratio_floor" in s:
+            r = s["ratio_floor"]
+            rows.append(
+                (
+                    f"day build ÷ floor, {size / 1e6:g} M",
+                    f"{r:.2f} ({s['total_wall']:.2f} s / {s['floor']['wall']:.2f} s; CPU-time ratio "
+                    f"{s.get('ratio_floor_cpu', float('nan')):.2f})",
+                    f"≤ {RATIO_FLOOR_TARGET}",
+                    verdict(r <= RATIO_FLOOR_TARGET),
+                )
+            )
+    for size, s in sorted(by_size.items()):
+        if "ratio_duckdb" in s:
+            r = s["ratio_duckdb"]
+            rows.append(
+                (
+                    f"trade-flow step ÷ DuckDB, {size / 1e6:g} M",
+                    f"{r:.2f} ({s['trade_flow_step_wall']:.2f} s / {s['duckdb']['wall']:.2f} s; CPU-time ratio "
+                    f"{s.get('ratio_duckdb_cpu', float('nan')):.2f})",
+                    f"≤ {RATIO_DUCKDB_TARGET}",
+                    verdict(r <= RATIO_DUCKDB_TARGET),
+                )
+            )
+    s = by_size.get(7_000_000)
+    if s is not None:
+        rows.append(
+            (
+                "peak RSS of the day build, 7 M",
+                f"{s['peak_rss_mb']:.0f} MB",
+                f"≤ {RSS_TARGET_MB} MB",
+                verdict(s["peak_rss_mb"] <= RSS_TARGET_MB),
+            )
+        )
+    share = backfill["orchestration_share"]
+    rows.append(
+        (
+            f"orchestration share, backfill in-process ({backfill['partitions']} partitions)",
+            f"{share:.1%} ({backfill['partitions_per_min']:.1f} partitions/min)",
+            f"≤ {ORCHESTRATION_TARGET:.0%}",
+            verdict(share <= ORCHESTRATION_TARGET),
+        )
+    )
+    mp = backfill.get("multiprocess")
+    if mp:
+        rows.append(
+            (
+                f"orchestration share, multiprocess executor ({mp['partitions']} partitions)",
+                f"{mp['orchestration_share']:.1%} ({mp['partitions_per_min']:.1f} partitions/min)",
+                "(for information)",
+                "",
+            )
+        )
+    rows.append(
+        (
+            "REST weight ÷ minimum, one past day at 100 000 trades",
+            f"{rest:.3f}" if rest is not None else "not found in the output",
+            f"≤ {REST_TARGET}",
+            verdict(rest is not None and rest <= REST_TARGET),
+        )
+    )
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.parse_args()
+    started = time.perf_counter()
+    loads = [os.getloadavg()[0]]
+    py = sys.executable
+    with tempfile.TemporaryDirectory(prefix="bml_run_all_") as tmp:
+        day_json, backfill_json = Path(tmp) / "day.json", Path(tmp) / "backfill.json"
+        run([py, str(BENCH / "day_build.py"), "--json", str(day_json)])
+        loads.append(os.getloadavg()[0])
+        run([py, str(BENCH / "backfill.py"), "--json", str(backfill_json)])
+        loads.append(os.getloadavg()[0])
+        rest_out = run([py, str(BENCH / "rest_day_weight.py"), "--trades-per-day", "100000"], capture=True)
+        loads.append(os.getloadavg()[0])
+        day = json.loads(day_json.read_text())
+        backfill = json.loads(backfill_json.read_text())
+    match = re.search(r"Ratio total ÷ minimum: \*\*([0-9.]+)\*\* \(weight\)", rest_out)
+    rest = float(match.group(1)) if match else None
+    loads += day["loads"] + backfill["loads"]
+    total = time.perf_counter() - started
+    lines = [
+        f"## Targets — bench/run_all.py, {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC",
+        "",
+        f"Machine: {machine_description()}. Load during the run: {load_text(loads)}. "
+        f"Total run time: {total:.0f} s. Day-build and backfill figures are medians of 3 runs (see their "
+        "tables above); the REST weight is a count, measured once.",
+        "",
+        "| what | measured | target | verdict |",
+        "| --- | --- | --- | --- |",
+        *(f"| {a} | {b} | {c} | {d} |" for a, b, c, d in targets(day, backfill, rest)),
+        "",
+        f"DuckDB vs ours: {day['agree']}.",
+    ]
+    text = "\n".join(lines) + "\n"
+    print("\n" + text, flush=True)
+    append_results(text)
+
+
+if __name__ == "__main__":
+    main()
