@@ -39,16 +39,16 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from pathlib import Path
 from typing import Any, Final, Literal, get_args
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Dialect, Engine, make_url
+from sqlalchemy.engine import Connection, Dialect, make_url
 from sqlalchemy.exc import IntegrityError, ProgrammingError
 
 from bml_assets.lake.layout import dataset_name, day_text
 from bml_assets.schema import Dataset
 from bml_assets.settings import validate_symbol
+from bml_assets.state_db import WRITE_OPTION, create_state_engine
 
 SCHEMA_VERSION: Final = 1
 """Version of the table layout below; stored in ``ledger_meta.schema_version``."""
@@ -370,33 +370,6 @@ def _require_minute(value: datetime, what: str) -> datetime:
 # --------------------------------------------------------------------------- the ledger
 
 
-def _install_sqlite_hooks(engine: Engine, busy_timeout_s: float) -> None:
-    """WAL, a busy timeout, and explicit BEGIN / BEGIN IMMEDIATE.
-
-    pysqlite's own transaction handling begins lazily and defers the write lock
-    to the first write; two processes that both read first would then fail with
-    "database is locked" instead of waiting. Taking over BEGIN (SQLAlchemy's
-    documented recipe) lets write transactions take the lock up front.
-    """
-
-    @sa.event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
-        cursor = dbapi_connection.cursor()
-        try:
-            # busy_timeout first: switching to WAL itself needs a lock.
-            cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
-            cursor.execute("PRAGMA journal_mode = WAL")
-            cursor.execute("PRAGMA foreign_keys = ON")
-        finally:
-            cursor.close()
-
-    @sa.event.listens_for(engine, "begin")
-    def _on_begin(conn: Connection) -> None:
-        write = conn.get_execution_options().get("bml_write", False)
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
-
-
 class Ledger:
     """The ledger store behind a SQLAlchemy URL (``BML_STATE_URL``).
 
@@ -409,16 +382,9 @@ class Ledger:
         self.url = url
         self.display_url = parsed.render_as_string(hide_password=True)
         self._sqlite = parsed.get_backend_name() == "sqlite"
-        if self._sqlite:
-            database = parsed.database
-            if database and database != ":memory:" and not database.startswith("file:"):
-                Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-            self._engine = sa.create_engine(url, connect_args={"timeout": busy_timeout_s})
-            _install_sqlite_hooks(self._engine, busy_timeout_s)
-        else:
-            self._engine = sa.create_engine(url, pool_pre_ping=True)
+        self._engine = create_state_engine(url, busy_timeout_s=busy_timeout_s)
         # Same pool, but transactions opened through it take the write lock first (SQLite).
-        self._write_engine = self._engine.execution_options(bml_write=True)
+        self._write_engine = self._engine.execution_options(**{WRITE_OPTION: True})
         self._initialised = False
         self._symbols_ready = False
         self._init_lock = threading.Lock()

@@ -33,12 +33,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, Final
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+
+from bml_assets.state_db import create_state_engine
 
 DEFAULT_WINDOW_S: Final = 60.0
 DEFAULT_BUSY_TIMEOUT_S: Final = 60.0
@@ -98,26 +99,6 @@ class RestBanned(Exception):
         return (type(self), (self.host, self.until_ms, self.reason))
 
 
-def _install_sqlite_hooks(engine: Engine, busy_timeout_s: float) -> None:
-    """WAL, a busy timeout, and ``BEGIN IMMEDIATE`` for every transaction (all of ours write)."""
-
-    @sa.event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
-        cursor = dbapi_connection.cursor()
-        try:
-            cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
-            cursor.execute("PRAGMA journal_mode = WAL")
-            # Rate-limit rows are cheap to lose on power failure; not worth an fsync per request.
-            cursor.execute("PRAGMA synchronous = NORMAL")
-        finally:
-            cursor.close()
-
-    @sa.event.listens_for(engine, "begin")
-    def _on_begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
-
-
 class WeightBudget:
     """A request-weight budget per rolling window for one host, shared through the store at ``state_url``.
 
@@ -153,14 +134,10 @@ class WeightBudget:
         parsed = make_url(state_url)
         self.display_url = parsed.render_as_string(hide_password=True)
         self._dialect = parsed.get_backend_name()
-        if self._dialect == "sqlite":
-            database = parsed.database
-            if database and database != ":memory:" and not database.startswith("file:"):
-                Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-            self._engine = sa.create_engine(state_url, connect_args={"timeout": busy_timeout_s})
-            _install_sqlite_hooks(self._engine, busy_timeout_s)
-        else:
-            self._engine = sa.create_engine(state_url, pool_pre_ping=True)
+        # Rate-limit rows are cheap to lose on power failure: not worth an fsync per request.
+        self._engine = create_state_engine(
+            state_url, busy_timeout_s=busy_timeout_s, synchronous="NORMAL", write_by_default=True
+        )
         self._lock_key = zlib.crc32(f"bml-rest-budget:{host}".encode())
         self._initialised = False
         self._init_lock = threading.Lock()
