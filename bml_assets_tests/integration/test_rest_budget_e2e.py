@@ -203,12 +203,12 @@ def test_two_processes_never_exceed_the_shared_budget_on_the_servers_clock(
     assert {e.weight for e in log} >= {1, 2, 5, 10, 20}
     # More weight than one window allows was sent, so the budget had to hold requests back …
     total = sum(e.weight for e in log)
-    assert total > 1.5 * BUDGET, total
+    assert total > 1.2 * BUDGET, total  # (margins leave room for a loaded CI machine)
     # … and in no rolling window did the server see more than the shared budget,
     # while the budget was actually approached (this test can fail both ways).
     peak = _peak_window_weight(log, WINDOW_S - ROUNDING_S)
     assert peak <= BUDGET, f"peak {peak} > budget {BUDGET} in a rolling {WINDOW_S} s window"
-    assert peak >= 0.6 * BUDGET, f"peak {peak}: the budget was never approached, nothing was tested"
+    assert peak >= 0.4 * BUDGET, f"peak {peak}: the budget was never approached, nothing was tested"
 
 
 def test_a_418_to_one_process_stops_the_other_until_the_ban_ends(server: ReplayServer, state_url: str) -> None:
