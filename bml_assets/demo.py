@@ -57,7 +57,14 @@ def run_demo(
         settings = Settings.from_env().with_(
             symbols=symbols, start_date=min(days), lake_root=lake_root, state_url="", vision_base_url=vision_base_url
         )
-        bml = BmlResource(lake_root=str(lake_root), state_url=settings.state_url, vision_base_url=vision_base_url)
+        # The replay server answers REST too: nothing in the demo reaches the internet.
+        rest_base_url = server.base_url if server is not None else None
+        bml = BmlResource(
+            lake_root=str(lake_root),
+            state_url=settings.state_url,
+            vision_base_url=vision_base_url,
+            rest_base_url=rest_base_url,
+        )
         defs = build_definitions(settings, bml=bml)
         job = defs.resolve_job_def(MINUTE_VIEW_JOB)
         reports: list[PartitionReport] = []
