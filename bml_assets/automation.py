@@ -19,8 +19,10 @@ import datetime as dt
 import json
 
 from dagster import (
+    DagsterRunStatus,
     DefaultSensorStatus,
     RunRequest,
+    RunsFilter,
     SensorDefinition,
     SensorEvaluationContext,
     SkipReason,
@@ -57,6 +59,14 @@ def hot_targets(bml: BmlResource, symbols: tuple[str, ...], now: ExchangeNow) ->
     return targets
 
 
+IN_FLIGHT = [DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED]
+
+
+def _run_in_flight(context: SensorEvaluationContext, key: str) -> bool:
+    runs = context.instance.get_runs(filters=RunsFilter(statuses=IN_FLIGHT, tags={"dagster/partition": key}), limit=1)
+    return bool(runs)
+
+
 def build_hot_poll_sensor(symbols: tuple[str, ...], *, job_name: str) -> SensorDefinition:
     @sensor(
         name="hot_poll_sensor",
@@ -74,6 +84,8 @@ def build_hot_poll_sensor(symbols: tuple[str, ...], *, job_name: str) -> SensorD
         for symbol, day in hot_targets(bml, symbols, now).items():
             if cursor.get(symbol) == now.closed_end_ms:
                 continue  # already asked for everything committable now
+            if _run_in_flight(context, partition_key(symbol, day)):
+                continue  # one poll of a partition at a time; the next tick asks again
             until = ms_to_datetime(now.closed_end_ms).strftime("%Y-%m-%dT%H:%M")
             yield RunRequest(
                 run_key=f"hot:{symbol}:{day.isoformat()}:{until}",

@@ -30,7 +30,8 @@ from dagster import (
     asset,
 )
 
-from bml_assets.assets.rest_days import ExchangeNow
+from bml_assets.assets.rest_days import GAP_CONFIRM_MINUTES, ExchangeNow
+from bml_assets.assets.streams import HARD_STREAMS as HARD_STREAM_NAMES
 from bml_assets.assets.streams import IO_MANAGER_KEY, MAX_PARTITIONS_PER_RUN, DayContext, run_partitions
 from bml_assets.checks import ALL_RULES, Evidence, Outcome, check_result, check_specs, to_frame
 from bml_assets.features.hot_snapshots import book_from_snapshots, open_interest_observations, predicted_funding_minutes
@@ -71,9 +72,6 @@ UPSTREAMS = (
     FUNDING,
     HOT_SNAPSHOTS,
 )
-# A minute missing while later ones exist is re-queried (each poll asks again from the
-# watermark) for this long after it closed, then recorded as a source gap.
-GAP_CONFIRM_MINUTES = 3
 LAKE_SCAN_CHECK = "lake_scan_clean"
 MINUTE_MS = 60_000
 
@@ -111,7 +109,7 @@ def _is_live_source(inputs: Mapping[str, PartitionData]) -> bool:
     """True when a HARD stream came from REST: the day may still be forming."""
     return any(
         isinstance(p, dict) and p.get("status") == "rest"
-        for name in (KLINES.name, MARK_PRICE_KLINES.name, INDEX_PRICE_KLINES.name)
+        for name in HARD_STREAM_NAMES
         for p in inputs[name].provenance.values()
     )
 
@@ -124,8 +122,14 @@ def live_grid_end(sd: SymbolDay, inputs: Mapping[str, PartitionData], now: Excha
     """
     start, day_end = day_bounds_ms(sd.day)
     end = now.end_ms(sd.day)
+    # Never past what the stream steps fetched: in a multi-process run they may have
+    # read the clock earlier than this step.
+    for name in HARD_STREAM_NAMES:
+        for p in inputs[name].provenance.values():
+            if isinstance(p, Mapping) and p.get("status") == "rest" and p.get("through"):
+                end = min(end, int(dt.datetime.fromisoformat(p["through"]).timestamp() * 1000))
     present: np.ndarray | None = None
-    for name in (KLINES.name, MARK_PRICE_KLINES.name, INDEX_PRICE_KLINES.name):
+    for name in HARD_STREAM_NAMES:
         table = inputs[name].table
         assert table is not None
         ms = pc.cast(table.column("timestamp"), pa.int64()).to_numpy()

@@ -16,6 +16,7 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -31,6 +32,10 @@ from bml_assets.sources.rest import OutsideHistoryWindow, RestClient
 from bml_assets.sources.vision import Stream
 
 MINUTE_MS = 60_000
+POLLED = "polled"
+# A minute missing while later ones exist is asked for again by every poll for this
+# long after it closed (plus the safety lag), then recorded as a source gap.
+GAP_CONFIRM_MINUTES = 3
 # Settlements are 8 h apart at most: a day plus one interval before it finds the last one.
 FUNDING_LOOKBACK_MS = 32 * 3_600_000
 
@@ -56,8 +61,6 @@ class ExchangeNow:
         """The exclusive end of what can be committed for ``day`` now."""
         return min(day_bounds_ms(day)[1], self.closed_end_ms)
 
-    def is_closed(self, day: dt.date) -> bool:
-        return self.end_ms(day) == day_bounds_ms(day)[1]
 
 
 def _rest(rest: RestClient, end_ms: int, rows: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -78,17 +81,40 @@ def _last_ms(table: pa.Table | None, column: str) -> int | None:
 def kline_day(
     rest: RestClient, stream: Stream, dataset: Dataset, sd: SymbolDay, now: ExchangeNow, existing: pa.Table | None
 ) -> PartitionData:
-    """The day's klines of ``stream`` through the last committable minute; only new minutes are fetched."""
+    """The day's klines of ``stream`` through the last committable minute: new minutes, and
+    again any recent hole (a minute the exchange has not given yet) until it is confirmed."""
     start, _ = day_bounds_ms(sd.day)
     last = _last_ms(existing, "timestamp")
     begin = start if last is None else last + MINUTE_MS
+    holes = _unconfirmed_holes(existing, start, now)
+    if len(holes):
+        begin = min(begin, int(holes[0]))
     end = now.end_ms(sd.day)
     table = existing if existing is not None else dataset.arrow_schema.empty_table()
     if begin < end:
         raw = rest.klines(stream, sd.symbol, begin, end)
         new = kline_table(raw, sd.day, dataset, source=f"{rest.base_url} {stream} {sd}")
-        table = pa.concat_tables([table, new]) if existing is not None else new
+        table = _union_by_minute(table, new)
     return PartitionData(table, {stream.value: _rest(rest, end, table.num_rows)})
+
+
+def _unconfirmed_holes(existing: pa.Table | None, start: int, now: ExchangeNow) -> np.ndarray:
+    """Minutes before the last committed one that are missing and still within the
+    confirmation window: every poll asks for them again."""
+    if existing is None or existing.num_rows == 0:
+        return np.array([], dtype=np.int64)
+    have = pc.cast(existing.column("timestamp"), pa.int64()).to_numpy()
+    grid = np.arange(start, int(have.max()), MINUTE_MS, dtype=np.int64)
+    holes = grid[~np.isin(grid, have)]
+    return holes[holes + (1 + now.lag_minutes + GAP_CONFIRM_MINUTES) * MINUTE_MS > now.now_ms]
+
+
+def _union_by_minute(existing: pa.Table, new: pa.Table) -> pa.Table:
+    """``existing`` plus the minutes of ``new`` it does not have, sorted (committed rows win)."""
+    have = pc.cast(existing.column("timestamp"), pa.int64())
+    fresh = new.filter(pc.invert(pc.is_in(pc.cast(new.column("timestamp"), pa.int64()), value_set=have)))
+    merged = pa.concat_tables([existing, fresh])
+    return merged.take(pc.sort_indices(merged, [("timestamp", "ascending")]))
 
 
 def trade_flow_day(rest: RestClient, sd: SymbolDay, now: ExchangeNow, existing: pa.Table | None) -> PartitionData:
@@ -143,7 +169,7 @@ def hot_snapshot_day(rest: RestClient, sd: SymbolDay, now: ExchangeNow, existing
     """
     if sd.day != now.today:
         if existing is not None:
-            return PartitionData(existing, {"snapshots": {"status": "rest", "rows": existing.num_rows}})
+            return PartitionData(existing, {"snapshots": {"status": POLLED, "rows": existing.num_rows}})
         message = f"no snapshots for {sd}: they are polled only while the day is live"
         return PartitionData.unavailable(
             "not_published", message, {"snapshots": {"status": "not_published", "reason": message}}
@@ -157,4 +183,6 @@ def hot_snapshot_day(rest: RestClient, sd: SymbolDay, now: ExchangeNow, existing
         table = existing if existing is not None else row.schema.empty_table()
     else:
         table = append_snapshots(existing, row)
-    return PartitionData(table, {"snapshots": _rest(rest, now.now_ms, table.num_rows)})
+    # "polled", not "rest": snapshots are live observations, final as taken (Vision has
+    # no such history to promote them to).
+    return PartitionData(table, {"snapshots": _rest(rest, now.now_ms, table.num_rows) | {"status": POLLED}})

@@ -15,7 +15,7 @@ so a replayed market with its own clock is served exactly like the real one.
 import datetime as dt
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pyarrow as pa
 from dagster import AssetExecutionContext, AssetsDefinition, BackfillPolicy, PartitionsDefinition, asset
@@ -92,6 +92,7 @@ class DayContext:
         self.not_before_ms = int(tags[NOT_BEFORE_TAG]) if NOT_BEFORE_TAG in tags else None
         self.vision = StreamFetcher(bml)
         self._universe: dict[str, SymbolRecord] | None = None
+        self.bases: dict[tuple[str, SymbolDay], str | None] = {}
 
     @property
     def rest(self) -> RestClient:
@@ -110,6 +111,8 @@ class DayContext:
             now_ms = self._exchange_time_not_before()
         else:
             now_ms = int(dt.datetime.now(dt.UTC).timestamp() * 1000)
+        if len(_RUN_CLOCKS) > 64:  # a long in-process backfill: forget finished runs
+            _RUN_CLOCKS.clear()
         now = _RUN_CLOCKS[self.run_id] = ExchangeNow(now_ms, self.bml.settings().safety_lag_minutes)
         return now
 
@@ -130,8 +133,10 @@ class DayContext:
         return self._universe.get(symbol)
 
     def existing(self, dataset: Dataset, sd: SymbolDay) -> pa.Table | None:
-        """The committed table of the partition, the incremental cursor of the hot band."""
+        """The committed table of the partition, the incremental cursor of the hot band.
+        What it was (its content hash) is remembered: the commit must still find it."""
         record = self.bml.ledger().get_partition(dataset.name, sd.symbol, sd.day)
+        self.bases[(dataset.name, sd)] = record.content_hash if record is not None else None
         if record is None or record.status != "committed":
             return None
         return read_partition(self.bml.settings().lake_root, dataset, sd.symbol, sd.day)
@@ -274,6 +279,14 @@ STREAM_ASSETS: tuple[StreamAsset, ...] = (
 )
 
 
+def _based(ctx: DayContext, dataset: Dataset, sd: SymbolDay, data: PartitionData) -> PartitionData:
+    """Mark a table built on the committed one as incremental, naming its base."""
+    key = (dataset.name, sd)
+    if key not in ctx.bases or data.table is None:
+        return data
+    return replace(data, incremental=True, base_content_hash=ctx.bases[key])
+
+
 def build_stream_assets(partitions_def: PartitionsDefinition) -> list[AssetsDefinition]:
     return [_stream_asset(spec, partitions_def) for spec in STREAM_ASSETS]
 
@@ -292,7 +305,7 @@ def _stream_asset(spec: StreamAsset, partitions_def: PartitionsDefinition) -> As
     )
     def _asset(context: AssetExecutionContext, bml: BmlResource) -> dict[str, PartitionData]:
         ctx = DayContext(bml, run_id=context.run.run_id, tags=context.run.tags)
-        return dict(_each(context, lambda sd: spec.build(ctx, sd)))
+        return dict(_each(context, lambda sd: _based(ctx, spec.dataset, sd, spec.build(ctx, sd))))
 
     return _asset
 

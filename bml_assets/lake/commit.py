@@ -64,7 +64,7 @@ from bml_assets.lake.layout import (
     temp_files,
     temp_path,
 )
-from bml_assets.lake.ledger import UNAVAILABLE_STATUSES, Ledger, PartitionRecord
+from bml_assets.lake.ledger import UNAVAILABLE_STATUSES, CommitConflict, Ledger, PartitionRecord
 from bml_assets.schema import Dataset, schema_hash
 
 DEFAULT_LOCK_TIMEOUT_S: Final = 300.0
@@ -342,6 +342,13 @@ def _write_verified(table: pa.Table, tmp: Path, dataset: Dataset, label: str) ->
 # --------------------------------------------------------------------------- API
 
 
+class NotBased:
+    """``commit_table(based_on=...)`` default: the table replaces whatever is there."""
+
+
+NOT_BASED = NotBased()
+
+
 def commit_table(
     table: pa.Table,
     *,
@@ -355,8 +362,14 @@ def commit_table(
     source_gaps: Sequence[Mapping[str, Any]] = (),
     message: str | None = None,
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S,
+    based_on: str | NotBased | None = NOT_BASED,
 ) -> CommitResult:
     """Atomically replace one partition's file with ``table`` and record it in the ledger.
+
+    ``based_on``: the content hash of the committed table ``table`` was built from (an
+    incremental update; None: built on an empty partition). If the ledger no longer
+    holds it — another writer committed in between — ``CommitConflict`` is raised and
+    nothing is written, so a slower writer never overwrites a newer commit.
 
     Raises ``SchemaMismatch``, whatever ``validate`` raises, ``LockTimeout`` or
     ``CommitConflict`` with the lake and ledger unchanged; ``CommitIncomplete``
@@ -371,6 +384,8 @@ def commit_table(
     with partition_lock(lake_root, dataset, symbol, day, timeout=lock_timeout):
         previous = ledger.get_partition(dataset, symbol, day)
         expected = previous.content_hash if previous is not None else None
+        if not isinstance(based_on, NotBased) and based_on != expected:
+            raise CommitConflict(label, based_on, expected, row_exists=previous is not None)
 
         canonical = _canonical_table(table, dataset, label)
         validate(table)

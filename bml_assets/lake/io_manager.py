@@ -19,15 +19,17 @@ import pyarrow.compute as pc
 from dagster import ConfigurableIOManager, InputContext, MetadataValue, OutputContext
 
 from bml_assets.checks import enforce_blocking
-from bml_assets.lake.commit import commit_table, read_partition, record_unavailable
+from bml_assets.lake.commit import NOT_BASED, commit_table, read_partition, record_unavailable
 from bml_assets.lake.layout import partition_path
 from bml_assets.lake.ledger import PartitionRecord
 from bml_assets.lake.partition_data import PartitionData
 from bml_assets.partitions import SymbolDay, parse_partition_key
 from bml_assets.resources import BmlResource
 from bml_assets.schema import DATASETS, MINUTE_VIEW, Dataset
+from bml_assets.sources.vision import Stream
 
 DATASET_METADATA_KEY = "bml/dataset"
+VISION_STREAMS = frozenset(s.value for s in Stream)
 
 
 def dataset_of(metadata: Mapping[str, Any] | None, what: str) -> Dataset:
@@ -51,8 +53,10 @@ def _validator(dataset: Dataset, sd: SymbolDay) -> Callable[[pa.Table], None]:
 
 
 def provisional_streams(provenance: Mapping[str, Any]) -> list[str]:
-    """Streams a partition took from REST: provisional until Vision publishes them."""
-    return sorted(s for s, p in provenance.items() if isinstance(p, Mapping) and p.get("status") == "rest")
+    """Vision streams a partition took from REST: provisional until Vision publishes them."""
+    return sorted(
+        s for s, p in provenance.items() if s in VISION_STREAMS and isinstance(p, Mapping) and p.get("status") == "rest"
+    )
 
 
 def _promotion_note(previous: PartitionRecord | None, provenance: Mapping[str, Any]) -> str | None:
@@ -121,6 +125,7 @@ class LakeIOManager(ConfigurableIOManager):
                 validate=_validator(dataset, sd),
                 provenance=data.provenance,
                 source_gaps=data.source_gaps,
+                based_on=data.base_content_hash if data.incremental else NOT_BASED,
             )
             summary[sd.key] = {
                 "status": "committed",

@@ -32,6 +32,10 @@ class PartitionData:
     message: str | None = None
     source_gaps: Sequence[Mapping[str, Any]] = ()
     warnings: Sequence[str] = field(default_factory=tuple)
+    # An incremental update (the hot band) names the committed content it extended;
+    # the commit then fails rather than overwrite a newer one (see lake/commit.py).
+    incremental: bool = False
+    base_content_hash: str | None = None
 
     def __post_init__(self) -> None:
         if (self.table is None) != (self.status != "committed"):

@@ -172,6 +172,16 @@ def test_missing_minutes_hold_the_watermark_then_become_source_gaps(hot: HotLake
     assert hot.poll(day).success
     assert hot.ledger.get_watermark("BTCUSDT") is None or hot.ledger.get_watermark("BTCUSDT") == at(9, 59, day=day_t)
     assert hot.view(day).column("timestamp")[-1].as_py() == at(9, 59, day=day_t)
+    hot.clock.set(at(10, 5, 30, day=day_t))  # 10:03 arrives: 10:00-10:02 are holes before it
+    assert hot.poll(day).success
+    # 10:00 has had its 3 minutes (a source gap now); 10:01 has not: the watermark waits there.
+    assert hot.ledger.get_watermark("BTCUSDT") == at(10, 0, day=day_t)
+    # 10:06:10: 10:00 and 10:01 are past their re-query minutes; 10:02 is asked for again.
+    hot.clock.set(at(10, 6, 10, day=day_t))
+    hot.server.clear_rest_log()
+    assert hot.poll(day).success
+    starts = sorted(int(e.params["startTime"]) for e in hot.server.rest_log if e.path == "/fapi/v1/klines")
+    assert starts == [int(at(10, 2, day=day_t).timestamp() * 1000)]
     hot.clock.set(at(10, 8, 0, day=day_t))
     assert hot.poll(day).success
     view = hot.view(day)
@@ -254,6 +264,21 @@ def test_a_rest_built_day_is_promoted_when_vision_publishes_it(hot: HotLake) -> 
     assert "promoted from REST to Vision: aggTrades, indexPriceKlines, klines" in (record.message or "")
     # REST and Vision serve one market: the promoted file is byte-identical, only its sources changed.
     assert record.content_hash == rest_hash
+
+
+def test_a_hot_polled_day_is_promoted_and_its_snapshots_are_not_provisional(hot: HotLake) -> None:
+    from bml_assets.lake.io_manager import provisional_streams
+
+    assert hot.poll().success
+    record = hot.ledger.get_partition("minute", "BTCUSDT", HOT_DAY)
+    assert record is not None and record.provenance["snapshots"]["status"] == "polled"
+    assert "snapshots" not in provisional_streams(record.provenance)
+    hot.clock.set(at(1, 0, 0, day=T + dt.timedelta(days=2)))  # Vision now has HOT_DAY
+    defs = hot.defs
+    sensor = defs.resolve_sensor_def("vision_promotion_sensor")
+    with build_sensor_context(instance=hot.instance, resources={"bml": hot.bml}, definitions=defs) as context:
+        requests = [r for r in sensor(context) if hasattr(r, "partition_key")]
+    assert [r.partition_key for r in requests] == [partition_key("BTCUSDT", HOT_DAY)]
 
 
 @pytest.mark.parametrize(

@@ -58,3 +58,21 @@ def test_a_hard_stream_not_yet_published_means_not_published() -> None:
 def test_hard_streams_that_disagree_on_an_old_day_fail_loudly() -> None:
     with pytest.raises(Failure, match="HARD streams disagree"):
         build_day(SD, inputs(index_price_klines_1m="not_listed"), max_ffill_minutes=60)
+
+
+def test_a_live_grid_never_reaches_past_what_the_stream_steps_fetched() -> None:
+    """In a multi-process run the minute view may read a later clock than the streams did:
+    minutes after their 'through' were never asked for, so they are neither rows nor gaps."""
+    from bml_assets.assets.minute_view import live_grid_end
+    from bml_assets.assets.rest_days import ExchangeNow
+
+    start = dt.datetime(2024, 3, 1, tzinfo=dt.UTC)
+    ten = pa.table(
+        {"timestamp": pa.array([start + dt.timedelta(minutes=i) for i in range(10)], pa.timestamp("ms", tz="UTC"))}
+    )
+    through = {"status": "rest", "through": (start + dt.timedelta(minutes=10)).isoformat()}
+    data = inputs()
+    for name in ("klines_1m", "mark_price_klines_1m", "index_price_klines_1m"):
+        data[name] = PartitionData(ten, {name: through})
+    now = ExchangeNow(int((start + dt.timedelta(minutes=30)).timestamp() * 1000), lag_minutes=1)
+    assert live_grid_end(SD, data, now) == start + dt.timedelta(minutes=10)

@@ -463,3 +463,14 @@ def test_two_processes_committing_one_partition_are_serialised(lake: Path, ledge
     assert row.content_hash in last_hashes
     assert _temps(lake) == []
     assert os.listdir(_target(lake).parent) == ["part.parquet"]
+
+
+def test_an_update_built_on_a_stale_base_never_overwrites_a_newer_commit(lake: Path, ledger: Ledger) -> None:
+    base = _commit(lake, ledger, make_table(KLINES, rows=10))
+    newer = _commit(lake, ledger, make_table(KLINES, rows=12), based_on=base.content_hash)
+    before = _target(lake).read_bytes()
+    with pytest.raises(CommitConflict, match=base.content_hash):
+        _commit(lake, ledger, make_table(KLINES, rows=11), based_on=base.content_hash)  # built from the old one
+    assert _target(lake).read_bytes() == before
+    assert ledger.get_partition(KLINES, "BTCUSDT", DAY).content_hash == newer.content_hash  # type: ignore[union-attr]
+    assert _temps(lake) == []
