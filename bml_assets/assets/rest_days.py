@@ -62,7 +62,6 @@ class ExchangeNow:
         return min(day_bounds_ms(day)[1], self.closed_end_ms)
 
 
-
 def _rest(rest: RestClient, end_ms: int, rows: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
         "status": "rest",

@@ -73,6 +73,7 @@ class ProblemKind(StrEnum):
     UNREADABLE = "unreadable"
     SCHEMA_OUTDATED = "schema_outdated"
     CONTENT_HASH_MISMATCH = "content_hash_mismatch"
+    LEDGER_STALE = "ledger_stale"  # same bytes, but the row's counts no longer describe them
     MISSING_MINUTES = "missing_minutes"
     TIMESTAMP_DISORDER = "timestamp_disorder"
     HARD_NULLS = "hard_nulls"
@@ -431,6 +432,18 @@ def _file_of(symbol_dir: str, day: dt.date) -> str:
     return f"{symbol_dir}{os.sep}date={day.isoformat()}{os.sep}{PART_FILE_NAME}"
 
 
+def _ledger_counts_problems(record: PartitionRecord, path: str) -> list[Problem]:
+    """The ledger row's row count and time bounds against the file's (SPEC §7: the ledger
+    describes the file)."""
+    times = pq.read_table(path, columns=[MINUTE_VIEW.time_column]).column(0).cast(pa.int64())
+    actual = (len(times), pc.min(times).as_py(), pc.max(times).as_py())
+    claimed = (record.row_count, record.min_ts, record.max_ts)
+    if actual == claimed:
+        return []
+    detail = f"the ledger records rows/min_ts/max_ts {claimed}, the file has {actual}"
+    return [Problem(record.symbol, record.day, ProblemKind.LEDGER_STALE, detail)]
+
+
 def _committed_problems(record: PartitionRecord, path: str, *, closed: bool, deep: bool) -> list[Problem]:
     if not _is_file(path):
         return [
@@ -451,6 +464,8 @@ def _committed_problems(record: PartitionRecord, path: str, *, closed: bool, dee
     content_kinds = (ProblemKind.MISSING_MINUTES, ProblemKind.TIMESTAMP_DISORDER)
     kept = [p for p in ledger_side if not (read_ok and p.kind in content_kinds)]
     merged = kept + file_side
+    if read_ok and not any(p.kind == ProblemKind.CONTENT_HASH_MISMATCH for p in file_side):
+        merged += _ledger_counts_problems(record, path)
     # One schema problem per partition is enough, with both reasons.
     schema = [p for p in merged if p.kind == ProblemKind.SCHEMA_OUTDATED]
     if len(schema) > 1:

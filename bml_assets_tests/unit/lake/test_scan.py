@@ -435,3 +435,14 @@ def test_vision_published_asks_for_the_klines_checksum() -> None:
     published = vision_klines_published(FakeVision())  # type: ignore[arg-type]
     assert published("BTCUSDT", D1) is True
     assert published("BTCUSDT", D2) is False
+
+
+def test_a_ledger_row_whose_counts_no_longer_describe_the_file_is_stale(lake: Lake) -> None:
+    record = lake.ledger.get_partition("minute", "BTCUSDT", D2)
+    assert record is not None
+    # Same file and hash; only the row's count is wrong (a hand edit, an old writer).
+    lake.ledger.commit_partition(replace(record, row_count=1000), expected_content_hash=record.content_hash)
+    deep = lake.scan(deep=True)
+    assert kinds(deep) == [("BTCUSDT", D2.isoformat(), "ledger_stale")]
+    assert "rows/min_ts/max_ts (1000," in deep.problems[0].detail
+    assert repair_targets(deep) == [("BTCUSDT", D2)]
