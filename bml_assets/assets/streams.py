@@ -139,6 +139,8 @@ class DayContext:
         self.bases[(dataset.name, sd)] = record.content_hash if record is not None else None
         if record is None or record.status != "committed":
             return None
+        if any(isinstance(p, Mapping) and p.get("status") == "vision" for p in record.provenance.values()):
+            return None  # a complete Vision table is replaced, never extended from REST
         return read_partition(self.bml.settings().lake_root, dataset, sd.symbol, sd.day)
 
 
@@ -184,6 +186,13 @@ def choose(
         return rest(now)
     recent = age_days <= PUBLICATION_LAG_DAYS
     if dataset.name in HARD_STREAMS and not recent:
+        # Vision has holes in old history (a stream starting later than another): REST
+        # repairs the day if the exchange has it; if REST has nothing either, the
+        # symbol did not trade that day.
+        if rest is not None:
+            repaired = rest(now)
+            if repaired.table is not None and repaired.table.num_rows:
+                return repaired
         stream = next(iter(data.provenance))
         message = f"{sd.symbol} is not listed on {sd.day}: {data.message}"
         return PartitionData.unavailable(

@@ -91,7 +91,13 @@ def make_lake(root: Path, vision_base_url: str, instance: DagsterInstance) -> La
     settings = Settings(
         symbols=SYMBOLS, start_date=dt.date(2019, 1, 1), lake_root=root, vision_base_url=vision_base_url
     )
-    bml = BmlResource(lake_root=str(root), state_url=settings.state_url, vision_base_url=vision_base_url)
+    # The replay server answers REST too (repairs of missing Vision files go there).
+    bml = BmlResource(
+        lake_root=str(root),
+        state_url=settings.state_url,
+        vision_base_url=vision_base_url,
+        rest_base_url=vision_base_url,
+    )
     return Lake(root, settings, build_definitions(settings, bml=bml), instance)
 
 

@@ -59,9 +59,24 @@ def test_fault_fails_clearly_and_keeps_the_previous_file(
     assert_untouched(lake, before, record)
 
 
-def test_missing_klines_for_a_committed_day_keeps_the_file(built, replay: ReplayServer) -> None:
+def test_a_vision_file_gone_from_an_old_day_is_repaired_from_rest(built, replay: ReplayServer) -> None:
     lake, before, record = built
     replay.faults.add(FaultRule("missing", KLINES_PATH))
+    replay.clear_rest_log()
+    result = lake.materialize("BTCUSDT", DAY)
+    assert result.success, failure_text(result)
+    assert [e.path for e in replay.rest_log if e.path.endswith("/klines")] == ["/fapi/v1/klines"]
+    # REST serves the same market: same minutes, same bytes; the ledger says where they came from.
+    assert lake.minute_path("BTCUSDT", DAY).read_bytes() == before
+    after = lake.ledger.get_partition("minute", "BTCUSDT", DAY)
+    assert after is not None and after.content_hash == record.content_hash  # type: ignore[attr-defined]
+    assert after.provenance["klines"]["status"] == "rest"
+
+
+def test_a_day_missing_from_vision_and_rest_keeps_the_committed_file(built, replay: ReplayServer) -> None:
+    lake, before, record = built
+    replay.faults.add(FaultRule("missing", KLINES_PATH))
+    replay.faults.add(FaultRule("missing", "/fapi/v1/klines"))
     result = lake.materialize("BTCUSDT", DAY)
     assert not result.success
     assert "klines_1m" in failure_text(result)
