@@ -32,7 +32,7 @@ from dagster import (
 
 from bml_assets.assets.rest_days import GAP_CONFIRM_MINUTES, ExchangeNow
 from bml_assets.assets.streams import HARD_STREAMS as HARD_STREAM_NAMES
-from bml_assets.assets.streams import IO_MANAGER_KEY, MAX_PARTITIONS_PER_RUN, DayContext, run_partitions
+from bml_assets.assets.streams import IO_MANAGER_KEY, MAX_PARTITIONS_PER_RUN, STREAM_ASSETS, DayContext, run_partitions
 from bml_assets.checks import ALL_RULES, Evidence, Outcome, check_result, check_specs, to_frame
 from bml_assets.features.hot_snapshots import book_from_snapshots, open_interest_observations, predicted_funding_minutes
 from bml_assets.features.metrics import combine_observations
@@ -60,18 +60,8 @@ from bml_assets.sources.vision import Stream
 
 ASSET_NAME = "minute_view"
 GROUP = "minute"
-# Input name of each upstream stream table: the dataset names, which are also the asset keys.
-UPSTREAMS = (
-    KLINES,
-    MARK_PRICE_KLINES,
-    INDEX_PRICE_KLINES,
-    PREMIUM_INDEX_KLINES,
-    TRADE_FLOW,
-    BOOK_TICKER,
-    METRICS,
-    FUNDING,
-    HOT_SNAPSHOTS,
-)
+# Every stream table is an input, named (and keyed) by its dataset name.
+UPSTREAMS = tuple(spec.dataset for spec in STREAM_ASSETS)
 LAKE_SCAN_CHECK = "lake_scan_clean"
 MINUTE_MS = 60_000
 
