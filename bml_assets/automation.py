@@ -41,7 +41,8 @@ from bml_assets.sources.vision import DAILY_STREAMS, NotPublished, Stream, Visio
 HOT_POLL_INTERVAL_S = 5
 # Launch a hot run this early: a run process takes seconds to start, and the run
 # waits (NOT_BEFORE_TAG) until the exchange's clock makes its minute committable.
-HOT_LAUNCH_LEAD_MS = 8_000
+HOT_LAUNCH_LEAD_MS = 15_000
+HOT_RUN_PRIORITY = 10
 PROMOTION_INTERVAL_S = 300
 PROMOTIONS_PER_TICK = 5
 
@@ -93,6 +94,8 @@ def build_hot_poll_sensor(symbols: tuple[str, ...], *, job_name: str) -> SensorD
                 tags={
                     BAND_TAG: HOT_BAND if day == now.today else "catch-up",
                     NOT_BEFORE_TAG: str(now.closed_end_ms + lag * 60_000),
+                    # ahead of repairs and backfills in the run queue
+                    "dagster/priority": str(HOT_RUN_PRIORITY),
                 },
             )
             cursor[symbol] = now.closed_end_ms
