@@ -13,7 +13,7 @@ import datetime as dt
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from dotenv import dotenv_values
@@ -86,7 +86,6 @@ class Settings:
     safety_lag_minutes: int = 1
     max_ffill_minutes: int = 60
     rest_weight_budget: int = 1800
-    extra: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not self.state_url:

@@ -15,6 +15,24 @@ import requests
 
 from bml_assets.sources.http import HttpClient
 
+# A whole minute (seconds since the epoch), for the fake clocks of the REST tests.
+T0 = 1_700_000_040.0
+
+
+@dataclass
+class FakeClock:
+    """An injectable clock and sleep: sleeping advances time, and is recorded."""
+
+    now: float = T0
+    sleeps: list[float] = field(default_factory=list)
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
 
 @dataclass
 class Reply:

@@ -9,7 +9,6 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -23,20 +22,7 @@ from bml_assets.sources.http import HttpClient
 from bml_assets.sources.rest import RestClient
 from bml_assets.sources.rest_budget import RestBanned, WeightBudget, utc_iso
 
-T0 = 1_700_000_040.0  # a whole minute (seconds since the epoch)
-
-
-@dataclass
-class FakeClock:
-    now: float = T0
-    sleeps: list[float] = field(default_factory=list)
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
+from .conftest import T0, FakeClock
 
 
 @pytest.fixture

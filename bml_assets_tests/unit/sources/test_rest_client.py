@@ -6,7 +6,6 @@ import json
 import pickle
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -30,24 +29,10 @@ from bml_assets.sources.rest_budget import utc_iso
 from bml_assets.sources.vision import Stream
 from bml_assets.sources.vision_csv import output_schema
 
-from .conftest import FakeHost, Reply
+from .conftest import T0, FakeClock, FakeHost, Reply
 
-T0 = 1_700_000_040.0  # a whole minute
 DAY0 = 1_699_920_000_000  # 2023-11-14 00:00 UTC
 MIN, HOUR, DAY = 60_000, 3_600_000, 86_400_000
-
-
-@dataclass
-class FakeClock:
-    now: float = T0
-    sleeps: list[float] = field(default_factory=list)
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 @pytest.fixture
