@@ -339,6 +339,22 @@ def _write_verified(table: pa.Table, tmp: Path, dataset: Dataset, label: str) ->
     return content_hash
 
 
+def _with_stat(record: PartitionRecord, path: Path) -> PartitionRecord:
+    """``record`` with the size and mtime of the file now at ``path`` (the shallow scan's reference)."""
+    st = os.stat(path)
+    return replace(record, file_bytes=st.st_size, file_mtime_ns=st.st_mtime_ns)
+
+
+def _incomplete_builds(previous: PartitionRecord | None, missing: Sequence[Mapping[str, Any]]) -> int:
+    """Builds in a row that left the partition lacking the same streams: the repair backoff's count."""
+    if not missing:
+        return 0
+    if previous is None or not previous.incomplete:
+        return 1
+    same = {m.get("stream") for m in previous.missing_streams} == {m.get("stream") for m in missing}
+    return previous.incomplete_builds + 1 if same else 1
+
+
 # --------------------------------------------------------------------------- API
 
 
@@ -360,11 +376,15 @@ def commit_table(
     validate: Callable[[pa.Table], None],
     provenance: Mapping[str, Any],
     source_gaps: Sequence[Mapping[str, Any]] = (),
+    missing_streams: Sequence[Mapping[str, Any]] = (),
     message: str | None = None,
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S,
     based_on: str | NotBased | None = NOT_BASED,
 ) -> CommitResult:
     """Atomically replace one partition's file with ``table`` and record it in the ledger.
+
+    ``missing_streams``: the fillable streams the table lacks and why (SPEC §8); the
+    ledger counts how many builds in a row left the partition incomplete.
 
     ``based_on``: the content hash of the committed table ``table`` was built from (an
     incremental update; None: built on an empty partition). If the ledger no longer
@@ -380,6 +400,7 @@ def commit_table(
     target = partition_path(lake_root, dataset, symbol, day)
     provenance_json = _json_copy(dict(provenance), f"{label}: provenance")
     gaps_json = _json_copy([dict(g) for g in source_gaps], f"{label}: source_gaps")
+    missing_json = _json_copy([dict(m) for m in missing_streams], f"{label}: missing_streams")
 
     with partition_lock(lake_root, dataset, symbol, day, timeout=lock_timeout):
         previous = ledger.get_partition(dataset, symbol, day)
@@ -411,12 +432,15 @@ def commit_table(
                 content_hash=content_hash,
                 provenance=provenance_json,
                 source_gaps=gaps_json,
+                missing_streams=missing_json,
+                incomplete_builds=_incomplete_builds(previous, missing_json),
                 message=message if message is not None else (previous.message if previous is not None else None),
             )
             if content_hash == expected and target.is_file() and file_sha256(target) == content_hash:
                 assert previous is not None
                 # Same bytes: keep the file. The ledger row is refreshed only if it no longer
                 # describes them (other sources, a stale schema hash or row count, a note).
+                record = _with_stat(record, target)
                 if replace(previous, committed_at=record.committed_at) != record:
                     ledger.commit_partition(record, expected_content_hash=expected)
                 return CommitResult(target, content_hash, canonical.num_rows, False, expected)
@@ -430,7 +454,7 @@ def commit_table(
 
         try:
             _fsync_dir(target.parent)
-            ledger.commit_partition(record, expected_content_hash=expected)
+            ledger.commit_partition(_with_stat(record, target), expected_content_hash=expected)
         except Exception as exc:
             raise CommitIncomplete(label, target, content_hash, expected) from exc
 

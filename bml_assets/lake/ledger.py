@@ -50,8 +50,14 @@ from bml_assets.schema import Dataset
 from bml_assets.settings import validate_symbol
 from bml_assets.state_db import WRITE_OPTION, create_state_engine
 
-SCHEMA_VERSION: Final = 1
-"""Version of the table layout below; stored in ``ledger_meta.schema_version``."""
+SCHEMA_VERSION: Final = 2
+"""Version of the table layout below; stored in ``ledger_meta.schema_version``.
+
+Version 2 added to ``partitions`` the committed file's size and mtime (the shallow
+scan compares them with ``os.stat``), the fillable streams a committed partition
+lacks (``missing_streams``: an incomplete partition, SPEC §8) and how many builds
+in a row left it so (``incomplete_builds``, the repair backoff). A version-1 ledger
+is upgraded in place by adding those nullable columns (``_MIGRATIONS``)."""
 
 PartitionStatus = Literal["committed", "not_listed", "not_published"]
 PARTITION_STATUSES: tuple[str, ...] = get_args(PartitionStatus)
@@ -136,6 +142,13 @@ class PartitionRecord:
     provenance: Mapping[str, Any] = field(default_factory=dict, hash=False)
     source_gaps: Sequence[Mapping[str, Any]] = field(default_factory=list, hash=False)
     message: str | None = None
+    # The committed file as ``os.stat`` saw it right after the rename.
+    file_bytes: int | None = None
+    file_mtime_ns: int | None = None
+    # Fillable streams the partition lacks, ``{"stream": ..., "reason": ...}`` each (SPEC §8),
+    # and how many builds in a row ended so (the repair backoff counts them).
+    missing_streams: Sequence[Mapping[str, Any]] = field(default_factory=list, hash=False)
+    incomplete_builds: int = 0
 
     def __post_init__(self) -> None:
         dataset_name(self.dataset)
@@ -154,6 +167,11 @@ class PartitionRecord:
     @property
     def label(self) -> str:
         return f"{self.dataset}/{self.symbol}/{self.day.isoformat()}"
+
+    @property
+    def incomplete(self) -> bool:
+        """A committed partition that lacks a stream some source could fill (SPEC §8)."""
+        return self.status == "committed" and bool(self.missing_streams)
 
 
 @dataclass(frozen=True)
@@ -270,6 +288,11 @@ partitions_table = sa.Table(
     sa.Column("source_gaps", sa.JSON, nullable=False),
     sa.Column("message", sa.Text),
     sa.Column("committed_at", UTCDateTime, nullable=False),
+    # Version 2 (nullable, so a version-1 table gains them with ADD COLUMN).
+    sa.Column("file_bytes", sa.BigInteger),
+    sa.Column("file_mtime_ns", sa.BigInteger),
+    sa.Column("missing_streams", sa.JSON),
+    sa.Column("incomplete_builds", sa.Integer),
     sa.CheckConstraint(
         "status IN (" + ", ".join(f"'{s}'" for s in PARTITION_STATUSES) + ")", name="ck_partitions_status"
     ),
@@ -320,6 +343,17 @@ _CORE_TABLES = (partitions_table, source_files_table, watermark_table, ledger_me
 _P = partitions_table
 _PARTITION_VALUE_COLUMNS: tuple[str, ...] = tuple(c.name for c in _P.columns if not c.primary_key)
 
+# Upgrades in place, keyed by the version they start from: each is a list of
+# portable DDL statements (SQLite and PostgreSQL) run in the init transaction.
+_MIGRATIONS: Final[Mapping[int, tuple[str, ...]]] = {
+    1: (
+        "ALTER TABLE partitions ADD COLUMN file_bytes BIGINT",
+        "ALTER TABLE partitions ADD COLUMN file_mtime_ns BIGINT",
+        "ALTER TABLE partitions ADD COLUMN missing_streams JSON",
+        "ALTER TABLE partitions ADD COLUMN incomplete_builds INTEGER",
+    ),
+}
+
 
 def _jsonable(value: Any, what: str) -> Any:
     """A plain-JSON copy of ``value`` (so what is stored is what is read back), or a clear error."""
@@ -342,17 +376,20 @@ def _partition_values(record: PartitionRecord) -> dict[str, Any]:
         "source_gaps": _jsonable([dict(g) for g in record.source_gaps], f"{record.label}: source_gaps"),
         "message": record.message,
         "committed_at": record.committed_at,
+        "file_bytes": record.file_bytes,
+        "file_mtime_ns": record.file_mtime_ns,
+        "missing_streams": _jsonable([dict(m) for m in record.missing_streams], f"{record.label}: missing_streams"),
+        "incomplete_builds": record.incomplete_builds,
     }
 
 
 def _partition_from_row(row: sa.Row[Any]) -> PartitionRecord:
     m = row._mapping
-    return PartitionRecord(
-        dataset=m["dataset"],
-        symbol=m["symbol"],
-        day=m["date"],
-        **{name: m[name] for name in _PARTITION_VALUE_COLUMNS},
-    )
+    values = {name: m[name] for name in _PARTITION_VALUE_COLUMNS}
+    # Rows written before version 2 hold NULL there.
+    values["missing_streams"] = values["missing_streams"] or []
+    values["incomplete_builds"] = values["incomplete_builds"] or 0
+    return PartitionRecord(dataset=m["dataset"], symbol=m["symbol"], day=m["date"], **values)
 
 
 def _partition_key(dataset: str, symbol: str, day: date) -> sa.ColumnElement[bool]:
@@ -428,7 +465,13 @@ class Ledger:
             stored = conn.execute(sa.select(meta.c.value).where(meta.c.key == "schema_version")).scalar_one_or_none()
             if stored is None:
                 conn.execute(sa.insert(meta).values(key="schema_version", value=str(SCHEMA_VERSION)))
-            elif stored != str(SCHEMA_VERSION):
+                return
+            while stored in {str(v) for v in _MIGRATIONS}:
+                for statement in _MIGRATIONS[int(stored)]:
+                    conn.exec_driver_sql(statement)
+                stored = str(int(stored) + 1)
+                conn.execute(sa.update(meta).where(meta.c.key == "schema_version").values(value=stored))
+            if stored != str(SCHEMA_VERSION):
                 raise LedgerVersionError(
                     f"the ledger at {self.display_url} has schema_version {stored!r}, but this version of bml "
                     f"reads and writes schema_version {SCHEMA_VERSION}; use a matching bml version, migrate the "

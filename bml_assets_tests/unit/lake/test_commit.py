@@ -474,3 +474,27 @@ def test_an_update_built_on_a_stale_base_never_overwrites_a_newer_commit(lake: P
     assert _target(lake).read_bytes() == before
     assert ledger.get_partition(KLINES, "BTCUSDT", DAY).content_hash == newer.content_hash  # type: ignore[union-attr]
     assert _temps(lake) == []
+
+
+def test_the_ledger_records_the_files_size_and_mtime_and_refreshes_them(lake: Path, ledger: Ledger) -> None:
+    _commit(lake, ledger, make_table(KLINES, rows=3))
+    st = os.stat(_target(lake))
+    row = ledger.get_partition(KLINES, "BTCUSDT", DAY)
+    assert row is not None and (row.file_bytes, row.file_mtime_ns) == (st.st_size, st.st_mtime_ns)
+    # Same bytes again, but the file was touched: the row follows the file, not the rewrite.
+    os.utime(_target(lake), ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
+    assert _commit(lake, ledger, make_table(KLINES, rows=3)).rewritten is False
+    row = ledger.get_partition(KLINES, "BTCUSDT", DAY)
+    assert row is not None and row.file_mtime_ns == st.st_mtime_ns + 5_000_000_000
+
+
+def test_incomplete_builds_count_builds_in_a_row_missing_the_same_streams(lake: Path, ledger: Ledger) -> None:
+    agg = [{"stream": "aggTrades", "reason": "Vision 404, REST refused"}]
+    premium = [{"stream": "premiumIndexKlines", "reason": "Vision 404"}]
+    counts = []
+    for i, missing in enumerate([agg, agg, agg, premium, [], agg]):
+        _commit(lake, ledger, make_table(KLINES, rows=3, base=100.0 + i), missing_streams=missing)
+        row = ledger.get_partition(KLINES, "BTCUSDT", DAY)
+        assert row is not None and list(row.missing_streams) == missing and row.incomplete == bool(missing)
+        counts.append(row.incomplete_builds)
+    assert counts == [1, 2, 3, 1, 0, 1]

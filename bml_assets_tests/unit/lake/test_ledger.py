@@ -57,7 +57,7 @@ def ledger(url: str) -> Iterator[Ledger]:
         yield led
 
 
-def test_init_creates_the_file_in_wal_mode_with_version_1(tmp_path: Path) -> None:
+def test_init_creates_the_file_in_wal_mode_with_version_2(tmp_path: Path) -> None:
     led = Ledger(_url(tmp_path))
     led.init()
     led.init()  # idempotent
@@ -66,19 +66,66 @@ def test_init_creates_the_file_in_wal_mode_with_version_1(tmp_path: Path) -> Non
     assert db.is_file()
     with sqlite3.connect(db) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-        assert conn.execute("SELECT value FROM ledger_meta WHERE key = 'schema_version'").fetchall() == [("1",)]
+        assert conn.execute("SELECT value FROM ledger_meta WHERE key = 'schema_version'").fetchall() == [("2",)]
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert tables == {"partitions", "source_files", "watermark", "ledger_meta"}
-    assert led.schema_version() == 1
+    assert led.schema_version() == 2
     led.close()
 
 
 def test_a_ledger_of_another_version_is_refused(tmp_path: Path) -> None:
     Ledger(_url(tmp_path)).init()
     with sqlite3.connect(tmp_path / "state" / "nested" / "ledger.sqlite") as conn:
-        conn.execute("UPDATE ledger_meta SET value = '2' WHERE key = 'schema_version'")
-    with pytest.raises(LedgerVersionError, match=r"schema_version '2'.*schema_version 1"):
+        conn.execute("UPDATE ledger_meta SET value = '3' WHERE key = 'schema_version'")
+    with pytest.raises(LedgerVersionError, match=r"schema_version '3'.*schema_version 2"):
         Ledger(_url(tmp_path)).get_partition(KLINES, "BTCUSDT", DAY)
+
+
+# The partitions table as version 1 of the ledger created it.
+_VERSION_1_DDL = (
+    "CREATE TABLE partitions (dataset VARCHAR(64) NOT NULL, symbol VARCHAR(20) NOT NULL, date DATE NOT NULL, "
+    "status VARCHAR(16) NOT NULL, path TEXT, row_count BIGINT, min_ts BIGINT, max_ts BIGINT, "
+    "schema_hash VARCHAR(64), content_hash VARCHAR(64), provenance JSON NOT NULL, source_gaps JSON NOT NULL, "
+    "message TEXT, committed_at DATETIME NOT NULL, PRIMARY KEY (dataset, symbol, date))",
+    "CREATE TABLE ledger_meta (key VARCHAR(64) NOT NULL PRIMARY KEY, value TEXT NOT NULL)",
+    "INSERT INTO ledger_meta VALUES ('schema_version', '1')",
+    "INSERT INTO partitions VALUES ('klines_1m', 'BTCUSDT', '2024-03-05', 'committed', 'p', 1440, 0, 1, "
+    "'s', '" + "a" * 64 + "', '{}', '[]', NULL, '2024-03-06 01:02:03.000000')",
+)
+
+
+def test_a_version_1_ledger_is_upgraded_in_place_and_keeps_its_rows(tmp_path: Path) -> None:
+    db = tmp_path / "state" / "nested" / "ledger.sqlite"
+    db.parent.mkdir(parents=True)
+    with sqlite3.connect(db) as conn:
+        for statement in _VERSION_1_DDL:
+            conn.execute(statement)
+    with Ledger(_url(tmp_path)) as led:
+        assert led.schema_version() == 2
+        old = led.get_partition(KLINES, "BTCUSDT", DAY)
+        assert old is not None and old.row_count == 1440 and old.content_hash == "a" * 64
+        assert (old.file_bytes, old.file_mtime_ns, list(old.missing_streams), old.incomplete_builds) == (
+            None,
+            None,
+            [],
+            0,
+        )
+        missing = [{"stream": "aggTrades", "reason": "Vision 404 and REST refused"}]
+        led.commit_partition(
+            _committed(H2, file_bytes=123, file_mtime_ns=456, missing_streams=missing, incomplete_builds=2),
+            expected_content_hash="a" * 64,
+        )
+        new = led.get_partition(KLINES, "BTCUSDT", DAY)
+        assert new is not None and new.incomplete
+        assert (new.file_bytes, new.file_mtime_ns, list(new.missing_streams), new.incomplete_builds) == (
+            123,
+            456,
+            missing,
+            2,
+        )
+    with sqlite3.connect(db) as conn:
+        columns = [r[1] for r in conn.execute("PRAGMA table_info(partitions)")]
+    assert columns[-4:] == ["file_bytes", "file_mtime_ns", "missing_streams", "incomplete_builds"]
 
 
 def test_partition_round_trip(ledger: Ledger) -> None:
