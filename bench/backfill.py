@@ -283,7 +283,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     keys = [partition_key(s, d) for s in args.symbols for d in days]
     work = Path(tempfile.mkdtemp(prefix="bml_backfill_"))
     loads: list[float] = []
-    market = SyntheticMarket(MarketConfig(trades_per_day=args.trades))
+    market = SyntheticMarket(MarketConfig(trades_per_day=args.trades, symbols=args.symbols))
     try:
         with ReplayServer(market=market, clock=MarketClock.fixed(CLOCK_AT), cache_bytes=4 << 30) as server:
             urls = urls_to_warm(server.base_url, args.symbols, days)

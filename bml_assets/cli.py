@@ -147,15 +147,29 @@ def main() -> None:
 
 
 @main.command("replay-server")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback unless you mean it).")
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, help="Address to bind (a loopback one unless --allow-public)."
+)
+@click.option(
+    "--allow-public",
+    is_flag=True,
+    help="Allow a non-loopback --host and any Host header: anyone who can reach it can set faults.",
+)
 @click.option("--port", default=8765, show_default=True, type=int, help="Port (0 = any free port).")
 @click.option("--seed", default=7, show_default=True, type=int, help="Seed of the synthetic market.")
 @click.option("--trades-per-day", default=6000, show_default=True, type=int, help="aggTrades per symbol-day.")
 @click.option(
+    "--symbols",
+    default="BTCUSDT,ETHUSDT",
+    show_default=True,
+    help="Comma-separated symbols of the synthetic market (its exchangeInfo); others get Vision 404 and REST -1121.",
+)
+@click.option(
     "--real-dir",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     default=None,
-    help="Also serve real Vision files from this folder (they win over the synthetic market).",
+    help="Also serve real Vision files from this folder (they win over the synthetic market and serve "
+    "whatever symbol they name; links leading outside the folder are not served).",
 )
 @click.option(
     "--clock-origin",
@@ -166,16 +180,24 @@ def main() -> None:
 @click.option("--clock-speed", default=1.0, show_default=True, type=float, help="Market seconds per real second.")
 def replay_server(
     host: str,
+    allow_public: bool,
     port: int,
     seed: int,
     trades_per_day: int,
+    symbols: str,
     real_dir: Path | None,
     clock_origin: str | None,
     clock_speed: float,
 ) -> None:
     """Serve Binance Vision files and the USD-M REST API (synthetic market and/or real files) locally."""
-    from bml_assets.replay.server import serve
+    from bml_assets.replay.server import is_loopback_host, serve
 
+    if not allow_public and not is_loopback_host(host):
+        raise click.UsageError(
+            f"--host {host} is not a loopback address: the replay server is a local test tool; "
+            "add --allow-public to expose it anyway"
+        )
+    symbol_list = _symbols_option(symbols)
     origin = None
     if clock_origin is not None:
         try:
@@ -190,6 +212,8 @@ def replay_server(
         trades_per_day=trades_per_day,
         real_dir=real_dir,
         listing_dates={},
+        symbols=symbol_list,
+        allow_public=allow_public,
         clock_origin=origin,
         clock_speed=clock_speed,
     )

@@ -50,7 +50,9 @@ def run_demo(
     """Materialize ``symbols`` × ``days``; with no ``vision_base_url`` a replay server is started."""
     server: ReplayServer | None = None
     if vision_base_url is None:
-        server = ReplayServer(market=SyntheticMarket(MarketConfig(trades_per_day=trades_per_day))).start()
+        # The market lists exactly the demo's symbols (the others would be "Invalid symbol").
+        market = SyntheticMarket(MarketConfig(trades_per_day=trades_per_day, symbols=symbols))
+        server = ReplayServer(market=market).start()
         vision_base_url = server.base_url
         echo(f"replay server (synthetic market) on {vision_base_url}")
     try:

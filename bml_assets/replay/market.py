@@ -3,11 +3,12 @@
 What belongs here: ``MarketConfig`` and ``SyntheticMarket``: the market's truth for
 any symbol and day (aggTrades, the klines computed from them, mark/index/premium
 klines, 5-minute metrics, bookTicker snapshots, funding settlements) as typed
-pyarrow tables, and Vision's publication rules for it (listing date, files not
-published before ``today``, header rows by date, bookTicker's end, monthly
-funding files after the month, metrics label conventions, optional shuffled and
-duplicated rows). Every value is a pure function of (seed, symbol, day or
-instant): the same request gives byte-identical files in any order.
+pyarrow tables, the exchange's symbol universe (exchangeInfo; no files and no
+REST answers for other symbols), and Vision's publication rules (listing date,
+files not published before ``today``, header rows by date, bookTicker's end,
+monthly funding files after the month, metrics label conventions, optional
+shuffled and duplicated rows). Every value is a pure function of (seed, symbol,
+day or instant): the same request gives byte-identical files in any order.
 The REST side (``rest_api.py``) reads the very same exact-unit arrays through
 the public accessors at the end of ``SyntheticMarket``, so REST and Vision agree.
 
@@ -47,6 +48,9 @@ KLINE_STREAMS: tuple[Stream, ...] = (
 DAILY_STREAMS: tuple[Stream, ...] = (*KLINE_STREAMS, Stream.AGG_TRADES, Stream.BOOK_TICKER, Stream.METRICS)
 
 DEFAULT_LISTING_DATE = date(2019, 9, 8)
+# The universe when ``MarketConfig.symbols`` is unset: what the demo and the tests
+# trade (plus any symbol given a listing date).
+DEFAULT_SYMBOLS: tuple[str, ...] = ("BTCUSDT", "ETHUSDT")
 # Vision facts (SPEC §4) the files imitate.
 KLINES_HEADER_FIRST_DAY = date(2022, 6, 1)
 AGG_TRADES_HEADER_FIRST_DAY = date(2022, 8, 11)
@@ -216,9 +220,9 @@ class MarketConfig:
     metrics_new_labels_from: date = METRICS_NEW_LABELS_FIRST_DAY
     # Write files with some rows out of order and a few exact duplicates, as Vision does.
     shuffle_and_duplicate: bool = False
-    # The exchange's symbol universe as REST sees it (exchangeInfo, -1121 Invalid
-    # symbol for the rest). None: every valid symbol is known, and exchangeInfo
-    # lists the ``listing_dates`` keys plus BTCUSDT and ETHUSDT.
+    # The exchange's symbol universe: what exchangeInfo lists, what Vision publishes
+    # files for (404 for any other symbol) and what REST answers (-1121 Invalid
+    # symbol for any other). None: DEFAULT_SYMBOLS plus the ``listing_dates`` keys.
     symbols: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
@@ -232,6 +236,10 @@ class MarketConfig:
             if isinstance(self.symbols, str):
                 raise ValueError("symbols must be a sequence of symbols, not one string")
             object.__setattr__(self, "symbols", tuple(_check_symbol(s) for s in self.symbols))
+            # A listing date for a symbol outside the universe would never be seen.
+            unlisted = sorted(set(self.listing_dates) - set(self.symbols))
+            if unlisted:
+                raise ValueError(f"listing_dates names symbols missing from symbols: {', '.join(unlisted)}")
 
 
 def _check_symbol(symbol: str) -> str:
@@ -307,17 +315,16 @@ class SyntheticMarket:
         return self.config.today or _utc_today()
 
     def universe(self) -> tuple[str, ...]:
-        """The symbols exchangeInfo lists: ``config.symbols``, else the
-        ``listing_dates`` keys plus BTCUSDT and ETHUSDT, sorted."""
+        """The symbols the exchange has (exchangeInfo): ``config.symbols``, else
+        ``DEFAULT_SYMBOLS`` plus the ``listing_dates`` keys, sorted."""
         if self.config.symbols is not None:
             return self.config.symbols
-        return tuple(sorted({*self.config.listing_dates, "BTCUSDT", "ETHUSDT"}))
+        return tuple(sorted({*self.config.listing_dates, *DEFAULT_SYMBOLS}))
 
     def is_known_symbol(self, symbol: str) -> bool:
-        """Whether REST knows ``symbol`` (a valid name, in ``config.symbols`` when set)."""
-        if not isinstance(symbol, str) or not SYMBOL_PATTERN.fullmatch(symbol):
-            return False
-        return self.config.symbols is None or symbol in self.config.symbols
+        """Whether ``symbol`` is in the universe: Vision publishes files and REST
+        answers only for these (the data accessors below serve any valid name)."""
+        return isinstance(symbol, str) and symbol in self.universe()
 
     def listing_date(self, symbol: str) -> date:
         return self.config.listing_dates.get(_check_symbol(symbol), DEFAULT_LISTING_DATE)
@@ -333,11 +340,11 @@ class SyntheticMarket:
     ) -> VisionFile | None:
         """The Vision file of ``stream`` for ``symbol`` and ``period`` (a day; for the
         monthly fundingRate any day of the month), or None when Vision would answer
-        404: not listed yet, not published yet, or a stream that had ended.
-        ``today`` overrides ``self.today()`` (a server with a market clock passes
-        the clock's date)."""
+        404: a symbol outside the universe, not listed yet, not published yet, or a
+        stream that had ended. ``today`` overrides ``self.today()`` (a server with
+        a market clock passes the clock's date)."""
         stream = Stream(stream)
-        if not SYMBOL_PATTERN.fullmatch(symbol):
+        if not self.is_known_symbol(symbol):
             return None
         today = today or self.today()
         if stream is Stream.FUNDING_RATE:

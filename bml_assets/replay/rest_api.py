@@ -44,9 +44,12 @@ facts relied on):
   ``endTime − startTime < 1 h`` (else -1127).
 * ``symbol`` is mandatory on every per-symbol endpoint (the exchange's
   all-symbols forms of premiumIndex, bookTicker and fundingRate are not served).
-  A symbol is unknown (-1121) when it is not a valid name, not in
-  ``MarketConfig.symbols`` (when set), or not listed yet at ``now``;
-  exchangeInfo lists only symbols listed by ``now``.
+  A symbol is unknown (-1121, HTTP 400 ``{"code":-1121,"msg":"Invalid symbol."}``)
+  when it is not in the market's universe (``SyntheticMarket.universe()``) or
+  not listed yet at ``now``; exchangeInfo lists only symbols listed by ``now``.
+* Error messages that quote the request (an unknown path) are JSON with ``<``,
+  ``>`` and ``&`` written as ``\u003c``-style escapes, so no client that sniffs
+  a body as HTML finds markup in it.
 """
 
 from __future__ import annotations
@@ -139,8 +142,17 @@ class BinanceError(Exception):
         return error_response(self.status, self.code, self.msg, headers)
 
 
+_HTML_SIGNIFICANT = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026"})
+
+
+def json_body(payload: Any) -> bytes:
+    """Compact JSON with ``<``, ``>`` and ``&`` escaped (the same JSON value): a
+    quoted request path stays inert if a browser is ever shown the body."""
+    return json.dumps(payload, separators=(",", ":")).translate(_HTML_SIGNIFICANT).encode()
+
+
 def error_body(code: int, msg: str) -> bytes:
-    return json.dumps({"code": code, "msg": msg}, separators=(",", ":")).encode()
+    return json_body({"code": code, "msg": msg})
 
 
 def error_response(status: int, code: int, msg: str, headers: dict[str, str] | None = None) -> RestResponse:

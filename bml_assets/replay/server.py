@@ -12,6 +12,21 @@ rendered zips, the fault rules (``FaultRule``/``FaultSet``, also settable over H
 at ``/_replay/faults``), and ``serve()``, the blocking entry point of the
 ``bml replay-server`` command.
 
+It is a local test tool and guards itself as one: it listens on loopback unless
+told ``allow_public``; it answers only requests whose ``Host`` is a loopback name
+or its own host (a DNS-rebinding page gets 421); nothing under ``real_dir`` that
+resolves outside it is ever served (links out are skipped with a warning and
+checked again at each request); error bodies never carry the request path
+unescaped (XML-escaped in the S3-style errors, JSON with ``<>&`` escaped
+elsewhere); and the fault switches take ``POST``/``DELETE`` only with
+``Content-Type: application/json`` (415 otherwise), which a page in a browser
+cannot send cross-site without a CORS preflight — and no request gets any
+``Access-Control-Allow-*`` header.
+
+Real files define their own symbols: one found under ``real_dir`` is served even
+for a symbol outside the synthetic market's universe (REST still knows only the
+market's universe).
+
 What stays out: what the files contain and when they exist (``market.py``), how
 they are rendered (``vision_files.py``), what REST answers and how weight is
 counted (``rest_api.py``), the clock (``clock.py``), and the project's own Vision
@@ -21,15 +36,18 @@ double for.
 
 from __future__ import annotations
 
+import html
 import ipaddress
 import json
 import logging
+import os
 import re
 import signal
 import socket
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import date, datetime, timedelta
 from enum import StrEnum
@@ -56,6 +74,7 @@ from bml_assets.replay.rest_api import (
     error_response,
     invalid_symbol,
     is_rest_path,
+    json_body,
 )
 from bml_assets.replay.vision_files import checksum_text, zip_bytes, zip_csv
 
@@ -306,12 +325,38 @@ def _loose_route(rel: Path) -> str | None:
     return None
 
 
+def _resolves_inside(path: Path, root: Path) -> bool:
+    """Whether ``path``, links followed, is ``root`` (already resolved) or under it."""
+    try:
+        return path.resolve().is_relative_to(root)
+    except (OSError, RuntimeError):  # a link loop or an unreadable link
+        return False
+
+
+def _files_inside(root: Path) -> Iterator[Path]:
+    """The files under ``root`` that resolve inside it. A link (to a file or a
+    folder) that leads outside is skipped with a warning naming it; links to
+    folders are never descended (one inside ``root`` is indexed at its real path)."""
+    base = root.resolve()
+    for folder, dirs, files in os.walk(root):  # followlinks=False
+        here = Path(folder)
+        dirs.sort()
+        for name in [*dirs, *files]:
+            path = here / name
+            if path.is_symlink() and not _resolves_inside(path, base):
+                log.warning("replay: not serving %s: it links outside %s", path, root)
+            elif name in files:
+                yield path
+
+
 def index_real_dir(root: Path) -> dict[str, RealFile]:
     """Map request paths to the real files under ``root``. Files under a ``data``
     folder are served at their own path (``.csv`` as ``.zip``); loose files by
-    their name. Laid-out beats loose and a zip beats a CSV for the same path."""
+    their name. Laid-out beats loose and a zip beats a CSV for the same path.
+    Nothing that resolves outside ``root`` is indexed (see ``_files_inside``)."""
+    inside = set(_files_inside(root))
     found: dict[str, RealFile] = {}
-    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in (".zip", ".csv")):
+    for path in sorted(p for p in inside if p.suffix in (".zip", ".csv") and p.is_file()):
         rel = path.relative_to(root)
         if "data" in rel.parts[:-1]:
             parts = rel.parts[rel.parts.index("data") :]
@@ -322,7 +367,8 @@ def index_real_dir(root: Path) -> dict[str, RealFile]:
             log.debug("replay: not serving %s (no USD-M Vision name)", path)
             continue
         checksum = path.with_name(path.name + CHECKSUM_SUFFIX)
-        candidate = RealFile(route, path, checksum if path.suffix == ".zip" and checksum.is_file() else None, laid_out)
+        has_checksum = path.suffix == ".zip" and checksum in inside and checksum.is_file()
+        candidate = RealFile(route, path, checksum if has_checksum else None, laid_out)
         current = found.get(route)
         if current is None or (not candidate.is_csv, candidate.laid_out) > (not current.is_csv, current.laid_out):
             found[route] = candidate
@@ -395,7 +441,7 @@ class _RenderCache:
 # --- the server -------------------------------------------------------------------
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback_host(host: str) -> bool:
     if host in _LOOPBACK_NAMES:
         return True
     try:
@@ -405,11 +451,21 @@ def _is_loopback(host: str) -> bool:
 
 
 def _not_found_body(key: str, code: str = "NoSuchKey", message: str = "The specified key does not exist.") -> bytes:
-    # Vision sits on S3 and answers misses with a small XML error document.
+    # Vision sits on S3 and answers misses with a small XML error document; the key
+    # is the request path, so it is escaped (quotes too, as S3 does).
+    code, message, key = (html.escape(text, quote=True) for text in (code, message, key.lstrip("/")))
     return (
         '<?xml version="1.0" encoding="UTF-8"?>\n'
-        f"<Error><Code>{code}</Code><Message>{message}</Message><Key>{key.lstrip('/')}</Key></Error>"
+        f"<Error><Code>{code}</Code><Message>{message}</Message><Key>{key}</Key></Error>"
     ).encode()
+
+
+def _host_name(header: str) -> str:
+    """The host part of a ``Host`` header (``[::1]:80`` → ``::1``)."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[1:].split("]", 1)[0]
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
 
 
 class _HTTPServer(ThreadingHTTPServer):
@@ -453,7 +509,7 @@ class ReplayServer:
         rest_funding_limit: int = DEFAULT_FUNDING_LIMIT,
         rest_funding_window_s: float = 300.0,
     ) -> None:
-        if not allow_public and not _is_loopback(host):
+        if not allow_public and not is_loopback_host(host):
             raise ValueError(
                 f"refusing to listen on non-loopback host {host!r}: the replay server is for local tests; "
                 "pass allow_public=True to expose it"
@@ -462,6 +518,8 @@ class ReplayServer:
         self.real_dir = Path(real_dir) if real_dir is not None else None
         if self.real_dir is not None and not self.real_dir.is_dir():
             raise FileNotFoundError(f"real_dir {self.real_dir} is not a directory")
+        self._real_root = self.real_dir.resolve() if self.real_dir is not None else None
+        self.allow_public = allow_public
         self.real_files: dict[str, RealFile] = index_real_dir(self.real_dir) if self.real_dir else {}
         self.host = host
         self.faults = FaultSet()
@@ -565,6 +623,13 @@ class ReplayServer:
         """The zip at ``zip_path`` and its CHECKSUM, or None (404)."""
         real = self.real_files.get(zip_path)
         if real is not None:
+            # Checked again at each request: a link may have been changed since indexing.
+            root = self._real_root
+            if root is None or not all(
+                _resolves_inside(p, root) for p in (real.source, real.checksum) if p is not None
+            ):
+                log.warning("replay: not serving %s: %s now links outside %s", zip_path, real.source, self.real_dir)
+                return None
             return self._cache.get_or_render("real:" + zip_path, lambda: self._render_real(real))
         if self.market is None:
             return None
@@ -596,6 +661,10 @@ class ReplayServer:
         return _Rendered(data, checksum, modified)
 
 
+_READ_ONLY = {"Allow": "GET, HEAD"}
+_CONTROL_METHODS = {"Allow": "GET, HEAD, POST, DELETE"}
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: _HTTPServer
     protocol_version = "HTTP/1.1"
@@ -625,6 +694,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
+        self.send_header("X-Content-Type-Options", "nosniff")
         for name, value in (extra or {}).items():
             self.send_header(name, value)
         self.end_headers()
@@ -633,27 +703,65 @@ class _Handler(BaseHTTPRequestHandler):
         self.replay._record(self.command, self._path(), status)
 
     def _send_json(self, status: int, payload: Any) -> None:
-        self._send(status, json.dumps(payload).encode(), "application/json")
+        self._send(status, json_body(payload), "application/json")
 
     def _read_body(self) -> bytes:
         length = int(self.headers.get("Content-Length") or 0)
         return self.rfile.read(length) if length > 0 else b""
 
+    def _host_allowed(self) -> bool:
+        """Whether the ``Host`` header names this server: a loopback name or its own
+        host (anything, with ``allow_public``). A page whose DNS name was rebound to
+        127.0.0.1 is same-origin to the browser, so only this check stops it."""
+        host = self.headers.get("Host")
+        if self.replay.allow_public or host is None:
+            return True
+        name = _host_name(host)
+        if is_loopback_host(name) or name == self.replay.host.lower():
+            return True
+        self._send(
+            HTTPStatus.MISDIRECTED_REQUEST, b"this replay server answers loopback host names only\n", "text/plain"
+        )
+        return False
+
+    def _control_write_allowed(self) -> bool:
+        """Whether a POST/DELETE may change the faults: the faults path, and a JSON
+        body type (a browser sends that cross-site only after a CORS preflight,
+        which ``do_OPTIONS`` never grants)."""
+        if self._path() != CONTROL_PREFIX + "faults":
+            self._send(HTTPStatus.METHOD_NOT_ALLOWED, b"only GET and HEAD\n", "text/plain", extra=_READ_ONLY)
+            return False
+        media_type = (self.headers.get("Content-Type") or "").split(";", 1)[0].strip().lower()
+        if media_type != "application/json":
+            message = f"{self.command} {CONTROL_PREFIX}faults needs Content-Type: application/json"
+            self._send_json(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, {"error": message})
+            return False
+        return True
+
     # --- methods ---------------------------------------------------------------------
 
     def do_GET(self) -> None:
-        self._serve(head=False)
+        if self._host_allowed():
+            self._serve(head=False)
 
     def do_HEAD(self) -> None:
-        self._serve(head=True)
+        if self._host_allowed():
+            self._serve(head=True)
+
+    def do_OPTIONS(self) -> None:
+        # A CORS preflight gets no Access-Control-Allow-* headers: the browser then
+        # refuses to send the JSON request it asked about.
+        self._read_body()
+        if self._host_allowed():
+            allow = _CONTROL_METHODS if self._path() == CONTROL_PREFIX + "faults" else _READ_ONLY
+            self._send(HTTPStatus.METHOD_NOT_ALLOWED, b"no CORS here\n", "text/plain", extra=allow)
 
     def do_POST(self) -> None:
-        path = self._path()
-        if path != CONTROL_PREFIX + "faults":
-            self._send(HTTPStatus.METHOD_NOT_ALLOWED, b"only GET and HEAD\n", "text/plain")
+        body = self._read_body()
+        if not (self._host_allowed() and self._control_write_allowed()):
             return
         try:
-            payload = json.loads(self._read_body() or b"[]")
+            payload = json.loads(body or b"[]")
             items = payload if isinstance(payload, list) else [payload]
             rules = [FaultRule.from_json(item) for item in items]
         except (ValueError, KeyError, TypeError) as exc:
@@ -665,8 +773,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_DELETE(self) -> None:
         self._read_body()
-        if self._path() != CONTROL_PREFIX + "faults":
-            self._send(HTTPStatus.METHOD_NOT_ALLOWED, b"only GET and HEAD\n", "text/plain")
+        if not (self._host_allowed() and self._control_write_allowed()):
             return
         self.replay.faults.clear()
         self._send_json(HTTPStatus.OK, [])
@@ -809,7 +916,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _control(self, path: str, *, head: bool) -> None:
         if path == CONTROL_PREFIX + "faults":
-            self._send(HTTPStatus.OK, json.dumps(self.replay.faults.describe()).encode(), "application/json", head=head)
+            self._send(HTTPStatus.OK, json_body(self.replay.faults.describe()), "application/json", head=head)
         elif path == CONTROL_PREFIX + "health":
             self._send(HTTPStatus.OK, b"ok\n", "text/plain", head=head)
         else:
@@ -831,13 +938,21 @@ def serve(
     trades_per_day: int = 6000,
     real_dir: Path | str | None = None,
     listing_dates: dict[str, date] | None = None,
+    symbols: Sequence[str] | None = None,
     allow_public: bool = False,
     clock_origin: datetime | None = None,
     clock_speed: float = 1.0,
 ) -> None:
     """Run a replay server in the foreground until Ctrl-C (``bml replay-server``).
-    With ``clock_origin``, market time starts there and runs at ``clock_speed``."""
-    market = SyntheticMarket(MarketConfig(seed=seed, trades_per_day=trades_per_day, listing_dates=listing_dates or {}))
+    With ``clock_origin``, market time starts there and runs at ``clock_speed``.
+    ``symbols``: the market's universe (default: ``MarketConfig``'s)."""
+    config = MarketConfig(
+        seed=seed,
+        trades_per_day=trades_per_day,
+        listing_dates=listing_dates or {},
+        symbols=tuple(symbols) if symbols is not None else None,
+    )
+    market = SyntheticMarket(config)
     clock = MarketClock.live(clock_origin, clock_speed) if clock_origin is not None else None
     server = ReplayServer(market, real_dir=real_dir, host=host, port=port, allow_public=allow_public, clock=clock)
     server.start()
@@ -850,6 +965,7 @@ def serve(
             print(f"serving {len(server.real_files)} real file(s) from {server.real_dir}", flush=True)
         print(f"export BML_VISION_BASE_URL={server.base_url}", flush=True)
         print(f"export BML_REST_BASE_URL={server.base_url}", flush=True)
+        print(f"synthetic market symbols: {','.join(market.universe())}", flush=True)
         if clock is not None:
             print(f"market clock: {clock!r}", flush=True)
         print("Ctrl-C stops it.", flush=True)

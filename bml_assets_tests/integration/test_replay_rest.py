@@ -169,8 +169,9 @@ def test_hist_equal_vision_metrics(http: requests.Session, server: ReplayServer)
 
 
 def test_exchange_errors(http: requests.Session, server: ReplayServer) -> None:
+    # A valid name outside the market's universe is as unknown as a malformed one.
     r = rest(http, server, "/fapi/v1/klines", symbol="NOPE", interval="1m")
-    assert r.status_code == 200  # any valid name is a symbol when MarketConfig.symbols is None
+    assert (r.status_code, r.content) == (400, b'{"code":-1121,"msg":"Invalid symbol."}')
     r = rest(http, server, "/fapi/v1/klines", symbol="nope", interval="1m")
     assert (r.status_code, r.json()) == (400, {"code": -1121, "msg": "Invalid symbol."})
     assert r.headers["Content-Type"] == "application/json"

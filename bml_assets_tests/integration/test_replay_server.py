@@ -17,17 +17,23 @@ from collections import defaultdict
 from collections.abc import Iterator
 from datetime import date
 from decimal import Decimal
+from http.client import HTTPConnection
 from pathlib import Path
 
 import pytest
 import requests
+from click.testing import CliRunner
 
+from bml_assets import cli
+from bml_assets.replay import server as replay_server
 from bml_assets.replay.market import MarketConfig, SyntheticMarket
 from bml_assets.replay.server import FaultRule, ReplayServer
 
 UM = "/data/futures/um"
 TODAY = date(2026, 7, 1)
 KLINES = f"{UM}/daily/klines/BTCUSDT/1m/BTCUSDT-1m-2024-01-02.zip"
+# The fault switches take only JSON bodies (requests sets this itself for json=...).
+JSON_TYPE = {"Content-Type": "application/json"}
 AGG = f"{UM}/daily/aggTrades/BTCUSDT/BTCUSDT-aggTrades-2024-01-02.zip"
 
 
@@ -240,8 +246,8 @@ def test_faults_over_http(server: ReplayServer, http: requests.Session) -> None:
     assert _get(http, server, metrics).status_code == 404
     assert _get(http, server, metrics).status_code == 200
     assert http.post(url, json=[{"kind": "nope", "path_contains": ""}], timeout=30).status_code == 400
-    assert http.post(url, data=b"{not json", timeout=30).status_code == 400
-    assert http.delete(url, timeout=30).json() == [] and len(server.faults) == 0
+    assert http.post(url, data=b"{not json", headers=JSON_TYPE, timeout=30).status_code == 400
+    assert http.delete(url, headers=JSON_TYPE, timeout=30).json() == [] and len(server.faults) == 0
     assert http.get(server.base_url + "/_replay/health", timeout=30).text == "ok\n"
 
 
@@ -301,6 +307,153 @@ def test_real_files_take_precedence_over_the_market(real_fixtures: Path) -> None
         assert s.get(srv.base_url + KLINES, timeout=30).status_code == 200
 
 
+# --- a safe local tool -----------------------------------------------------------------
+
+SECRET = b"root:x:0:0:root:/root:/bin/bash\n"
+NO_SUCH_KEY = (
+    b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>NoSuchKey</Code>'
+    b"<Message>The specified key does not exist.</Message><Key>%s</Key></Error>"
+)
+INVALID_SYMBOL = b'{"code":-1121,"msg":"Invalid symbol."}'
+
+
+def _raw(server: ReplayServer, method: str, path: str, **headers: str) -> tuple[int, dict[str, str], bytes]:
+    """One request with the path sent as is (``requests`` would percent-encode it)."""
+    conn = HTTPConnection("127.0.0.1", server.port, timeout=30)
+    try:
+        conn.request(method, path, headers=headers)
+        response = conn.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    finally:
+        conn.close()
+
+
+def test_real_dir_never_serves_what_lies_outside_it(tmp_path: Path) -> None:
+    root, outside = tmp_path / "real", tmp_path / "outside"
+    (outside / "BTCUSDT").mkdir(parents=True)
+    (outside / "secret").write_bytes(SECRET)
+    (outside / "BTCUSDT" / "BTCUSDT-aggTrades-2024-01-02.csv").write_bytes(SECRET)
+    (root / "k").mkdir(parents=True)
+    (root / "k" / "BTCUSDT-1m-2024-01-01.csv").symlink_to(outside / "secret")  # a file link out
+    laid_out = root / "data" / "futures" / "um" / "daily" / "aggTrades"
+    laid_out.mkdir(parents=True)
+    (laid_out / "BTCUSDT").symlink_to(outside / "BTCUSDT", target_is_directory=True)  # a folder link out
+    good = root / "k" / "BTCUSDT-1m-2024-01-03.csv"
+    good.write_text("open_time,open\n")
+    with ReplayServer(real_dir=root) as srv, requests.Session() as s:
+        assert list(srv.real_files) == [f"{UM}/daily/klines/BTCUSDT/1m/BTCUSDT-1m-2024-01-03.zip"]
+        for path in (
+            f"{UM}/daily/klines/BTCUSDT/1m/BTCUSDT-1m-2024-01-01.zip",
+            f"{UM}/daily/klines/BTCUSDT/1m/BTCUSDT-1m-2024-01-01.zip.CHECKSUM",
+            f"{UM}/daily/aggTrades/BTCUSDT/BTCUSDT-aggTrades-2024-01-02.zip",
+        ):
+            r = s.get(srv.base_url + path, timeout=30)
+            assert (r.status_code, r.content) == (404, NO_SUCH_KEY % path.lstrip("/").encode())
+        good_path = f"{UM}/daily/klines/BTCUSDT/1m/BTCUSDT-1m-2024-01-03.zip"
+        assert _csv_of(s.get(srv.base_url + good_path, timeout=30).content) == b"open_time,open\n"
+        # A file swapped for a link out after indexing (and after being served) is refused too.
+        srv.clear_cache()
+        good.unlink()
+        good.symlink_to(outside / "secret")
+        for path in (good_path, good_path + ".CHECKSUM"):
+            r = s.get(srv.base_url + path, timeout=30)
+            assert (r.status_code, r.content) == (404, NO_SUCH_KEY % path.lstrip("/").encode())
+        assert all(status == 404 for _, p, status in srv.request_log if "2024-01-03" not in p)
+
+
+def test_error_bodies_escape_the_request_path(server: ReplayServer) -> None:
+    status, headers, body = _raw(server, "GET", "/data/futures/um/<script>\"&'</script>.zip")
+    assert (status, headers["content-type"], headers["x-content-type-options"]) == (404, "application/xml", "nosniff")
+    assert body == NO_SUCH_KEY % b"data/futures/um/&lt;script&gt;&quot;&amp;&#x27;&lt;/script&gt;.zip"
+    status, headers, body = _raw(server, "GET", "/fapi/v1/<script>")
+    assert (status, headers["content-type"]) == (404, "application/json")
+    assert body == b'{"code":-5000,"msg":"Path /fapi/v1/\\u003cscript\\u003e, Method GET is invalid"}'
+    # The fault switch's own errors quote what was sent, as JSON with the markup escaped.
+    r = requests.post(server.base_url + "/_replay/faults", json={"kind": "<b>", "path_contains": ""}, timeout=30)
+    assert (r.status_code, r.content) == (
+        400,
+        b'{"error":"bad fault rules: \'\\u003cb\\u003e\' is not a valid FaultKind"}',
+    )
+
+
+def test_fault_switches_refuse_what_a_web_page_can_send(server: ReplayServer, http: requests.Session) -> None:
+    url = server.base_url + "/_replay/faults"
+    rule = b'{"kind": "missing", "path_contains": ""}'
+    # The body types a cross-site form or no-cors fetch can send without a preflight.
+    for content_type in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", None):
+        headers = {"Content-Type": content_type} if content_type else {}
+        r = http.post(url, data=rule, headers=headers, timeout=30)
+        expected = b'{"error":"POST /_replay/faults needs Content-Type: application/json"}'
+        assert (r.status_code, r.content) == (415, expected), content_type
+    assert len(server.faults) == 0
+    server.faults.add(FaultRule("missing", "x"))
+    r = http.delete(url, timeout=30)
+    assert (r.status_code, r.content) == (
+        415,
+        b'{"error":"DELETE /_replay/faults needs Content-Type: application/json"}',
+    )
+    assert len(server.faults) == 1
+    # The preflight a browser sends before a JSON POST is refused, with no CORS grant.
+    r = http.options(
+        url,
+        headers={
+            "Origin": "http://evil.example",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type",
+        },
+        timeout=30,
+    )
+    assert (r.status_code, r.headers["Allow"]) == (405, "GET, HEAD, POST, DELETE")
+    r_get = http.get(url, headers={"Origin": "http://evil.example"}, timeout=30)
+    for response in (r, r_get):
+        assert [h for h in response.headers if h.lower().startswith("access-control-")] == []
+    # A page whose DNS name was rebound to 127.0.0.1 is same-origin: its Host header gives it away.
+    for method in ("POST", "DELETE", "GET"):
+        status, _, body = _raw(
+            server, method, "/_replay/faults", Host="evil.example", **{"Content-Type": "application/json"}
+        )
+        assert (status, body) == (421, b"this replay server answers loopback host names only\n"), method
+    assert _raw(server, "GET", KLINES, Host="rebound.example:8765")[0] == 421
+    assert len(server.faults) == 1
+    assert _raw(server, "GET", "/_replay/health", Host=f"localhost:{server.port}")[2] == b"ok\n"
+    assert _raw(server, "GET", "/_replay/health", Host=f"[::1]:{server.port}")[2] == b"ok\n"
+
+
+def test_a_symbol_outside_the_universe_is_unknown(server: ReplayServer, http: requests.Session) -> None:
+    for path in (
+        f"{UM}/daily/klines/SOLUSDT/1m/SOLUSDT-1m-2024-01-02.zip",
+        f"{UM}/daily/klines/SOLUSDT/1m/SOLUSDT-1m-2024-01-02.zip.CHECKSUM",
+        f"{UM}/daily/aggTrades/SOLUSDT/SOLUSDT-aggTrades-2024-01-02.zip",
+        f"{UM}/monthly/fundingRate/SOLUSDT/SOLUSDT-fundingRate-2024-01.zip.CHECKSUM",
+    ):
+        r = _get(http, server, path)
+        assert (r.status_code, r.content) == (404, NO_SUCH_KEY % path.lstrip("/").encode()), path
+    for path, params in (
+        ("/fapi/v1/klines", {"symbol": "SOLUSDT", "interval": "1m"}),
+        ("/fapi/v1/indexPriceKlines", {"pair": "SOLUSDT", "interval": "1m"}),
+        ("/fapi/v1/aggTrades", {"symbol": "SOLUSDT"}),
+        ("/fapi/v1/premiumIndex", {"symbol": "SOLUSDT"}),
+        ("/fapi/v1/fundingRate", {"symbol": "SOLUSDT"}),
+        ("/futures/data/openInterestHist", {"symbol": "SOLUSDT", "period": "5m"}),
+    ):
+        r = http.get(server.base_url + path, params=params, timeout=30)
+        assert (r.status_code, r.content) == (400, INVALID_SYMBOL), path
+    listed = http.get(server.base_url + "/fapi/v1/exchangeInfo", timeout=30).json()["symbols"]
+    assert [s["symbol"] for s in listed] == ["BTCUSDT", "ETHUSDT", "NEWUSDT"]
+
+
+def test_real_files_serve_symbols_outside_the_universe(tmp_path: Path) -> None:
+    (tmp_path / "SOLUSDT-1m-2024-01-02.csv").write_text("open_time,open\n")
+    market = SyntheticMarket(MarketConfig(today=TODAY, symbols=("BTCUSDT",)))
+    with ReplayServer(market, real_dir=tmp_path) as srv, requests.Session() as s:
+        real = s.get(srv.base_url + f"{UM}/daily/klines/SOLUSDT/1m/SOLUSDT-1m-2024-01-02.zip", timeout=30)
+        assert (real.status_code, _csv_of(real.content)) == (200, b"open_time,open\n")
+        # Nothing synthetic behind it, and REST knows only the market's universe.
+        assert s.get(srv.base_url + f"{UM}/daily/klines/SOLUSDT/1m/SOLUSDT-1m-2024-01-03.zip").status_code == 404
+        r = s.get(srv.base_url + "/fapi/v1/premiumIndex", params={"symbol": "SOLUSDT"}, timeout=30)
+        assert (r.status_code, r.content) == (400, INVALID_SYMBOL)
+
+
 # --- the blocking entry point ---------------------------------------------------------
 
 
@@ -317,6 +470,56 @@ def test_serve_prints_the_export_line_and_stops_cleanly(stop_signal: signal.Sign
         proc.send_signal(stop_signal)
         assert proc.wait(timeout=10) == 0
         assert "replay server stopped" in proc.stdout.read()  # type: ignore[union-attr]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+BML = [sys.executable, "-m", "bml_assets.cli"]
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "192.168.1.10", "::"])
+def test_replay_server_command_refuses_a_public_host_in_one_line(host: str) -> None:
+    done = subprocess.run(
+        [*BML, "replay-server", "--host", host, "--port", "0"], capture_output=True, text=True, timeout=60
+    )
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr.splitlines()[-1] == (
+        f"Error: --host {host} is not a loopback address: the replay server is a local test tool; "
+        "add --allow-public to expose it anyway"
+    )
+    assert "Traceback" not in done.stderr
+
+
+def test_replay_server_command_passes_allow_public_and_symbols(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[tuple[object, ...], dict[str, object]]] = []
+    monkeypatch.setattr(replay_server, "serve", lambda *args, **kw: calls.append((args, kw)))
+    args = ["replay-server", "--host", "0.0.0.0", "--allow-public", "--port", "0", "--symbols", "SOLUSDT,BTCUSDT"]
+    result = CliRunner().invoke(cli.main, args)
+    assert result.exit_code == 0, result.output
+    ((positional, options),) = calls
+    assert positional == ("0.0.0.0", 0)
+    assert (options["allow_public"], options["symbols"]) == (True, ("SOLUSDT", "BTCUSDT"))
+    bad = CliRunner().invoke(cli.main, ["replay-server", "--symbols", "sol"])
+    assert bad.exit_code == 2 and "invalid symbol in --symbols 'sol'" in bad.output
+
+
+def test_replay_server_command_serves_the_symbols_it_is_given() -> None:
+    proc = subprocess.Popen(
+        [*BML, "replay-server", "--port", "0", "--symbols", "SOLUSDT"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        banner = [proc.stdout.readline() for _ in range(4)]  # type: ignore[union-attr]
+        assert banner[3] == "synthetic market symbols: SOLUSDT\n"
+        base_url = banner[1].strip().split("=", 1)[1]
+        sol = f"{UM}/daily/klines/SOLUSDT/1m/SOLUSDT-1m-2024-01-02.zip"
+        assert requests.get(base_url + sol, timeout=30).status_code == 200
+        assert requests.get(base_url + KLINES, timeout=30).status_code == 404  # BTCUSDT is not in it
+        r = requests.get(base_url + "/fapi/v1/premiumIndex", params={"symbol": "BTCUSDT"}, timeout=30)
+        assert (r.status_code, r.content) == (400, INVALID_SYMBOL)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=10) == 0
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -271,6 +271,25 @@ def test_before_listing_and_from_today_nothing_is_published() -> None:
     assert market.vision_file("aggTrades", "btcusdt", date(2024, 1, 2)) is None
 
 
+def test_only_the_universe_is_published() -> None:
+    # Default universe: BTCUSDT, ETHUSDT and the symbols given a listing date.
+    market = SyntheticMarket(MarketConfig(today=TODAY, listing_dates={"NEWUSDT": date(2024, 1, 1)}))
+    assert market.universe() == ("BTCUSDT", "ETHUSDT", "NEWUSDT")
+    for stream in ("klines", "indexPriceKlines", "aggTrades", "bookTicker", "metrics", "fundingRate"):
+        assert market.vision_file(stream, "NEWUSDT", DAY) is not None, stream
+        assert market.vision_file(stream, "SOLUSDT", DAY) is None, stream
+    assert not market.is_known_symbol("SOLUSDT") and market.is_known_symbol("ETHUSDT")
+    # A configured universe replaces the default one.
+    sol_only = SyntheticMarket(MarketConfig(today=TODAY, symbols=("SOLUSDT",)))
+    assert sol_only.universe() == ("SOLUSDT",)
+    assert sol_only.vision_file("klines", "SOLUSDT", DAY) is not None
+    assert sol_only.vision_file("klines", "BTCUSDT", DAY) is None
+    # The data itself is a function of any valid name: only publication is gated.
+    assert sol_only.agg_trades("BTCUSDT", DAY).num_rows == 6000
+    with pytest.raises(ValueError, match="listing_dates names symbols missing from symbols: NEWUSDT"):
+        MarketConfig(symbols=("BTCUSDT",), listing_dates={"NEWUSDT": DAY})
+
+
 def test_real_today_is_the_default() -> None:
     market = SyntheticMarket()
     assert market.today() == datetime.now(UTC).date()

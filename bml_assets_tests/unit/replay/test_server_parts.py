@@ -84,6 +84,30 @@ def test_real_dir_index(tmp_path: Path) -> None:
     )
 
 
+def test_real_dir_index_skips_links_leading_outside(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    root, outside = tmp_path / "real", tmp_path / "outside"
+    secret = _touch(outside, "secret.txt")
+    _touch(outside, "folder/BTCUSDT-aggTrades-2024-01-02.zip")
+    good = _touch(root, "k/BTCUSDT-1m-2024-01-03.zip")
+    # A file link, a folder link and a CHECKSUM link out of the folder; one link inside.
+    (root / "k" / "BTCUSDT-1m-2024-01-01.csv").symlink_to(secret)
+    (root / "linked").symlink_to(outside / "folder", target_is_directory=True)
+    (root / "k" / "BTCUSDT-1m-2024-01-03.zip.CHECKSUM").symlink_to(secret)
+    (root / "k" / "BTCUSDT-1m-2024-01-04.zip").symlink_to(good)
+    with caplog.at_level("WARNING", logger="bml_assets.replay.server"):
+        index = index_real_dir(root)
+    assert {route: str(real.source.relative_to(root)) for route, real in index.items()} == {
+        f"{UM}/daily/klines/BTCUSDT/1m/BTCUSDT-1m-2024-01-03.zip": "k/BTCUSDT-1m-2024-01-03.zip",
+        f"{UM}/daily/klines/BTCUSDT/1m/BTCUSDT-1m-2024-01-04.zip": "k/BTCUSDT-1m-2024-01-04.zip",
+    }
+    assert index[f"{UM}/daily/klines/BTCUSDT/1m/BTCUSDT-1m-2024-01-03.zip"].checksum is None
+    assert sorted(r.getMessage() for r in caplog.records) == [
+        f"replay: not serving {root / 'k' / 'BTCUSDT-1m-2024-01-01.csv'}: it links outside {root}",
+        f"replay: not serving {root / 'k' / 'BTCUSDT-1m-2024-01-03.zip.CHECKSUM'}: it links outside {root}",
+        f"replay: not serving {root / 'linked'}: it links outside {root}",
+    ]
+
+
 def test_fault_rules_count_per_matching_request() -> None:
     faults = FaultSet()
     faults.add(FaultRule("error_500", "aggTrades", times=2))
