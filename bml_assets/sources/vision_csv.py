@@ -156,11 +156,12 @@ def output_schema(stream: Stream) -> pa.Schema:
 # --- opening ------------------------------------------------------------------
 
 
-def _too_large(source: str, what: str, limit: int) -> VisionError:
+def _too_large(source: str, seen: str, limit: int, outcome: str) -> VisionError:
+    """The error of a file over the limit: ``seen`` is what was found, ``outcome`` what was done."""
+    shown = f"{limit:,} bytes" + (f" ({limit / 2**20:,.0f} MiB)" if limit >= 2**20 else "")
     return VisionError(
-        f"{source}: {what}, over the limit of {limit:,} bytes ({limit / 2**20:,.0f} MiB) that one Vision file "
-        f"may unpack to: refused (a zip bomb or a damaged file). If the file is genuine, raise "
-        f"{MAX_CSV_BYTES_VARIABLE}.",
+        f"{source}: {seen}, over the limit of {shown} of CSV a Vision file may unpack to: {outcome} "
+        f"(a zip bomb or a damaged file). If the file is genuine, raise {MAX_CSV_BYTES_VARIABLE}.",
         url=source,
     )
 
@@ -186,8 +187,8 @@ class _BoundedReader:
         data = self._raw.read(room if size is None or size < 0 else min(size, room))
         self.count += len(data)
         if self.count > self._limit:
-            what = f"its CSV unpacks to more than {self._limit:,} bytes (reading stopped there)"
-            raise _too_large(self._source, what, self._limit)
+            seen = f"its CSV had unpacked {self.count:,} bytes"
+            raise _too_large(self._source, seen, self._limit, "reading stopped there")
         return data
 
     def close(self) -> None:
@@ -195,12 +196,12 @@ class _BoundedReader:
 
 
 @contextmanager
-def _open_csv_bytes(path: Path, source: str, max_bytes: int | None) -> Iterator[IO[bytes]]:
+def _open_csv_bytes(path: Path, source: str, max_bytes: int | None) -> Iterator[IO[bytes] | _BoundedReader]:
     """The CSV bytes of ``path``: the single member of a zip, or the file itself,
     cut off with a ``VisionError`` past ``max_bytes`` (None: no limit)."""
     if path.suffix.lower() != ".zip":
         with open(path, "rb") as f:
-            yield f if max_bytes is None else _BoundedReader(f, max_bytes, source)  # type: ignore[misc]
+            yield f if max_bytes is None else _BoundedReader(f, max_bytes, source)
         return
     try:
         with zipfile.ZipFile(path) as zf:
@@ -212,11 +213,11 @@ def _open_csv_bytes(path: Path, source: str, max_bytes: int | None) -> Iterator[
             member = members[0]
             if max_bytes is not None and member.file_size > max_bytes:
                 # Cheap early refusal: nothing decompressed yet.
-                what = f"its CSV {member.filename} declares {member.file_size:,} bytes"
-                raise _too_large(source, what, max_bytes)
+                seen = f"its CSV {member.filename} declares {member.file_size:,} bytes"
+                raise _too_large(source, seen, max_bytes, "refused without unpacking it")
             # Decompressed as a stream: only pyarrow's blocks are ever in memory.
             with zf.open(member) as stream:
-                yield stream if max_bytes is None else _BoundedReader(stream, max_bytes, source)  # type: ignore[misc]
+                yield stream if max_bytes is None else _BoundedReader(stream, max_bytes, source)
     except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
         raise VisionError(f"corrupted zip {source}: {exc}", url=source) from exc
 

@@ -44,7 +44,7 @@ def test_a_zip_bomb_is_refused_and_the_lake_keeps_the_committed_day(built, marke
     text = failure_text(result)
     expected = (
         f"{url}: its CSV BTCUSDT-aggTrades-{DAY.isoformat()}.csv declares 40,560,000 bytes, "
-        "over the limit of 4,194,304 bytes (4 MiB) that one Vision file may unpack to: refused"
+        "over the limit of 4,194,304 bytes (4 MiB) of CSV a Vision file may unpack to: refused without unpacking it"
     )
     assert expected in text, text
     assert "If the file is genuine, raise BML_VISION_MAX_CSV_BYTES." in text
