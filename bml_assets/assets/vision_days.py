@@ -28,6 +28,7 @@ from bml_assets.schema import (
     METRICS,
     Dataset,
 )
+from bml_assets.settings import DEFAULT_VISION_MAX_CSV_BYTES
 from bml_assets.sources.vision import BOOK_TICKER_LAST_DAY, NotPublished, Stream, VisionError, VisionFile
 from bml_assets.sources.vision_csv import data_row_of, iter_vision_csv_batches, read_vision_csv
 
@@ -84,10 +85,13 @@ class Fetched:
 class StreamFetcher:
     """Fetches Vision files for one run, recording every verified file in the ledger."""
 
+    # The most CSV a file may unpack to (BML_VISION_MAX_CSV_BYTES): the settings' value.
+    max_csv_bytes: int = DEFAULT_VISION_MAX_CSV_BYTES
+
     def __init__(self, bml: BmlResource) -> None:
         self._vision = bml.vision()
         self._ledger = bml.ledger()
-        self.max_csv_bytes = bml.settings().vision_max_csv_bytes  # BML_VISION_MAX_CSV_BYTES
+        self.max_csv_bytes = bml.settings().vision_max_csv_bytes
 
     def file(self, stream: Stream, sd: SymbolDay) -> VisionFile:
         """The verified daily zip (raises ``NotPublished``), not parsed yet."""
