@@ -17,6 +17,14 @@ counts as a problem in the lake (``lake/scan.py``), which partitions repair what
 (``repair.py``), and how a partition is built (the assets). Re-running a plan is
 idempotent because the lake is: a rebuilt partition whose bytes did not change is
 not rewritten (same content hash).
+
+Commit races: a run that loses a partition's compare-and-swap to another writer
+(another ``run-once`` or backfill process, a sensor's run) is run again, at most
+``MAX_RUN_ATTEMPTS`` times in all. The retry is the whole run, here, because
+resolving the conflict means rebuilding on what the winner committed: the stream
+assets re-read the committed table as their incremental base and the minute view
+re-joins them. The IO manager cannot rebuild a table, and a Dagster retry policy
+would also re-run failures that no retry can fix (bad input).
 """
 
 from __future__ import annotations
@@ -32,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from bml_assets.lake.ledger import Ledger, SymbolRecord, SymbolSync
-from bml_assets.settings import Settings, validate_symbol
+from bml_assets.settings import Settings, SettingsError, validate_symbol
 
 HOURS_PER_DAY = 24
 NOT_BUILT = "not_built"
@@ -43,6 +51,8 @@ BACKFILL_TAG = "bml/backfill"
 # the command reports failures itself; the full logs are in the run (DAGSTER_HOME).
 RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
 MINUTE_DATASET = "minute"
+# Runs of one partition when each loses a commit race (see the module docstring).
+MAX_RUN_ATTEMPTS = 3
 
 
 class CommandError(Exception):
@@ -581,13 +591,26 @@ def dagster_instance() -> Iterator[Any]:
 def _resource(settings: Settings):
     from bml_assets.resources import BmlResource
 
+    # A resource's fields are part of the job snapshot the Dagster instance stores
+    # (DAGSTER_HOME), and a URL may hold a password: a URL the environment already
+    # gives (the CLI's case) is left for the resource to read from there.
+    try:
+        env: Settings | None = Settings.from_env()
+    except SettingsError:
+        env = None
+
+    def unless_in_env(name: str) -> str | None:
+        value = getattr(settings, name)
+        return None if env is not None and getattr(env, name) == value else value
+
     return BmlResource(
         lake_root=str(settings.lake_root),
-        state_url=settings.state_url,
-        vision_base_url=settings.vision_base_url,
-        rest_base_url=settings.rest_base_url,
+        state_url=unless_in_env("state_url"),
+        vision_base_url=unless_in_env("vision_base_url"),
+        rest_base_url=unless_in_env("rest_base_url"),
         max_ffill_minutes=settings.max_ffill_minutes,
         safety_lag_minutes=settings.safety_lag_minutes,
+        vision_max_csv_bytes=settings.vision_max_csv_bytes,
     )
 
 
@@ -615,11 +638,43 @@ def _interrupted(result: Any) -> bool:
     return False
 
 
+def _lost_commit_race(result: Any) -> bool:
+    """Whether every failed step of a run failed because another writer committed its
+    partition first (``CommitConflict``): then a new run, built on that commit, succeeds."""
+    failures = [e for e in result.all_events if e.is_step_failure]
+    if not failures:
+        return False
+    for event in failures:
+        error = event.step_failure_data.error
+        while error is not None and error.cls_name != "CommitConflict":
+            error = error.cause
+        if error is None:
+            return False
+    return True
+
+
+def _run_partition(job: Any, key: str, instance: Any, tags: Mapping[str, str]) -> tuple[Any, int]:
+    """(the last run's result, the number of runs): ``job`` for partition ``key``, run
+    again while it only lost commit races, at most ``MAX_RUN_ATTEMPTS`` runs."""
+    runs = 0
+    while True:
+        result = job.execute_in_process(
+            partition_key=key, instance=instance, raise_on_error=False, run_config=RUN_CONFIG, tags=dict(tags)
+        )
+        runs += 1
+        if result.success or runs >= MAX_RUN_ATTEMPTS or not _lost_commit_race(result):
+            return result, runs
+
+
 def _run_error(result: Any) -> str:
+    """The first failed step and the error that explains it: the innermost cause, not
+    Dagster's wrapper ("Error occurred while handling output …")."""
     failures = [e for e in result.all_events if e.is_step_failure]
     if not failures:
         return "run failed"
     error = failures[0].step_failure_data.error
+    while error is not None and error.cause is not None:
+        error = error.cause
     message = (error.message if error is not None else "step failed").strip()
     return f"{failures[0].step_key}: {message}"
 
@@ -668,13 +723,7 @@ def execute_plan(plan: BackfillPlan, settings: Settings, *, tag: str | None = No
             began = time.monotonic()
             error = None
             try:
-                result = job.execute_in_process(
-                    partition_key=partition_key(target.symbol, target.day),
-                    instance=instance,
-                    raise_on_error=False,
-                    run_config=RUN_CONFIG,
-                    tags=tags,
-                )
+                result, _ = _run_partition(job, partition_key(target.symbol, target.day), instance, tags)
                 ok = bool(result.success)
                 if not ok:
                     error = _run_error(result)
@@ -734,11 +783,13 @@ class HotOutcome:
     after: dt.datetime | None
     ok: bool
     error: str | None = None
+    runs: int = 1  # more than one: earlier runs lost a commit race and were run again
 
 
 def hot_pass(settings: Settings, symbols: Sequence[str] | None = None) -> Iterator[HotOutcome]:
     """One hot-poll pass: per symbol, ``hot_targets`` at the exchange's clock, then ``HOT_JOB``
-    in-process for that partition (band ``hot`` for today, ``catch-up`` for a past day)."""
+    in-process for that partition (band ``hot`` for today, ``catch-up`` for a past day),
+    run again if it lost a commit race to another writer (``MAX_RUN_ATTEMPTS``)."""
     from bml_assets.assets.rest_days import ExchangeNow
     from bml_assets.assets.streams import BAND_TAG, HOT_BAND
     from bml_assets.automation import hot_targets
@@ -762,14 +813,9 @@ def hot_pass(settings: Settings, symbols: Sequence[str] | None = None) -> Iterat
                 continue
             band = HOT_BAND if day == now.today else "catch-up"
             error = None
+            runs = 1
             try:
-                result = job.execute_in_process(
-                    partition_key=partition_key(symbol, day),
-                    instance=instance,
-                    raise_on_error=False,
-                    run_config=RUN_CONFIG,
-                    tags={BAND_TAG: band},
-                )
+                result, runs = _run_partition(job, partition_key(symbol, day), instance, {BAND_TAG: band})
                 ok = bool(result.success)
                 if not ok:
                     error = _run_error(result)
@@ -777,7 +823,7 @@ def hot_pass(settings: Settings, symbols: Sequence[str] | None = None) -> Iterat
                         raise KeyboardInterrupt
             except Exception as exc:
                 ok, error = False, f"{type(exc).__name__}: {exc}"
-            yield HotOutcome(symbol, day, band, before, ledger.get_watermark(symbol), ok, error)
+            yield HotOutcome(symbol, day, band, before, ledger.get_watermark(symbol), ok, error, runs)
 
 
 def watermark_report(settings: Settings, symbol: str | None = None) -> list[dict[str, Any]]:

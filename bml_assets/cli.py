@@ -292,11 +292,12 @@ def symbols_sync() -> None:
     gives it.
     """
     from bml_assets.backfill import sync_symbols
+    from bml_assets.sources.http import redact_url
 
     settings = _settings()
     result = sync_symbols(settings)
     click.echo(
-        f"exchangeInfo ({settings.rest_base_url}): {result.perpetuals} USD-M perpetual(s): "
+        f"exchangeInfo ({redact_url(settings.rest_base_url)}): {result.perpetuals} USD-M perpetual(s): "
         f"{result.trading} trading, {result.not_trading} not trading "
         f"({result.delisted_with_date} with a last trading day)"
     )

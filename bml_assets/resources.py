@@ -7,7 +7,9 @@ Vision client lazily, once per process. What stays out: the meaning of the
 settings (``settings.py``) and how the clients work (``sources/``, ``lake/``).
 
 The environment is read when a run first asks for ``settings()``, never at
-import time; explicit fields (tests, the demo) win over the environment.
+import time; explicit fields (tests, the demo) win over the environment. Explicit
+fields are stored with every run by a persistent Dagster instance (its job
+snapshot): a base URL with a password belongs in the environment, not in a field.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class BmlResource(ConfigurableResource):
     rest_base_url: str | None = None
     max_ffill_minutes: int | None = None
     safety_lag_minutes: int | None = None
+    vision_max_csv_bytes: int | None = None
 
     _settings: Settings | None = PrivateAttr(default=None)
     _ledger: Ledger | None = PrivateAttr(default=None)
@@ -57,6 +60,8 @@ class BmlResource(ConfigurableResource):
                 changes["max_ffill_minutes"] = self.max_ffill_minutes
             if self.safety_lag_minutes is not None:
                 changes["safety_lag_minutes"] = self.safety_lag_minutes
+            if self.vision_max_csv_bytes is not None:
+                changes["vision_max_csv_bytes"] = self.vision_max_csv_bytes
             self._settings = base.with_(**changes) if changes else base
         return self._settings
 

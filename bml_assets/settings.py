@@ -13,12 +13,21 @@ import datetime as dt
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from dotenv import dotenv_values
 
+from bml_assets.sources.http import redact_url
+
 SYMBOL_PATTERN = re.compile(r"^[A-Z0-9]{2,20}$")
+# The most CSV bytes one Vision zip may unpack to before reading stops. The biggest
+# real daily files, aggTrades of the busiest symbols on the busiest days, are a few
+# hundred MB of CSV (the whole day is parsed into Arrow, so that is also roughly the
+# memory a sorted fallback needs); 1.5 GiB leaves them a 3-5x margin and still
+# refuses a zip bomb (a 16 MB zip unpacking to 2 GB) long before it fills memory or
+# disk. A genuine file over it is reported with this variable's name.
+DEFAULT_VISION_MAX_CSV_BYTES = 1536 << 20
 
 DEFAULTS: dict[str, str] = {
     "BML_SYMBOLS": "BTCUSDT",
@@ -31,7 +40,10 @@ DEFAULTS: dict[str, str] = {
     "BML_SAFETY_LAG_MINUTES": "1",
     "BML_MAX_FFILL_MINUTES": "60",
     "BML_REST_WEIGHT_BUDGET": "1800",
+    "BML_VISION_MAX_CSV_BYTES": str(DEFAULT_VISION_MAX_CSV_BYTES),
 }
+# Fields that may hold credentials (``http://user:password@mirror``): shown redacted.
+_URL_FIELDS = frozenset({"state_url", "vision_base_url", "rest_base_url", "ws_base_url"})
 
 
 class SettingsError(ValueError):
@@ -70,7 +82,8 @@ def _int(env: Mapping[str, str], name: str, minimum: int) -> int:
 def _url(env: Mapping[str, str], name: str, schemes: tuple[str, ...]) -> str:
     raw = env[name].strip().rstrip("/")
     if not raw.startswith(tuple(f"{s}://" for s in schemes)):
-        raise SettingsError(f"{name}={raw!r} must start with one of {', '.join(s + '://' for s in schemes)}")
+        shown = redact_url(raw)
+        raise SettingsError(f"{name}={shown!r} must start with one of {', '.join(s + '://' for s in schemes)}")
     return raw
 
 
@@ -86,6 +99,15 @@ class Settings:
     safety_lag_minutes: int = 1
     max_ffill_minutes: int = 60
     rest_weight_budget: int = 1800
+    vision_max_csv_bytes: int = DEFAULT_VISION_MAX_CSV_BYTES
+
+    def __repr__(self) -> str:
+        # A URL's password must not reach a log or a traceback through a repr.
+        shown = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            shown.append(f"{f.name}={(redact_url(value) if f.name in _URL_FIELDS else value)!r}")
+        return f"Settings({', '.join(shown)})"
 
     def __post_init__(self) -> None:
         if not self.state_url:
@@ -118,6 +140,7 @@ class Settings:
             safety_lag_minutes=_int(env, "BML_SAFETY_LAG_MINUTES", 0),
             max_ffill_minutes=_int(env, "BML_MAX_FFILL_MINUTES", 0),
             rest_weight_budget=_int(env, "BML_REST_WEIGHT_BUDGET", 1),
+            vision_max_csv_bytes=_int(env, "BML_VISION_MAX_CSV_BYTES", 1),
         )
 
     def with_(self, **changes: object) -> Settings:

@@ -28,6 +28,7 @@ from bml_assets.schema import (
     METRICS,
     Dataset,
 )
+from bml_assets.settings import DEFAULT_VISION_MAX_CSV_BYTES
 from bml_assets.sources.vision import BOOK_TICKER_LAST_DAY, NotPublished, Stream, VisionError, VisionFile
 from bml_assets.sources.vision_csv import data_row_of, iter_vision_csv_batches, read_vision_csv
 
@@ -40,7 +41,8 @@ def relocate_outside_day(file: VisionFile, stream: Stream, work: Callable[[], T]
         return work()
     except OutsideDayError as err:
         row = (
-            data_row_of(file.path, stream, err.column, err.value_ms, source=file.url)
+            # No size limit: the row was found by a read that stayed within it.
+            data_row_of(file.path, stream, err.column, err.value_ms, source=file.url, max_bytes=None)
             if err.value_ms is not None
             else None
         )
@@ -83,9 +85,13 @@ class Fetched:
 class StreamFetcher:
     """Fetches Vision files for one run, recording every verified file in the ledger."""
 
+    # The most CSV a file may unpack to (BML_VISION_MAX_CSV_BYTES): the settings' value.
+    max_csv_bytes: int = DEFAULT_VISION_MAX_CSV_BYTES
+
     def __init__(self, bml: BmlResource) -> None:
         self._vision = bml.vision()
         self._ledger = bml.ledger()
+        self.max_csv_bytes = bml.settings().vision_max_csv_bytes
 
     def file(self, stream: Stream, sd: SymbolDay) -> VisionFile:
         """The verified daily zip (raises ``NotPublished``), not parsed yet."""
@@ -104,7 +110,7 @@ class StreamFetcher:
         return Fetched(file, stream, table, rows)
 
     def parse(self, file: VisionFile, stream: Stream) -> Fetched:
-        table = read_vision_csv(file.path, stream, source=file.url)
+        table = read_vision_csv(file.path, stream, source=file.url, max_bytes=self.max_csv_bytes)
         return self.record(file, stream, table.num_rows, table)
 
     def daily(self, stream: Stream, sd: SymbolDay) -> Fetched:
@@ -148,7 +154,10 @@ def trade_flow_day(fetch: StreamFetcher, sd: SymbolDay) -> PartitionData:
         file,
         Stream.AGG_TRADES,
         lambda: all(
-            builder.add(batch) for batch in iter_vision_csv_batches(file.path, Stream.AGG_TRADES, source=file.url)
+            builder.add(batch)
+            for batch in iter_vision_csv_batches(
+                file.path, Stream.AGG_TRADES, source=file.url, max_bytes=fetch.max_csv_bytes
+            )
         ),
     )
     if in_order:

@@ -3,8 +3,10 @@
 What belongs here: issuing GET requests with a bounded retry policy (5xx and
 transport errors, exponential backoff with full jitter), turning error responses
 into ``HttpError`` messages a person can act on (the exchange's ``code``/``msg``,
-451 explained, ``Retry-After`` shown), and streaming a download to disk while
-hashing it.
+451 explained, ``Retry-After`` shown), streaming a download to disk while
+hashing it, and ``redact_url``: the one place where the credentials of a URL
+(``http://user:password@mirror/``) are hidden before the URL is shown, logged or
+stored. Requests still carry them (requests sends the userinfo as basic auth).
 
 What stays out: anything that knows about Binance Vision paths, CHECKSUM files
 or the cache (``vision.py``), and REST weight accounting / rate limiting
@@ -17,6 +19,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
@@ -44,12 +47,28 @@ TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+# The userinfo of every URL in a text: from "scheme://" to the last "@" before the
+# host's path, query or fragment (a password may hold a raw "@", urlsplit agrees).
+_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)(?P<userinfo>[^/?#\s]*@)")
+REDACTED_USERINFO = "***@"
+
+
+def redact_url(text: str) -> str:
+    """``text`` (a URL, or a message holding URLs) with each URL's userinfo replaced by
+    ``***``: ``http://user:pw@host/x`` → ``http://***@host/x``. The user name goes too
+    (it is often the token itself); the host, port, path and query stay, so the text
+    still says where a request went. A text without credentials is returned unchanged.
+    """
+    return _USERINFO.sub(lambda m: m["scheme"] + REDACTED_USERINFO, text)
+
+
 class HttpError(Exception):
     """A request that failed for good: an error status or retries exhausted.
 
     ``status`` is None when no response arrived (transport failure). ``code`` and
     ``msg`` are the exchange's JSON error fields when the body had them.
-    ``retry_after_s`` is the server's ``Retry-After`` when it sent one.
+    ``retry_after_s`` is the server's ``Retry-After`` when it sent one. ``url`` and
+    the message name the URL with its credentials redacted (``redact_url``).
     """
 
     def __init__(
@@ -62,8 +81,8 @@ class HttpError(Exception):
         msg: str | None = None,
         retry_after_s: float | None = None,
     ) -> None:
-        super().__init__(message)
-        self.url = url
+        super().__init__(redact_url(message))
+        self.url = redact_url(url)
         self.status = status
         self.code = code
         self.msg = msg
@@ -170,7 +189,8 @@ class HttpClient:
             excerpt = _body_excerpt(response)
             detail = exchange or (f": {excerpt}" if excerpt else "")
             text = f"HTTP {status} for {url}{detail}"
-        return HttpError(text, url=url, status=status, code=code, msg=msg, retry_after_s=retry_after)
+        # The body is the server's: a mirror may echo the request URL back in it.
+        return HttpError(redact_url(text), url=url, status=status, code=code, msg=msg, retry_after_s=retry_after)
 
     # -- requests -------------------------------------------------------------
 
@@ -191,6 +211,7 @@ class HttpClient:
         block or raise, e.g. a rate limiter), ``after_attempt`` after each one with
         its response, or None when none arrived (e.g. to read rate-limit headers)."""
         headers = {"User-Agent": self.user_agent}
+        shown = redact_url(url)
         last_problem = ""
         for attempt in range(self.max_retries + 1):
             if before_attempt is not None:
@@ -198,14 +219,16 @@ class HttpClient:
             try:
                 response = self.session.get(url, params=params, stream=stream, timeout=self.timeout_s, headers=headers)
             except TRANSPORT_ERRORS as exc:
-                last_problem = f"{type(exc).__name__}: {exc}"
+                last_problem = redact_url(f"{type(exc).__name__}: {exc}")
                 if after_attempt is not None:
                     after_attempt(None)
             except requests.RequestException as exc:
                 if after_attempt is not None:
                     after_attempt(None)
                 # Not worth a retry (bad URL, redirect loop): one exception type for callers.
-                raise HttpError(f"GET {url} failed: {type(exc).__name__}: {exc}", url=url) from exc
+                # Not chained: the original text may hold the URL with its credentials.
+                problem = redact_url(f"{type(exc).__name__}: {exc}")
+                raise HttpError(f"GET {shown} failed: {problem}", url=shown) from None
             else:
                 if after_attempt is not None:
                     after_attempt(response)
@@ -215,19 +238,19 @@ class HttpClient:
                 if status >= 500:
                     last_problem = f"HTTP {status}"
                     if attempt == self.max_retries:
-                        error = self._error_for(url, response)
+                        error = self._error_for(shown, response)
                         error.args = (f"{error} (after {attempt + 1} attempts)",)
                         raise error
                     response.close()
                 else:
-                    error = self._error_for(url, response)
+                    error = self._error_for(shown, response)
                     response.close()
                     raise error
             if attempt < self.max_retries:
                 self.sleep(self.backoff_s(attempt))
         raise HttpError(
-            f"GET {url} failed after {self.max_retries + 1} attempts: {last_problem}",
-            url=url,
+            f"GET {shown} failed after {self.max_retries + 1} attempts: {last_problem}",
+            url=shown,
         )
 
     def download(self, url: str, dest: Path) -> DownloadResult:
@@ -238,6 +261,7 @@ class HttpClient:
         restarts the whole download, up to ``max_retries`` times.
         """
         dest = Path(dest)
+        shown = redact_url(url)
         last_problem = ""
         written = False  # a failed download leaves no partial file behind
         try:
@@ -245,16 +269,16 @@ class HttpClient:
                 response = self.get(url, stream=True, passthrough=())
                 try:
                     written = True
-                    return self._write_body(url, response, dest)
+                    return self._write_body(shown, response, dest)
                 except TRANSPORT_ERRORS as exc:
-                    last_problem = f"{type(exc).__name__}: {exc}"
+                    last_problem = redact_url(f"{type(exc).__name__}: {exc}")
                 finally:
                     response.close()
                 if attempt < self.max_retries:
                     self.sleep(self.backoff_s(attempt))
             raise HttpError(
-                f"download of {url} failed after {self.max_retries + 1} attempts: {last_problem}",
-                url=url,
+                f"download of {shown} failed after {self.max_retries + 1} attempts: {last_problem}",
+                url=shown,
             )
         except BaseException:
             if written:

@@ -6,6 +6,10 @@ paging each history endpoint correctly, and turning the JSON into Arrow tables i
 EXACTLY the layouts of the Vision parser (``vision_csv.output_schema``) or the
 ``metrics_5m`` dataset, so the same feature code consumes REST and Vision data.
 
+A 200 whose body is not JSON (cut short, or a proxy's HTML page) is retried like a
+transport error, with the HTTP client's backoff and attempt count: only this module
+knows the body must be JSON.
+
 What stays out: retries of 5xx and transport errors and the error texts of
 HTTP statuses (``http.py``), weights and endpoint facts (``rest_limits.py``), and
 any decision about which minutes to fetch or what the values mean (assets and
@@ -30,7 +34,7 @@ import requests
 from bml_assets.schema import METRICS
 from bml_assets.settings import validate_symbol
 from bml_assets.sources import rest_limits as limits
-from bml_assets.sources.http import STATUS_IP_BANNED, STATUS_TOO_MANY_REQUESTS, HttpClient, HttpError
+from bml_assets.sources.http import STATUS_IP_BANNED, STATUS_TOO_MANY_REQUESTS, HttpClient, HttpError, redact_url
 from bml_assets.sources.rest_budget import DEFAULT_WINDOW_S, RestBanned, WeightBudget, utc_iso
 from bml_assets.sources.vision import Stream
 from bml_assets.sources.vision_csv import output_schema
@@ -56,11 +60,12 @@ _EXCERPT_BYTES = 120
 
 
 class RestError(Exception):
-    """A REST answer that cannot be used (malformed JSON, an unexpected shape); names the URL."""
+    """A REST answer that cannot be used (malformed JSON, an unexpected shape); names the URL
+    (redacted: ``redact_url``)."""
 
     def __init__(self, message: str, *, url: str | None = None) -> None:
-        super().__init__(message)
-        self.url = url
+        super().__init__(redact_url(message))
+        self.url = url if url is None else redact_url(url)
 
     def __reduce__(self) -> tuple[Any, ...]:  # picklable across processes
         return (type(self), (str(self),), {"url": self.url})
@@ -124,9 +129,17 @@ def _table(columns: Mapping[str, list[Any]], schema: pa.Schema) -> pa.Table:
     return pa.Table.from_arrays([pa.array(columns[f.name], type=f.type) for f in schema], schema=schema)
 
 
+class _MalformedBody(Exception):
+    """A 2xx answer whose body is not JSON: worth another request."""
+
+
 class RestClient:
     """GETs against the USD-M REST host at ``base_url``, every one inside the weight budget
     shared through ``state_url`` (``BML_STATE_URL``) with every other process.
+
+    A ``base_url`` with credentials (``http://user:password@mirror``) sends them with
+    every request; ``self.base_url`` (shown in provenance and messages) and the budget's
+    host key have them redacted, so they never reach the ledger or a log.
 
     ``weight_budget`` is the weight per minute this machine allows itself
     (``BML_REST_WEIGHT_BUDGET``). ``clock``/``sleep`` are injectable; ``window_s``
@@ -149,9 +162,11 @@ class RestClient:
     ) -> None:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError(f"REST base URL {base_url!r} is not an http(s) URL")
-        self.base_url = base_url.rstrip("/")
-        self.host = parts.netloc
+            raise ValueError(f"REST base URL {redact_url(base_url)!r} is not an http(s) URL")
+        self._request_base_url = base_url.rstrip("/")
+        self.base_url = redact_url(self._request_base_url)
+        # host[:port]: the budget's key in the state database, credentials left out
+        self.host = parts.netloc.rpartition("@")[2]
         self.http = http if http is not None else HttpClient(sleep=sleep)
         self._clock = clock
         self.max_rate_limit_retries = max_rate_limit_retries
@@ -191,19 +206,31 @@ class RestClient:
         return self._get(path, params)[0]
 
     def _get(self, path: str, params: Mapping[str, Any] | None = None) -> tuple[Any, str]:
-        """(parsed JSON, the full URL requested)."""
+        """(parsed JSON, the full URL requested, redacted).
+
+        A body that is not JSON is asked for again, up to the HTTP client's
+        ``max_retries`` times with its backoff (each attempt spends weight), then
+        ``RestError`` names the URL and the body's first bytes."""
         weight = limits.weight_of(path, params)
         # The query is part of the URL so that every error message names it in full.
-        url = self.base_url + path + (f"?{urlencode(params)}" if params else "")
-        attempt = 0
+        url = self._request_base_url + path + (f"?{urlencode(params)}" if params else "")
+        rate_limited = 0
+        malformed = 0
         while True:
             try:
                 response = self._send(url, path, weight)
             except HttpError as exc:
-                self._on_rate_limit(exc, attempt)  # raises unless a 429 worth another try
-                attempt += 1
+                self._on_rate_limit(exc, rate_limited)  # raises unless a 429 worth another try
+                rate_limited += 1
                 continue
-            return self._json(response), response.url
+            shown = redact_url(response.url)
+            try:
+                return self._json(response), shown
+            except _MalformedBody as exc:
+                malformed += 1
+                if malformed > self.http.max_retries:
+                    raise RestError(f"{exc} (after {malformed} attempts)", url=shown) from None
+                self.http.sleep(self.http.backoff_s(malformed - 1))
 
     def _send(self, url: str, path: str, weight: int) -> requests.Response:
         tickets: list[tuple[WeightBudget, int]] = []
@@ -254,10 +281,9 @@ class RestClient:
             return json.loads(body)
         except (ValueError, UnicodeDecodeError):
             excerpt = body[:_EXCERPT_BYTES]
-            raise RestError(
-                f"malformed JSON from {response.url} (HTTP {response.status_code}, {len(body)} bytes): "
-                f"first bytes {excerpt!r}",
-                url=response.url,
+            raise _MalformedBody(
+                f"malformed JSON from {redact_url(response.url)} (HTTP {response.status_code}, {len(body)} bytes): "
+                f"first bytes {excerpt!r}"
             ) from None
 
     # ---- snapshots

@@ -26,7 +26,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from bml_assets.settings import validate_symbol
-from bml_assets.sources.http import DownloadResult, HttpClient, HttpError
+from bml_assets.sources.http import DownloadResult, HttpClient, HttpError, redact_url
 
 
 class Stream(StrEnum):
@@ -70,26 +70,30 @@ _CHECKSUM_MAX_BYTES = 1024  # a real one is ~100 bytes; anything big is an error
 
 class NotPublished(Exception):
     """The file is not on the host (yet): HTTP 404 or 403. Not an error: Vision
-    publishes a day one to several days late."""
+    publishes a day one to several days late. ``url`` is redacted (``redact_url``)."""
 
     def __init__(self, url: str, status: int) -> None:
+        url = redact_url(url)
         super().__init__(f"not published (yet): {url} (HTTP {status})")
         self.url = url
         self.status = status
 
 
 class VisionError(Exception):
-    """Any other failure to obtain a verified file; the message names the URL."""
+    """Any other failure to obtain or read a verified file; the message names the URL
+    (redacted: ``redact_url``)."""
 
     def __init__(self, message: str, *, url: str | None = None) -> None:
-        super().__init__(message)
-        self.url = url
+        # Redacted here too, whoever builds the message (the parser names files by URL).
+        super().__init__(redact_url(message))
+        self.url = url if url is None else redact_url(url)
 
 
 @dataclass(frozen=True)
 class VisionFile:
     """A verified zip in the cache. ``fetched_at`` is when its bytes were downloaded
-    (for a cache hit: the original download, from the cache's sidecar)."""
+    (for a cache hit: the original download, from the cache's sidecar). ``url`` has
+    its credentials redacted: it is what provenance, the ledger and messages show."""
 
     url: str
     path: Path
@@ -134,7 +138,8 @@ def monthly_url(base_url: str, stream: Stream, symbol: str, year: int, month: in
 def _file_name(url: str) -> str:
     name = urlsplit(url).path.rsplit("/", 1)[-1]
     if not name.endswith(".zip"):
-        raise VisionError(f"not a Vision zip URL: {url}", url=url)
+        shown = redact_url(url)
+        raise VisionError(f"not a Vision zip URL: {shown}", url=shown)
     return name
 
 
@@ -144,6 +149,7 @@ def parse_checksum(text: str | bytes, *, url: str) -> str:
     Accepts the line with or without a final newline; rejects anything else,
     including a CHECKSUM that names a different file.
     """
+    url = redact_url(url)  # only named in messages from here on
     checksum_url = url + CHECKSUM_SUFFIX
     if isinstance(text, bytes):
         try:
@@ -197,6 +203,11 @@ class VisionClient:
     Cache layout: ``cache_dir/<sha256(url)[:2]>/<sha256(url)>/<sha256 of zip>.zip``
     with a ``<sha256 of zip>.json`` sidecar (url, sha256, bytes, fetched_at). A
     re-upload with a new checksum gets a new entry beside the old one.
+
+    A base URL may carry credentials (``http://user:password@mirror``): requests
+    send them; everything shown or stored (messages, ``VisionFile.url``, sidecars)
+    has them redacted, and the cache key is the redacted URL, so rotating a password
+    keeps the cache (a hit is still checked against the CHECKSUM the host serves).
     """
 
     def __init__(
@@ -233,6 +244,7 @@ class VisionClient:
         Raises ``NotPublished`` (404/403 on the CHECKSUM or the zip) or ``VisionError``.
         """
         name = _file_name(url)
+        shown = redact_url(url)
         expected = self.checksum(url)
         cached = self._cache_hit(url, expected)
         if cached is not None:
@@ -249,8 +261,8 @@ class VisionClient:
                 tmp.unlink(missing_ok=True)
                 if attempt == 2:
                     raise VisionError(
-                        f"checksum mismatch for {url}: expected {expected} got {result.sha256}, twice",
-                        url=url,
+                        f"checksum mismatch for {shown}: expected {expected} got {result.sha256}, twice",
+                        url=shown,
                     )
                 # Read the CHECKSUM again: a re-upload between our two requests
                 # changes both files, and the new pair must then match.
@@ -263,38 +275,40 @@ class VisionClient:
                 raise
 
         try:
-            self._check_zip(url, tmp, name)
+            self._check_zip(shown, tmp, name)
             final = entry / f"{expected}.zip"
             os.replace(tmp, final)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
         fetched_at = datetime.now(UTC)
-        self._write_sidecar(entry, url, expected, result.bytes, fetched_at)
+        self._write_sidecar(entry, shown, expected, result.bytes, fetched_at)
         _fsync_dir(entry)
-        return VisionFile(url, final, expected, result.bytes, False, fetched_at)
+        return VisionFile(shown, final, expected, result.bytes, False, fetched_at)
 
     def checksum(self, url: str) -> str:
         """The sha256 the host publishes for ``url`` (its ``.CHECKSUM`` file)."""
-        checksum_url = url + CHECKSUM_SUFFIX
+        shown = redact_url(url)
         try:
-            response = self.http.get(checksum_url, passthrough=NOT_PUBLISHED_STATUSES)
+            response = self.http.get(url + CHECKSUM_SUFFIX, passthrough=NOT_PUBLISHED_STATUSES)
         except HttpError as exc:
-            raise VisionError(f"cannot read CHECKSUM of {url}: {exc}", url=url) from exc
+            raise VisionError(f"cannot read CHECKSUM of {shown}: {exc}", url=shown) from exc
+        checksum_url = shown + CHECKSUM_SUFFIX
         if response.status_code in NOT_PUBLISHED_STATUSES:
-            raise NotPublished(url, response.status_code)
+            raise NotPublished(shown, response.status_code)
         if response.status_code != 200:
-            raise VisionError(f"unexpected HTTP {response.status_code} for {checksum_url}", url=url)
+            raise VisionError(f"unexpected HTTP {response.status_code} for {checksum_url}", url=shown)
         body = response.content
         if len(body) > _CHECKSUM_MAX_BYTES:
             raise VisionError(
-                f"malformed CHECKSUM at {checksum_url}: {len(body)} bytes is not a checksum line", url=url
+                f"malformed CHECKSUM at {checksum_url}: {len(body)} bytes is not a checksum line", url=shown
             )
-        return parse_checksum(body, url=url)
+        return parse_checksum(body, url=shown)
 
     def entry_dir(self, url: str) -> Path:
-        """The cache folder of one URL (all checksums ever seen for it)."""
-        key = hashlib.sha256(url.encode("utf-8")).hexdigest()
+        """The cache folder of one URL (all checksums ever seen for it), keyed by the
+        redacted URL: the same with any password, or none for a URL without one."""
+        key = hashlib.sha256(redact_url(url).encode("utf-8")).hexdigest()
         return self.cache_dir / key[:2] / key
 
     # -- internals ------------------------------------------------------------
@@ -313,8 +327,8 @@ class VisionClient:
         except HttpError as exc:
             if exc.status in NOT_PUBLISHED_STATUSES:
                 # The CHECKSUM exists but the zip does not: published half-way; retry later.
-                raise NotPublished(url, exc.status) from exc
-            raise VisionError(f"download of {url} failed: {exc}", url=url) from exc
+                raise NotPublished(exc.url, exc.status) from exc
+            raise VisionError(f"download of {exc.url} failed: {exc}", url=exc.url) from exc
 
     @staticmethod
     def _check_zip(url: str, path: Path, name: str) -> None:
@@ -332,6 +346,7 @@ class VisionClient:
             )
 
     def _cache_hit(self, url: str, sha256: str) -> VisionFile | None:
+        url = redact_url(url)  # all that is kept of it from here on
         entry = self.entry_dir(url)
         path = entry / f"{sha256}.zip"
         if not path.is_file():

@@ -6,6 +6,12 @@ de-duplicating on the natural key, and error messages that name the file and the
 data row. Parsing is done by ``pyarrow.csv`` on the decompressed stream: no Python
 object per row (an aggTrades day is 1–7 million rows).
 
+Bounded input: a file may unpack to at most ``max_bytes`` of CSV
+(``BML_VISION_MAX_CSV_BYTES``). The zip's declared size is checked before anything
+is decompressed, and the bytes actually decompressed are counted while reading (a
+header can lie, a loose CSV has none): past the limit, reading stops with a
+``VisionError`` naming the file, the size and the limit.
+
 What stays out: downloading and verifying files (``vision.py``), and any meaning
 given to the values (metrics label conventions, funding slot snapping, minute
 bucketing are the features' job). Times are returned as int64 milliseconds.
@@ -27,6 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
+from bml_assets.settings import DEFAULT_VISION_MAX_CSV_BYTES
 from bml_assets.sources.vision import Stream, VisionError
 
 log = logging.getLogger(__name__)
@@ -43,6 +50,7 @@ _DATETIME_FIELD = re.compile(rb"\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}")
 _ROW_IN_MESSAGE = re.compile(r"Row #(\d+)")
 _COLUMN_IN_MESSAGE = re.compile(r"In CSV column #(\d+)")
 _UTF8_BOM = b"\xef\xbb\xbf"
+MAX_CSV_BYTES_VARIABLE = "BML_VISION_MAX_CSV_BYTES"
 
 
 @dataclass(frozen=True)
@@ -148,12 +156,52 @@ def output_schema(stream: Stream) -> pa.Schema:
 # --- opening ------------------------------------------------------------------
 
 
+def _too_large(source: str, seen: str, limit: int, outcome: str) -> VisionError:
+    """The error of a file over the limit: ``seen`` is what was found, ``outcome`` what was done."""
+    shown = f"{limit:,} bytes" + (f" ({limit / 2**20:,.0f} MiB)" if limit >= 2**20 else "")
+    return VisionError(
+        f"{source}: {seen}, over the limit of {shown} of CSV a Vision file may unpack to: {outcome} "
+        f"(a zip bomb or a damaged file). If the file is genuine, raise {MAX_CSV_BYTES_VARIABLE}.",
+        url=source,
+    )
+
+
+class _BoundedReader:
+    """A binary reader that counts the bytes it hands out and raises once they pass
+    ``limit``: the real decompressed size, whatever the zip's header declared."""
+
+    def __init__(self, raw: IO[bytes], limit: int, source: str) -> None:
+        self._raw = raw
+        self._limit = limit
+        self._source = source
+        self.count = 0
+        self.closed = False
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        # Never more than one byte past the limit per call, so an unbounded read
+        # (``read()``) cannot pull a whole bomb into memory first.
+        room = self._limit - self.count + 1
+        data = self._raw.read(room if size is None or size < 0 else min(size, room))
+        self.count += len(data)
+        if self.count > self._limit:
+            seen = f"its CSV had unpacked {self.count:,} bytes"
+            raise _too_large(self._source, seen, self._limit, "reading stopped there")
+        return data
+
+    def close(self) -> None:
+        self.closed = True
+
+
 @contextmanager
-def _open_csv_bytes(path: Path, source: str) -> Iterator[IO[bytes]]:
-    """The CSV bytes of ``path``: the single member of a zip, or the file itself."""
+def _open_csv_bytes(path: Path, source: str, max_bytes: int | None) -> Iterator[IO[bytes] | _BoundedReader]:
+    """The CSV bytes of ``path``: the single member of a zip, or the file itself,
+    cut off with a ``VisionError`` past ``max_bytes`` (None: no limit)."""
     if path.suffix.lower() != ".zip":
         with open(path, "rb") as f:
-            yield f
+            yield f if max_bytes is None else _BoundedReader(f, max_bytes, source)
         return
     try:
         with zipfile.ZipFile(path) as zf:
@@ -162,16 +210,21 @@ def _open_csv_bytes(path: Path, source: str) -> Iterator[IO[bytes]]:
                 raise VisionError(
                     f"{source}: expected a zip with one CSV, found {[m.filename for m in members]}", url=source
                 )
+            member = members[0]
+            if max_bytes is not None and member.file_size > max_bytes:
+                # Cheap early refusal: nothing decompressed yet.
+                seen = f"its CSV {member.filename} declares {member.file_size:,} bytes"
+                raise _too_large(source, seen, max_bytes, "refused without unpacking it")
             # Decompressed as a stream: only pyarrow's blocks are ever in memory.
-            with zf.open(members[0]) as member:
-                yield member
+            with zf.open(member) as stream:
+                yield stream if max_bytes is None else _BoundedReader(stream, max_bytes, source)
     except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
         raise VisionError(f"corrupted zip {source}: {exc}", url=source) from exc
 
 
-def _peek(path: Path, source: str) -> tuple[bytes, bool]:
+def _peek(path: Path, source: str, max_bytes: int | None) -> tuple[bytes, bool]:
     """The first line (without line end) and whether any data follows it."""
-    with _open_csv_bytes(path, source) as f:
+    with _open_csv_bytes(path, source, max_bytes) as f:
         head = f.read(_HEADER_PEEK_BYTES)
     head = head.removeprefix(_UTF8_BOM)
     if not head.strip():
@@ -181,14 +234,14 @@ def _peek(path: Path, source: str) -> tuple[bytes, bool]:
     return line.rstrip(b"\r"), more
 
 
-def _has_header(path: Path, layout: CsvLayout, source: str) -> tuple[bool, bool]:
+def _has_header(path: Path, layout: CsvLayout, source: str, max_bytes: int | None) -> tuple[bool, bool]:
     """(has a header, has data rows), from the file's first line.
 
     Decided from the data, never from the file's date: the first field of a data
     row is a number (or, for metrics, a date-time); anything else must be the
     exact header.
     """
-    line, more = _peek(path, source)
+    line, more = _peek(path, source, max_bytes)
     first = line.split(b",", 1)[0].strip().strip(b'"')
     looks_like_data = _DATETIME_FIELD if layout.text_time_column == layout.names[0] else _NUMERIC_FIELD
     if looks_like_data.fullmatch(first):
@@ -229,7 +282,7 @@ def _options(
 
 
 def _located_error(
-    path: Path, layout: CsvLayout, has_header: bool, source: str, original: pa.ArrowInvalid
+    path: Path, layout: CsvLayout, has_header: bool, source: str, original: pa.ArrowInvalid, max_bytes: int | None
 ) -> VisionError:
     """A VisionError naming the file, the 1-based data row and the column.
 
@@ -238,7 +291,7 @@ def _located_error(
     """
     message = str(original)
     try:
-        with _open_csv_bytes(path, source) as f:
+        with _open_csv_bytes(path, source, max_bytes) as f:
             read, parse, convert = _options(layout, has_header, use_threads=False, block_size=DEFAULT_BLOCK_SIZE)
             reader = pacsv.open_csv(f, read_options=read, parse_options=parse, convert_options=convert)
             for _ in reader:
@@ -317,21 +370,24 @@ def iter_vision_csv_batches(
     source: str | None = None,
     block_size: int = DEFAULT_BLOCK_SIZE,
     use_threads: bool = True,
+    max_bytes: int | None = DEFAULT_VISION_MAX_CSV_BYTES,
 ) -> Iterator[pa.RecordBatch]:
     """Typed, µs-guarded record batches of a Vision CSV, in file order.
 
     Batches are NOT sorted or de-duplicated across each other (that needs the
-    whole file; ``read_vision_csv`` does it). Raises ``VisionError``.
+    whole file; ``read_vision_csv`` does it). Memory stays at a few blocks
+    whatever the file's size. Raises ``VisionError``, also for a file that unpacks
+    to more than ``max_bytes`` (None: no limit).
     """
     path = Path(path)
     layout = LAYOUTS[Stream(stream)]
     source = source or str(path)
-    has_header, has_data = _has_header(path, layout, source)
+    has_header, has_data = _has_header(path, layout, source, max_bytes)
     if not has_data:
         return
     schema = layout.output_schema
     first_row = 1
-    with _open_csv_bytes(path, source) as f:
+    with _open_csv_bytes(path, source, max_bytes) as f:
         read, parse, convert = _options(layout, has_header, use_threads=use_threads, block_size=block_size)
         try:
             reader = pacsv.open_csv(f, read_options=read, parse_options=parse, convert_options=convert)
@@ -344,39 +400,50 @@ def iter_vision_csv_batches(
                 first_row += batch.num_rows
                 yield pa.RecordBatch.from_arrays(columns, schema=schema)
         except pa.ArrowInvalid as exc:
-            raise _located_error(path, layout, has_header, source, exc) from exc
+            raise _located_error(path, layout, has_header, source, exc, max_bytes) from exc
 
 
-def read_vision_csv(path: Path, stream: Stream, *, source: str | None = None) -> pa.Table:
+def read_vision_csv(
+    path: Path, stream: Stream, *, source: str | None = None, max_bytes: int | None = DEFAULT_VISION_MAX_CSV_BYTES
+) -> pa.Table:
     """The whole Vision CSV (zip or plain .csv) as a table sorted and unique on its
     natural key, with the columns of ``output_schema(stream)``.
 
     ``source`` names the file in error messages (the URL; default the path).
     Raises ``VisionError`` for an empty file, a wrong header, a wrong column count,
-    a non-numeric field or a truncated line, naming the file and the data row.
+    a non-numeric field or a truncated line, naming the file and the data row, and
+    for a file that unpacks to more than ``max_bytes`` (None: no limit).
     """
     path = Path(path)
     layout = LAYOUTS[Stream(stream)]
     source = source or str(path)
-    has_header, has_data = _has_header(path, layout, source)
+    has_header, has_data = _has_header(path, layout, source, max_bytes)
     if not has_data:  # a header and nothing else: a day without rows
         return layout.output_schema.empty_table()
-    with _open_csv_bytes(path, source) as f:
+    with _open_csv_bytes(path, source, max_bytes) as f:
         read, parse, convert = _options(layout, has_header, use_threads=True, block_size=DEFAULT_BLOCK_SIZE)
         try:
             table = pacsv.read_csv(f, read_options=read, parse_options=parse, convert_options=convert)
         except pa.ArrowInvalid as exc:
-            raise _located_error(path, layout, has_header, source, exc) from exc
+            raise _located_error(path, layout, has_header, source, exc, max_bytes) from exc
     columns = _finish_columns(table.column_names, table.columns, layout, source, 1)
     table = pa.Table.from_arrays(columns, schema=layout.output_schema)
     return _sort_unique(table, layout.key, source)
 
 
-def data_row_of(path: Path, stream: Stream, column: str, value: int, *, source: str | None = None) -> int | None:
+def data_row_of(
+    path: Path,
+    stream: Stream,
+    column: str,
+    value: int,
+    *,
+    source: str | None = None,
+    max_bytes: int | None = DEFAULT_VISION_MAX_CSV_BYTES,
+) -> int | None:
     """1-based data row (header not counted) of the first row whose ``column`` equals
     ``value``, in the file as written — for error messages about a sorted table."""
     offset = 0
-    for batch in iter_vision_csv_batches(path, stream, source=source, use_threads=False):
+    for batch in iter_vision_csv_batches(path, stream, source=source, use_threads=False, max_bytes=max_bytes):
         hits = pc.equal(batch.column(column), pa.scalar(value, batch.schema.field(column).type))
         index = pc.index(hits, True).as_py()
         if index >= 0:

@@ -87,7 +87,8 @@ class Lake:
         return self.root / "futures" / "um" / "minute" / f"symbol={symbol}" / f"date={day.isoformat()}" / "part.parquet"
 
 
-def make_lake(root: Path, vision_base_url: str, instance: DagsterInstance) -> Lake:
+def make_lake(root: Path, vision_base_url: str, instance: DagsterInstance, **resource_fields: object) -> Lake:
+    """``resource_fields``: more ``BmlResource`` fields (e.g. ``vision_max_csv_bytes``)."""
     settings = Settings(
         symbols=SYMBOLS, start_date=dt.date(2019, 1, 1), lake_root=root, vision_base_url=vision_base_url
     )
@@ -97,6 +98,7 @@ def make_lake(root: Path, vision_base_url: str, instance: DagsterInstance) -> La
         state_url=settings.state_url,
         vision_base_url=vision_base_url,
         rest_base_url=vision_base_url,
+        **resource_fields,  # type: ignore[arg-type]
     )
     return Lake(root, settings, build_definitions(settings, bml=bml), instance)
 

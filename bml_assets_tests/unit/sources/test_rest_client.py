@@ -230,6 +230,37 @@ def test_malformed_json_names_the_url_and_the_first_bytes(
     assert info.value.url is not None and "symbol=BTCUSDT" in info.value.url
 
 
+def test_a_malformed_body_is_asked_for_again_with_the_http_backoff(
+    fake_host: FakeHost, http: HttpClient, sleeps: list[float], state_url: str, clock: FakeClock
+) -> None:
+    fake_host.set(
+        limits.PREMIUM_INDEX_PATH,
+        Reply(200, b'[{"a":1'),  # cut short
+        Reply(200, b"<html><body>gateway says hi</body></html>"),  # a proxy's page
+        Reply(200, PREMIUM),
+    )
+    client = make_client(fake_host.base_url, state_url, http, clock)
+    assert client.premium_index("BTCUSDT")["markPrice"] == 11793.63104562
+    assert fake_host.count(limits.PREMIUM_INDEX_PATH) == 3
+    assert len(sleeps) == 2 and 0.0 <= sleeps[0] <= 0.5 and 0.0 <= sleeps[1] <= 1.0  # full jitter, attempts 0 and 1
+    assert (client.weight_spent, client.requests_sent) == (3, 3)  # every attempt is spent
+
+
+def test_a_body_that_stays_malformed_gives_up_after_the_http_clients_retries(
+    fake_host: FakeHost, http: HttpClient, sleeps: list[float], state_url: str, clock: FakeClock
+) -> None:
+    fake_host.set(limits.PREMIUM_INDEX_PATH, Reply(200, b'[{"a":1'))
+    with pytest.raises(RestError) as info:
+        make_client(fake_host.base_url, state_url, http, clock).premium_index("BTCUSDT")
+    url = fake_host.url(limits.PREMIUM_INDEX_PATH) + "?symbol=BTCUSDT"
+    assert str(info.value) == (
+        f"malformed JSON from {url} (HTTP 200, 7 bytes): first bytes b'[{{\"a\":1' (after 4 attempts)"
+    )
+    assert info.value.url == url
+    assert fake_host.count(limits.PREMIUM_INDEX_PATH) == 4  # 1 + the http fixture's max_retries 3
+    assert len(sleeps) == 3
+
+
 def test_used_weight_header_resyncs_the_budget(
     fake_host: FakeHost, http: HttpClient, state_url: str, clock: FakeClock
 ) -> None:
