@@ -9,6 +9,7 @@ and a rebuild completes it. Expected numbers are written out.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections import Counter
 from pathlib import Path
 
@@ -18,6 +19,10 @@ import pyarrow.parquet as pq
 import pytest
 from dagster import DagsterInstance, ExecuteInProcessResult
 
+from bml_assets.assets.streams import BAND_TAG
+from bml_assets.definitions import MINUTE_VIEW_JOB
+from bml_assets.partitions import partition_key
+from bml_assets.replay.clock import MarketClock
 from bml_assets.replay.market import MarketConfig, SyntheticMarket
 from bml_assets.replay.server import FaultRule, ReplayServer
 from bml_assets.replay.vision_files import csv_bytes, sha256_hex, zip_bytes
@@ -302,3 +307,105 @@ def test_an_old_metrics_file_missing_on_vision_is_known_missing_not_incomplete(
     metrics = record.provenance["metrics"]
     assert (metrics["status"], metrics["fillable"], metrics["vision_http_status"]) == ("not_published", False, 404)
     assert "REST keeps 5-minute metrics for 30 days only" in metrics["reason"]
+
+
+def test_a_short_premium_file_rest_cannot_complete_is_committed_incomplete(
+    clean_market: SyntheticMarket, tmp_path: Path
+) -> None:
+    plant(tmp_path / "real", PREMIUM_ZIP, first_rows_zip(clean_market, Stream.PREMIUM_INDEX_KLINES, 100))
+    with (
+        ReplayServer(market=clean_market, real_dir=tmp_path / "real") as server,
+        DagsterInstance.ephemeral() as instance,
+    ):
+        server.faults.add(FaultRule("error_500", "/fapi/v1/premiumIndexKlines"))
+        lake = make_lake(tmp_path / "lake", server.base_url, instance)
+        result = lake.materialize("BTCUSDT", DAY)
+        base = server.base_url
+    assert result.success, failure_text(result)
+    table = pq.read_table(lake.minute_path("BTCUSDT", DAY))
+    assert table.num_rows == 1440  # HARD streams complete: every minute is a row
+    premium = table.column("premium_index")
+    assert (premium.slice(0, 100).null_count, premium.slice(100).null_count) == (0, 1340)
+    record = lake.ledger.get_partition("minute", "BTCUSDT", DAY)
+    assert record is not None and record.incomplete and record.source_gaps == []
+    ((missing,),) = [tuple(record.missing_streams)]
+    assert missing["stream"] == "premiumIndexKlines"
+    assert missing["reason"].startswith("the Vision file holds 100 of 1440 minutes; re-downloaded once, same sha256 ")
+    assert (
+        "; REST failed for the 1340 missing minutes: HTTP 500 for "
+        f"{base}/fapi/v1/premiumIndexKlines?symbol=BTCUSDT&interval=1m&startTime={T0 + 100 * MIN}"
+    ) in missing["reason"]
+    assert record.provenance["premiumIndexKlines"]["status"] == "vision"
+
+
+def test_a_short_klines_file_rest_cannot_complete_fails_the_run_and_keeps_the_lake(
+    clean_market: SyntheticMarket, reference_day: bytes, tmp_path: Path
+) -> None:
+    with ReplayServer(market=clean_market) as server, DagsterInstance.ephemeral() as instance:
+        lake = make_lake(tmp_path / "lake", server.base_url, instance)
+        assert lake.materialize("BTCUSDT", DAY).success
+    before = lake.ledger.get_partition("minute", "BTCUSDT", DAY)
+    assert lake.minute_path("BTCUSDT", DAY).read_bytes() == reference_day
+    plant(tmp_path / "real", KLINES_ZIP, first_rows_zip(clean_market, Stream.KLINES, 100))
+    with (
+        ReplayServer(market=clean_market, real_dir=tmp_path / "real") as server,
+        DagsterInstance.ephemeral() as instance,
+    ):
+        server.faults.add(FaultRule("error_500", "/fapi/v1/klines"))
+        lake = make_lake(tmp_path / "lake", server.base_url, instance)
+        result = lake.materialize("BTCUSDT", DAY)
+        base = server.base_url
+    assert not result.success
+    text = failure_text(result)
+    assert f"klines_1m BTCUSDT {D}: the Vision file holds 100 of 1440 minutes; re-downloaded once" in text
+    assert f"REST failed for the 1340 missing minutes: HTTP 500 for {base}/fapi/v1/klines?symbol=BTCUSDT" in text
+    assert "Nothing was published." in text
+    # The day built before stays, file and ledger row: never 1340 minutes called source gaps.
+    assert lake.minute_path("BTCUSDT", DAY).read_bytes() == reference_day
+    assert lake.ledger.get_partition("minute", "BTCUSDT", DAY) == before
+
+
+def test_metrics_missing_on_vision_within_rests_30_days_are_filled_from_rest(
+    clean_market: SyntheticMarket, tmp_path: Path
+) -> None:
+    """20 days old by the exchange's clock (a sensor-started run follows it): REST keeps
+    the 5-minute history that long, and serves the very snapshots Vision would have."""
+    now = dt.datetime.combine(DAY + dt.timedelta(days=20), dt.time(12), dt.UTC)
+    tags = {BAND_TAG: "catch-up"}
+    with (
+        ReplayServer(market=clean_market, clock=MarketClock.fixed(now)) as server,
+        DagsterInstance.ephemeral() as instance,
+    ):
+        vision_built = make_lake(tmp_path / "vision", server.base_url, instance)
+        assert run(vision_built, tags).success
+        server.faults.add(FaultRule("missing", METRICS_ZIP))
+        server.clear_rest_log()
+        lake = make_lake(tmp_path / "lake", server.base_url, instance)
+        result = run(lake, tags)
+        assert result.success, failure_text(result)
+        paths = Counter(e.path for e in server.rest_log)
+    expected = pq.read_table(vision_built.minute_path("BTCUSDT", DAY))
+    got = pq.read_table(lake.minute_path("BTCUSDT", DAY))
+    for name in ("oi_contracts", "oi_value_usdt", "top_trader_ls_ratio_acct", "global_ls_ratio_acct"):
+        assert got.column(name).null_count == 0, name
+        assert got.column(name).equals(expected.column(name)), name
+    record = lake.ledger.get_partition("minute", "BTCUSDT", DAY)
+    assert record is not None and list(record.missing_streams) == []
+    assert record.provenance["metrics"]["status"] == "rest"
+    # One page of each 5-minute history (288 snapshots of the day and 12 of the hour
+    # before, ≤ 500), the exchange's time for the 30-day check and for the run's clock;
+    # and March's funding, whose monthly file is not out on the 21st (the warm band).
+    assert paths == {
+        "/futures/data/openInterestHist": 1,
+        "/futures/data/topLongShortAccountRatio": 1,
+        "/futures/data/globalLongShortAccountRatio": 1,
+        "/fapi/v1/time": 2,
+        "/fapi/v1/fundingRate": 1,
+    }
+
+
+def run(lake: Lake, tags: dict[str, str]) -> ExecuteInProcessResult:
+    job = lake.defs.resolve_job_def(MINUTE_VIEW_JOB)
+    return job.execute_in_process(
+        partition_key=partition_key("BTCUSDT", DAY), instance=lake.instance, raise_on_error=False, tags=tags
+    )
