@@ -117,8 +117,8 @@ class DayContext:
     Runs requested by the sensors (tagged with ``bml/band`` or ``bml/promotion``)
     follow the exchange's clock (REST server time), so a replayed market with a
     clock of its own is served like the real one. Runs started by hand or by a
-    backfill use this machine's UTC clock and never call REST for a day Vision
-    is expected to have.
+    backfill use this machine's UTC clock and call REST for a day Vision is expected
+    to have only for what Vision lacks (a missing or short file, SPEC §8).
     """
 
     def __init__(self, bml: BmlResource, *, run_id: str, tags: Mapping[str, str]) -> None:
