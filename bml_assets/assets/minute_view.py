@@ -2,8 +2,9 @@
 
 What belongs here: loading the per-stream tables of the run's partitions,
 deciding what an unavailable HARD stream means for the day, calling the pure
-join (``features/minute_view.py``), and reporting SPEC §6's checks through the
-factory in ``checks.py``. What stays out: formulas, validation rules and the
+join (``features/minute_view.py``), naming the fillable streams the day still
+lacks (SPEC §8: the partition is then committed incomplete, ``missing_streams``),
+and reporting SPEC §6's checks through the factory in ``checks.py``. What stays out: formulas, validation rules and the
 commit (the IO manager enforces the blocking rules before the rename).
 """
 
@@ -38,7 +39,7 @@ from bml_assets.features.hot_snapshots import book_from_snapshots, open_interest
 from bml_assets.features.metrics import combine_observations
 from bml_assets.features.minute_view import build_minute_view
 from bml_assets.features.timegrid import day_bounds_ms, ms_to_datetime
-from bml_assets.lake.io_manager import DATASET_METADATA_KEY
+from bml_assets.lake.io_manager import DATASET_METADATA_KEY, rest_weight
 from bml_assets.lake.ledger import Ledger, WatermarkConflict
 from bml_assets.lake.partition_data import PartitionData
 from bml_assets.lake.scan import scan
@@ -71,6 +72,40 @@ def _provenance(inputs: Mapping[str, PartitionData]) -> dict[str, Any]:
     for data in inputs.values():
         merged.update(data.provenance)
     return merged
+
+
+def missing_streams(inputs: Mapping[str, PartitionData]) -> list[dict[str, str]]:
+    """The fillable streams the day lacks, wholly or in part, and why (SPEC §8): every
+    input stream whose provenance carries an ``incomplete`` reason (``streams.py``)."""
+    return sorted(
+        (
+            {"stream": stream, "reason": str(p["incomplete"])}
+            for data in inputs.values()
+            for stream, p in data.provenance.items()
+            if isinstance(p, Mapping) and p.get("incomplete")
+        ),
+        key=lambda m: m["stream"],
+    )
+
+
+# The Vision stream of each HARD dataset, to say where a source-gap minute was looked for.
+_HARD_STREAM_KEYS = {
+    KLINES.name: Stream.KLINES.value,
+    MARK_PRICE_KLINES.name: Stream.MARK_PRICE_KLINES.value,
+    INDEX_PRICE_KLINES.name: Stream.INDEX_PRICE_KLINES.value,
+}
+
+
+def _gap_reason(missing: tuple[str, ...], provenance: Mapping[str, Any]) -> str:
+    if len(missing) == len(_HARD_STREAM_KEYS):
+        return "absent from every source"
+
+    def looked_in(name: str) -> str:
+        p = provenance.get(_HARD_STREAM_KEYS[name], {})
+        rest = isinstance(p, Mapping) and (p.get("status") == "rest" or "repaired" in p)
+        return f"{name} ({'Vision and REST' if rest else 'its source'})"
+
+    return "absent from " + ", ".join(looked_in(name) for name in missing)
 
 
 def _unavailable_day(sd: SymbolDay, inputs: Mapping[str, PartitionData]) -> PartitionData | None:
@@ -169,15 +204,18 @@ def build_day(
         grid_end=grid_end,
         **_with_snapshots(inputs, sd),
     )
+    provenance = _provenance(inputs)
     gaps = [
-        {
-            "minute": g.minute.isoformat(),
-            "missing": list(g.missing),
-            "reason": "absent from every source" if len(g.missing) == 3 else "absent from " + ", ".join(g.missing),
-        }
+        {"minute": g.minute.isoformat(), "missing": list(g.missing), "reason": _gap_reason(g.missing, provenance)}
         for g in view.source_gaps
     ]
-    return PartitionData(view.table, _provenance(inputs), source_gaps=gaps, warnings=tuple(view.warnings))
+    return PartitionData(
+        view.table,
+        provenance,
+        source_gaps=gaps,
+        warnings=tuple(view.warnings),
+        missing_streams=missing_streams(inputs),
+    )
 
 
 def advance_watermark(ledger: Ledger, sd: SymbolDay, grid_end: dt.datetime | None) -> dt.datetime | None:
@@ -295,8 +333,13 @@ def build_minute_view_asset(partitions_def: PartitionsDefinition) -> AssetsDefin
             )
             for rule in ALL_RULES:
                 outcomes[rule.name][sd.key] = rule.run(ev)
+            incomplete = ", ".join(m["stream"] for m in data.missing_streams)
+            weight = rest_weight(data.provenance)
             context.log.info(
-                f"[{i}/{len(partitions)}] minute view {sd}: {data.table.num_rows} rows, {len(data.source_gaps)} source-gap minutes"
+                f"[{i}/{len(partitions)}] minute view {sd}: {data.table.num_rows} rows, "
+                f"{len(data.source_gaps)} source-gap minutes"
+                + (f", REST weight {weight}" if weight else "")
+                + (f", incomplete: {incomplete} missing" if incomplete else "")
             )
         blocking_failed = {
             f"{rule.name} {k}": o

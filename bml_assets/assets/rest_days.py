@@ -1,9 +1,11 @@
-"""REST-backed stream days: the warm band (days Vision has not published) and today.
+"""REST-backed stream days: today, the warm band (days Vision has not published), the
+cold days where Vision has a hole, and the minutes a short Vision file lacks.
 
 What belongs here: building each per-stream table of a (symbol, day) from the REST
 client in the same ``schema`` shapes the Vision path produces — for today only
 what is new since the last commit, and only closed minutes (closed plus
-``BML_SAFETY_LAG_MINUTES`` by the exchange's clock) — and the hot snapshots.
+``BML_SAFETY_LAG_MINUTES`` by the exchange's clock) — the rows of given minutes
+(a Vision file's holes), and the hot snapshots.
 What stays out: HTTP and rate limits (``sources/rest.py``), formulas
 (``features/``), and choosing between Vision and REST (``streams.py``).
 
@@ -20,15 +22,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from bml_assets.features.coverage import merge_minutes
 from bml_assets.features.funding import funding_settlements, settlements_for_day
 from bml_assets.features.hot_snapshots import append_snapshots, snapshot_row
 from bml_assets.features.klines import kline_table
-from bml_assets.features.timegrid import day_bounds_ms, ms_to_datetime
+from bml_assets.features.timegrid import DAY_MS, day_bounds_ms, ms_to_datetime, to_ms
 from bml_assets.features.trade_flow import trade_flow
 from bml_assets.lake.partition_data import PartitionData
 from bml_assets.partitions import SymbolDay
 from bml_assets.schema import METRICS, TRADE_FLOW, Dataset
 from bml_assets.sources.rest import OutsideHistoryWindow, RestClient
+from bml_assets.sources.rest_limits import HIST_MAX_AGE_MS
 from bml_assets.sources.vision import Stream
 
 MINUTE_MS = 60_000
@@ -93,8 +97,16 @@ def kline_day(
     if begin < end:
         raw = rest.klines(stream, sd.symbol, begin, end)
         new = kline_table(raw, sd.day, dataset, source=f"{rest.base_url} {stream} {sd}")
-        table = _union_by_minute(table, new)
+        table = merge_minutes(table, new)
     return PartitionData(table, {stream.value: _rest(rest, end, table.num_rows)})
+
+
+def kline_minutes(rest: RestClient, stream: Stream, dataset: Dataset, sd: SymbolDay, minutes: np.ndarray) -> pa.Table:
+    """The REST klines of ``stream`` at ``minutes`` (epoch ms, ascending, of a closed day):
+    one span from the first to the last, so scattered holes cost a few requests, not one each."""
+    raw = rest.klines(stream, sd.symbol, int(minutes[0]), int(minutes[-1]) + MINUTE_MS)
+    table = kline_table(raw, sd.day, dataset, source=f"{rest.base_url} {stream} {sd}")
+    return table.filter(pa.array(np.isin(to_ms(table.column("timestamp")), minutes)))
 
 
 def _unconfirmed_holes(existing: pa.Table | None, start: int, now: ExchangeNow) -> np.ndarray:
@@ -108,21 +120,26 @@ def _unconfirmed_holes(existing: pa.Table | None, start: int, now: ExchangeNow) 
     return holes[holes + (1 + now.lag_minutes + GAP_CONFIRM_MINUTES) * MINUTE_MS > now.now_ms]
 
 
-def _union_by_minute(existing: pa.Table, new: pa.Table) -> pa.Table:
-    """``existing`` plus the minutes of ``new`` it does not have, sorted (committed rows win)."""
-    have = pc.cast(existing.column("timestamp"), pa.int64())
-    fresh = new.filter(pc.invert(pc.is_in(pc.cast(new.column("timestamp"), pa.int64()), value_set=have)))
-    merged = pa.concat_tables([existing, fresh])
-    return merged.take(pc.sort_indices(merged, [("timestamp", "ascending")]))
+def trade_flow_day(
+    rest: RestClient,
+    sd: SymbolDay,
+    now: ExchangeNow,
+    existing: pa.Table | None,
+    *,
+    first_trade_ms: int | None = None,
+) -> PartitionData:
+    """The day's trade flow; aggTrades are paged by id from the last committed one.
 
-
-def trade_flow_day(rest: RestClient, sd: SymbolDay, now: ExchangeNow, existing: pa.Table | None) -> PartitionData:
-    """The day's trade flow; aggTrades are paged by id from the last committed one."""
+    ``first_trade_ms``: the first minute the day's klines count a trade in (the day's
+    end when they count none): the first id is looked up there, not hour by hour from
+    midnight, which costs weight 20 per empty hour."""
     start, _ = day_bounds_ms(sd.day)
     end = now.end_ms(sd.day)
     last_id = _last_ms(existing, "last_agg_trade_id")
     last_minute = _last_ms(existing, "timestamp")
     begin = start if last_minute is None else last_minute + MINUTE_MS
+    if existing is None and first_trade_ms is not None:
+        begin = max(begin, first_trade_ms)
     table = existing
     if begin < end:
         trades = rest.agg_trades(
@@ -135,12 +152,25 @@ def trade_flow_day(rest: RestClient, sd: SymbolDay, now: ExchangeNow, existing: 
     return PartitionData(table, {Stream.AGG_TRADES.value: _rest(rest, end, table.num_rows)})
 
 
+def trade_flow_window(rest: RestClient, sd: SymbolDay, start_ms: int, end_ms: int) -> pa.Table:
+    """The trade flow of the minutes in ``[start_ms, end_ms)`` of a closed day, from every
+    aggTrade REST has there (first id by time, then paged by id, ids checked contiguous)."""
+    trades = rest.agg_trades(sd.symbol, start_ms=start_ms, end_ms=end_ms)
+    return trade_flow(trades, sd.day, source=f"{rest.base_url} aggTrades {sd}")
+
+
 def metrics_day(rest: RestClient, sd: SymbolDay, now: ExchangeNow, *, max_ffill_minutes: int) -> PartitionData:
-    """5-minute history (the latest 30 days only), from the ffill bound before the day on."""
+    """5-minute history (the latest 30 days only), from the ffill bound before the day on.
+
+    A day plainly older than that (by a day's margin: ``now`` may be this machine's
+    clock) is answered without a request; near the edge the client asks the exchange's."""
     start, _ = day_bounds_ms(sd.day)
     end = min(now.end_ms(sd.day), now.now_ms)
+    first = start - max_ffill_minutes * MINUTE_MS
     try:
-        table = rest.metrics_history(sd.symbol, start - max_ffill_minutes * MINUTE_MS, end)
+        if first < now.now_ms - HIST_MAX_AGE_MS - DAY_MS:
+            raise OutsideHistoryWindow(sd.symbol, first, now.now_ms - HIST_MAX_AGE_MS)
+        table = rest.metrics_history(sd.symbol, first, end)
     except OutsideHistoryWindow as err:
         message = f"REST keeps 5-minute metrics for 30 days only: {err}"
         return PartitionData.unavailable(

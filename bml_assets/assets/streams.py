@@ -1,12 +1,27 @@
 """Source-level assets: one per stream, per symbol × UTC day, from Vision or REST.
 
 What belongs here: the Dagster assets of the per-stream tables and, for each
-partition of a run, the choice of source (SPEC §1 bands): verified Vision when it
-has published the day; REST for today and for the recent days Vision has not
-published yet; otherwise "not listed" / "not published" with the reason. Also
-the hot snapshots asset (premiumIndex / openInterest / bookTicker polled while a
-day is live). What stays out: the Vision and REST day builders themselves
-(``vision_days.py``, ``rest_days.py``), HTTP and formulas.
+partition of a run, the choice of source (SPEC §1 bands, §8 completeness): verified
+Vision when it has published the day; REST for today and for the recent days Vision
+has not published yet; REST for an older day Vision has no file for (Vision has
+holes) when REST serves the stream; otherwise "not listed" / "not published" with
+the reason. A Vision file that lacks part of its day (a kline file short of minutes,
+aggTrades short of the trades the klines count) is downloaded once more when it
+covers far less than it should, then REST is asked for exactly what it lacks; only
+what REST lacks too is confirmed missing. A fillable BACKFILL stream that REST
+cannot serve now (an error after the client's retries, a ban, an id gap) is
+recorded as missing with the reason (the minute view is then incomplete), never a
+failed run; a HARD stream that cannot be filled fails the run. Also the hot
+snapshots asset (premiumIndex / openInterest / bookTicker polled while a day is
+live). What stays out: the Vision and REST day builders themselves
+(``vision_days.py``, ``rest_days.py``), HTTP and formulas (``features/``).
+
+Provenance of a stream (its ledger row, then the minute view's): ``status`` is
+``vision`` / ``rest`` / ``polled`` / ``not_published`` / ``not_listed``, or
+``missing`` for a fillable stream that could not be filled; a REST fill of a Vision
+hole names the Vision URL and HTTP status and the REST weight it cost; a Vision
+table completed from REST says so under ``repaired``; ``incomplete`` (the reason)
+marks what the partition still lacks and some source could fill.
 
 "Today" is the exchange's today (REST server time), never this machine's clock,
 so a replayed market with its own clock is served exactly like the real one.
@@ -18,11 +33,21 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 
 import pyarrow as pa
-from dagster import AssetExecutionContext, AssetsDefinition, BackfillPolicy, PartitionsDefinition, asset
+from dagster import (
+    AssetExecutionContext,
+    AssetIn,
+    AssetKey,
+    AssetsDefinition,
+    BackfillPolicy,
+    PartitionsDefinition,
+    asset,
+)
 
 from bml_assets.assets import rest_days, vision_days
 from bml_assets.assets.rest_days import ExchangeNow
 from bml_assets.assets.vision_days import StreamFetcher
+from bml_assets.features import coverage
+from bml_assets.features.timegrid import MINUTE_MS, day_bounds_ms, ms_to_datetime
 from bml_assets.lake.commit import read_partition
 from bml_assets.lake.io_manager import DATASET_METADATA_KEY
 from bml_assets.lake.ledger import SymbolRecord
@@ -41,7 +66,7 @@ from bml_assets.schema import (
     TRADE_FLOW,
     Dataset,
 )
-from bml_assets.sources.rest import REST_POOL, RestClient
+from bml_assets.sources.rest import REST_POOL, HttpError, RestBanned, RestClient, RestError
 from bml_assets.sources.vision import Stream
 
 # Vision publishes a day one to several days late (SPEC §4): inside this many days
@@ -67,6 +92,18 @@ MAX_NOT_BEFORE_WAIT_S = 30.0
 # run is cut at the same minute.
 _RUN_CLOCKS: dict[str, ExchangeNow] = {}
 HARD_STREAMS = (KLINES.name, MARK_PRICE_KLINES.name, INDEX_PRICE_KLINES.name)
+# A Vision file holding less than this share of what the day should have (1440 minutes
+# for a kline file; the trades the klines count, for aggTrades) is suspect: it is
+# downloaded once more before REST is asked for what it lacks.
+SUSPECT_COVERAGE = 0.9
+# What a REST fill can still fail with after the client's own retries: a fillable
+# BACKFILL stream is then missing (the partition incomplete), not the run failed.
+FILL_ERRORS = (HttpError, RestError, RestBanned)
+MISSING = "missing"
+
+
+class StreamFillFailed(RuntimeError):
+    """A HARD stream that neither Vision nor REST could give: the run stops, nothing is published."""
 
 
 def run_partitions(context: AssetExecutionContext) -> list[SymbolDay]:
@@ -80,8 +117,8 @@ class DayContext:
     Runs requested by the sensors (tagged with ``bml/band`` or ``bml/promotion``)
     follow the exchange's clock (REST server time), so a replayed market with a
     clock of its own is served like the real one. Runs started by hand or by a
-    backfill use this machine's UTC clock and never call REST for a day Vision
-    is expected to have.
+    backfill use this machine's UTC clock and call REST for a day Vision is expected
+    to have only for what Vision lacks (a missing or short file, SPEC §8).
     """
 
     def __init__(self, bml: BmlResource, *, run_id: str, tags: Mapping[str, str]) -> None:
@@ -132,6 +169,18 @@ class DayContext:
             self._universe = self.bml.ledger().symbols()
         return self._universe.get(symbol)
 
+    def rest_weight_spent(self) -> int:
+        """Weight this process's REST client has sent so far (the run's steps share it)."""
+        return self.rest.weight_spent
+
+    def committed(self, dataset: Dataset, sd: SymbolDay) -> PartitionData | None:
+        """The committed table of the partition with its recorded provenance, as it is."""
+        record = self.bml.ledger().get_partition(dataset.name, sd.symbol, sd.day)
+        if record is None or record.status != "committed":
+            return None
+        table = read_partition(self.bml.settings().lake_root, dataset, sd.symbol, sd.day)
+        return PartitionData(table, record.provenance)
+
     def existing(self, dataset: Dataset, sd: SymbolDay) -> pa.Table | None:
         """The committed table of the partition, the incremental cursor of the hot band.
         What it was (its content hash) is remembered: the commit must still find it."""
@@ -167,8 +216,10 @@ def choose(
     rest: Callable[[ExchangeNow], PartitionData] | None,
     *,
     rest_window_days: int = PUBLICATION_LAG_DAYS,
+    cold_rest: Callable[[ExchangeNow], PartitionData] | None = None,
 ) -> PartitionData:
-    """Vision when it has the day; REST for today and the recent unpublished days."""
+    """Vision when it has the day; REST for today and the recent unpublished days, and
+    (``cold_rest``, else ``rest``) for an older day Vision has no file for."""
     not_listed = listing_verdict(ctx, sd)
     if not_listed is not None:
         return not_listed
@@ -184,59 +235,247 @@ def choose(
     age_days = (now.today - sd.day).days
     if age_days <= rest_window_days and rest is not None:
         return rest(now)
-    recent = age_days <= PUBLICATION_LAG_DAYS
-    if dataset.name in HARD_STREAMS and not recent:
-        # Vision has holes in old history (a stream starting later than another): REST
-        # repairs the day if the exchange has it; if REST has nothing either, the
-        # symbol did not trade that day.
-        if rest is not None:
-            repaired = rest(now)
-            if repaired.table is not None and repaired.table.num_rows:
-                return repaired
-        stream = next(iter(data.provenance))
-        message = f"{sd.symbol} is not listed on {sd.day}: {data.message}"
+    if rest is None or age_days <= PUBLICATION_LAG_DAYS:
+        return data  # REST keeps no history of the stream, or Vision may still publish it
+    return _fill_vision_hole(ctx, sd, dataset, data, cold_rest or rest, now)
+
+
+def _fill_vision_hole(
+    ctx: DayContext,
+    sd: SymbolDay,
+    dataset: Dataset,
+    missed: PartitionData,
+    rest: Callable[[ExchangeNow], PartitionData],
+    now: ExchangeNow,
+) -> PartitionData:
+    """An old day Vision has no file for: Vision has real holes, so REST fills it (SPEC §8).
+
+    A HARD stream REST has nothing for means the symbol did not trade that day; a HARD
+    stream REST fails for stops the run. A BACKFILL stream REST fails for keeps the
+    committed table if there is one, else it is missing with the reason (the minute
+    view is committed without it, incomplete)."""
+    stream, entry = next(iter(missed.provenance.items()))
+    why = f"Vision has no file (HTTP {entry.get('http_status')} at {entry.get('url')})"
+    vision_miss = {"vision_url": entry.get("url"), "vision_http_status": entry.get("http_status")}
+    before = ctx.rest_weight_spent()
+    try:
+        filled = rest(now)
+    except FILL_ERRORS as err:
+        reason = f"{why}; REST failed: {err}"
+        if dataset.name in HARD_STREAMS:
+            raise StreamFillFailed(f"{dataset.name} {sd}: {reason}. Nothing was published.") from err
+        kept = ctx.committed(dataset, sd)
+        if kept is not None:
+            return kept  # the lake keeps what an earlier build filled
+        message = f"{dataset.name} {sd}: {reason}"
         return PartitionData.unavailable(
-            "not_listed", message, {stream: {**data.provenance[stream], "reason": "not listed"}}
+            "not_published", message, {stream: {"status": MISSING, **vision_miss, "incomplete": reason}}
         )
-    return data
+    weight = ctx.rest_weight_spent() - before
+    if dataset.name in HARD_STREAMS and (filled.table is None or filled.table.num_rows == 0):
+        # Vision has holes (a stream starting later than another), but REST has nothing
+        # either: the symbol did not trade that day.
+        message = f"{sd.symbol} is not listed on {sd.day}: {missed.message}; REST has no {stream} for it either"
+        return PartitionData.unavailable("not_listed", message, {stream: {**entry, "reason": "not listed"}})
+    provenance = {
+        name: {**p, **vision_miss, "reason": f"{why}: built from REST", "rest_weight": weight}
+        if p.get("status") == "rest"
+        else {**p, **vision_miss, "reason": f"{why}; {p.get('reason')}", "fillable": False}
+        for name, p in filled.provenance.items()
+    }
+    return replace(filled, provenance=provenance)
+
+
+def _from_vision(data: PartitionData, stream: Stream) -> bool:
+    entry = data.provenance.get(stream.value)
+    return data.table is not None and isinstance(entry, Mapping) and entry.get("status") == "vision"
+
+
+def _redownload_note(before: PartitionData, again: PartitionData, stream: Stream) -> str:
+    old = before.provenance[stream.value]["files"][0]["sha256"]
+    if again.table is None:
+        return f"re-downloaded once: {again.message}; the first download (sha256 {old}) is used"
+    new = again.provenance[stream.value]["files"][0]["sha256"]
+    if new == old:
+        return f"re-downloaded once, same sha256 {old}"
+    return f"re-downloaded once: the host now serves sha256 {new} (was {old})"
+
+
+def _redownloaded(
+    data: PartitionData, again: Callable[[], PartitionData], stream: Stream, notes: list[str]
+) -> PartitionData:
+    """The file downloaded once more (a short file may have been re-uploaded whole)."""
+    fresh = again()
+    notes.append(_redownload_note(data, fresh, stream))
+    return fresh if fresh.table is not None else data
+
+
+def _kline_minutes_from_rest(
+    ctx: DayContext, stream: Stream, dataset: Dataset, sd: SymbolDay, data: PartitionData
+) -> PartitionData:
+    """A Vision kline file short of minutes: a far-short one is downloaded once more, then
+    REST is asked for exactly the minutes it lacks (Vision rows stay where present). What
+    REST lacks too is a confirmed source gap; a REST failure fails a HARD stream's run and
+    leaves a BACKFILL stream incomplete."""
+    assert data.table is not None
+    missing = coverage.missing_minutes(data.table, sd.day)
+    if not len(missing):
+        return data
+    notes = [f"the Vision file holds {data.table.num_rows} of {coverage.MINUTES_PER_DAY} minutes"]
+    if data.table.num_rows < SUSPECT_COVERAGE * coverage.MINUTES_PER_DAY:
+        data = _redownloaded(
+            data, lambda: vision_days.kline_day(ctx.vision, stream, dataset, sd, refetch=True), stream, notes
+        )
+        assert data.table is not None
+        missing = coverage.missing_minutes(data.table, sd.day)
+    entry = dict(data.provenance[stream.value])
+    if not len(missing):
+        return replace(data, provenance={**data.provenance, stream.value: {**entry, "redownloaded": "; ".join(notes)}})
+    before = ctx.rest_weight_spent()
+    try:
+        rows = rest_days.kline_minutes(ctx.rest, stream, dataset, sd, missing)
+    except FILL_ERRORS as err:
+        reason = "; ".join(notes) + f"; REST failed for the {len(missing)} missing minutes: {err}"
+        if dataset.name in HARD_STREAMS:
+            raise StreamFillFailed(f"{dataset.name} {sd}: {reason}. Nothing was published.") from err
+        return replace(data, provenance={**data.provenance, stream.value: {**entry, "incomplete": reason}})
+    notes.append(
+        f"{len(missing)} missing minutes asked from REST: {rows.num_rows} filled, "
+        f"{len(missing) - rows.num_rows} absent there too"
+    )
+    entry["repaired"] = {
+        "source": "rest",
+        "base_url": ctx.rest.base_url,
+        "minutes": rows.num_rows,
+        "absent_from_rest": len(missing) - rows.num_rows,
+        "rest_weight": ctx.rest_weight_spent() - before,
+        "reason": "; ".join(notes),
+    }
+    return PartitionData(coverage.merge_minutes(data.table, rows), {**data.provenance, stream.value: entry})
+
+
+def _trades_from_rest(ctx: DayContext, sd: SymbolDay, data: PartitionData, klines: pa.Table) -> PartitionData:
+    """A Vision aggTrades file holding fewer trades than the day's klines count: a far-short
+    one is downloaded once more, then REST's trades replace the minutes where REST has more
+    (minutes short in every source stay as Vision has them, and are counted). When REST
+    fails the stream is missing: a short minute must not be published as a quiet one."""
+    stream = Stream.AGG_TRADES
+    assert data.table is not None
+    short = coverage.short_trade_minutes(data.table, klines)
+    if not len(short):
+        return data
+    counted = coverage.trades_counted(klines)
+    notes = [
+        f"the Vision file holds {coverage.trades_held(data.table)} of the {counted} trades the day's klines count "
+        f"({len(short)} minutes short)"
+    ]
+    if coverage.trades_held(data.table) < SUSPECT_COVERAGE * counted:
+        data = _redownloaded(data, lambda: vision_days.trade_flow_day(ctx.vision, sd, refetch=True), stream, notes)
+        assert data.table is not None
+        short = coverage.short_trade_minutes(data.table, klines)
+    entry = dict(data.provenance[stream.value])
+    if not len(short):
+        return replace(data, provenance={**data.provenance, stream.value: {**entry, "redownloaded": "; ".join(notes)}})
+    before = ctx.rest_weight_spent()
+    try:
+        other = rest_days.trade_flow_window(ctx.rest, sd, int(short[0]), int(short[-1]) + MINUTE_MS)
+    except FILL_ERRORS as err:
+        reason = "; ".join(notes) + f"; REST failed for those minutes: {err}"
+        kept = ctx.committed(TRADE_FLOW, sd)
+        if kept is not None and kept.table is not None and len(coverage.short_trade_minutes(kept.table, klines)):
+            raise StreamFillFailed(
+                f"{TRADE_FLOW.name} {sd}: {reason}; the committed table is short too and is kept as it is"
+            ) from err
+        if kept is not None:
+            return kept  # an earlier build completed it: the lake keeps it
+        message = f"{TRADE_FLOW.name} {sd}: {reason}"
+        return PartitionData.unavailable(
+            "not_published", message, {stream.value: {**entry, "status": MISSING, "incomplete": reason}}
+        )
+    flow, replaced = coverage.take_fuller_minutes(data.table, other, short)
+    still = coverage.short_trade_minutes(flow, klines)
+    span = f"{ms_to_datetime(int(short[0])):%H:%M}-{ms_to_datetime(int(short[-1])):%H:%M}"
+    notes.append(
+        f"REST asked for the trades of {span} UTC: {replaced} minutes taken from REST, "
+        f"{len(still)} short in every source"
+    )
+    entry["repaired"] = {
+        "source": "rest",
+        "base_url": ctx.rest.base_url,
+        "minutes": replaced,
+        "short_in_every_source": len(still),
+        "rest_weight": ctx.rest_weight_spent() - before,
+        "reason": "; ".join(notes),
+    }
+    return PartitionData(flow, {**data.provenance, stream.value: entry})
+
+
+def _first_trade_ms(klines: PartitionData, sd: SymbolDay) -> int | None:
+    """Where the day's first trade is, by its klines: the first minute counting one; the
+    day's end when Vision's klines count none; None when the klines cannot tell."""
+    if klines.table is None:
+        return None
+    first = coverage.first_traded_minute(klines.table)
+    if first is None and _from_vision(klines, Stream.KLINES):
+        return day_bounds_ms(sd.day)[1]
+    return first
+
+
+# The partitions of a stream's inputs, by dataset name (e.g. the day's klines for aggTrades).
+Upstream = Mapping[str, PartitionData]
+Build = Callable[[DayContext, SymbolDay, Upstream], PartitionData]
 
 
 @dataclass(frozen=True)
 class StreamAsset:
     dataset: Dataset
-    build: Callable[[DayContext, SymbolDay], PartitionData]
+    build: Build
     description: str
+    inputs: tuple[Dataset, ...] = ()
 
 
-def _kline_stream(stream: Stream, dataset: Dataset) -> Callable[[DayContext, SymbolDay], PartitionData]:
-    def build(ctx: DayContext, sd: SymbolDay) -> PartitionData:
-        return choose(
+def _kline_stream(stream: Stream, dataset: Dataset) -> Build:
+    def build(ctx: DayContext, sd: SymbolDay, upstream: Upstream) -> PartitionData:
+        data = choose(
             ctx,
             sd,
             dataset,
             lambda: vision_days.kline_day(ctx.vision, stream, dataset, sd),
             lambda now: rest_days.kline_day(ctx.rest, stream, dataset, sd, now, ctx.existing(dataset, sd)),
         )
+        return _kline_minutes_from_rest(ctx, stream, dataset, sd, data) if _from_vision(data, stream) else data
 
     return build
 
 
-def _trade_flow(ctx: DayContext, sd: SymbolDay) -> PartitionData:
-    return choose(
+def _trade_flow(ctx: DayContext, sd: SymbolDay, upstream: Upstream) -> PartitionData:
+    """The day's klines come in: they say whether the symbol traded, where its first trade
+    is (a REST fill starts there) and how many trades there were (a short file shows)."""
+    klines = upstream[KLINES.name]
+    if klines.status == "not_listed":
+        prov = {Stream.AGG_TRADES.value: {"status": "not_listed", "reason": f"klines: {klines.message}"}}
+        return PartitionData.unavailable("not_listed", klines.message or "not listed", prov)
+    data = choose(
         ctx,
         sd,
         TRADE_FLOW,
         lambda: vision_days.trade_flow_day(ctx.vision, sd),
         lambda now: rest_days.trade_flow_day(ctx.rest, sd, now, ctx.existing(TRADE_FLOW, sd)),
+        cold_rest=lambda now: rest_days.trade_flow_day(
+            ctx.rest, sd, now, ctx.existing(TRADE_FLOW, sd), first_trade_ms=_first_trade_ms(klines, sd)
+        ),
     )
+    if _from_vision(data, Stream.AGG_TRADES) and klines.table is not None:
+        return _trades_from_rest(ctx, sd, data, klines.table)
+    return data
 
 
-def _book_ticker(ctx: DayContext, sd: SymbolDay) -> PartitionData:
+def _book_ticker(ctx: DayContext, sd: SymbolDay, upstream: Upstream) -> PartitionData:
     # REST has no bookTicker history: live days take their book from the hot snapshots.
     return choose(ctx, sd, BOOK_TICKER, lambda: vision_days.book_ticker_day(ctx.vision, sd), None)
 
 
-def _metrics(ctx: DayContext, sd: SymbolDay) -> PartitionData:
+def _metrics(ctx: DayContext, sd: SymbolDay, upstream: Upstream) -> PartitionData:
     return choose(
         ctx,
         sd,
@@ -246,7 +485,7 @@ def _metrics(ctx: DayContext, sd: SymbolDay) -> PartitionData:
     )
 
 
-def _funding(ctx: DayContext, sd: SymbolDay) -> PartitionData:
+def _funding(ctx: DayContext, sd: SymbolDay, upstream: Upstream) -> PartitionData:
     return choose(
         ctx,
         sd,
@@ -257,7 +496,7 @@ def _funding(ctx: DayContext, sd: SymbolDay) -> PartitionData:
     )
 
 
-def _hot_snapshots(ctx: DayContext, sd: SymbolDay) -> PartitionData:
+def _hot_snapshots(ctx: DayContext, sd: SymbolDay, upstream: Upstream) -> PartitionData:
     return rest_days.hot_snapshot_day(ctx.rest, sd, ctx.now(), ctx.existing(HOT_SNAPSHOTS, sd))
 
 
@@ -274,7 +513,12 @@ STREAM_ASSETS: tuple[StreamAsset, ...] = (
         _kline_stream(Stream.PREMIUM_INDEX_KLINES, PREMIUM_INDEX_KLINES),
         "1-minute premium index klines",
     ),
-    StreamAsset(TRADE_FLOW, _trade_flow, "per-minute trade flow computed from the day's aggTrades"),
+    StreamAsset(
+        TRADE_FLOW,
+        _trade_flow,
+        "per-minute trade flow computed from the day's aggTrades, checked against the day's klines",
+        inputs=(KLINES,),
+    ),
     StreamAsset(
         BOOK_TICKER, _book_ticker, "per-minute top-of-book features from bookTicker (Vision has it until 2024-03-30)"
     ),
@@ -311,10 +555,18 @@ def _stream_asset(spec: StreamAsset, partitions_def: PartitionsDefinition) -> As
         kinds={"parquet"},
         backfill_policy=BackfillPolicy.multi_run(max_partitions_per_run=MAX_PARTITIONS_PER_RUN),
         pool=REST_POOL,
+        ins={d.name: AssetIn(key=AssetKey(d.name)) for d in spec.inputs},
     )
-    def _asset(context: AssetExecutionContext, bml: BmlResource) -> dict[str, PartitionData]:
+    def _asset(
+        context: AssetExecutionContext, bml: BmlResource, **upstream: dict[str, PartitionData]
+    ) -> dict[str, PartitionData]:
         ctx = DayContext(bml, run_id=context.run.run_id, tags=context.run.tags)
-        return dict(_each(context, lambda sd: _based(ctx, spec.dataset, sd, spec.build(ctx, sd))))
+
+        def build(sd: SymbolDay) -> PartitionData:
+            inputs = {name: by_key[sd.key] for name, by_key in upstream.items()}
+            return _based(ctx, spec.dataset, sd, spec.build(ctx, sd, inputs))
+
+        return dict(_each(context, build))
 
     return _asset
 

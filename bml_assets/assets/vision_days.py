@@ -3,8 +3,9 @@
 What belongs here: downloading (through ``sources/vision.py``), parsing and
 transforming (``features/``) the files behind each per-stream table, recording
 every verified file in the ledger, and reporting a missing file as "not
-published" with its URL. What stays out: Dagster, deciding what a missing file
-means for the day (``streams.py`` knows the exchange's clock), and REST.
+published" with its URL; downloading a file again on request (one that looks
+short). What stays out: Dagster, deciding what a missing or short file means for
+the day (``streams.py`` knows the exchange's clock and asks REST), and REST.
 """
 
 import datetime as dt
@@ -93,8 +94,11 @@ class StreamFetcher:
         self._ledger = bml.ledger()
         self.max_csv_bytes = bml.settings().vision_max_csv_bytes
 
-    def file(self, stream: Stream, sd: SymbolDay) -> VisionFile:
-        """The verified daily zip (raises ``NotPublished``), not parsed yet."""
+    def file(self, stream: Stream, sd: SymbolDay, *, refetch: bool = False) -> VisionFile:
+        """The verified daily zip (raises ``NotPublished``), not parsed yet; ``refetch``
+        downloads it again even when the cache holds it."""
+        if refetch:
+            return self._vision.refetch_daily(stream, sd.symbol, sd.day)
         return self._vision.fetch_daily(stream, sd.symbol, sd.day)
 
     def record(self, file: VisionFile, stream: Stream, rows: int, table: pa.Table | None = None) -> Fetched:
@@ -113,8 +117,8 @@ class StreamFetcher:
         table = read_vision_csv(file.path, stream, source=file.url, max_bytes=self.max_csv_bytes)
         return self.record(file, stream, table.num_rows, table)
 
-    def daily(self, stream: Stream, sd: SymbolDay) -> Fetched:
-        return self.parse(self.file(stream, sd), stream)
+    def daily(self, stream: Stream, sd: SymbolDay, *, refetch: bool = False) -> Fetched:
+        return self.parse(self.file(stream, sd, refetch=refetch), stream)
 
     def monthly(self, stream: Stream, symbol: str, year: int, month: int) -> Fetched:
         return self.parse(self._vision.fetch_monthly(stream, symbol, year, month), stream)
@@ -133,20 +137,22 @@ def _not_available(stream: Stream, sd: SymbolDay, err: NotPublished) -> Partitio
     return PartitionData.unavailable("not_published", message, {stream.value: _missing(err, "not published")})
 
 
-def kline_day(fetch: StreamFetcher, stream: Stream, dataset: Dataset, sd: SymbolDay) -> PartitionData:
+def kline_day(
+    fetch: StreamFetcher, stream: Stream, dataset: Dataset, sd: SymbolDay, *, refetch: bool = False
+) -> PartitionData:
     try:
-        got = fetch.daily(stream, sd)
+        got = fetch.daily(stream, sd, refetch=refetch)
     except NotPublished as err:
         return _not_available(stream, sd, err)
     table = got.transform(lambda t: kline_table(t, sd.day, dataset, source=got.file.url))
     return PartitionData(table, {stream.value: _vision([got])})
 
 
-def trade_flow_day(fetch: StreamFetcher, sd: SymbolDay) -> PartitionData:
+def trade_flow_day(fetch: StreamFetcher, sd: SymbolDay, *, refetch: bool = False) -> PartitionData:
     """Streamed in record batches when the file is in order (it normally is), so a day
     of millions of trades is never held whole; else parsed, sorted and de-duplicated."""
     try:
-        file = fetch.file(Stream.AGG_TRADES, sd)
+        file = fetch.file(Stream.AGG_TRADES, sd, refetch=refetch)
     except NotPublished as err:
         return _not_available(Stream.AGG_TRADES, sd, err)
     builder = TradeFlowBuilder(sd.day, source=file.url)

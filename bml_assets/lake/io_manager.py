@@ -3,8 +3,9 @@
 What belongs here: translating between Dagster (partition keys, output metadata)
 and the lake (``commit.py``, ``ledger.py``): one ``commit_table`` or
 ``record_unavailable`` per partition of the run — a single-run backfill over a
-range hands over many — and loading upstream partitions back as
-``PartitionData``. What stays out: the commit protocol itself, validation rules
+range hands over many — with the fillable streams a partition lacks (SPEC §8), the
+output metadata (sources per stream, what is missing, the REST weight of the fills),
+and loading upstream partitions back as ``PartitionData``. What stays out: the commit protocol itself, validation rules
 (``checks.py``) and formulas.
 """
 
@@ -73,6 +74,34 @@ def _promotion_note(previous: PartitionRecord | None, provenance: Mapping[str, A
     return f"promoted from REST to Vision: {', '.join(promoted)} (previous content hash {previous.content_hash})"
 
 
+def stream_sources(provenance: Mapping[str, Any]) -> dict[str, str]:
+    """Per stream, which source filled it or why nothing did (SPEC §8), in one line each."""
+    out: dict[str, str] = {}
+    for stream, p in sorted(provenance.items()):
+        if not isinstance(p, Mapping):
+            continue
+        text = str(p.get("status"))
+        if "repaired" in p:
+            text += f", completed from {p['repaired'].get('source')} ({p['repaired'].get('minutes')} minutes)"
+        if p.get("incomplete"):
+            text += f"; incomplete: {p['incomplete']}"
+        elif p.get("status") not in ("vision", "rest", "polled", "live") and p.get("reason"):
+            text += f": {p['reason']}"
+        out[stream] = text
+    return out
+
+
+def rest_weight(provenance: Mapping[str, Any]) -> int:
+    """The REST weight the streams' fills and repairs cost, as their provenance records it."""
+    total = 0
+    for p in provenance.values():
+        if isinstance(p, Mapping):
+            total += int(p.get("rest_weight") or 0)
+            if isinstance(p.get("repaired"), Mapping):
+                total += int(p["repaired"].get("rest_weight") or 0)
+    return total
+
+
 def _null_counts(table: pa.Table) -> dict[str, int]:
     return {name: table.column(name).null_count for name in table.column_names}
 
@@ -125,6 +154,7 @@ class LakeIOManager(ConfigurableIOManager):
                 validate=_validator(dataset, sd),
                 provenance=data.provenance,
                 source_gaps=data.source_gaps,
+                missing_streams=data.missing_streams,
                 based_on=data.base_content_hash if data.incremental else NOT_BASED,
             )
             summary[sd.key] = {
@@ -134,6 +164,12 @@ class LakeIOManager(ConfigurableIOManager):
                 "content_hash": result.content_hash,
                 "rewritten": result.rewritten,
             }
+            if data.missing_streams:
+                summary[sd.key]["missing_streams"] = [dict(m) for m in data.missing_streams]
+                context.log.warning(
+                    f"{dataset.name} {sd}: incomplete, "
+                    + "; ".join(f"{m.get('stream')} missing: {m.get('reason')}" for m in data.missing_streams)
+                )
             for w in data.warnings:
                 context.log.warning(f"{dataset.name} {sd}: {w}")
         context.add_output_metadata(self._metadata(summary, by_key))
@@ -157,6 +193,15 @@ class LakeIOManager(ConfigurableIOManager):
             else:
                 md["message"] = str(data.message)
             md["provenance"] = MetadataValue.json(json.loads(json.dumps(data.provenance, default=str)))
+            md["sources"] = MetadataValue.json(stream_sources(data.provenance))
+            weight = rest_weight(data.provenance)
+            if weight:
+                md["rest_weight"] = weight
+            if data.table is not None:
+                md["incomplete"] = bool(data.missing_streams)
+                md["missing_streams"] = MetadataValue.json(
+                    json.loads(json.dumps(list(data.missing_streams), default=str))
+                )
             if data.source_gaps:
                 md["source_gaps"] = MetadataValue.json(json.loads(json.dumps(list(data.source_gaps), default=str)))
         else:

@@ -24,6 +24,9 @@ class PartitionData:
     ``table`` is None exactly when ``status`` is ``not_listed`` (the symbol did not
     trade that day) or ``not_published`` (the source has no file for it, yet or
     ever); ``message`` then says why, naming the URL.
+
+    ``missing_streams``: the streams a committed table lacks although some source could
+    fill them, ``{"stream": ..., "reason": ...}`` each (SPEC §8: an incomplete partition).
     """
 
     table: pa.Table | None
@@ -32,6 +35,7 @@ class PartitionData:
     message: str | None = None
     source_gaps: Sequence[Mapping[str, Any]] = ()
     warnings: Sequence[str] = field(default_factory=tuple)
+    missing_streams: Sequence[Mapping[str, Any]] = ()
     # An incremental update (the hot band) names the committed content it extended;
     # the commit then fails rather than overwrite a newer one (see lake/commit.py).
     incremental: bool = False

@@ -238,6 +238,16 @@ class VisionClient:
     def fetch_monthly(self, stream: Stream, symbol: str, year: int, month: int) -> VisionFile:
         return self.fetch(self.monthly_url(stream, symbol, year, month))
 
+    def refetch_daily(self, stream: Stream, symbol: str, day: date) -> VisionFile:
+        """``fetch_daily`` downloading the zip again even when the cache holds it: the
+        cached copy for the CHECKSUM published now is dropped first (a file that looks
+        short is checked once more against what the host serves)."""
+        url = self.daily_url(stream, symbol, day)
+        entry, sha256 = self.entry_dir(url), self.checksum(url)
+        (entry / f"{sha256}.zip").unlink(missing_ok=True)
+        (entry / f"{sha256}.json").unlink(missing_ok=True)
+        return self.fetch(url)
+
     def fetch(self, url: str) -> VisionFile:
         """The verified zip at ``url``, from the cache when it holds the checksummed bytes.
 

@@ -76,3 +76,26 @@ def test_a_live_grid_never_reaches_past_what_the_stream_steps_fetched() -> None:
         data[name] = PartitionData(ten, {name: through})
     now = ExchangeNow(int((start + dt.timedelta(minutes=30)).timestamp() * 1000), lag_minutes=1)
     assert live_grid_end(SD, data, now) == start + dt.timedelta(minutes=10)
+
+
+def test_the_fillable_streams_a_day_lacks_are_named_with_their_reasons() -> None:
+    from bml_assets.assets.minute_view import missing_streams
+
+    data = inputs(trade_flow_1m="not_published")
+    data["trade_flow_1m"] = PartitionData.unavailable(
+        "not_published",
+        "trade_flow_1m BTCUSDT 2024-03-01: REST failed",
+        {"aggTrades": {"status": "missing", "incomplete": "Vision has no file (HTTP 404); REST failed: HTTP 500"}},
+    )
+    data["premium_index_klines_1m"] = PartitionData(
+        pa.table({}), {"premiumIndexKlines": {"status": "vision", "incomplete": "1340 minutes: REST failed"}}
+    )
+    # Known missing with no source to fill it: not incomplete.
+    data["book_ticker_1m"] = PartitionData.unavailable(
+        "not_published", "bookTicker ends", {"bookTicker": {"status": "not_published", "reason": "ends 2024-03-30"}}
+    )
+    assert missing_streams(data) == [
+        {"stream": "aggTrades", "reason": "Vision has no file (HTTP 404); REST failed: HTTP 500"},
+        {"stream": "premiumIndexKlines", "reason": "1340 minutes: REST failed"},
+    ]
+    assert missing_streams(inputs()) == []
