@@ -190,7 +190,7 @@ def _aggregate(t: _Trades) -> pa.Table:
     }
     arrays = [
         ms_to_timestamps(columns[name]) if name == "timestamp" else pa.array(columns[name], type=type_)
-        for name, type_ in schema.TRADE_FLOW.columns
+        for name, type_ in ((c.name, c.type) for c in schema.TRADE_FLOW.columns)
     ]
     return pa.Table.from_arrays(arrays, schema=schema.TRADE_FLOW.arrow_schema)
 
