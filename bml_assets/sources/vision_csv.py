@@ -372,12 +372,21 @@ def read_vision_csv(path: Path, stream: Stream, *, source: str | None = None) ->
     return _sort_unique(table, layout.key, source)
 
 
-def data_row_of(path: Path, stream: Stream, column: str, value: int, *, source: str | None = None) -> int | None:
+def data_row_of(
+    path: Path, stream: Stream, column: str, value: int, *, source: str | None = None, until: int | None = None
+) -> int | None:
     """1-based data row (header not counted) of the first row whose ``column`` equals
-    ``value``, in the file as written — for error messages about a sorted table."""
+    ``value`` — or, with ``until``, lies in ``[value, until)`` — in the file as
+    written: for error messages about a sorted or aggregated table."""
     offset = 0
     for batch in iter_vision_csv_batches(path, stream, source=source, use_threads=False):
-        hits = pc.equal(batch.column(column), pa.scalar(value, batch.schema.field(column).type))
+        values = batch.column(column)
+        low = pa.scalar(value, batch.schema.field(column).type)
+        if until is None:
+            hits = pc.equal(values, low)
+        else:
+            high = pa.scalar(until, batch.schema.field(column).type)
+            hits = pc.and_(pc.greater_equal(values, low), pc.less(values, high))
         index = pc.index(hits, True).as_py()
         if index >= 0:
             return offset + index + 1
