@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
@@ -18,9 +19,13 @@ from bml_assets.checks import (
     check_source_rows,
     enforce_blocking,
 )
+from bml_assets.features.funding import funding_settlements
+from bml_assets.features.klines import kline_table
 from bml_assets.lake.io_manager import _validator
 from bml_assets.lake.partition_data import PartitionData
 from bml_assets.partitions import SymbolDay
+from bml_assets.sources.vision import Stream
+from bml_assets.sources.vision_csv import iter_vision_csv_batches, read_vision_csv
 from bml_assets_tests.unit.features.builders import dataset_table, ms
 
 from .test_checks import view
@@ -450,3 +455,23 @@ def test_a_locator_that_fails_does_not_hide_the_refusal() -> None:
     assert "funding_rate = nan at minute 2024-03-01T00:00:00+00:00 (row not located: the cached zip is gone)" in str(
         info.value
     )
+
+
+def test_real_binance_files_pass_every_rule(real_fixtures: Path) -> None:
+    """The bounds are far from real data: real klines (futures 2023, spot 2020), a real
+    day of COIN-M aggTrades and a month of real funding pass."""
+    for path, day in [
+        (real_fixtures / "klines_1m" / "BTCUSDT-1m-2023-04-15.csv", dt.date(2023, 4, 15)),
+        (real_fixtures / "spot_fallback" / "BTCUSDT-1m-2020-01-01.zip", dt.date(2020, 1, 1)),
+    ]:
+        klines = kline_table(read_vision_csv(path, Stream.KLINES), day, schema.KLINES, source=str(path))
+        assert klines.num_rows == 1440
+        enforce_blocking(klines, day, label=path.name, dataset=schema.KLINES)
+    trades = real_fixtures / "aggTrades_cm_fallback" / "BTCUSD_PERP-aggTrades-2026-05-08.zip"
+    rows = 0
+    for batch in iter_vision_csv_batches(trades, Stream.AGG_TRADES):
+        check_source_rows(batch, schema.AGG_TRADE_ROWS)
+        rows += batch.num_rows
+    assert rows == 105_280
+    funding = read_vision_csv(real_fixtures / "fundingRate" / "BTCUSDT-fundingRate-2026-04.zip", Stream.FUNDING_RATE)
+    enforce_blocking(funding_settlements(funding), dt.date(2026, 4, 15), label="funding", dataset=schema.FUNDING)
