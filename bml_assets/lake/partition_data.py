@@ -2,8 +2,8 @@
 
 What belongs here: the value object that travels between assets and the IO
 manager — a table (or the reason there is none), its provenance, its source
-gaps, and how to find where one of its rows came from. What stays out: how it is written (``commit.py``) or recorded
-(``ledger.py``).
+gaps, and how to find where one of its rows came from. What stays out: how it
+is written (``commit.py``) or recorded (``ledger.py``).
 """
 
 from __future__ import annotations

@@ -173,7 +173,7 @@ def _run_against(lake: Lake, market: object, real_dir: Path) -> tuple[bool, str,
 
 # The file's rows as written: data row n is the n-th line after the header. Minutes are
 # out of order, so the parsed (sorted) table's row numbers differ from the data rows.
-BAD_KLINES = (
+KLINES_WITH_BAD_VALUES = (
     HEADER
     + _row(T0 + 5 * MIN, high="inf")  # data row 1
     + _row(T0)  # data row 2
@@ -191,7 +191,7 @@ def test_bad_kline_values_are_refused_with_url_row_and_minute_and_nothing_is_rep
 ) -> None:
     lake, before, record = built
     klines_before = _partition(lake, KLINES)
-    success, text, base_url = _run_against(lake, market, _serve(tmp_path, KLINES_PATH, BAD_KLINES))
+    success, text, base_url = _run_against(lake, market, _serve(tmp_path, KLINES_PATH, KLINES_WITH_BAD_VALUES))
     assert not success
     url = f"{base_url}/data/futures/um/daily/{KLINES_PATH}"
     assert "klines_1m BTCUSDT 2024-03-01: not committed — " in text, text
