@@ -1,12 +1,20 @@
-"""Data quality of the minute view (SPEC §6): pandera rules and the Dagster check factory.
+"""Data quality (SPEC §6): the blocking rules of every stored table, the reported rules
+of the minute view, and the Dagster check factory.
 
-What belongs here: the rules, each declared once as data (name, blocking or
-reported, a pandera schema or a small function returning offending minutes); the
-pandera schema derived from the column registry; ``enforce_blocking`` (called by
-the IO manager before the rename, because a Dagster blocking check runs only
-after the write); and ``check_result``, the one factory that turns a rule's
-failure cases into ``AssetCheckResult`` metadata. What stays out: formulas
-(``features/``) and I/O.
+What belongs here: ``blocking_rules(dataset)``, the one factory that derives a
+table's blocking rules from its declaration in the column registry — names and
+types in order, the time column unique and sorted (on whole minutes, inside the
+day, as declared), HARD columns not NULL (the minute view), OHLC consistency, one
+rule per value domain — as pandera schemas (tables are ≤ 1440 rows per day);
+``enforce_blocking``, which the IO manager calls before the rename (a Dagster
+blocking check runs only after the write) and whose error names the rule, the
+value, the minute and where the row came from; ``check_source_rows``, the same
+domain declarations checked vectorised with pyarrow on raw source rows that are
+aggregated before they are stored (a day of aggTrades holds up to ~7 M rows); the
+minute view's reported rules; and ``check_result``, the factory that turns a
+rule's failure cases into ``AssetCheckResult`` metadata. What stays out: the
+declarations themselves (``schema.py``), formulas (``features/``) and I/O (where
+a row came from is asked of a ``locate`` callable its builder provides).
 """
 
 from __future__ import annotations
@@ -14,26 +22,34 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pandera.pandas as pdr
 import pyarrow as pa
+import pyarrow.compute as pc
 from dagster import AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, MetadataValue
 
 from bml_assets.schema import (
+    EPOCH_MS,
     F64,
     HARD_COLUMNS,
     I64,
-    MINUTE_COLUMNS,
-    MINUTE_SCHEMA,
+    MINUTE_VIEW,
     TIMESTAMP,
+    ColumnClass,
+    Dataset,
+    Domain,
+    SourceRows,
 )
 
 MINUTES_PER_DAY = 1440
 REL_TOLERANCE = 1e-9
 MAX_PRICE_DEVIATION = 0.05  # mark and index within 5 % of close
 MAX_LISTED_FAILURES = 50  # offending minutes shown in check metadata
+MAX_FAILURES_IN_ERROR = 5  # per rule, in an error text (each may re-read a source file)
 SLOW_COLUMNS = (
     "avg_spread_usdt",
     "bid_ask_imbalance",
@@ -63,34 +79,54 @@ _PANDAS_DTYPES: dict[pa.DataType, Any] = {
     F64: pd.Float64Dtype(),
 }
 
+# Where a row came from: (minute, column) -> e.g. "https://…/BTCUSDT-1m-2024-01-02.zip,
+# data row 6", or None when its builder cannot say.
+RowLocator = Callable[[dt.datetime, str], str | None]
+
 
 def to_frame(table: pa.Table) -> pd.DataFrame:
-    """Arrow → pandas with nullable dtypes, so NULL stays NULL and ints stay ints."""
-    return table.to_pandas(
+    """Arrow → pandas with nullable dtypes, so NULL stays NULL and ints stay ints.
+
+    A float NaN stays NaN, distinct from NULL (pandas' own conversion would make it
+    NULL): NaN is a bad value, never a missing one.
+    """
+    frame = table.to_pandas(
         types_mapper={pa.int64(): pd.Int64Dtype(), pa.float64(): pd.Float64Dtype()}.get,
         ignore_metadata=True,
     )
+    for name, column in zip(table.column_names, table.columns, strict=True):
+        if pa.types.is_floating(column.type) and pc.any(pc.is_nan(column)).as_py():
+            values = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+            frame[name] = pd.arrays.FloatingArray(
+                values.fill_null(0.0).to_numpy(zero_copy_only=False),
+                values.is_null().to_numpy(zero_copy_only=False),
+            )
+    return frame
 
 
-def minute_view_schema(*, hard_not_null: bool = True) -> pdr.DataFrameSchema:
-    """The pandera model of the 58 columns, generated from the registry.
+def dataset_schema(dataset: Dataset, *, hard_not_null: bool = True) -> pdr.DataFrameSchema:
+    """The pandera model of a table's names, order and types, generated from the registry.
 
-    ``hard_not_null=False`` checks names, order and types only: the NULL rule is
+    ``hard_not_null=False`` leaves NULLs alone: the NULL rule of HARD columns is
     reported separately, so one fault is not counted twice.
     """
     return pdr.DataFrameSchema(
         {
             c.name: pdr.Column(
                 _PANDAS_DTYPES[c.type],
-                nullable=not (hard_not_null and c.name in HARD_COLUMNS),
-                description=c.description,
+                nullable=not (hard_not_null and c.klass is ColumnClass.HARD),
+                description=c.description or str(c.domain),
             )
-            for c in MINUTE_COLUMNS
+            for c in dataset.columns
         },
         strict=True,
         ordered=True,
-        name="minute_view",
+        name=dataset.name,
     )
+
+
+def minute_view_schema(*, hard_not_null: bool = True) -> pdr.DataFrameSchema:
+    return dataset_schema(MINUTE_VIEW, hard_not_null=hard_not_null)
 
 
 @dataclass(frozen=True)
@@ -105,6 +141,8 @@ class Evidence:
     source_gaps: Sequence[Mapping[str, Any]] = ()
     # The REST-built view this Vision build replaces (a promotion), else None.
     replaced_rest_view: pd.DataFrame | None = None
+    # The column that names each row's minute (or instant) in failures.
+    time_column: str = "timestamp"
 
 
 @dataclass(frozen=True)
@@ -121,6 +159,8 @@ class Rule:
     description: str
     blocking: bool
     evaluate: Callable[[Evidence], tuple[pd.DataFrame, Mapping[str, Any]]]
+    # Failures read "column = value" (a bad value); else "column <value>" (a statement).
+    shows_values: bool = True
 
     def run(self, evidence: Evidence) -> Outcome:
         failures, facts = self.evaluate(evidence)
@@ -134,30 +174,46 @@ class Rule:
 _NO_FAILURES = pd.DataFrame({"minute": pd.Series(dtype="object"), "column": [], "value": []})
 
 
-def _pandera_failures(schema: pdr.DataFrameSchema, ev: Evidence) -> pd.DataFrame:
-    """Run a pandera schema lazily; its failure cases become (minute, column, value) rows."""
-    frame = ev.frame
+def _minute_at(frame: pd.DataFrame, time_column: str, i: Any) -> str | None:
+    if isinstance(i, (int, float, np.integer)) and not pd.isna(i) and 0 <= int(i) < len(frame):
+        t = frame[time_column].iloc[int(i)]
+        return None if pd.isna(t) else t.isoformat()
+    return None
+
+
+def _check_and_case(check: Any, case: Any) -> str:
+    return f"{check}: {case}"
+
+
+def _case(check: Any, case: Any) -> str:
+    return str(case)
+
+
+def _pandera_failures(
+    schema: pdr.DataFrameSchema,
+    ev: Evidence,
+    *,
+    value: Callable[[Any, Any], str] = _check_and_case,
+    frame: pd.DataFrame | None = None,
+) -> pd.DataFrame:
+    """Run a pandera schema lazily on ``frame`` (default: the evidence's); its failure
+    cases become (minute, column, value) rows, ``value`` made of (check name, case)."""
+    frame = ev.frame if frame is None else frame
     try:
         schema.validate(frame, lazy=True)
     except pdr.errors.SchemaErrors as err:
         cases = err.failure_cases
-        minutes = [
-            frame["timestamp"].iloc[int(i)].isoformat()
-            if isinstance(i, (int, float)) and not pd.isna(i) and 0 <= int(i) < len(frame)
-            else None
-            for i in cases["index"]
-        ]
         return pd.DataFrame(
             {
-                "minute": minutes,
+                "minute": [_minute_at(ev.frame, ev.time_column, i) for i in cases["index"]],
                 "column": cases["column"].astype(str),
-                "value": [f"{c}: {v}" for c, v in zip(cases["check"], cases["failure_case"], strict=True)],
+                "value": [value(c, v) for c, v in zip(cases["check"], cases["failure_case"], strict=True)],
             }
         )
     return _NO_FAILURES
 
 
-def _rows(minutes: pd.Series, column: str, values: pd.Series) -> pd.DataFrame:
+def _rows(minutes: pd.Series, column: str, values: Sequence[Any] | pd.Series) -> pd.DataFrame:
     return pd.DataFrame(
         {
             "minute": [m.isoformat() for m in minutes],
@@ -171,51 +227,246 @@ def _frame_check(name: str, fn: Callable[[pd.DataFrame], pd.Series]) -> pdr.Data
     return pdr.DataFrameSchema(checks=[pdr.Check(fn, name=name, ignore_na=True)])
 
 
-# --- blocking rules --------------------------------------------------------
+# --- blocking rules: the factory ---------------------------------------------------
 
 
-def _schema_rule(ev: Evidence) -> tuple[pd.DataFrame, Mapping[str, Any]]:
-    return _pandera_failures(minute_view_schema(hard_not_null=False), ev), {"columns": len(ev.frame.columns)}
+def _schema_rule(dataset: Dataset) -> Rule:
+    def evaluate(ev: Evidence) -> tuple[pd.DataFrame, Mapping[str, Any]]:
+        return _pandera_failures(dataset_schema(dataset, hard_not_null=False), ev), {"columns": len(ev.frame.columns)}
+
+    n = len(dataset.columns)
+    spec = " (SPEC §5)" if dataset is MINUTE_VIEW else ""
+    return Rule(f"schema_{n}_columns", f"the {n} names and types, in order{spec}", True, evaluate)
 
 
-def _timestamps_rule(ev: Evidence) -> tuple[pd.DataFrame, Mapping[str, Any]]:
-    start = pd.Timestamp(ev.day, tz="UTC")
-    end = start + pd.Timedelta(days=1)
-    ts = ev.frame["timestamp"]
+def _time_rule(dataset: Dataset) -> Rule:
+    """Unique and sorted times; on whole minutes if the time column's domain says so;
+    inside the partition's day when the table holds only that day, else inside the
+    domain's range of instants."""
+    column = dataset.column(dataset.time_column)
+    aligned = column.domain.minute_aligned
+
+    def evaluate(ev: Evidence) -> tuple[pd.DataFrame, Mapping[str, Any]]:
+        if dataset.within_day:
+            start = pd.Timestamp(ev.day, tz="UTC")
+            end = start + pd.Timedelta(days=1)
+        else:
+            start = pd.Timestamp(int(column.domain.low), unit="ms", tz="UTC")
+            end = pd.Timestamp(int(column.domain.high), unit="ms", tz="UTC")
+        # Each check is named by what it asserts: a failure reads "timestamp not <name>".
+        inside = [
+            pdr.Check(lambda s: s >= start, name="on or after the day's start" if dataset.within_day else "in 2017+"),
+            pdr.Check(lambda s: s < end, name="before the day's end" if dataset.within_day else "before 2100"),
+        ]
+        if aligned:
+            inside.append(pdr.Check(lambda s: s.dt.second.eq(0) & s.dt.microsecond.eq(0), name="on a whole minute"))
+        schema = pdr.DataFrameSchema(
+            {dataset.time_column: pdr.Column(checks=inside, unique=True, nullable=False)}, name=dataset.name
+        )
+        ts = ev.frame[dataset.time_column]
+        failures = _pandera_failures(
+            schema,
+            ev,
+            frame=ev.frame[[dataset.time_column]],
+            value=lambda check, _: f"not {_CHECK_PHRASES.get(str(check), check)}",
+        )
+        disorder = ts.diff() <= pd.Timedelta(0)
+        if disorder.any():
+            failures = pd.concat(
+                [
+                    failures,
+                    _rows(ts[disorder], dataset.time_column, ["not after the previous row"] * int(disorder.sum())),
+                ]
+            )
+        return failures, {"rows": len(ts)}
+
+    plural = "timestamps" if dataset.time_column == "timestamp" else f"{dataset.time_column}s"
+    where = "inside the partition's day" if dataset.within_day else "in [2017, 2100)"
+    return Rule(
+        f"{plural}_unique_sorted" + ("_in_day" if dataset.within_day else ""),
+        f"unique, sorted{', minute-aligned' if aligned else ''} {dataset.time_column} values {where}",
+        True,
+        evaluate,
+        shows_values=False,
+    )
+
+
+# pandera's own check names, as what they assert
+_CHECK_PHRASES = {"field_uniqueness": "unique", "not_nullable": "NULL-free"}
+
+
+def _hard_not_null_rule(dataset: Dataset) -> Rule:
+    hard = [c.name for c in dataset.columns if c.klass is ColumnClass.HARD]
+
+    def evaluate(ev: Evidence) -> tuple[pd.DataFrame, Mapping[str, Any]]:
+        schema = dataset_schema(dataset).select_columns([c for c in hard if c in ev.frame])
+        failures = _pandera_failures(schema, ev, frame=ev.frame[list(schema.columns)])
+        return failures.assign(value="NULL"), {"hard_columns": len(hard)}
+
+    return Rule("hard_columns_not_null", "no NULL in a HARD column", True, evaluate)
+
+
+def _ohlc_rule(dataset: Dataset) -> Rule:
+    def evaluate(ev: Evidence) -> tuple[pd.DataFrame, Mapping[str, Any]]:
+        parts = []
+        for g in dataset.ohlc:
+            o, h, lo, c = g.names
+            schema = _frame_check(
+                f"{lo} ≤ min({o}, {c}) ≤ max({o}, {c}) ≤ {h}",
+                lambda d, o=o, h=h, lo=lo, c=c: (d[lo] <= d[[o, c]].min(axis=1)) & (d[[o, c]].max(axis=1) <= d[h]),
+            )
+            # pandera lists every column of a failing row: one failure per row here, with its four values.
+            rows = _failing_rows(schema, ev.frame[list(g.names)])
+            if rows:
+                bars = ev.frame.iloc[rows]
+                parts.append(
+                    pd.DataFrame(
+                        {
+                            "minute": [_minute_at(ev.frame, ev.time_column, i) for i in rows],
+                            "column": "/".join(g.names),
+                            "value": ["/".join(str(bar[n]) for n in g.names) for _, bar in bars.iterrows()],
+                        }
+                    )
+                )
+        return (pd.concat(parts) if parts else _NO_FAILURES), {}
+
+    return Rule("ohlc_consistent", "low ≤ min(open, close) ≤ max(open, close) ≤ high", True, evaluate)
+
+
+def _failing_rows(schema: pdr.DataFrameSchema, frame: pd.DataFrame) -> list[int]:
+    try:
+        schema.validate(frame, lazy=True)
+    except pdr.errors.SchemaErrors as err:
+        return sorted({int(i) for i in err.failure_cases["index"] if i is not None and not pd.isna(i)})
+    return []
+
+
+def _in_domain(domain: Domain) -> Callable[[pd.Series], pd.Series]:
+    # Comparisons with NaN are false, and both bounds are finite: inf and NaN fail.
+    return lambda s: s.between(domain.low, domain.high)
+
+
+def _domain_rule(dataset: Dataset, domain: Domain, columns: Sequence[str]) -> Rule:
     schema = pdr.DataFrameSchema(
         {
-            "timestamp": pdr.Column(
-                checks=[
-                    pdr.Check.ge(start, name="on_or_after_day_start"),
-                    pdr.Check.lt(end, name="before_day_end"),
-                    pdr.Check(lambda s: s.dt.second.eq(0) & s.dt.microsecond.eq(0), name="minute_aligned"),
-                ],
-                unique=True,
-                nullable=False,
-            )
-        }
+            name: pdr.Column(checks=[pdr.Check(_in_domain(domain), name=domain.rule, ignore_na=True)], nullable=True)
+            for name in columns
+        },
+        name=dataset.name,
     )
-    failures = _pandera_failures(schema, ev)
-    disorder = ts.diff() <= pd.Timedelta(0)
-    if disorder.any():
-        failures = pd.concat(
-            [failures, _rows(ts[disorder], "timestamp", ["not after the previous row"] * int(disorder.sum()))]
-        )
-    return failures, {"rows": len(ts)}
+
+    def evaluate(ev: Evidence) -> tuple[pd.DataFrame, Mapping[str, Any]]:
+        present = [c for c in columns if c in ev.frame]
+        if not present:
+            return _NO_FAILURES, {}
+        return _pandera_failures(schema.select_columns(present), ev, value=_case, frame=ev.frame[present]), {}
+
+    return Rule(domain.rule, f"{domain.description}: {', '.join(columns)}", True, evaluate)
 
 
-def _hard_not_null_rule(ev: Evidence) -> tuple[pd.DataFrame, Mapping[str, Any]]:
-    hard = minute_view_schema().select_columns([c for c in HARD_COLUMNS if c in ev.frame])
-    failures = _pandera_failures(hard, Evidence(ev.day, ev.frame[list(hard.columns)], ev.closed_day))
-    return failures.assign(value="NULL"), {"hard_columns": len(HARD_COLUMNS)}
+@cache
+def blocking_rules(dataset: Dataset) -> tuple[Rule, ...]:
+    """The blocking rules of ``dataset``, derived from its declaration in the registry.
+
+    In this order: names and types; the time column; HARD columns not NULL (when it
+    has HARD columns); one rule per value domain of its other columns, in the order
+    the domains first appear; OHLC consistency (when it declares OHLC groups).
+    """
+    rules = [_schema_rule(dataset), _time_rule(dataset)]
+    if any(c.klass is ColumnClass.HARD for c in dataset.columns):
+        rules.append(_hard_not_null_rule(dataset))
+    by_domain: dict[Domain, list[str]] = {}
+    for c in dataset.columns:
+        if c.name != dataset.time_column:
+            by_domain.setdefault(c.domain, []).append(c.name)
+    rules += [_domain_rule(dataset, domain, names) for domain, names in by_domain.items()]
+    if dataset.ohlc:
+        rules.append(_ohlc_rule(dataset))
+    return tuple(rules)
 
 
-def _ohlc_rule(ev: Evidence) -> tuple[pd.DataFrame, Mapping[str, Any]]:
-    schema = _frame_check(
-        "low ≤ min(open, close) ≤ max(open, close) ≤ high",
-        lambda d: (d["low"] <= d[["open", "close"]].min(axis=1)) & (d[["open", "close"]].max(axis=1) <= d["high"]),
-    )
-    return _pandera_failures(schema, ev), {}
+# --- raw source rows, vectorised -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BadRow:
+    """One raw source row that breaks a rule: ``index`` is 0-based in the checked batch;
+    ``minute`` (ISO) is the minute its time falls in."""
+
+    rule: str
+    column: str
+    value: Any
+    index: int
+    minute: str | None
+
+
+class BadSourceRows(ValueError):
+    """Raw source rows that break their domains (``check_source_rows``).
+
+    Raised where the batch was checked, which knows neither the partition nor the
+    file; the caller re-raises ``located(label, where)``, which names them and, for
+    each row, where it came from (``where(index)``: a URL and data row).
+    """
+
+    def __init__(
+        self, stream: str, rows: Sequence[BadRow], label: str | None = None, where: Callable[[int], str] | None = None
+    ) -> None:
+        self.stream = stream
+        self.rows = list(rows)
+        shown = []
+        for r in self.rows:
+            at = f" at minute {r.minute}" if r.minute else ""
+            origin = f" ({where(r.index)})" if where else f" (row {r.index + 1} of the {stream} batch)"
+            shown.append(f"blocking rule {r.rule!r} failed: {r.column} = {r.value}{at}{origin}")
+        super().__init__(f"{label or stream}: not committed — " + "; ".join(shown))
+
+    def located(self, label: str, where: Callable[[int], str]) -> BadSourceRows:
+        return BadSourceRows(self.stream, self.rows, label, where)
+
+
+def _bad_indices(mask: pa.Array | pa.ChunkedArray, limit: int) -> list[int]:
+    return [int(i) for i in np.flatnonzero(np.asarray(mask.to_numpy(zero_copy_only=False)))[:limit]]
+
+
+def check_source_rows(batch: pa.RecordBatch | pa.Table, rows: SourceRows) -> None:
+    """Raise ``BadSourceRows`` (the first few offending rows of each rule) unless every
+    row of ``batch`` is inside its columns' domains and its ordered pairs hold.
+
+    Vectorised: one min/max (and one NaN test for floats) per column when all is well;
+    the offending rows are looked for only when something is out of bounds.
+    """
+    found: list[tuple[str, str, int, Any]] = []  # rule, column, index, value
+    for name, domain in rows.columns:
+        values = batch.column(name)
+        if len(values) == 0:
+            continue
+        bounds = pc.min_max(values)  # NULLs and NaNs skipped
+        low, high = bounds["min"].as_py(), bounds["max"].as_py()
+        has_nan = pa.types.is_floating(values.type) and pc.any(pc.is_nan(values)).as_py()
+        if not has_nan and (low is None or (low >= domain.low and high <= domain.high)):
+            continue
+        inside = pc.and_(pc.greater_equal(values, domain.low), pc.less_equal(values, domain.high))
+        outside = pc.invert(pc.fill_null(inside, True))  # NULL is not a domain's business
+        found += [(domain.rule, name, i, values[i].as_py()) for i in _bad_indices(outside, MAX_FAILURES_IN_ERROR)]
+    for first, second in rows.ordered:
+        a, b = batch.column(first), batch.column(second)
+        disorder = pc.fill_null(pc.greater(a, b), False)
+        if pc.any(disorder).as_py():
+            found += [
+                (f"{first}_not_after_{second}", f"{first}/{second}", i, f"{a[i].as_py()}/{b[i].as_py()}")
+                for i in _bad_indices(disorder, MAX_FAILURES_IN_ERROR)
+            ]
+    if found:
+        times = batch.column(rows.time_column)
+
+        def minute(i: int) -> str | None:
+            t = times[i].as_py()
+            if not isinstance(t, int) or not (EPOCH_MS.low <= t <= EPOCH_MS.high):
+                return None
+            return dt.datetime.fromtimestamp(t // 60_000 * 60, dt.UTC).isoformat()
+
+        bad = [BadRow(rule, column, value, i, minute(i)) for rule, column, i, value in found]
+        raise BadSourceRows(rows.stream, sorted(bad, key=lambda r: r.index))
 
 
 # --- reported rules --------------------------------------------------------
@@ -363,17 +614,7 @@ def _promotion_rule(ev: Evidence) -> tuple[pd.DataFrame, Mapping[str, Any]]:
     return (pd.concat(parts) if parts else _NO_FAILURES), facts
 
 
-BLOCKING_RULES: tuple[Rule, ...] = (
-    Rule("schema_58_columns", "the 58 names and types, in order (SPEC §5)", True, _schema_rule),
-    Rule(
-        "timestamps_unique_sorted_in_day",
-        "unique, sorted, minute-aligned timestamps inside the partition's day",
-        True,
-        _timestamps_rule,
-    ),
-    Rule("hard_columns_not_null", "no NULL in a HARD column", True, _hard_not_null_rule),
-    Rule("ohlc_consistent", "low ≤ min(open, close) ≤ max(open, close) ≤ high", True, _ohlc_rule),
-)
+BLOCKING_RULES: tuple[Rule, ...] = blocking_rules(MINUTE_VIEW)
 REPORTED_RULES: tuple[Rule, ...] = (
     Rule(
         "closed_day_has_1440_rows", "a closed day holds 1440 minutes (missing ones are listed)", False, _row_count_rule
@@ -403,46 +644,73 @@ REPORTED_RULES: tuple[Rule, ...] = (
 ALL_RULES = BLOCKING_RULES + REPORTED_RULES
 
 
+# --- enforcing ----------------------------------------------------------------
+
+
+def describe_failures(outcomes: Sequence[Outcome], locate: RowLocator | None = None) -> str:
+    """``blocking rule 'X' failed (n failures): high = inf at minute … (where it came from); …``
+    for the first few failures of each rule."""
+    parts = []
+    for o in outcomes:
+        shown = []
+        for r in o.failures.head(MAX_FAILURES_IN_ERROR).itertuples():
+            if r.minute is None or pd.isna(r.minute):
+                shown.append(f"{r.column}: {r.value}")
+                continue
+            where = _where(locate, str(r.minute), str(r.column))
+            what = f"{r.column} = {r.value}" if o.rule.shows_values else f"{r.column} {r.value}"
+            shown.append(f"{what} at minute {r.minute}" + (f" ({where})" if where else ""))
+        more = len(o.failures) - len(shown)
+        parts.append(
+            f"blocking rule {o.rule.name!r} failed ({len(o.failures)} failure{'s' if len(o.failures) > 1 else ''}): "
+            + "; ".join(shown)
+            + (f"; and {more} more" if more > 0 else "")
+        )
+    return " — ".join(parts)
+
+
+def _where(locate: RowLocator | None, minute: str, column: str) -> str | None:
+    if locate is None:
+        return None
+    try:
+        return locate(dt.datetime.fromisoformat(minute), column)
+    except Exception as exc:  # naming the row is a courtesy: it must never hide the refusal
+        return f"row not located: {exc}"
+
+
 class BlockingCheckFailed(ValueError):
     """A partition broke a blocking rule; it is not published."""
 
-    def __init__(self, label: str, outcomes: Sequence[Outcome]) -> None:
+    def __init__(self, label: str, outcomes: Sequence[Outcome], locate: RowLocator | None = None) -> None:
+        self.label = label
         self.outcomes = list(outcomes)
-        details = "; ".join(
-            f"{o.rule.name}: {len(o.failures)} failure(s), e.g. "
-            + ", ".join(f"{r.minute} {r.column} {r.value}" for r in o.failures.head(3).itertuples())
-            for o in outcomes
-        )
-        super().__init__(f"{label} not published, blocking checks failed — {details}")
+        super().__init__(f"{label}: not committed — {describe_failures(self.outcomes, locate)}")
 
 
-def enforce_blocking(table: pa.Table, day: dt.date, *, label: str) -> None:
-    """Raise ``BlockingCheckFailed`` unless every blocking rule holds (called before the rename)."""
-    if table.schema.remove_metadata() != MINUTE_SCHEMA.remove_metadata():
+def enforce_blocking(
+    table: pa.Table,
+    day: dt.date,
+    *,
+    label: str,
+    dataset: Dataset = MINUTE_VIEW,
+    locate: RowLocator | None = None,
+) -> None:
+    """Raise ``BlockingCheckFailed`` unless every blocking rule of ``dataset`` holds
+    (called before the rename). ``locate`` names where a failing row came from."""
+    rules = blocking_rules(dataset)
+    expected_schema = dataset.arrow_schema
+    if table.schema.remove_metadata() != expected_schema.remove_metadata():
         # The arrow schema itself is wrong: pandera would be comparing something else.
-        expected = [f"{f.name}:{f.type}" for f in MINUTE_SCHEMA]
+        expected = [f"{f.name}:{f.type}" for f in expected_schema]
         got = [f"{f.name}:{f.type}" for f in table.schema]
         diff = [f"#{i + 1} expected {e} got {g}" for i, (e, g) in enumerate(zip(expected, got, strict=False)) if e != g]
-        raise BlockingCheckFailed(
-            label,
-            [
-                Outcome(
-                    BLOCKING_RULES[0],
-                    False,
-                    pd.DataFrame(
-                        {
-                            "minute": [None],
-                            "column": ["schema"],
-                            "value": [", ".join(diff[:5]) or f"{len(got)} columns instead of {len(expected)}"],
-                        }
-                    ),
-                )
-            ],
-        )
-    evidence = Evidence(day=day, frame=to_frame(table), closed_day=True)
-    failed = [o for o in (r.run(evidence) for r in BLOCKING_RULES) if not o.passed]
+        value = ", ".join(diff[:5]) or f"{len(got)} columns instead of {len(expected)}"
+        failure = pd.DataFrame({"minute": [None], "column": ["schema"], "value": [value]})
+        raise BlockingCheckFailed(label, [Outcome(rules[0], False, failure)])
+    evidence = Evidence(day=day, frame=to_frame(table), closed_day=True, time_column=dataset.time_column)
+    failed = [o for o in (r.run(evidence) for r in rules) if not o.passed]
     if failed:
-        raise BlockingCheckFailed(label, failed)
+        raise BlockingCheckFailed(label, failed, locate)
 
 
 def evaluate(evidence: Evidence) -> list[Outcome]:

@@ -34,12 +34,21 @@ from dagster import (
 from bml_assets.assets.rest_days import GAP_CONFIRM_MINUTES, ExchangeNow
 from bml_assets.assets.streams import HARD_STREAMS as HARD_STREAM_NAMES
 from bml_assets.assets.streams import IO_MANAGER_KEY, MAX_PARTITIONS_PER_RUN, STREAM_ASSETS, DayContext, run_partitions
-from bml_assets.checks import ALL_RULES, Evidence, Outcome, check_result, check_specs, to_frame
+from bml_assets.checks import (
+    ALL_RULES,
+    BLOCKING_RULES,
+    Evidence,
+    Outcome,
+    check_result,
+    check_specs,
+    describe_failures,
+    to_frame,
+)
 from bml_assets.features.hot_snapshots import book_from_snapshots, open_interest_observations, predicted_funding_minutes
 from bml_assets.features.metrics import combine_observations
 from bml_assets.features.minute_view import build_minute_view
 from bml_assets.features.timegrid import day_bounds_ms, ms_to_datetime
-from bml_assets.lake.io_manager import DATASET_METADATA_KEY, rest_weight
+from bml_assets.lake.io_manager import DATASET_METADATA_KEY, rest_weight, row_locator
 from bml_assets.lake.ledger import Ledger, WatermarkConflict
 from bml_assets.lake.partition_data import PartitionData
 from bml_assets.lake.scan import scan
@@ -350,8 +359,19 @@ def build_minute_view_asset(partitions_def: PartitionsDefinition) -> AssetsDefin
         }
         if blocking_failed:
             # Stop before the IO manager sees the output: nothing is published.
+            details = [
+                f"minute view {k}: not committed — "
+                + describe_failures(
+                    [outcomes[r.name][k] for r in BLOCKING_RULES if not outcomes[r.name][k].passed],
+                    row_locator(MINUTE_VIEW, out[k]),
+                )
+                for k in sorted({k for r in BLOCKING_RULES for k, o in outcomes[r.name].items() if not o.passed})
+            ]
             raise Failure(
-                description="minute view not published, blocking checks failed: " + ", ".join(sorted(blocking_failed)),
+                description="minute view not published, blocking checks failed: "
+                + ", ".join(sorted(blocking_failed))
+                + "\n"
+                + "\n".join(details),
                 metadata={
                     "failures": MetadataValue.json(
                         {k: o.failures.head(20).astype(str).to_dict("records") for k, o in blocking_failed.items()}

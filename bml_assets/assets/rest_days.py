@@ -5,7 +5,9 @@ What belongs here: building each per-stream table of a (symbol, day) from the RE
 client in the same ``schema`` shapes the Vision path produces — for today only
 what is new since the last commit, and only closed minutes (closed plus
 ``BML_SAFETY_LAG_MINUTES`` by the exchange's clock) — the rows of given minutes
-(a Vision file's holes), and the hot snapshots.
+(a Vision file's holes), and the hot snapshots. Raw aggTrades are checked against
+their domains before aggregation hides them, and every table says which request
+held a row a blocking check refuses.
 What stays out: HTTP and rate limits (``sources/rest.py``), formulas
 (``features/``), and choosing between Vision and REST (``streams.py``).
 
@@ -22,16 +24,18 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from bml_assets.checks import BadSourceRows, RowLocator, check_source_rows
 from bml_assets.features.coverage import merge_minutes
 from bml_assets.features.funding import funding_settlements, settlements_for_day
 from bml_assets.features.hot_snapshots import append_snapshots, snapshot_row
 from bml_assets.features.klines import kline_table
-from bml_assets.features.timegrid import DAY_MS, day_bounds_ms, ms_to_datetime, to_ms
+from bml_assets.features.timegrid import DAY_MS, day_bounds_ms, floor_minute, ms_to_datetime, to_ms
 from bml_assets.features.trade_flow import trade_flow
 from bml_assets.lake.partition_data import PartitionData
 from bml_assets.partitions import SymbolDay
-from bml_assets.schema import METRICS, TRADE_FLOW, Dataset
-from bml_assets.sources.rest import OutsideHistoryWindow, RestClient
+from bml_assets.schema import AGG_TRADE_ROWS, METRICS, TRADE_FLOW, Dataset
+from bml_assets.sources import rest_limits
+from bml_assets.sources.rest import OutsideHistoryWindow, RestClient, request_urls_of
 from bml_assets.sources.rest_limits import HIST_MAX_AGE_MS
 from bml_assets.sources.vision import Stream
 
@@ -75,6 +79,23 @@ def _rest(rest: RestClient, end_ms: int, rows: int, extra: dict[str, Any] | None
     } | (extra or {})
 
 
+def _answer_of(raw: pa.Table, row: int) -> str:
+    urls = request_urls_of(raw, row)
+    return "answer of GET " + ", ".join(urls) if urls else "REST answer"
+
+
+def request_rows(raw: pa.Table, time_column: str) -> RowLocator:
+    """Where a minute's row came from: the request whose answer held it in ``raw`` (a
+    table the REST client returned); None for a row committed by an earlier run."""
+    minutes = floor_minute(to_ms(raw.column(time_column))) if raw.num_rows else np.zeros(0, dtype=np.int64)
+
+    def locate(minute: dt.datetime, _column: str) -> str | None:
+        hits = np.flatnonzero(minutes == int(minute.timestamp() * 1000) // MINUTE_MS * MINUTE_MS)
+        return _answer_of(raw, int(hits[0])) if len(hits) else None
+
+    return locate
+
+
 def _last_ms(table: pa.Table | None, column: str) -> int | None:
     if table is None or table.num_rows == 0:
         return None
@@ -94,11 +115,13 @@ def kline_day(
         begin = min(begin, int(holes[0]))
     end = now.end_ms(sd.day)
     table = existing if existing is not None else dataset.arrow_schema.empty_table()
+    locate = None
     if begin < end:
         raw = rest.klines(stream, sd.symbol, begin, end)
         new = kline_table(raw, sd.day, dataset, source=f"{rest.base_url} {stream} {sd}")
         table = merge_minutes(table, new)
-    return PartitionData(table, {stream.value: _rest(rest, end, table.num_rows)})
+        locate = request_rows(raw, "open_time")
+    return PartitionData(table, {stream.value: _rest(rest, end, table.num_rows)}, locate=locate)
 
 
 def kline_minutes(rest: RestClient, stream: Stream, dataset: Dataset, sd: SymbolDay, minutes: np.ndarray) -> pa.Table:
@@ -141,21 +164,32 @@ def trade_flow_day(
     if existing is None and first_trade_ms is not None:
         begin = max(begin, first_trade_ms)
     table = existing
+    locate = None
     if begin < end:
         trades = rest.agg_trades(
             sd.symbol, start_ms=begin, end_ms=end, from_id=None if last_id is None else last_id + 1
         )
-        new = trade_flow(trades, sd.day, source=f"{rest.base_url} aggTrades {sd}")
+        new = _checked_trade_flow(rest, sd, trades)
         table = new if existing is None else pa.concat_tables([existing, new])
+        locate = request_rows(trades, "transact_time")
     if table is None:
         table = TRADE_FLOW.arrow_schema.empty_table()
-    return PartitionData(table, {Stream.AGG_TRADES.value: _rest(rest, end, table.num_rows)})
+    return PartitionData(table, {Stream.AGG_TRADES.value: _rest(rest, end, table.num_rows)}, locate=locate)
 
 
 def trade_flow_window(rest: RestClient, sd: SymbolDay, start_ms: int, end_ms: int) -> pa.Table:
     """The trade flow of the minutes in ``[start_ms, end_ms)`` of a closed day, from every
     aggTrade REST has there (first id by time, then paged by id, ids checked contiguous)."""
-    trades = rest.agg_trades(sd.symbol, start_ms=start_ms, end_ms=end_ms)
+    return _checked_trade_flow(rest, sd, rest.agg_trades(sd.symbol, start_ms=start_ms, end_ms=end_ms))
+
+
+def _checked_trade_flow(rest: RestClient, sd: SymbolDay, trades: pa.Table) -> pa.Table:
+    """The trade flow of REST aggTrades, after their raw rows passed their domains (a bad
+    trade is named by the request that returned it: aggregation would hide it)."""
+    try:
+        check_source_rows(trades, AGG_TRADE_ROWS)
+    except BadSourceRows as err:
+        raise err.located(f"{TRADE_FLOW.name} {sd}", lambda i: _answer_of(trades, i)) from None
     return trade_flow(trades, sd.day, source=f"{rest.base_url} aggTrades {sd}")
 
 
@@ -177,9 +211,10 @@ def metrics_day(rest: RestClient, sd: SymbolDay, now: ExchangeNow, *, max_ffill_
             "not_published", message, {Stream.METRICS.value: {"status": "not_published", "reason": message}}
         )
     # Only snapshots taken before what is committable: no look-ahead into later minutes.
+    locate = request_rows(table, METRICS.time_column)
     ms = pc.cast(table.column(METRICS.time_column), pa.int64())
     table = table.filter(pc.less(ms, end))
-    return PartitionData(table, {Stream.METRICS.value: _rest(rest, end, table.num_rows)})
+    return PartitionData(table, {Stream.METRICS.value: _rest(rest, end, table.num_rows)}, locate=locate)
 
 
 def funding_day(rest: RestClient, sd: SymbolDay, now: ExchangeNow) -> PartitionData:
@@ -187,7 +222,9 @@ def funding_day(rest: RestClient, sd: SymbolDay, now: ExchangeNow) -> PartitionD
     end = min(day_end + FUNDING_LOOKBACK_MS // 4, now.now_ms)
     raw = rest.funding_history(sd.symbol, start - FUNDING_LOOKBACK_MS, end)
     table = settlements_for_day(funding_settlements(raw), sd.day)
-    return PartitionData(table, {Stream.FUNDING_RATE.value: _rest(rest, end, table.num_rows)})
+    return PartitionData(
+        table, {Stream.FUNDING_RATE.value: _rest(rest, end, table.num_rows)}, locate=request_rows(raw, "calc_time")
+    )
 
 
 def hot_snapshot_day(rest: RestClient, sd: SymbolDay, now: ExchangeNow, existing: pa.Table | None) -> PartitionData:
@@ -212,6 +249,16 @@ def hot_snapshot_day(rest: RestClient, sd: SymbolDay, now: ExchangeNow, existing
         table = existing if existing is not None else row.schema.empty_table()
     else:
         table = append_snapshots(existing, row)
+    # The three requests of every poll; only this poll's row is new (earlier ones were
+    # checked when committed).
+    polled = ", ".join(
+        f"{rest.base_url}{path}?symbol={sd.symbol}"
+        for path in (rest_limits.PREMIUM_INDEX_PATH, rest_limits.OPEN_INTEREST_PATH, rest_limits.BOOK_TICKER_PATH)
+    )
     # "polled", not "rest": snapshots are live observations, final as taken (Vision has
     # no such history to promote them to).
-    return PartitionData(table, {"snapshots": _rest(rest, now.now_ms, table.num_rows) | {"status": POLLED}})
+    return PartitionData(
+        table,
+        {"snapshots": _rest(rest, now.now_ms, table.num_rows) | {"status": POLLED}},
+        locate=lambda minute, column: f"answers of GET {polled}",
+    )

@@ -351,7 +351,10 @@ def _kline_minutes_from_rest(
         "rest_weight": ctx.rest_weight_spent() - before,
         "reason": "; ".join(notes),
     }
-    return PartitionData(coverage.merge_minutes(data.table, rows), {**data.provenance, stream.value: entry})
+    # A refused row is named in the Vision file where it is one, else by the provenance.
+    return PartitionData(
+        coverage.merge_minutes(data.table, rows), {**data.provenance, stream.value: entry}, locate=data.locate
+    )
 
 
 def _trades_from_rest(ctx: DayContext, sd: SymbolDay, data: PartitionData, klines: pa.Table) -> PartitionData:
@@ -407,7 +410,7 @@ def _trades_from_rest(ctx: DayContext, sd: SymbolDay, data: PartitionData, kline
         "rest_weight": ctx.rest_weight_spent() - before,
         "reason": "; ".join(notes),
     }
-    return PartitionData(flow, {**data.provenance, stream.value: entry})
+    return PartitionData(flow, {**data.provenance, stream.value: entry}, locate=data.locate)
 
 
 def _first_trade_ms(klines: PartitionData, sd: SymbolDay) -> int | None:

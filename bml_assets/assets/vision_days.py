@@ -2,36 +2,45 @@
 
 What belongs here: downloading (through ``sources/vision.py``), parsing and
 transforming (``features/``) the files behind each per-stream table, recording
-every verified file in the ledger, and reporting a missing file as "not
-published" with its URL; downloading a file again on request (one that looks
-short). What stays out: Dagster, deciding what a missing or short file means for
-the day (``streams.py`` knows the exchange's clock and asks REST), and REST.
+every verified file in the ledger, reporting a missing file as "not
+published" with its URL, downloading a file again on request (one that looks
+short), checking raw rows that aggregation would hide (aggTrades, bookTicker) and
+naming any bad row — or any row a blocking check of the table refuses — at its
+data row in the file as written. What stays out: Dagster, deciding what a missing
+or short file means for the day (``streams.py`` knows the exchange's clock and
+asks REST), and REST.
 """
 
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from bml_assets.checks import BadSourceRows, RowLocator, check_source_rows
 from bml_assets.features.book import book_ticker_minutes
 from bml_assets.features.funding import funding_settlements, settlements_for_day
 from bml_assets.features.klines import kline_table
-from bml_assets.features.metrics import combine_observations, metrics_observations
-from bml_assets.features.timegrid import OutsideDayError
+from bml_assets.features.metrics import combine_observations, label_shift_ms, metrics_observations
+from bml_assets.features.timegrid import MINUTE_MS, OutsideDayError
 from bml_assets.features.trade_flow import TradeFlowBuilder, trade_flow
 from bml_assets.lake.partition_data import PartitionData
 from bml_assets.partitions import SymbolDay
 from bml_assets.resources import BmlResource
 from bml_assets.schema import (
+    AGG_TRADE_ROWS,
+    BOOK_TICKER,
+    BOOK_TICKER_ROWS,
     METRICS,
+    TRADE_FLOW,
     Dataset,
+    SourceRows,
 )
 from bml_assets.settings import DEFAULT_VISION_MAX_CSV_BYTES
 from bml_assets.sources.vision import BOOK_TICKER_LAST_DAY, NotPublished, Stream, VisionError, VisionFile
-from bml_assets.sources.vision_csv import data_row_of, iter_vision_csv_batches, read_vision_csv
+from bml_assets.sources.vision_csv import LAYOUTS, data_row_of, iter_vision_csv_batches, read_vision_csv
 
 T = TypeVar("T")
 
@@ -49,6 +58,21 @@ def relocate_outside_day(file: VisionFile, stream: Stream, work: Callable[[], T]
         )
         where = f"data row {row}" if row is not None else "a row"
         raise VisionError(f"{file.url}, {where}: {err.detail}", url=file.url) from err
+
+
+def checked_batches(
+    file: VisionFile, stream: Stream, rows: SourceRows, label: str, *, max_bytes: int | None
+) -> Iterator[pa.RecordBatch]:
+    """The file's record batches, each checked against its rows' domains first; a bad
+    row is named at its data row (batches come in file order)."""
+    first = 1
+    for batch in iter_vision_csv_batches(file.path, stream, source=file.url, max_bytes=max_bytes):
+        try:
+            check_source_rows(batch, rows)
+        except BadSourceRows as err:
+            raise err.located(label, lambda i, first=first: f"{file.url}, data row {first + i}") from None
+        first += batch.num_rows
+        yield batch
 
 
 @dataclass(frozen=True)
@@ -81,6 +105,48 @@ class Fetched:
             "rows": self.rows,
             "from_cache": self.file.from_cache,
         }
+
+
+def check_parsed_rows(got: Fetched, rows: SourceRows, label: str) -> None:
+    """Check a parsed (sorted, de-duplicated) file's rows; a bad row is named at its
+    data row in the file as written, found by its natural key."""
+    table = got.parsed
+    key = LAYOUTS[got.stream].key
+    try:
+        check_source_rows(table, rows)
+    except BadSourceRows as err:
+
+        def where(i: int) -> str:
+            # The file was parsed under the size bound already: no second bound here.
+            row = data_row_of(
+                got.file.path, got.stream, key, table.column(key)[i].as_py(), source=got.file.url, max_bytes=None
+            )
+            return f"{got.file.url}, data row {row}" if row is not None else got.file.url
+
+        raise err.located(label, where) from None
+
+
+def file_rows(files: Sequence[tuple[Fetched, int]], column: str) -> RowLocator:
+    """Where a minute's row is in the files as written: the first row whose ``column``
+    (epoch ms) lies in the minute, ``shift`` ms earlier (a metrics label), per file."""
+
+    def locate(minute: dt.datetime, _column: str) -> str | None:
+        ms = int(minute.timestamp() * 1000)
+        for got, shift in files:
+            row = data_row_of(
+                got.file.path,
+                got.stream,
+                column,
+                ms - shift,
+                source=got.file.url,
+                until=ms - shift + MINUTE_MS,
+                max_bytes=None,
+            )
+            if row is not None:
+                return f"{got.file.url}, data row {row}"
+        return None
+
+    return locate
 
 
 class StreamFetcher:
@@ -145,7 +211,7 @@ def kline_day(
     except NotPublished as err:
         return _not_available(stream, sd, err)
     table = got.transform(lambda t: kline_table(t, sd.day, dataset, source=got.file.url))
-    return PartitionData(table, {stream.value: _vision([got])})
+    return PartitionData(table, {stream.value: _vision([got])}, locate=file_rows([(got, 0)], "open_time"))
 
 
 def trade_flow_day(fetch: StreamFetcher, sd: SymbolDay, *, refetch: bool = False) -> PartitionData:
@@ -156,14 +222,13 @@ def trade_flow_day(fetch: StreamFetcher, sd: SymbolDay, *, refetch: bool = False
     except NotPublished as err:
         return _not_available(Stream.AGG_TRADES, sd, err)
     builder = TradeFlowBuilder(sd.day, source=file.url)
+    label = f"{TRADE_FLOW.name} {sd}"
     in_order = relocate_outside_day(
         file,
         Stream.AGG_TRADES,
         lambda: all(
             builder.add(batch)
-            for batch in iter_vision_csv_batches(
-                file.path, Stream.AGG_TRADES, source=file.url, max_bytes=fetch.max_csv_bytes
-            )
+            for batch in checked_batches(file, Stream.AGG_TRADES, AGG_TRADE_ROWS, label, max_bytes=fetch.max_csv_bytes)
         ),
     )
     if in_order:
@@ -171,6 +236,7 @@ def trade_flow_day(fetch: StreamFetcher, sd: SymbolDay, *, refetch: bool = False
         table = builder.finish()
     else:
         got = fetch.parse(file, Stream.AGG_TRADES)
+        check_parsed_rows(got, AGG_TRADE_ROWS, label)
         table = got.transform(lambda t: trade_flow(t, sd.day, source=got.file.url))
     return PartitionData(table, {Stream.AGG_TRADES.value: _vision([got])})
 
@@ -184,6 +250,8 @@ def book_ticker_day(fetch: StreamFetcher, sd: SymbolDay) -> PartitionData:
         got = fetch.daily(Stream.BOOK_TICKER, sd)
     except NotPublished as err:
         return _not_available(Stream.BOOK_TICKER, sd, err)
+    label = f"{BOOK_TICKER.name} {sd}"
+    check_parsed_rows(got, BOOK_TICKER_ROWS, label)
     minutes = got.transform(lambda t: book_ticker_minutes(t, sd.day, source=got.file.url))
     files = [got]
     if _first_minute_missing(minutes, sd.day):
@@ -194,6 +262,7 @@ def book_ticker_day(fetch: StreamFetcher, sd: SymbolDay) -> PartitionData:
         except NotPublished:
             seed = None
         if seed is not None:
+            check_parsed_rows(seed, BOOK_TICKER_ROWS, label)
             seed_minutes = seed.transform(lambda t: book_ticker_minutes(t, previous.day, source=seed.file.url))
             if seed_minutes.num_rows:
                 minutes = pa.concat_tables([seed_minutes.slice(seed_minutes.num_rows - 1), minutes])
@@ -221,7 +290,9 @@ def metrics_day(fetch: StreamFetcher, sd: SymbolDay) -> PartitionData:
     except NotPublished:
         pass  # the first minutes stay NULL until the day's first snapshot
     table = _taken_before_day_end(combine_observations(observations), sd.day)
-    return PartitionData(table, {Stream.METRICS.value: _vision(got)})
+    # The day's file first: where both files hold an instant, its row is the one kept.
+    shifts = [(f, label_shift_ms(d)) for f, d in zip(got, [previous.day, sd.day][-len(got) :], strict=True)]
+    return PartitionData(table, {Stream.METRICS.value: _vision(got)}, locate=file_rows(shifts[::-1], "create_time"))
 
 
 def _taken_before_day_end(obs: pa.Table, day: dt.date) -> pa.Table:
@@ -253,4 +324,8 @@ def funding_day(fetch: StreamFetcher, sd: SymbolDay) -> PartitionData:
     if missing is not None:
         return _not_available(Stream.FUNDING_RATE, sd, missing)
     settlements = funding_settlements(pa.concat_tables([f.parsed for f in got]))
-    return PartitionData(settlements_for_day(settlements, sd.day), {Stream.FUNDING_RATE.value: _vision(got)})
+    return PartitionData(
+        settlements_for_day(settlements, sd.day),
+        {Stream.FUNDING_RATE.value: _vision(got)},
+        locate=file_rows([(f, 0) for f in reversed(got)], "calc_time"),
+    )

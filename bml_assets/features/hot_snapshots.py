@@ -54,7 +54,7 @@ def snapshot_row(premium: Mapping[str, Any], open_interest: Mapping[str, Any], b
         ms_to_timestamps(np.asarray(values["observation_time"], dtype=np.int64))
         if name == "observation_time"
         else pa.array(values[name], type=type_)
-        for name, type_ in schema.HOT_SNAPSHOTS.columns
+        for name, type_ in ((c.name, c.type) for c in schema.HOT_SNAPSHOTS.columns)
     ]
     return pa.Table.from_arrays(arrays, schema=schema.HOT_SNAPSHOTS.arrow_schema)
 

@@ -57,7 +57,7 @@ def kline_table(raw: pa.Table, day: dt.date, dataset: schema.Dataset, *, source:
     take = pa.array(order)
     arrays = [
         ms_to_timestamps(ordered) if name == "timestamp" else _value_column(raw, name, type_, source).take(take)
-        for name, type_ in dataset.columns
+        for name, type_ in ((c.name, c.type) for c in dataset.columns)
     ]
     return pa.Table.from_arrays(arrays, schema=dataset.arrow_schema)
 

@@ -178,7 +178,7 @@ def _by_minute(table: pa.Table, dataset: schema.Dataset) -> pd.DataFrame:
 
 def _nulls(frame: pd.DataFrame, names: tuple[str, ...] | list[str]) -> pd.DataFrame:
     """``frame`` with ``names`` added as all-NULL columns of their minute-view types."""
-    types = dict(schema.MINUTE_VIEW.columns)
+    types = {c.name: c.type for c in schema.MINUTE_VIEW.columns}
     return frame.assign(
         **{name: pd.Series(pd.NA, index=frame.index, dtype=_PANDAS_TYPES[types[name]]) for name in names}
     )

@@ -23,7 +23,6 @@ from bml_assets.features.timegrid import (
     OutsideDayError,
     check_inside_day,
     column_numpy,
-    first_true_row,
     floor_minute,
     group_starts,
     is_sorted_by,
@@ -140,10 +139,9 @@ def _read_trades(agg: pa.Table | pa.RecordBatch, day: dt.date, *, source: str) -
         transact_time=column_numpy(agg, "transact_time", np.int64, source=source),
         is_buyer_maker=column_numpy(agg, "is_buyer_maker", np.bool_, source=source),
     )
+    # Values (prices, quantities, ids) are checked against their domains where the rows
+    # are read (``checks.check_source_rows``), before they reach here.
     check_inside_day(trades.transact_time, day, source=source, what="transact_time", error=TradeOutsideDay)
-    if not (trades.price > 0).all():
-        row = first_true_row(~(trades.price > 0))
-        raise ValueError(f"{source}: row {row}: price {trades.price[row - 1]!r} is not positive")
     return trades
 
 
@@ -190,7 +188,7 @@ def _aggregate(t: _Trades) -> pa.Table:
     }
     arrays = [
         ms_to_timestamps(columns[name]) if name == "timestamp" else pa.array(columns[name], type=type_)
-        for name, type_ in schema.TRADE_FLOW.columns
+        for name, type_ in ((c.name, c.type) for c in schema.TRADE_FLOW.columns)
     ]
     return pa.Table.from_arrays(arrays, schema=schema.TRADE_FLOW.arrow_schema)
 

@@ -3,23 +3,25 @@
 What belongs here: translating between Dagster (partition keys, output metadata)
 and the lake (``commit.py``, ``ledger.py``): one ``commit_table`` or
 ``record_unavailable`` per partition of the run — a single-run backfill over a
-range hands over many — with the fillable streams a partition lacks (SPEC §8), the
-output metadata (sources per stream, what is missing, the REST weight of the fills),
-and loading upstream partitions back as ``PartitionData``. What stays out: the commit protocol itself, validation rules
+range hands over many — with each dataset's blocking rules as the commit's
+validator (their errors name where a failing row came from), the fillable streams
+a partition lacks (SPEC §8), the output metadata (sources per stream, what is
+missing, the REST weight of the fills), and loading upstream partitions back as
+``PartitionData``. What stays out: the commit protocol itself, validation rules
 (``checks.py``) and formulas.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 from dagster import ConfigurableIOManager, InputContext, MetadataValue, OutputContext
 
-from bml_assets.checks import enforce_blocking
+from bml_assets.checks import RowLocator, enforce_blocking
 from bml_assets.lake.commit import NOT_BASED, commit_table, read_partition, record_unavailable
 from bml_assets.lake.layout import partition_path
 from bml_assets.lake.ledger import PartitionRecord
@@ -41,16 +43,46 @@ def dataset_of(metadata: Mapping[str, Any] | None, what: str) -> Dataset:
     return DATASETS[str(value)]
 
 
-def _validator(dataset: Dataset, sd: SymbolDay) -> Callable[[pa.Table], None]:
-    if dataset is MINUTE_VIEW:
-        return lambda table: enforce_blocking(table, sd.day, label=f"minute view {sd}")
+def provenance_sources(provenance: Mapping[str, Any], stream: str | None = None) -> str | None:
+    """The sources a partition's provenance names — Vision file URLs, the REST host —
+    of one stream (or of all), for error texts."""
+    entries = [provenance.get(stream)] if stream is not None else list(provenance.values())
+    names: list[str] = []
+    for p in entries:
+        if not isinstance(p, Mapping):
+            continue
+        names += [str(f["url"]) for f in p.get("files", ()) if isinstance(f, Mapping) and "url" in f]
+        if p.get("base_url"):
+            names.append(f"REST {p['base_url']}")
+    return ", ".join(dict.fromkeys(names)) or None
 
-    def sorted_unique(table: pa.Table) -> None:
-        t = table.column(dataset.time_column).cast(pa.int64())
-        if len(t) > 1 and not pc.all(pc.greater(t.slice(1), t.slice(0, len(t) - 1))).as_py():
-            raise ValueError(f"{dataset.name} {sd}: {dataset.time_column} is not strictly increasing")
 
-    return sorted_unique
+def row_locator(dataset: Dataset, data: PartitionData | None) -> RowLocator | None:
+    """Where a failing row came from: the builder's own answer (a file's data row, a
+    request URL), else the sources the provenance names — for the minute view, those
+    of the failing column's stream."""
+    if data is None:
+        return None
+    own, provenance = data.locate, data.provenance
+    names = set(dataset.column_names)
+
+    def locate(minute: dt.datetime, column: str) -> str | None:
+        found = own(minute, column) if own is not None else None
+        if found is not None:
+            return found
+        if dataset is MINUTE_VIEW:
+            first = column.split("/")[0]
+            return provenance_sources(provenance, dataset.column(first).source if first in names else None)
+        return provenance_sources(provenance)
+
+    return locate
+
+
+def _validator(dataset: Dataset, sd: SymbolDay, data: PartitionData | None = None) -> Callable[[pa.Table], None]:
+    """The dataset's blocking rules (``checks.blocking_rules``), run by the commit before the rename."""
+    label = f"minute view {sd}" if dataset is MINUTE_VIEW else f"{dataset.name} {sd}"
+    locate = row_locator(dataset, data)
+    return lambda table: enforce_blocking(table, sd.day, label=label, dataset=dataset, locate=locate)
 
 
 def provisional_streams(provenance: Mapping[str, Any]) -> list[str]:
@@ -151,7 +183,7 @@ class LakeIOManager(ConfigurableIOManager):
                 dataset=dataset,
                 symbol=sd.symbol,
                 day=sd.day,
-                validate=_validator(dataset, sd),
+                validate=_validator(dataset, sd, data),
                 provenance=data.provenance,
                 source_gaps=data.source_gaps,
                 missing_streams=data.missing_streams,

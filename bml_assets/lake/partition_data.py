@@ -1,14 +1,15 @@
 """What an asset hands to the lake IO manager for one partition, and gets back.
 
 What belongs here: the value object that travels between assets and the IO
-manager — a table (or the reason there is none), its provenance and its source
-gaps. What stays out: how it is written (``commit.py``) or recorded
-(``ledger.py``).
+manager — a table (or the reason there is none), its provenance, its source
+gaps, and how to find where one of its rows came from. What stays out: how it
+is written (``commit.py``) or recorded (``ledger.py``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import datetime as dt
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -40,6 +41,10 @@ class PartitionData:
     # the commit then fails rather than overwrite a newer one (see lake/commit.py).
     incremental: bool = False
     base_content_hash: str | None = None
+    # Where a row of ``table`` came from, for the error texts of the blocking checks:
+    # (minute, column) -> "https://…/BTCUSDT-1m-2024-01-02.zip, data row 6" (or None).
+    # Asked only when a check fails; never stored.
+    locate: Callable[[dt.datetime, str], str | None] | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if (self.table is None) != (self.status != "committed"):

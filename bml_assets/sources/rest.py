@@ -4,7 +4,9 @@ What belongs here: sending each request through the shared weight budget
 (``rest_budget.py``), the exchange's rate-limit answers (429 back-off, 418 ban),
 paging each history endpoint correctly, and turning the JSON into Arrow tables in
 EXACTLY the layouts of the Vision parser (``vision_csv.output_schema``) or the
-``metrics_5m`` dataset, so the same feature code consumes REST and Vision data.
+``metrics_5m`` dataset, so the same feature code consumes REST and Vision data;
+each history table remembers which request's answer held each of its rows
+(``request_urls_of``), so an error about a row names its request.
 
 A 200 whose body is not JSON (cut short, or a proxy's HTML page) is retried like a
 transport error, with the HTTP client's backoff and attempt count: only this module
@@ -24,7 +26,7 @@ import math
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Final
 from urllib.parse import urlencode, urlsplit
 
@@ -57,6 +59,7 @@ DEFAULT_MAX_RATE_LIMIT_RETRIES: Final = 3
 _BANNED_UNTIL = re.compile(r"banned until (\d{10,})")
 _NUMBER = re.compile(r"-?\d+(\.\d+)?([eE][-+]?\d+)?")
 _EXCERPT_BYTES = 120
+REQUEST_URLS_KEY: Final = "bml.request_urls"
 
 
 class RestError(Exception):
@@ -125,8 +128,33 @@ def _short(data: Any) -> str:
     return text if len(text) <= 200 else text[:200] + "…"
 
 
-def _table(columns: Mapping[str, list[Any]], schema: pa.Schema) -> pa.Table:
-    return pa.Table.from_arrays([pa.array(columns[f.name], type=f.type) for f in schema], schema=schema)
+def _table(
+    columns: Mapping[str, list[Any]], schema: pa.Schema, request_urls: Sequence[Sequence[str | None]] = ()
+) -> pa.Table:
+    """The table, carrying in its schema metadata the request whose answer held each
+    row (``request_urls``: one sequence per endpoint, one URL per row), so that an
+    error about a row can name its request (``request_urls_of``)."""
+    table = pa.Table.from_arrays([pa.array(columns[f.name], type=f.type) for f in schema], schema=schema)
+    spans: list[list[Any]] = []  # [first row, end row, url]: runs of rows from one answer
+    for urls in request_urls:
+        runs: list[list[Any]] = []
+        for row, url in enumerate(urls):
+            if url is None:
+                continue
+            if runs and runs[-1][2] == url and runs[-1][1] == row:
+                runs[-1][1] = row + 1
+            else:
+                runs.append([row, row + 1, url])
+        spans += runs
+    return table.replace_schema_metadata({REQUEST_URLS_KEY: json.dumps(spans)}) if spans else table
+
+
+def request_urls_of(table: pa.Table, row: int) -> list[str]:
+    """The request URLs whose answers held ``row`` of a table this client returned."""
+    raw = (table.schema.metadata or {}).get(REQUEST_URLS_KEY.encode())
+    if raw is None:
+        return []
+    return [url for first, end, url in json.loads(raw) if first <= row < end]
 
 
 class _MalformedBody(Exception):
@@ -393,6 +421,7 @@ class RestClient:
         validate_symbol(symbol)
         limit = limits.FUNDING_RATE_MAX_LIMIT
         rates: dict[int, float] = {}
+        urls: dict[int, str] = {}
         page_start = start_ms - limits.DEFAULT_FUNDING_INTERVAL_HOURS * limits.HOUR_MS - limits.MINUTE_MS
         while page_start < end_ms:
             params = {"symbol": symbol, "startTime": page_start, "endTime": end_ms - 1, "limit": limit}
@@ -402,12 +431,14 @@ class RestClient:
                 times = [int(r["fundingTime"]) for r in page]
                 for t, r in zip(times, page, strict=True):
                     rates.setdefault(t, float(r["fundingRate"]))
+                    urls.setdefault(t, url)
             except (TypeError, KeyError, ValueError) as exc:
                 raise RestError(f"unexpected fundingRate row in {url}: {exc!r}", url=url) from None
             if len(page) < limit:
                 break
             page_start = max(times) + 1
         columns: dict[str, list[Any]] = {"calc_time": [], "funding_interval_hours": [], "last_funding_rate": []}
+        row_urls: list[str | None] = []
         previous: int | None = None
         for t in sorted(rates):
             if start_ms <= t < end_ms:
@@ -417,8 +448,9 @@ class RestClient:
                 columns["calc_time"].append(t)
                 columns["funding_interval_hours"].append(hours)
                 columns["last_funding_rate"].append(rates[t])
+                row_urls.append(urls[t])
             previous = t
-        return _table(columns, output_schema(Stream.FUNDING_RATE))
+        return _table(columns, output_schema(Stream.FUNDING_RATE), [row_urls])
 
     def metrics_history(self, symbol: str, start_ms: int, end_ms: int) -> pa.Table:
         """5-minute open interest and long/short ratios with start_ms ≤ timestamp < end_ms, in
@@ -439,12 +471,14 @@ class RestClient:
             limits.GLOBAL_LS_ACCOUNT_RATIO_PATH: (("global_ls_ratio_acct", "longShortRatio"),),
         }
         values: dict[int, dict[str, float]] = {}
+        urls: dict[str, dict[int, str]] = {path: {} for path in wanted}
         for path, fields in wanted.items():
             for row, url in self._hist_rows(path, symbol, start_ms, end_ms):
                 try:
                     t = int(row["timestamp"])
                     if start_ms <= t < end_ms:
                         slot = values.setdefault(t, {})
+                        urls[path].setdefault(t, url)
                         for column, name in fields:
                             raw = row.get(name)
                             slot.setdefault(column, None if raw in (None, "") else float(raw))
@@ -455,7 +489,7 @@ class RestClient:
         columns: dict[str, list[Any]] = {"observation_time": times}
         for name in schema.names[1:]:
             columns[name] = [values[t].get(name) for t in times]
-        return _table(columns, schema)
+        return _table(columns, schema, [[by_time.get(t) for t in times] for by_time in urls.values()])
 
     def _hist_rows(self, path: str, symbol: str, start_ms: int, end_ms: int) -> Iterator[tuple[Any, str]]:
         """Rows of a 5m history endpoint, in windows of at most ``limit`` periods (so a page
@@ -499,15 +533,17 @@ def _kline_table(rows: Mapping[int, tuple[list[Any], str]], schema: pa.Schema) -
     """Kline arrays ``[open_time, open, high, low, close, volume, close_time, quote_volume,
     count, taker_buy_volume, taker_buy_quote_volume, ignore]`` in the Vision layout."""
     columns: dict[str, list[Any]] = {n: [] for n in schema.names}
+    row_urls: list[str | None] = []
     for open_time in sorted(rows):
         row, url = rows[open_time]
+        row_urls.append(url)
         try:
             for field in schema:
                 value = row[_KLINE_ARRAY_INDEX[field.name]]
                 columns[field.name].append(int(value) if pa.types.is_integer(field.type) else float(value))
         except (TypeError, ValueError) as exc:
             raise RestError(f"unexpected kline row {_short(row)} in {url}: {exc}", url=url) from None
-    return _table(columns, schema)
+    return _table(columns, schema, [row_urls])
 
 
 class _AggTradeCollector:
@@ -520,6 +556,7 @@ class _AggTradeCollector:
         self.last_id = last_id
         self.schema = output_schema(Stream.AGG_TRADES)
         self.columns: dict[str, list[Any]] = {n: [] for n in self.schema.names}
+        self.urls: list[str | None] = []
 
     @property
     def next_id(self) -> int:
@@ -550,9 +587,10 @@ class _AggTradeCollector:
                 c["last_trade_id"].append(int(trade["l"]))
                 c["transact_time"].append(transact_time)
                 c["is_buyer_maker"].append(bool(trade["m"]))
+                self.urls.append(url)
             except (TypeError, KeyError, ValueError) as exc:
                 raise RestError(f"unexpected aggTrade {_short(trade)} in {url}: {exc!r}", url=url) from None
         return False
 
     def table(self) -> pa.Table:
-        return _table(self.columns, self.schema)
+        return _table(self.columns, self.schema, [self.urls])

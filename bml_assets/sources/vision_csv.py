@@ -438,13 +438,21 @@ def data_row_of(
     value: int,
     *,
     source: str | None = None,
+    until: int | None = None,
     max_bytes: int | None = DEFAULT_VISION_MAX_CSV_BYTES,
 ) -> int | None:
     """1-based data row (header not counted) of the first row whose ``column`` equals
-    ``value``, in the file as written — for error messages about a sorted table."""
+    ``value`` — or, with ``until``, lies in ``[value, until)`` — in the file as
+    written: for error messages about a sorted or aggregated table."""
     offset = 0
     for batch in iter_vision_csv_batches(path, stream, source=source, use_threads=False, max_bytes=max_bytes):
-        hits = pc.equal(batch.column(column), pa.scalar(value, batch.schema.field(column).type))
+        values = batch.column(column)
+        low = pa.scalar(value, batch.schema.field(column).type)
+        if until is None:
+            hits = pc.equal(values, low)
+        else:
+            high = pa.scalar(until, batch.schema.field(column).type)
+            hits = pc.and_(pc.greater_equal(values, low), pc.less(values, high))
         index = pc.index(hits, True).as_py()
         if index >= 0:
             return offset + index + 1

@@ -32,7 +32,8 @@ def test_partition_lands_at_spec_path_with_1440_rows_and_passing_checks(lake: La
     assert record.content_hash == hashlib.sha256(path.read_bytes()).hexdigest()
     assert record.row_count == 1440
     checks = _checks(result)
-    assert len(checks) == 15 and all(checks.values()), checks
+    # 17 blocking rules (4 structural, 13 value domains), 10 reported, the lake scan
+    assert len(checks) == 28 and all(checks.values()), checks
     # Every stream names its source file and hash.
     assert record.provenance["klines"]["status"] == "vision"
     assert len(record.provenance["klines"]["files"][0]["sha256"]) == 64

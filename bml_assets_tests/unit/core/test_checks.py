@@ -130,7 +130,9 @@ def test_closed_day_lists_missing_minutes() -> None:
 
 def test_enforce_blocking_names_rule_and_minute() -> None:
     with pytest.raises(
-        BlockingCheckFailed, match=r"hard_columns_not_null: 1 failure.*2024-03-01T00:01:00\+00:00 close NULL"
+        BlockingCheckFailed,
+        match=r"not committed — blocking rule 'hard_columns_not_null' failed \(1 failure\): "
+        r"close = NULL at minute 2024-03-01T00:01:00\+00:00",
     ):
         enforce_blocking(view(close=[101.0, None, 102.5]), DAY, label="minute view BTCUSDT 2024-03-01")
 

@@ -33,8 +33,14 @@ def test_definitions_load_with_asset_keys_and_checks() -> None:
         "hard_columns_not_null",
         "ohlc_consistent",
         "timestamps_unique_sorted_in_day",
+        # one blocking rule per value domain of the 58 columns
+        "prices_positive_finite",
+        "quantities_non_negative_finite",
+        "counts_non_negative",
+        "rates_finite_bounded",
     } <= checks
-    assert len(checks) == 15
+    # 4 structural + 13 domain blocking rules, 10 reported rules, the lake scan
+    assert len(checks) == 28
     assert d.resolve_job_def(MINUTE_VIEW_JOB) is not None
     assert d.resolve_job_def(HOT_JOB) is not None
     assert {s.name for s in d.sensors} == {"hot_poll_sensor", "vision_promotion_sensor", "repair_sensor"}

@@ -121,7 +121,7 @@ def dataset_table(dataset: schema.Dataset, rows: list[tuple]) -> pa.Table:
     columns = list(zip(*rows, strict=True)) if rows else [[] for _ in dataset.columns]
     arrays = [
         timestamps(list(values)) if name == dataset.time_column else pa.array(list(values), type=type_)
-        for (name, type_), values in zip(dataset.columns, columns, strict=True)
+        for (name, type_), values in zip(((c.name, c.type) for c in dataset.columns), columns, strict=True)
     ]
     return pa.Table.from_arrays(arrays, schema=dataset.arrow_schema)
 

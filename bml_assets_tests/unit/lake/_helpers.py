@@ -24,7 +24,7 @@ COMMITTED_AT = datetime(2024, 3, 6, 1, 2, 3, tzinfo=UTC)
 def make_table(dataset: Dataset, rows: int = 3, base: float = 100.0) -> pa.Table:
     """``rows`` minutes from 2024-03-05 00:00 UTC; floats ``base + i``, ints ``i``."""
     arrays = []
-    for name, dtype in dataset.columns:
+    for name, dtype in ((c.name, c.type) for c in dataset.columns):
         if name == dataset.time_column:
             arrays.append(pa.array([DAY_START_MS + 60_000 * i for i in range(rows)], dtype))
         elif pa.types.is_integer(dtype):

@@ -37,16 +37,18 @@ def iso(day: dt.date, hh: int, mm: int) -> str:
 
 
 def minute_table(day: dt.date, minutes: Sequence[int] = range(1440)) -> pa.Table:
-    """A valid minute-view table: floats 100.0 (so OHLC holds), ints 1, the given minutes of ``day``."""
+    """A valid minute-view table: floats 100.0 (so OHLC holds; a fraction or rate its
+    domain's upper bound), ints 1 (an epoch-ms column its domain's lower bound), the
+    given minutes of ``day``."""
     n = len(minutes)
     arrays = []
-    for f in MINUTE_VIEW.arrow_schema:
-        if f.name == "timestamp":
-            arrays.append(pa.array([minute_ms(day, m) for m in minutes], f.type))
-        elif pa.types.is_integer(f.type):
-            arrays.append(pa.array([1] * n, f.type))
+    for c in MINUTE_VIEW.columns:
+        if c.name == "timestamp":
+            arrays.append(pa.array([minute_ms(day, m) for m in minutes], c.type))
+        elif pa.types.is_integer(c.type):
+            arrays.append(pa.array([max(1, int(c.domain.low))] * n, c.type))
         else:
-            arrays.append(pa.array([100.0] * n, f.type))
+            arrays.append(pa.array([min(100.0, c.domain.high)] * n, c.type))
     return pa.Table.from_arrays(arrays, schema=MINUTE_VIEW.arrow_schema)
 
 
