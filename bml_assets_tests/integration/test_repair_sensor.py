@@ -1,5 +1,6 @@
 """repair_sensor over a ledger of 50 symbols × 1800 days: bounded ticks, a moving cursor,
-every planted problem requested once per sweep, confirmed source gaps never, and fast.
+every planted problem requested once per sweep, confirmed source gaps never, and fast;
+and, in a small lake, the backoff of an incomplete partition by an injected clock.
 
 The ledger rows are inserted in bulk and each committed row gets an empty marker file
 at its real path, with the size (0) and mtime the row records: the sensor's shallow
@@ -27,6 +28,7 @@ import sqlalchemy as sa
 from dagster import DagsterInstance, RunRequest, SkipReason, build_sensor_context
 from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
 
+from bml_assets.lake.commit import commit_table
 from bml_assets.lake.layout import partition_path, relative_partition_path
 from bml_assets.lake.ledger import Ledger, partitions_table
 from bml_assets.lake.scan import SCHEMA_HASHES, scan
@@ -34,6 +36,7 @@ from bml_assets.partitions import partition_key
 from bml_assets.repair import REPAIR_TAG, build_repair_sensor
 from bml_assets.resources import BmlResource
 from bml_assets.schema import DATASETS, HOT_SNAPSHOTS, KLINES, MINUTE_VIEW, TRADE_FLOW
+from bml_assets_tests.unit.lake._helpers import minute_table, no_validation
 
 SYMBOLS = tuple(f"S{i:02d}USDT" for i in range(50))
 START = dt.date(2020, 1, 1)
@@ -387,3 +390,58 @@ def test_days_before_a_listing_are_not_requested(big: BigLake) -> None:
         out, _, _ = evaluate(sensor, big, instance, None)
     assert [r.partition_key for r in out if isinstance(r, RunRequest)] == [key_of(7, 30)]
     assert len(asked) == 1
+
+
+def test_an_incomplete_partition_is_retried_with_a_bounded_backoff(tmp_path: Path) -> None:
+    """One incomplete day in a small lake: requested only once its backoff has run out (by the
+    injected clock), with a new run key per rebuild that left it incomplete again."""
+    day = dt.date(2024, 3, 1)
+    root = tmp_path / "lake"
+    bml = BmlResource(lake_root=str(root), state_url=f"sqlite:///{root / '_state' / 'ledger.sqlite'}")
+    ledger = bml.ledger()
+    missing = [{"stream": "metrics", "reason": "REST keeps 30 days of history"}]
+
+    def build() -> dt.datetime:
+        commit_table(
+            minute_table(day),
+            lake_root=root,
+            ledger=ledger,
+            dataset=MINUTE_VIEW,
+            symbol="BTCUSDT",
+            day=day,
+            validate=no_validation,
+            provenance={"klines": {"status": "vision"}},
+            missing_streams=missing,
+        )
+        row = ledger.get_partition(MINUTE_VIEW, "BTCUSDT", day)
+        assert row is not None and row.incomplete
+        return row.committed_at
+
+    def tick(instance: DagsterInstance, now: dt.datetime) -> list[RunRequest]:
+        sensor = build_repair_sensor(
+            ("BTCUSDT",),
+            day,
+            job_name="minute_view_job",
+            today=lambda _bml: day + dt.timedelta(days=1),
+            clock=lambda: now,
+        )
+        with build_sensor_context(instance=instance, resources={"bml": bml}) as context:
+            return [r for r in sensor(context) if isinstance(r, RunRequest)]
+
+    first = build()
+    minute = dt.timedelta(minutes=1)
+    with DagsterInstance.ephemeral() as instance:
+        assert tick(instance, first + dt.timedelta(minutes=29)) == []  # the first retry waits 30 min
+        (request,) = tick(instance, first + dt.timedelta(minutes=30))
+        assert request.tags[REPAIR_TAG] == "incomplete" and request.partition_key == partition_key("BTCUSDT", day)
+        second = build()  # the rebuild still lacks metrics: the second retry waits an hour
+        assert tick(instance, second + dt.timedelta(minutes=59)) == []
+        (again,) = tick(instance, second + dt.timedelta(hours=1))
+        assert again.run_key != request.run_key
+        for _ in range(8):
+            last = build()
+        row = ledger.get_partition(MINUTE_VIEW, "BTCUSDT", day)
+        assert row is not None and row.incomplete_builds == 10
+        # 30 min × 2^9 is far past the cap: retried once a day, forever.
+        assert tick(instance, last + dt.timedelta(days=1) - minute) == []
+        assert len(tick(instance, last + dt.timedelta(days=1))) == 1

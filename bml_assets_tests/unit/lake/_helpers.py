@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
-from bml_assets.schema import Dataset
+from bml_assets.schema import MINUTE_VIEW, Dataset
 
 DAY = date(2024, 3, 5)
 DAY_START_MS = int(datetime(2024, 3, 5, tzinfo=UTC).timestamp() * 1000)  # 1709596800000
@@ -32,6 +33,24 @@ def make_table(dataset: Dataset, rows: int = 3, base: float = 100.0) -> pa.Table
         else:
             arrays.append(pa.array([base + i for i in range(rows)], dtype))
     return pa.Table.from_arrays(arrays, schema=dataset.arrow_schema)
+
+
+def minute_ms(day: date, minute: int) -> int:
+    return int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp() * 1000) + 60_000 * minute
+
+
+def minute_table(day: date, minutes: Sequence[int] = range(1440)) -> pa.Table:
+    """A valid minute-view table: floats 100.0 (so OHLC holds), ints 1, the given minutes of ``day``."""
+    n = len(minutes)
+    arrays = []
+    for f in MINUTE_VIEW.arrow_schema:
+        if f.name == MINUTE_VIEW.time_column:
+            arrays.append(pa.array([minute_ms(day, m) for m in minutes], f.type))
+        elif pa.types.is_integer(f.type):
+            arrays.append(pa.array([1] * n, f.type))
+        else:
+            arrays.append(pa.array([100.0] * n, f.type))
+    return pa.Table.from_arrays(arrays, schema=MINUTE_VIEW.arrow_schema)
 
 
 def no_validation(table: pa.Table) -> None:

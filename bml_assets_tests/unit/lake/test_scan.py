@@ -7,7 +7,7 @@ import datetime as dt
 import hashlib
 import os
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from bml_assets.repair import (
     sweep,
 )
 from bml_assets.schema import DATASETS, HOT_SNAPSHOTS, KLINES, MINUTE_VIEW, TRADE_FLOW, Dataset, schema_hash
+from bml_assets_tests.unit.lake._helpers import minute_ms, minute_table
 
 SYMBOLS = ("BTCUSDT", "ETHUSDT")
 D1, D2, D3 = dt.date(2024, 3, 1), dt.date(2024, 3, 2), dt.date(2024, 3, 3)
@@ -38,26 +39,8 @@ TODAY = dt.date(2024, 3, 4)
 VISION = {"klines": {"status": "vision", "files": []}}
 
 
-def minute_ms(day: dt.date, minute: int) -> int:
-    return int(dt.datetime.combine(day, dt.time(), dt.UTC).timestamp() * 1000) + 60_000 * minute
-
-
 def iso(day: dt.date, hh: int, mm: int) -> str:
     return dt.datetime.combine(day, dt.time(hh, mm), dt.UTC).isoformat()
-
-
-def minute_table(day: dt.date, minutes: Sequence[int] = range(1440)) -> pa.Table:
-    """A valid minute-view table: floats 100.0 (so OHLC holds), ints 1, the given minutes of ``day``."""
-    n = len(minutes)
-    arrays = []
-    for f in MINUTE_VIEW.arrow_schema:
-        if f.name == "timestamp":
-            arrays.append(pa.array([minute_ms(day, m) for m in minutes], f.type))
-        elif pa.types.is_integer(f.type):
-            arrays.append(pa.array([1] * n, f.type))
-        else:
-            arrays.append(pa.array([100.0] * n, f.type))
-    return pa.Table.from_arrays(arrays, schema=MINUTE_VIEW.arrow_schema)
 
 
 STREAMS = tuple(d for d in DATASETS.values() if d is not MINUTE_VIEW)
