@@ -50,7 +50,10 @@ hide such a file; deleting it is a human decision).
 
 Stray files: a commit's ``.part.parquet.<uuid>.tmp`` in a partition folder whose
 lock nobody holds (a live commit holds the lock for as long as its file exists), and
-a Vision download or sidecar ``*.part`` untouched for ``VISION_TEMP_STALE_S``.
+(``stray_cache_files``) a Vision download or sidecar ``*.part`` untouched for
+``VISION_TEMP_STALE_S``. A shallow scan lists the folders of committed files, a deep
+scan every partition folder (a temporary file beside no committed file, left by a
+killed first commit, is also swept by the partition's next commit).
 """
 
 from __future__ import annotations
@@ -590,7 +593,7 @@ def _committed_problems(
 
 
 def _lake_strays(
-    folder: str, names: Iterable[str], lake_root: Path, dataset: Dataset, symbol: str, day: dt.date
+    folder: str, names: Sequence[str], lake_root: Path, dataset: Dataset, symbol: str, day: dt.date
 ) -> list[StrayFile]:
     """The commit temporaries in one partition folder that no live commit owns."""
     if len(names) == 1 and names[0] == PART_FILE_NAME:

@@ -380,9 +380,10 @@ def cache_temp_files(cache_dir: Path, buckets: Iterable[str] | None = None) -> l
     passes. Whether a file is stale (its fetcher died) is the caller's judgement.
     """
     root = Path(cache_dir)
-    names = sorted(buckets) if buckets is not None else sorted(os.listdir(root)) if root.is_dir() else []
+    if buckets is None:
+        buckets = os.listdir(root) if root.is_dir() else []
     found: list[Path] = []
-    for bucket in names:
+    for bucket in sorted(buckets):
         try:
             entries = os.listdir(root / bucket)
         except (FileNotFoundError, NotADirectoryError):
