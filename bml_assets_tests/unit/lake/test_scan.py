@@ -766,6 +766,9 @@ def test_stray_commit_temporaries_are_reported_in_every_dataset_and_swept_under_
         assert [f.path for f in shallow.strays] == [minute_temp, stream_temp]
         assert [f.path for f in deep.strays] == [unbuilt_temp, minute_temp, stream_temp]
         assert shallow.problems == [] and not shallow.clean
+        metadata = scan_metadata(shallow)
+        assert metadata["clean"] is False and metadata["stray_files"] == 2 and metadata["problems"] == 0
+        assert f"| lake | {minute_temp} | 19 |" in str(metadata["stray_table"].value)
         stray = deep.strays[1]
         assert (stray.dataset, stray.symbol, stray.day, stray.bytes, stray.where) == (
             MINUTE_VIEW.name,
