@@ -650,7 +650,9 @@ def backfill_range(
     are built through the real definitions (minute_view_job, in-process, one run per
     partition; in the DAGSTER_HOME instance when it is set). Days a symbol was not listed
     are skipped. Stray temporary files the scan finds are swept first (as `bml scan
-    --sweep` does; not in a --dry-run). Exit 0 only when the final scan is clean.
+    --sweep` does; not in a --dry-run). An incomplete partition is rebuilt at once (the
+    repair sensor's backoff is for its own retries) and stays a problem while a fillable
+    stream is still missing. Exit 0 only when the final scan is clean.
     """
     _run_backfill(start, end, symbols_text, max_missing_hours, dry_run, chunk_days)
 
