@@ -3,11 +3,14 @@ Dagster, and the small operations of the other commands.
 
 What belongs here, as plain functions the CLI calls:
 
-- the backfill: scan the range (``lake/scan.py``), turn what the scan found into
-  targets (``repair.py``, plus the days never built), skip the days a symbol was
-  not listed, order them, cap them by ``--max-missing-hours``; execute the plan
-  with the real ``MINUTE_VIEW_JOB`` in-process, one run per partition (a failed
-  partition does not stop the others), and summarise;
+- the backfill: scan the range (``lake/scan.py``, every dataset), sweep the stray
+  temporary files it found (``repair.sweep``), turn what the scan found into targets
+  (``repair.py``, plus the days never built), skip the days a symbol was not listed,
+  order them, cap them by ``--max-missing-hours``; execute the plan with the real
+  ``MINUTE_VIEW_JOB`` in-process, one run per partition (a failed partition does not
+  stop the others), and summarise;
+- the scan command's report: the range's scan, the Vision cache's stray files, and
+  the sweep when asked;
 - the state: checking the lake root, creating the ledger (``init-state``);
 - the symbol universe: ``exchangeInfo`` → the ledger's ``symbols`` table;
 - one hot-poll pass (``run-once``) and the per-symbol watermark report.
@@ -494,13 +497,14 @@ def listed_scan(ws: Workspace, start: dt.date, end: dt.date, *, deep: bool = Tru
 
 
 def problem_rows(report: Any) -> list[dict[str, Any]]:
-    """The scan's problems as plain rows: kind, symbol, day, detail, minutes (a count)."""
+    """The scan's problems as plain rows: kind, dataset, symbol, day, detail, minutes (a count)."""
     rows = []
     for p in report.problems:
         day = getattr(p, "day", None)
         rows.append(
             {
                 "kind": str(p.kind),
+                "dataset": getattr(p, "dataset", MINUTE_DATASET),
                 "symbol": p.symbol,
                 "day": day.isoformat() if isinstance(day, dt.date) else day,
                 "detail": p.detail,
@@ -553,8 +557,43 @@ def unplanned_problems(ws: Workspace, reports: Iterable[Any], plan: BackfillPlan
     return [p for p in remaining_problems(ws, reports) if (p.symbol, p.day) not in planned]
 
 
+def _reason(problem: Any) -> str:
+    """A problem's kind, prefixed with its dataset when that is a stream table."""
+    dataset = getattr(problem, "dataset", MINUTE_DATASET)
+    return str(problem.kind) if dataset == MINUTE_DATASET else f"{dataset}:{problem.kind}"
+
+
+def cache_strays(ws: Workspace) -> list[Any]:
+    """The Vision cache's stale temporary files (``lake.scan.stray_cache_files``, the whole cache)."""
+    from bml_assets.lake.scan import stray_cache_files
+
+    return stray_cache_files(ws.settings.cache_dir, now=dt.datetime.now(dt.UTC))
+
+
+def sweep_strays(ws: Workspace, reports: Sequence[Any]) -> Any:
+    """Remove the stray files of ``reports`` and re-record the stat of their intact files
+    (``repair.sweep``); the swept files leave each report's ``strays``. Returns the ``Sweep``."""
+    from bml_assets.repair import Sweep, sweep
+
+    total = Sweep()
+    for report in reports:
+        done = sweep(
+            report.strays,
+            lake_root=ws.settings.lake_root,
+            now=dt.datetime.now(dt.UTC),
+            ledger=ws.ledger,
+            restat=report.restat,
+        )
+        total.removed += done.removed
+        total.left += done.left
+        total.restated += done.restated
+        report.strays = [f for f in report.strays if f.path in done.left]
+    return total
+
+
 def targets_from_reports(reports: Iterable[Any]) -> list[Target]:
-    """What the scans ask to rebuild: ``repair_targets`` of each report, plus the days never built."""
+    """What the scans ask to rebuild: ``repair_targets`` of each report (every dataset; an
+    incomplete partition at once, without the sensor's backoff), plus the days never built."""
     from bml_assets.repair import repair_targets
 
     reasons: dict[tuple[str, dt.date], set[str]] = {}
@@ -563,7 +602,7 @@ def targets_from_reports(reports: Iterable[Any]) -> list[Target]:
         for p in report.problems:
             day = getattr(p, "day", None)
             if isinstance(day, dt.date):
-                kinds.setdefault((p.symbol, day), set()).add(str(p.kind))
+                kinds.setdefault((p.symbol, day), set()).add(_reason(p))
         for symbol, day in repair_targets(report):
             reasons.setdefault((symbol, day), set()).update(kinds.get((symbol, day), set()))
         for key, found in kinds.items():

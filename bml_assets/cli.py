@@ -441,8 +441,11 @@ def show_watermark(symbol: str | None, as_json: bool) -> None:
 
 
 def _problem_table(rows: list[dict[str, Any]]) -> list[str]:
-    lines = [f"{'kind':<22} {'symbol':<12} {'day':<10} {'minutes':>7}  detail"]
-    lines += [f"{r['kind']:<22} {r['symbol']:<12} {r['day']:<10} {r['minutes']:>7}  {r['detail']}" for r in rows]
+    lines = [f"{'kind':<22} {'dataset':<23} {'symbol':<12} {'day':<10} {'minutes':>7}  detail"]
+    lines += [
+        f"{r['kind']:<22} {r['dataset']:<23} {r['symbol']:<12} {r['day']:<10} {r['minutes']:>7}  {r['detail']}"
+        for r in rows
+    ]
     return lines
 
 
@@ -451,17 +454,37 @@ def _problem_table(rows: list[dict[str, Any]]) -> list[str]:
 @click.option("--end", callback=_date, required=True, help="Last day, inclusive.")
 @click.option("--symbols", "symbols_text", default=None, help="Comma-separated symbols (default: BML_SYMBOLS).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-@click.option("--shallow", is_flag=True, help="Only the ledger and file sizes (no reading of the files).")
+@click.option(
+    "--shallow",
+    is_flag=True,
+    help="Per file only a stat against the size and mtime the ledger recorded; the parquet footer "
+    "(and a hash) only for a file whose stat changed. Default: hash and read every file.",
+)
+@click.option(
+    "--sweep",
+    is_flag=True,
+    help="Remove the stray temporary files found (a commit's, under its partition's lock; a Vision "
+    "download's, once untouched for an hour) and re-record the size and mtime of intact files. "
+    "Without it they are only reported (the repair sensor and backfill-range sweep by themselves).",
+)
 @_guarded
-def scan(start: dt.date, end: dt.date, symbols_text: str | None, as_json: bool, shallow: bool) -> None:
-    """Check the lake against the ledger over a range; exit 0 when clean, 1 when problems remain."""
-    from bml_assets.backfill import listed_scan, open_workspace, problem_rows, utc_today
+def scan(start: dt.date, end: dt.date, symbols_text: str | None, as_json: bool, shallow: bool, sweep: bool) -> None:
+    """Check every dataset of the lake against the ledger over a range, and look for stray temporary
+    files (in the range's partition folders and the Vision cache).
 
-    today = utc_today()
+    Problems: missing, unreadable, outdated or changed files of any table, missing minutes, NULLs in
+    HARD columns, incomplete partitions (a fillable stream still missing, with the reason). Exit 0
+    when clean, 1 when problems or stray files remain.
+    """
+    from bml_assets import backfill as bf
+
+    today = bf.utc_today()
     _check_range(start, end, today)
-    ws = open_workspace(_settings(), _symbols_option(symbols_text))
+    ws = bf.open_workspace(_settings(), _symbols_option(symbols_text))
     try:
-        report = listed_scan(ws, start, end, deep=not shallow)
+        report = bf.listed_scan(ws, start, end, deep=not shallow)
+        report.strays += bf.cache_strays(ws)
+        swept = bf.sweep_strays(ws, [report]) if sweep else None
     finally:
         ws.close()
     if as_json:
@@ -472,17 +495,34 @@ def scan(start: dt.date, end: dt.date, symbols_text: str | None, as_json: bool, 
             "symbols": list(ws.symbols),
             "deep": not shallow,
             "checked": report.checked,
+            "files_checked": report.files,
             "clean": report.clean,
             "by_kind": report.by_kind(),
             "problems": report.to_rows(),
+            "stray_files": [f.to_row() for f in report.strays],
+            "stale_file_stats": len(report.restat),
         }
+        if swept is not None:
+            payload["swept"] = {
+                "removed": [str(p) for p in swept.removed],
+                "left": [str(p) for p in swept.left],
+                "restated": len(swept.restated),
+            }
         click.echo(json.dumps(payload, indent=2, default=str))
     else:
         span = f"{start.isoformat()}..{end.isoformat()}, {', '.join(ws.symbols)}"
+        if swept is not None and (swept.removed or swept.left or swept.restated):
+            click.echo(swept.summary())
+        for f in report.strays:
+            click.echo(
+                f"stray temporary file ({f.where}): {f.path} ({f.bytes} bytes, modified {f.mtime:%Y-%m-%d %H:%M}Z)"
+            )
+        if report.strays and swept is None:
+            click.echo("run `bml scan --sweep` to remove them")
         if report.clean:
-            click.echo(f"clean: {report.checked} partition(s) checked, no problems ({span})")
-        else:
-            click.echo("\n".join(_problem_table(problem_rows(report))))
+            click.echo(f"clean: {report.checked} partition(s) checked ({report.files} files), no problems ({span})")
+        elif report.problems:
+            click.echo("\n".join(_problem_table(bf.problem_rows(report))))
             kinds = ", ".join(f"{k} {n}" for k, n in report.by_kind().items())
             click.echo(f"{len(report.problems)} problem(s) in {report.checked} partition(s) checked ({span}): {kinds}")
     sys.exit(0 if report.clean else 1)
@@ -547,6 +587,12 @@ def _run_backfill(
         with _progress(spans, label=f"scanning {len(spans)} chunk(s)", item_show_func=_span_label) as bar:
             for a, b in bar:
                 reports.append(bf.scan_span(ws, a, b, symbols=scan_symbols))
+        if not dry_run:
+            # Stray temporary files of killed writers: swept before building (always; see README).
+            reports[0].strays += bf.cache_strays(ws)
+            swept = bf.sweep_strays(ws, reports)
+            if swept.removed or swept.left or swept.restated:
+                click.echo(swept.summary())
         plan = bf.plan_backfill(
             bf.targets_from_reports(reports),
             start=start,
@@ -625,9 +671,13 @@ def backfill_range(
 ) -> None:
     """Scan the range, rebuild every partition the scan finds wrong or missing, scan again.
 
-    Partitions are built through the real definitions (minute_view_job, in-process, one
-    run per partition; in the DAGSTER_HOME instance when it is set). Days a symbol was
-    not listed are skipped. Exit 0 only when the final scan is clean.
+    Every dataset is scanned; a damaged stream table is rebuilt with its day. Partitions
+    are built through the real definitions (minute_view_job, in-process, one run per
+    partition; in the DAGSTER_HOME instance when it is set). Days a symbol was not listed
+    are skipped. Stray temporary files the scan finds are swept first (as `bml scan
+    --sweep` does; not in a --dry-run). An incomplete partition is rebuilt at once (the
+    repair sensor's backoff is for its own retries) and stays a problem while a fillable
+    stream is still missing. Exit 0 only when the final scan is clean.
     """
     _run_backfill(start, end, symbols_text, max_missing_hours, dry_run, chunk_days)
 

@@ -1,42 +1,66 @@
-"""Gap repair over years: a sensor that rebuilds what the consistency scan finds wrong,
-and a job that runs the full scan on demand.
+"""Gap repair over years: a sensor that rebuilds what the consistency scan finds wrong
+and sweeps the stray files it meets, and a job that runs the full scan on demand.
 
 What belongs here: turning a ``ScanReport`` (``lake/scan.py``) into partitions to
-rebuild, the ``repair_sensor`` that walks the lake window by window and requests
-those rebuilds, and the ``lake_scan_job`` that reports a scan as op metadata.
-What stays out: the scan itself, the build (the minute view job the sensor
-targets), and the wiring into the Definitions (``definitions.py``).
+rebuild (with the backoff of incomplete partitions), sweeping the report's stray
+temporary files and re-recording the stat of intact files, the ``repair_sensor``
+that walks the lake window by window and does both, and the ``lake_scan_job`` that
+reports a scan as op metadata. What stays out: the scan itself, the build (the
+minute view job the sensor targets), and the wiring into the Definitions
+(``definitions.py``).
 
-Every problem kind is repaired the same way: the minute view partition is rebuilt
-through the ordinary job, which writes and records it atomically (a ``provisional``
-day is promoted by the rebuild). Minutes the ledger records as confirmed source
-gaps are not problems, so a day whose only absent minutes are exchange downtime is
-never requested again.
+Every problem kind, in every dataset, is repaired the same way: the (symbol, day)
+is rebuilt through the minute view job, whose selection holds the stream assets
+upstream of the view, so a damaged stream table is rewritten with the view; each
+commit is atomic and recorded (a ``provisional`` day is promoted by the rebuild).
+Minutes the ledger records as confirmed source gaps are not problems, so a day whose
+only absent minutes are exchange downtime is never requested again. Two exceptions:
+
+- ``incomplete`` (SPEC §8): a partition still lacking a fillable stream is retried
+  with a bounded backoff, not before ``committed_at + min(INCOMPLETE_RETRY_BASE ×
+  2^(builds-1), INCOMPLETE_RETRY_CAP)``: a day REST cannot complete yet is not rebuilt
+  every tick, yet is retried forever, at least every cap;
+- the hot snapshots (``NOT_REBUILT_DATASETS``) are polled live and exist nowhere
+  else: a rebuild cannot fetch them again, it would fail on the damaged file or
+  re-commit what it read. Their problems are reported, never requested.
+
+Sweeping (the sensor each tick, ``bml scan --sweep``, ``bml backfill-range``, the
+scan job with ``sweep: true``): a commit's temporary file is removed under its
+partition's lock, taken without waiting (a busy lock is a live commit: its file is
+left); a Vision cache ``*.part`` only when untouched for ``VISION_TEMP_STALE_S``. An
+intact file whose size or mtime the ledger does not know gets them re-recorded
+(``commit.refresh_file_stat``, at most ``MAX_RESTATS_PER_TICK`` per tick).
 
 The sensor, per tick (at most every ``minimum_interval_seconds``):
 
 1. reads its cursor ``{"day", "after", "sweep"}``: where the window starts, the last
    (day, symbol) already handled inside it, and how many times it has wrapped;
-2. scans ``window_days`` days from there (all symbols, ``deep=False``: one ledger
-   query plus one ``os.stat`` per partition; Vision is not asked);
-3. requests up to ``max_runs_per_tick`` rebuilds, oldest first, skipping partitions
+2. scans ``window_days`` days from there (all symbols, all datasets, ``deep=False``:
+   one ledger query, one listing and one ``os.stat`` per partition folder, a footer
+   only for a file whose stat changed; Vision is not asked);
+3. sweeps the window's stray files, and the Vision cache buckets of this window (the
+   256 first-level folders are spread over the windows of a sweep);
+4. requests up to ``max_runs_per_tick`` rebuilds, oldest first, skipping partitions
    that already have a queued or running run (any job: one ``get_runs`` query per
-   tick, by the ``dagster/partition`` tag);
-4. moves the cursor past what it handled: to the next window when the window is
+   tick, by the ``dagster/partition`` tag) and incomplete ones not yet due;
+5. moves the cursor past what it handled: to the next window when the window is
    done, else to the last partition requested. After yesterday it wraps to
    ``start`` and the sweep number grows.
 
 Run keys are ``repair:{partition}:{kind}:{hash}`` where the hash covers the sweep
-number and every problem (kind and detail) of the partition. Dagster drops a run
-request whose key it has seen, so within a sweep a partition is requested at most
-once per distinct problem, and a repair that cannot succeed (the source really lacks
-the data) is retried once per sweep, not every tick.
+number and every problem (dataset, kind and detail) of the partition. Dagster drops
+a run request whose key it has seen, so within a sweep a partition is requested at
+most once per distinct problem, and a repair that cannot succeed (the source really
+lacks the data) is retried once per sweep, not every tick. An incomplete partition's
+detail counts its builds, so each retry the backoff allows gets a new key.
 """
 
 import datetime as dt
 import hashlib
 import json
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Final
 
 from dagster import (
@@ -59,9 +83,20 @@ from dagster import (
     sensor,
 )
 
-from bml_assets.lake.scan import Problem, ScanReport, scan
+from bml_assets.lake.commit import refresh_file_stat, sweep_temp_files
+from bml_assets.lake.ledger import Ledger
+from bml_assets.lake.scan import (
+    VISION_TEMP_STALE_S,
+    Problem,
+    ProblemKind,
+    ScanReport,
+    StrayFile,
+    scan,
+    stray_cache_files,
+)
 from bml_assets.partitions import partition_key
 from bml_assets.resources import BmlResource
+from bml_assets.schema import DATASETS, HOT_SNAPSHOTS
 from bml_assets.sources.vision import NotPublished, Stream, VisionClient
 
 REPAIR_TAG: Final = "bml/repair"
@@ -77,7 +112,19 @@ IN_FLIGHT_STATUSES: Final = (
 MAX_TABLE_ROWS: Final = 200
 """Problems shown in the scan job's markdown table (the counts cover all of them)."""
 
+INCOMPLETE_RETRY_BASE: Final = dt.timedelta(minutes=30)
+"""First retry of an incomplete partition: long enough for a REST hiccup to pass."""
+INCOMPLETE_RETRY_CAP: Final = dt.timedelta(days=1)
+"""Longest wait between retries: a stream that cannot be filled today is asked again daily."""
+NOT_REBUILT_DATASETS: Final = frozenset({HOT_SNAPSHOTS.name})
+"""Datasets whose rows exist nowhere else (polled live): reported, never rebuilt."""
+MAX_RESTATS_PER_TICK: Final = 200
+"""Re-recorded file stats per tick (a hash and a ledger write each); the rest waits."""
+CACHE_BUCKETS: Final = tuple(f"{i:02x}" for i in range(256))
+"""First-level folders of the Vision cache (``sources.vision.VisionClient``)."""
+
 TodayFn = Callable[[BmlResource], dt.date]
+ClockFn = Callable[[], dt.datetime]
 ListingDates = Mapping[str, dt.date] | Callable[[BmlResource], Mapping[str, dt.date]]
 """First trading day per symbol: fixed, or read per evaluation (e.g. from the ledger's symbol table)."""
 
@@ -86,10 +133,93 @@ def _listing(listing_dates: ListingDates | None, bml: BmlResource) -> Mapping[st
     return listing_dates(bml) if callable(listing_dates) else listing_dates
 
 
-def repair_targets(report: ScanReport) -> list[tuple[str, dt.date]]:
-    """The (symbol, day) partitions to rebuild, oldest first: every problem kind is
-    repaired by rebuilding the minute view partition (a ``provisional`` day is promoted)."""
-    return report.partitions()
+def incomplete_retry_at(problem: Problem) -> dt.datetime | None:
+    """When an ``incomplete`` partition may be rebuilt again: ``committed_at`` plus
+    ``INCOMPLETE_RETRY_BASE`` doubled per build in a row that ended incomplete, capped
+    at ``INCOMPLETE_RETRY_CAP``. None for any other problem (due at once)."""
+    if problem.kind != ProblemKind.INCOMPLETE or problem.committed_at is None:
+        return None
+    builds = max(problem.incomplete_builds, 1)
+    # 2**(builds-1) overflows a timedelta long after the cap is reached: stop doubling there.
+    wait = INCOMPLETE_RETRY_BASE * 2 ** min(builds - 1, 32)
+    return problem.committed_at + min(wait, INCOMPLETE_RETRY_CAP)
+
+
+def _due(problem: Problem, now: dt.datetime | None) -> bool:
+    if problem.dataset in NOT_REBUILT_DATASETS:
+        return False
+    retry_at = incomplete_retry_at(problem)
+    return now is None or retry_at is None or retry_at <= now
+
+
+def repair_targets(report: ScanReport, *, now: dt.datetime | None = None) -> list[tuple[str, dt.date]]:
+    """The (symbol, day) partitions to rebuild, oldest first: every problem of every dataset
+    is repaired by rebuilding the partition through the minute view job (a ``provisional``
+    day is promoted), except problems of ``NOT_REBUILT_DATASETS`` and, given ``now``,
+    ``incomplete`` partitions whose backoff has not run out (``incomplete_retry_at``)."""
+    due = {(p.symbol, p.day) for p in report.problems if _due(p, now)}
+    return [sd for sd in report.partitions() if sd in due]
+
+
+@dataclass
+class Sweep:
+    """What a sweep did: stray files ``removed``, those ``left`` (a live writer holds the
+    partition's lock, or the cache file is fresh again), and files whose stat was re-recorded."""
+
+    removed: list[Path] = field(default_factory=list)
+    left: list[Path] = field(default_factory=list)
+    restated: list[tuple[str, str, dt.date]] = field(default_factory=list)
+
+    def summary(self) -> str:
+        text = f"swept {len(self.removed)} stray temporary file(s)"
+        if self.left:
+            text += f", left {len(self.left)} (a live writer may own them)"
+        if self.restated:
+            text += f"; re-recorded the size and mtime of {len(self.restated)} intact file(s)"
+        return text
+
+
+def sweep(
+    strays: Sequence[StrayFile],
+    *,
+    lake_root: Path,
+    now: dt.datetime,
+    ledger: Ledger | None = None,
+    restat: Sequence[tuple[str, str, dt.date]] = (),
+    max_restats: int | None = None,
+) -> Sweep:
+    """Remove ``strays`` (a scan's) safely, and re-record the stat of the ``restat`` files.
+
+    A lake temporary goes under its partition's lock (``commit.sweep_temp_files``: every
+    temporary of that folder, as the next commit would); a busy lock leaves it. A Vision
+    cache file goes only if it is still untouched for ``VISION_TEMP_STALE_S`` before ``now``.
+    """
+    done = Sweep()
+    partitions: dict[tuple[str, str, dt.date], list[Path]] = {}
+    for stray in strays:
+        if stray.dataset is None or stray.symbol is None or stray.day is None:
+            try:
+                st = stray.path.stat()
+            except FileNotFoundError:
+                continue
+            if st.st_mtime_ns / 1e9 > now.timestamp() - VISION_TEMP_STALE_S:
+                done.left.append(stray.path)  # written again since the scan: a live download
+                continue
+            stray.path.unlink(missing_ok=True)
+            done.removed.append(stray.path)
+        else:
+            partitions.setdefault((stray.dataset, stray.symbol, stray.day), []).append(stray.path)
+    for (dataset, symbol, day), paths in partitions.items():
+        removed = sweep_temp_files(lake_root, DATASETS[dataset], symbol, day)
+        if removed is None:
+            done.left += paths
+        else:
+            done.removed += removed
+    if ledger is not None:
+        for dataset, symbol, day in list(restat)[:max_restats]:
+            if refresh_file_stat(lake_root, ledger, DATASETS[dataset], symbol, day):
+                done.restated.append((dataset, symbol, day))
+    return done
 
 
 def exchange_today(bml: BmlResource) -> dt.date:
@@ -135,7 +265,7 @@ def _dump_cursor(day: dt.date, after: str, sweep: int) -> str:
 
 
 def _run_key(key: str, problems: list[Problem], sweep: int) -> str:
-    text = "\n".join([str(sweep), *(f"{p.kind}:{p.detail}" for p in problems)])
+    text = "\n".join([str(sweep), *(f"{p.dataset}:{p.kind}:{p.detail}" for p in problems)])
     return f"repair:{key}:{problems[0].kind}:{hashlib.sha256(text.encode()).hexdigest()[:16]}"
 
 
@@ -148,6 +278,19 @@ def _in_flight(context: SensorEvaluationContext, keys: Iterable[str]) -> set[str
     return {r.tags.get(PARTITION_NAME_TAG, "") for r in runs}
 
 
+def window_buckets(start: dt.date, last: dt.date, window_start: dt.date, window_days: int) -> list[str]:
+    """The Vision cache buckets a window sweeps: bucket ``b`` goes with the windows ``i`` of
+    ``start..last`` where ``b ≡ i (mod windows)``, so every bucket is swept once per sweep
+    and a tick walks about 1/windows of the cache (a small lake: all of it, every tick)."""
+    windows = -(-((last - start).days + 1) // window_days)
+    index = (window_start - start).days // window_days
+    return [b for i, b in enumerate(CACHE_BUCKETS) if i % windows == index % windows]
+
+
+def _host_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
 def build_repair_sensor(
     symbols: tuple[str, ...],
     start: dt.date,
@@ -157,15 +300,19 @@ def build_repair_sensor(
     window_days: int = 31,
     listing_dates: ListingDates | None = None,
     today: TodayFn | None = None,
+    clock: ClockFn | None = None,
 ) -> SensorDefinition:
     """The ``repair_sensor`` over ``symbols`` from ``start`` to yesterday (see the module doc).
 
-    ``today`` (tests) replaces the exchange's clock; ``listing_dates`` (a mapping, or a
-    callable of the resource asked once per tick) spares the days before a symbol's listing.
+    ``today`` (tests) replaces the exchange's clock; ``clock`` (tests) this host's, which
+    judges the incomplete backoff (``committed_at`` is the host's too) and the age of
+    Vision cache files; ``listing_dates`` (a mapping, or a callable of the resource asked
+    once per tick) spares the days before a symbol's listing.
     """
     if max_runs_per_tick < 1 or window_days < 1:
         raise ValueError("max_runs_per_tick and window_days must be at least 1")
     today_of = today or exchange_today
+    now_of = clock or _host_now
 
     @sensor(
         name="repair_sensor",
@@ -174,7 +321,8 @@ def build_repair_sensor(
         default_status=DefaultSensorStatus.RUNNING,
         description=(
             f"Walks the lake {window_days} days per tick, checking the ledger against the files, and rebuilds "
-            f"partitions that are missing, damaged, outdated or incomplete (at most {max_runs_per_tick} per tick)."
+            f"partitions of any dataset that are missing, damaged, outdated or incomplete (at most "
+            f"{max_runs_per_tick} per tick; incomplete ones with a backoff), and sweeps stray temporary files."
         ),
     )
     def repair_sensor(context: SensorEvaluationContext, bml: BmlResource):
@@ -183,11 +331,12 @@ def build_repair_sensor(
             context.update_cursor(_dump_cursor(start, "", 0))
             yield SkipReason(f"no closed day since {start.isoformat()} yet")
             return
-        window_start, after, sweep = _cursor(context.cursor, start)
+        window_start, after, sweep_no = _cursor(context.cursor, start)
         if window_start < start or window_start > yesterday:
-            window_start, after, sweep = start, "", sweep + 1
+            window_start, after, sweep_no = start, "", sweep_no + 1
         window_end = min(window_start + dt.timedelta(days=window_days - 1), yesterday)
         settings = bml.settings()
+        now = now_of()
         report = scan(
             settings.lake_root,
             bml.ledger(),
@@ -198,10 +347,24 @@ def build_repair_sensor(
             deep=False,
             listing_dates=_listing(listing_dates, bml),
         )
+        cache_strays = stray_cache_files(
+            settings.cache_dir, now=now, buckets=window_buckets(start, yesterday, window_start, window_days)
+        )
+        swept = sweep(
+            [*report.strays, *cache_strays],
+            lake_root=settings.lake_root,
+            now=now,
+            ledger=bml.ledger(),
+            restat=report.restat,
+            max_restats=MAX_RESTATS_PER_TICK,
+        )
+        if swept.removed or swept.left or swept.restated:
+            context.log.info(f"repair: {swept.summary()}")
+        due = set(repair_targets(report, now=now))
         by_partition: dict[str, list[Problem]] = {}
-        for problem in report.problems:  # sorted by (day, symbol, kind)
+        for problem in report.problems:  # sorted by (day, symbol, kind, dataset)
             position = f"{problem.day.isoformat()}|{problem.symbol}"
-            if position > after:
+            if position > after and (problem.symbol, problem.day) in due:
                 by_partition.setdefault(position, []).append(problem)
         ordered = list(by_partition)
         busy = _in_flight(context, (partition_key(ps[0].symbol, ps[0].day) for ps in by_partition.values()))
@@ -217,20 +380,20 @@ def build_repair_sensor(
                 context.log.info(f"repair: {key} already has a queued or running run; left to it")
                 continue
             yield RunRequest(
-                run_key=_run_key(key, problems, sweep),
+                run_key=_run_key(key, problems, sweep_no),
                 partition_key=key,
-                tags={REPAIR_TAG: str(problems[0].kind), REPAIR_SWEEP_TAG: str(sweep)},
+                tags={REPAIR_TAG: str(problems[0].kind), REPAIR_SWEEP_TAG: str(sweep_no)},
             )
             requested += 1
         if resume_after:
             # The cap was reached inside the window: the next tick goes on from there.
-            context.update_cursor(_dump_cursor(window_start, resume_after, sweep))
+            context.update_cursor(_dump_cursor(window_start, resume_after, sweep_no))
         else:
-            context.update_cursor(_dump_cursor(window_end + dt.timedelta(days=1), "", sweep))
+            context.update_cursor(_dump_cursor(window_end + dt.timedelta(days=1), "", sweep_no))
         if not requested:
             yield SkipReason(
                 f"{window_start.isoformat()}..{window_end.isoformat()}: {report.checked} partitions checked, "
-                f"{len(ordered)} with problems, none to request"
+                f"{len(ordered)} to rebuild, none to request ({len(report.problems)} problems; {swept.summary()})"
             )
 
     return repair_sensor
@@ -243,7 +406,9 @@ class ScanConfig(Config):
     """``start``/``end``: ISO days, inclusive (default: the first partition day / yesterday);
     ``symbols``: default all; ``deep``: read the files (default) or only stat them;
     ``check_vision``: ask Vision whether REST-built days are published; ``today``:
-    override the exchange's clock (ISO day)."""
+    override the exchange's clock (ISO day); ``sweep``: remove the stray temporary files
+    found (lake and Vision cache) and re-record the stat of intact files, as the repair
+    sensor does (default: only report them)."""
 
     start: str | None = None
     end: str | None = None
@@ -251,33 +416,52 @@ class ScanConfig(Config):
     deep: bool = True
     check_vision: bool = True
     today: str | None = None
+    sweep: bool = False
 
 
 def problems_markdown(report: ScanReport, limit: int = MAX_TABLE_ROWS) -> str:
-    lines = ["| symbol | date | kind | detail | minutes |", "| --- | --- | --- | --- | --- |"]
+    lines = ["| symbol | date | kind | detail | minutes | dataset |", "| --- | --- | --- | --- | --- | --- |"]
     for p in report.problems[:limit]:
         minutes = ", ".join(p.minutes[:5]) + (" …" if len(p.minutes) > 5 else "")
-        cells = [p.symbol, p.day.isoformat(), str(p.kind), p.detail, minutes]
+        cells = [p.symbol, p.day.isoformat(), str(p.kind), p.detail, minutes, p.dataset]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     if len(report.problems) > limit:
         lines.append(f"\n{len(report.problems) - limit} more problems not shown")
     if not report.problems:
-        lines.append("| — | — | — | clean | — |")
+        lines.append("| — | — | — | clean | — | — |")
     return "\n".join(lines)
 
 
-def scan_metadata(report: ScanReport) -> dict[str, Any]:
+def strays_markdown(strays: Sequence[StrayFile], limit: int = MAX_TABLE_ROWS) -> str:
+    lines = ["| where | path | bytes | modified |", "| --- | --- | --- | --- |"]
+    for f in strays[:limit]:
+        lines.append(f"| {f.where} | {f.path} | {f.bytes} | {f.mtime:%Y-%m-%d %H:%M:%S}Z |")
+    if len(strays) > limit:
+        lines.append(f"\n{len(strays) - limit} more stray files not shown")
+    if not strays:
+        lines.append("| — | none | — | — |")
+    return "\n".join(lines)
+
+
+def scan_metadata(report: ScanReport, swept: Sweep | None = None) -> dict[str, Any]:
     targets = repair_targets(report)
-    return {
+    metadata: dict[str, Any] = {
         "clean": report.clean,
         "checked": report.checked,
+        "files_checked": report.files,
         "problems": len(report.problems),
         "partitions_to_repair": len(targets),
         "by_kind": MetadataValue.json(report.by_kind()),
         "problem_table": MetadataValue.md(problems_markdown(report)),
+        "stray_files": len(report.strays),
+        "stray_table": MetadataValue.md(strays_markdown(report.strays)),
+        "stale_file_stats": len(report.restat),
         "range": f"{report.start}..{report.end}",
         "deep": report.deep,
     }
+    if swept is not None:
+        metadata["swept"] = swept.summary()
+    return metadata
 
 
 def build_scan_job(
@@ -294,7 +478,7 @@ def build_scan_job(
     @op(
         name="scan_lake",
         out=Out(Nothing),
-        description="Consistency scan of the minute view: ledger against files, per symbol × day.",
+        description="Consistency scan of every dataset: ledger against files, per symbol × day; stray files.",
     )
     def scan_lake(context: OpExecutionContext, config: ScanConfig, bml: BmlResource):
         now = dt.date.fromisoformat(config.today) if config.today else today_of(bml)
@@ -312,8 +496,9 @@ def build_scan_job(
                     context.log.warning(f"cannot ask Vision about {symbol} {day}: {exc}")
                     return False
 
+        settings = bml.settings()
         report = scan(
-            bml.settings().lake_root,
+            settings.lake_root,
             bml.ledger(),
             chosen,
             first,
@@ -323,11 +508,20 @@ def build_scan_job(
             deep=config.deep,
             listing_dates=_listing(listing_dates, bml),
         )
+        moment = _host_now()
+        report.strays += stray_cache_files(settings.cache_dir, now=moment)
+        swept = None
+        if config.sweep:
+            swept = sweep(
+                report.strays, lake_root=settings.lake_root, now=moment, ledger=bml.ledger(), restat=report.restat
+            )
+            context.log.info(swept.summary())
+            report.strays = [f for f in report.strays if f.path in swept.left]
         context.log.info(
             f"scan {first}..{last}, {len(chosen)} symbols: {report.checked} partitions checked, "
-            f"{len(report.problems)} problems {report.by_kind()}"
+            f"{len(report.problems)} problems {report.by_kind()}, {len(report.strays)} stray files"
         )
-        yield Output(None, metadata=scan_metadata(report))
+        yield Output(None, metadata=scan_metadata(report, swept))
 
     @job(name=job_name, description="Scan the lake for missing, damaged or outdated partitions and report them.")
     def lake_scan_job():

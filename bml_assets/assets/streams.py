@@ -48,7 +48,7 @@ from bml_assets.assets.rest_days import ExchangeNow
 from bml_assets.assets.vision_days import StreamFetcher
 from bml_assets.features import coverage
 from bml_assets.features.timegrid import MINUTE_MS, day_bounds_ms, ms_to_datetime
-from bml_assets.lake.commit import read_partition
+from bml_assets.lake.commit import PartitionNotFound, PartitionUnreadable, SchemaMismatch, read_partition
 from bml_assets.lake.io_manager import DATASET_METADATA_KEY
 from bml_assets.lake.ledger import SymbolRecord
 from bml_assets.lake.partition_data import PartitionData
@@ -183,14 +183,23 @@ class DayContext:
 
     def existing(self, dataset: Dataset, sd: SymbolDay) -> pa.Table | None:
         """The committed table of the partition, the incremental cursor of the hot band.
-        What it was (its content hash) is remembered: the commit must still find it."""
+        What it was (its content hash) is remembered: the commit must still find it.
+
+        A file that is gone or damaged (the scan reports it) is no cursor: the day is
+        fetched again from the start and replaces it. Except a past day's hot snapshots:
+        polled live, they exist nowhere else, so that error stands (a human decides)."""
         record = self.bml.ledger().get_partition(dataset.name, sd.symbol, sd.day)
         self.bases[(dataset.name, sd)] = record.content_hash if record is not None else None
         if record is None or record.status != "committed":
             return None
         if any(isinstance(p, Mapping) and p.get("status") == "vision" for p in record.provenance.values()):
             return None  # a complete Vision table is replaced, never extended from REST
-        return read_partition(self.bml.settings().lake_root, dataset, sd.symbol, sd.day)
+        try:
+            return read_partition(self.bml.settings().lake_root, dataset, sd.symbol, sd.day)
+        except (PartitionNotFound, PartitionUnreadable, SchemaMismatch):
+            if dataset is HOT_SNAPSHOTS and sd.day != self.now().today:
+                raise
+            return None
 
 
 def listing_verdict(ctx: DayContext, sd: SymbolDay) -> PartitionData | None:

@@ -34,7 +34,10 @@ ledger records it.
 
 Temporary files of a writer that died (kill -9, power loss) are swept by the
 next commit of the same partition: it holds the partition's lock, so no live
-writer can own them.
+writer can own them. ``sweep_temp_files`` does the same on demand (the repair
+sensor and ``bml scan --sweep`` call it for the strays the scan reports), and
+``refresh_file_stat`` re-records the size and mtime of a file whose bytes are
+still the committed ones (touched, copied, or committed before the ledger kept them).
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ import pyarrow.parquet as pq
 
 from bml_assets.lake.layout import (
     lock_path,
+    partition_dir,
     partition_label,
     partition_path,
     relative_partition_path,
@@ -313,11 +317,13 @@ def partition_lock(
         os.close(fd)
 
 
-def _sweep_temp_files(directory: Path) -> None:
-    """Remove temporary files of dead writers. Only called under the partition's
-    lock, so none of them can belong to a live commit."""
-    for stale in temp_files(directory):
-        stale.unlink(missing_ok=True)
+def _sweep_temp_files(directory: Path) -> list[Path]:
+    """Remove temporary files of dead writers; return them. Only called under the
+    partition's lock, so none of them can belong to a live commit."""
+    stale = temp_files(directory)
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
 
 
 def _write_verified(table: pa.Table, tmp: Path, dataset: Dataset, label: str) -> str:
@@ -555,3 +561,80 @@ def verify_partition(lake_root: Path, ledger: Ledger, dataset: Dataset, symbol: 
             "(a commit stopped after its rename?) — re-run the commit to re-sync"
         )
     return PartitionCheck(path, status, ledger_hash, file_hash, problem)
+
+
+# --------------------------------------------------------------------------- upkeep
+
+
+def partition_busy(lake_root: Path, dataset: Dataset, symbol: str, day: date) -> bool:
+    """Whether a writer holds the partition's lock at this moment (creates nothing).
+
+    A temporary file in a partition whose lock is free belongs to a writer that died:
+    a live commit holds the lock from before it creates its file until after the rename.
+    """
+    path = lock_path(Path(lake_root), dataset, symbol, day)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False  # never locked, so never written by a commit
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                return True
+            raise
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
+def sweep_temp_files(lake_root: Path, dataset: Dataset, symbol: str, day: date) -> list[Path] | None:
+    """Remove the temporary files dead writers left in one partition's folder; return them.
+
+    Takes the partition's lock without waiting, as a commit would before sweeping: when
+    a writer holds it (the file may be its own), nothing is removed and None is returned.
+    """
+    directory = partition_dir(Path(lake_root), dataset, symbol, day)
+    if not temp_files(directory):
+        return []
+    try:
+        with partition_lock(Path(lake_root), dataset, symbol, day, timeout=0):
+            return _sweep_temp_files(directory)
+    except LockTimeout:
+        return None
+
+
+def refresh_file_stat(lake_root: Path, ledger: Ledger, dataset: Dataset, symbol: str, day: date) -> bool:
+    """Re-record the size and mtime of a committed file whose bytes are still the ledger's.
+
+    For the shallow scan, which trusts a file whose ``os.stat`` matches the ledger and
+    reads (and hashes) one that does not: after a ``touch``, a copy without mtimes, or
+    on a row written before the ledger kept them. Under the partition's lock, taken
+    without waiting; the file is hashed first and the row is CAS-updated from the same
+    content hash, so only a file proven unchanged is re-described. Returns whether the
+    row was updated (False: busy, not committed, unchanged, or the bytes differ).
+    """
+    lake_root = Path(lake_root)
+    path = partition_path(lake_root, dataset, symbol, day)
+    try:
+        with partition_lock(lake_root, dataset, symbol, day, timeout=0):
+            record = ledger.get_partition(dataset, symbol, day)
+            if record is None or record.status != "committed":
+                return False
+            before = os.stat(path)
+            if (before.st_size, before.st_mtime_ns) == (record.file_bytes, record.file_mtime_ns):
+                return False
+            if file_sha256(path) != record.content_hash:
+                return False
+            after = os.stat(path)
+            if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
+                return False  # changed while being hashed: leave it to the next scan
+            ledger.commit_partition(
+                replace(record, file_bytes=after.st_size, file_mtime_ns=after.st_mtime_ns),
+                expected_content_hash=record.content_hash,
+            )
+            return True
+    except (LockTimeout, FileNotFoundError):
+        return False

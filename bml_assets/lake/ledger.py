@@ -175,6 +175,37 @@ class PartitionRecord:
 
 
 @dataclass(frozen=True)
+class FileState:
+    """What one ``partitions`` row says about its file, without provenance, gaps or note
+    (``Ledger.file_states``): the shallow scan reads it for every stream table each tick,
+    where decoding and validating full ``PartitionRecord`` rows would cost several times
+    more. Rows come from the store as written (through a validated ``PartitionRecord``)."""
+
+    dataset: str
+    symbol: str
+    day: date
+    status: str
+    committed_at: datetime
+    row_count: int | None
+    min_ts: int | None
+    max_ts: int | None
+    schema_hash: str | None
+    content_hash: str | None
+    file_bytes: int | None
+    file_mtime_ns: int | None
+    missing_streams: Sequence[Mapping[str, Any]] = field(default_factory=list, hash=False)
+    incomplete_builds: int = 0
+
+    @property
+    def label(self) -> str:
+        return f"{self.dataset}/{self.symbol}/{self.day.isoformat()}"
+
+    @property
+    def incomplete(self) -> bool:
+        return self.status == "committed" and bool(self.missing_streams)
+
+
+@dataclass(frozen=True)
 class SourceFileRecord:
     """One row of ``source_files``: a downloaded source file, identified by (url, sha256)."""
 
@@ -342,6 +373,20 @@ _CORE_TABLES = (partitions_table, source_files_table, watermark_table, ledger_me
 
 _P = partitions_table
 _PARTITION_VALUE_COLUMNS: tuple[str, ...] = tuple(c.name for c in _P.columns if not c.primary_key)
+# ``FileState`` fields after (dataset, symbol, day), in order.
+_FILE_STATE_COLUMNS: Final = (
+    "status",
+    "committed_at",
+    "row_count",
+    "min_ts",
+    "max_ts",
+    "schema_hash",
+    "content_hash",
+    "file_bytes",
+    "file_mtime_ns",
+    "missing_streams",
+    "incomplete_builds",
+)
 
 # Upgrades in place, keyed by the version they start from: each is a list of
 # portable DDL statements (SQLite and PostgreSQL) run in the init transaction.
@@ -573,6 +618,32 @@ class Ledger:
             query = query.where(_P.c.status == status)
         with self._read() as conn:
             return [_partition_from_row(row) for row in conn.execute(query)]
+
+    def file_states(
+        self, datasets: Iterable[Dataset | str], symbols: Iterable[str], start: date, end: date
+    ) -> list[FileState]:
+        """``FileState`` of every row of ``datasets`` × ``symbols`` × ``start..end`` (inclusive),
+        ordered by dataset, symbol, day: one query, only the columns that describe the file."""
+        names = [dataset_name(d) for d in datasets]
+        wanted = [validate_symbol(s) for s in symbols]
+        if not names or not wanted:
+            return []
+        columns = [_P.c[n] for n in ("dataset", "symbol", "date", *_FILE_STATE_COLUMNS)]
+        query = (
+            sa.select(*columns)
+            .where(
+                _P.c.dataset.in_(names),
+                _P.c.symbol.in_(wanted),
+                _P.c.date >= _checked_day(start),
+                _P.c.date <= _checked_day(end),
+            )
+            .order_by(_P.c.dataset, _P.c.symbol, _P.c.date)
+        )
+        with self._read() as conn:
+            return [
+                FileState(d, s, day, *values, missing or [], builds or 0)
+                for d, s, day, *values, missing, builds in conn.execute(query)
+            ]
 
     # ---- source files
 

@@ -1,34 +1,59 @@
-"""The consistency scan of the minute view: the ledger and the files, checked against each other.
+"""The consistency scan of the lake: the ledger and the files of every dataset, checked against each other.
 
 What belongs here: one pass over symbols × days that reads the ledger once for the
-whole range and looks at the files (``os.stat`` only, or, in a deep scan, the bytes,
-the footer and the timestamp + HARD columns), and turns every disagreement into a
-``Problem``. Neither side is trusted alone: a ledger row may claim a file that is
-gone or different, and a file may be torn, old or hold fewer minutes than it should.
+whole range (every dataset: the minute view and the per-stream tables), looks at
+the files, and turns every disagreement into a ``Problem``; it also lists the stray
+temporary files it meets (in partition folders, and in the Vision zip cache when
+asked). Neither side is trusted alone: a ledger row may claim a file that is gone
+or different, and a file may be torn, old or hold fewer minutes than it should.
 
 What stays out: deciding what to do about a problem (``repair.py`` rebuilds the
-partition), Dagster, and any network access (``vision_published`` is passed in).
+partition and sweeps the strays), Dagster, and any network access
+(``vision_published`` is passed in). The scan writes nothing.
 
-Kinds of problem, per (symbol, day):
+Shallow and deep. Per committed file the shallow scan (the repair sensor's, every
+tick) makes one ``os.stat`` and compares size and mtime with what the commit
+recorded; only when they differ, or the row predates them (NULL), does it read the
+parquet footer (readable, row count, schema) and, for a changed file, hash it. A
+truncated, emptied, rewritten or deleted file therefore shows in a shallow scan;
+only an edit that keeps size and mtime needs the deep scan, which hashes every file
+and reads its time column (and, for the minute view, its HARD columns). A file whose
+size or mtime changed but whose bytes are the committed ones (``touch``, a copy
+without mtimes) is not a problem: it is listed in ``ScanReport.restat`` so the
+sweep re-records its stat and later shallow scans need no hash.
 
-- ``not_built``: no ledger row for a day before ``today`` (and on or after the
-  symbol's listing day, when known);
-- ``file_missing``, ``unreadable``, ``schema_outdated``, ``content_hash_mismatch``:
-  the ledger's ``committed`` row and the file disagree (a ``schema_outdated`` comes
-  from the ledger's ``schema_hash`` or the file's own Arrow schema);
-- ``missing_minutes``: a closed day lacks minutes that are not confirmed source
-  gaps of its ledger row (a shallow scan can only count them from the ledger);
-- ``timestamp_disorder``: timestamps not strictly increasing, not on a minute,
-  or outside the day; ``hard_nulls``: a NULL in a HARD column;
-- ``not_published_stale``: a ``not_published`` row for a day more than
+Kinds of problem, per (dataset, symbol, day):
+
+- ``not_built``: no minute-view ledger row for a day before ``today`` (and on or
+  after the symbol's listing day, when known);
+- ``file_missing``, ``unreadable``, ``schema_outdated``, ``content_hash_mismatch``,
+  ``ledger_stale``: a ``committed`` row and its file disagree (every dataset; a
+  ``schema_outdated`` comes from the ledger's ``schema_hash`` or the file's schema);
+- ``missing_minutes`` (minute view): a closed day lacks minutes that are not
+  confirmed source gaps of its ledger row (a shallow scan counts them from the ledger);
+- ``timestamp_disorder``: time column not strictly increasing (every dataset, deep),
+  or, in the minute view, not on a minute or outside the day;
+- ``hard_nulls`` (minute view): a NULL in a HARD column;
+- ``incomplete``: a committed row that records fillable streams as missing (SPEC §8);
+  the detail names each stream and why, and the builds in a row that ended so;
+- ``not_published_stale`` (minute view): a ``not_published`` row for a day more than
   ``STALE_NOT_PUBLISHED_DAYS`` before ``today`` (Vision should have it by now);
-- ``provisional``: a REST-built stream on a day Vision has published (only when
-  ``vision_published`` is given).
+- ``provisional`` (minute view): a REST-built stream on a day Vision has published
+  (only when ``vision_published`` is given).
 
-``not_listed`` rows are never problems, and neither is a day before the symbol's
-listing. A file lying where the ledger records ``not_listed``/``not_published`` is
-not reported (``record_unavailable`` refuses to hide such a file; deleting it is a
-human decision).
+A stream table has rows only for days a build reached, and ``not_published`` /
+``not_listed`` are final answers for some streams (a past day's hot snapshots), so
+only its committed rows are checked. ``not_listed`` rows are never problems, and
+neither is a day before the symbol's listing. A file lying where the ledger records
+``not_listed``/``not_published`` is not reported (``record_unavailable`` refuses to
+hide such a file; deleting it is a human decision).
+
+Stray files: a commit's ``.part.parquet.<uuid>.tmp`` in a partition folder whose
+lock nobody holds (a live commit holds the lock for as long as its file exists), and
+(``stray_cache_files``) a Vision download or sidecar ``*.part`` untouched for
+``VISION_TEMP_STALE_S``. A shallow scan lists the folders of committed files, a deep
+scan every partition folder (a temporary file beside no committed file, left by a
+killed first commit, is also swept by the partition's next commit).
 """
 
 from __future__ import annotations
@@ -36,7 +61,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import stat
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -47,11 +72,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from bml_assets.lake.commit import file_sha256, schema_differences
+from bml_assets.lake.commit import file_sha256, partition_busy, schema_differences
 from bml_assets.lake.io_manager import provisional_streams
-from bml_assets.lake.layout import PART_FILE_NAME, partition_path
-from bml_assets.lake.ledger import Ledger, PartitionRecord
-from bml_assets.schema import HARD_COLUMNS, MINUTE_VIEW, schema_hash
+from bml_assets.lake.layout import PART_FILE_NAME, is_temp_name, partition_path
+from bml_assets.lake.ledger import FileState, Ledger, PartitionRecord
+from bml_assets.schema import DATASETS, HARD_COLUMNS, MINUTE_VIEW, Dataset, schema_hash
+from bml_assets.sources.vision import cache_temp_files
 
 MINUTES_PER_DAY: Final = 1440
 MINUTE_MS: Final = 60_000
@@ -60,9 +86,22 @@ MAX_LISTED_MINUTES: Final = 50
 """Minutes listed per problem; the detail gives the full count."""
 STALE_NOT_PUBLISHED_DAYS: Final = 7
 """A ``not_published`` day older than this many days before ``today`` is a problem."""
-CURRENT_SCHEMA_HASH: Final = schema_hash(MINUTE_VIEW.arrow_schema)
+SCHEMA_HASHES: Final = {name: schema_hash(d.arrow_schema) for name, d in DATASETS.items()}
+CURRENT_SCHEMA_HASH: Final = SCHEMA_HASHES[MINUTE_VIEW.name]
 TIME_COLUMN: Final = MINUTE_VIEW.time_column
 READ_COLUMNS: Final = (TIME_COLUMN, *(c for c in HARD_COLUMNS if c != TIME_COLUMN))
+VISION_TEMP_STALE_S: Final = 3600
+"""A Vision cache ``*.part`` file untouched this long belongs to no live download: a
+download writes its file at least every read timeout (30 s) and gives up after a few
+attempts with backoffs of at most 8 s, minutes in all. Age, not a lock: the cache
+takes no lock, and a name is never reused (``mkstemp``), so a stale file stays stale."""
+_DATASET_ORDER: Final = {name: i for i, name in enumerate(DATASETS)}
+# What reading a damaged file raises: besides I/O and Arrow errors, pyarrow decodes a
+# corrupt footer's strings and numbers as it goes (UnicodeDecodeError, OverflowError).
+DAMAGED_FILE_ERRORS: Final = (OSError, ValueError, ArithmeticError, pa.ArrowException)
+
+Row = PartitionRecord | FileState
+"""A ledger row as the scan reads it: full for the minute view, its file's state for a stream table."""
 
 
 class ProblemKind(StrEnum):
@@ -77,6 +116,7 @@ class ProblemKind(StrEnum):
     MISSING_MINUTES = "missing_minutes"
     TIMESTAMP_DISORDER = "timestamp_disorder"
     HARD_NULLS = "hard_nulls"
+    INCOMPLETE = "incomplete"
     NOT_PUBLISHED_STALE = "not_published_stale"
     PROVISIONAL = "provisional"
 
@@ -86,21 +126,28 @@ _KIND_ORDER: Final = {k: i for i, k in enumerate(ProblemKind)}
 
 @dataclass(frozen=True)
 class Problem:
-    """One thing wrong with one (symbol, day) partition; ``minutes`` are ISO minute
-    starts (UTC), at most ``MAX_LISTED_MINUTES`` of them (``detail`` has the count)."""
+    """One thing wrong with one (symbol, day) partition of ``dataset``; ``minutes`` are ISO
+    minute starts (UTC), at most ``MAX_LISTED_MINUTES`` of them (``detail`` has the count).
+
+    An ``incomplete`` problem also carries its row's ``committed_at`` and
+    ``incomplete_builds``: the repair's backoff is counted from them."""
 
     symbol: str
     day: dt.date
     kind: ProblemKind
     detail: str
     minutes: tuple[str, ...] = ()
+    dataset: str = MINUTE_VIEW.name
+    committed_at: dt.datetime | None = None
+    incomplete_builds: int = 0
 
     @property
-    def sort_key(self) -> tuple[dt.date, str, int]:
-        return (self.day, self.symbol, _KIND_ORDER[ProblemKind(self.kind)])
+    def sort_key(self) -> tuple[dt.date, str, int, int]:
+        return (self.day, self.symbol, _KIND_ORDER[ProblemKind(self.kind)], _DATASET_ORDER.get(self.dataset, 99))
 
     def to_row(self) -> dict[str, Any]:
         return {
+            "dataset": self.dataset,
             "symbol": self.symbol,
             "date": self.day.isoformat(),
             "kind": str(self.kind),
@@ -109,10 +156,40 @@ class Problem:
         }
 
 
+@dataclass(frozen=True)
+class StrayFile:
+    """A temporary file no live writer owns: a commit's in a partition folder (``dataset``,
+    ``symbol`` and ``day`` set), or an unfinished download in the Vision cache (None)."""
+
+    path: Path
+    bytes: int
+    mtime: dt.datetime
+    dataset: str | None = None
+    symbol: str | None = None
+    day: dt.date | None = None
+
+    @property
+    def where(self) -> str:
+        return "lake" if self.dataset is not None else "vision cache"
+
+    def to_row(self) -> dict[str, Any]:
+        return {
+            "where": self.where,
+            "path": str(self.path),
+            "bytes": self.bytes,
+            "mtime": self.mtime.isoformat(),
+            "dataset": self.dataset,
+            "symbol": self.symbol,
+            "date": self.day.isoformat() if self.day is not None else None,
+        }
+
+
 @dataclass
 class ScanReport:
-    """The outcome of one scan: ``checked`` (symbol, day) partitions, ``problems`` sorted
-    by (day, symbol, kind)."""
+    """The outcome of one scan: ``checked`` (symbol, day) partitions and ``files`` committed
+    files looked at, ``problems`` sorted by (day, symbol, kind, dataset), ``strays`` (stray
+    temporary files), and ``restat``: (dataset, symbol, day) of intact files whose size or
+    mtime the ledger does not know (the sweep re-records them)."""
 
     problems: list[Problem]
     checked: int
@@ -120,10 +197,14 @@ class ScanReport:
     end: dt.date | None = None
     deep: bool = True
     symbols: tuple[str, ...] = field(default_factory=tuple)
+    strays: list[StrayFile] = field(default_factory=list)
+    restat: list[tuple[str, str, dt.date]] = field(default_factory=list)
+    files: int = 0
 
     @property
     def clean(self) -> bool:
-        return not self.problems
+        """No problem and no stray file (a stale stat is bookkeeping, not a problem)."""
+        return not self.problems and not self.strays
 
     def by_kind(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -157,6 +238,10 @@ def _listed(values: Sequence[int] | np.ndarray) -> tuple[str, ...]:
 
 def _count(n: int, what: str) -> str:
     return f"{n} {what}" + ("" if n <= MAX_LISTED_MINUTES else f" (first {MAX_LISTED_MINUTES} listed)")
+
+
+def _ns_time(ns: int) -> dt.datetime:
+    return dt.datetime.fromtimestamp(ns / 1e9, dt.UTC)
 
 
 def source_gap_minutes(record: PartitionRecord) -> set[int]:
@@ -194,19 +279,25 @@ def _days(start: dt.date, end: dt.date) -> Iterator[dt.date]:
 # --------------------------------------------------------------------------- the checks
 
 
-def _ledger_problems(record: PartitionRecord, *, closed: bool) -> list[Problem]:
+def _ledger_problems(record: Row, *, closed: bool) -> list[Problem]:
     """What the ledger row alone says is wrong (the shallow scan's view of the content)."""
     p: list[Problem] = []
-    sym, day = record.symbol, record.day
-    if record.schema_hash != CURRENT_SCHEMA_HASH:
+    sym, day, ds = record.symbol, record.day, record.dataset
+    current = SCHEMA_HASHES[ds]
+    if record.schema_hash != current:
         p.append(
             Problem(
                 sym,
                 day,
                 ProblemKind.SCHEMA_OUTDATED,
-                f"the ledger records schema_hash {record.schema_hash}, the current layout is {CURRENT_SCHEMA_HASH}",
+                f"the ledger records schema_hash {record.schema_hash}, the current layout is {current}",
+                dataset=ds,
             )
         )
+    if record.incomplete:
+        p.append(_incomplete_problem(record))
+    if not isinstance(record, PartitionRecord):
+        return p  # a stream table: the checks below are the minute view's (whose rows are read in full)
     start = _day_start_ms(day)
     outside = [
         f"{name} {minute_iso(v)}"
@@ -238,14 +329,34 @@ def _ledger_problems(record: PartitionRecord, *, closed: bool) -> list[Problem]:
     return p
 
 
-def _file_problems(record: PartitionRecord, path: str, *, closed: bool) -> list[Problem]:
-    """Read the file: bytes against the ledger's hash, footer schema, timestamps, HARD NULLs."""
+def _incomplete_problem(record: Row) -> Problem:
+    streams = []
+    for m in record.missing_streams:
+        name = m.get("stream", "?") if isinstance(m, Mapping) else str(m)
+        reason = m.get("reason") if isinstance(m, Mapping) else None
+        streams.append(f"{name} ({reason})" if reason else str(name))
+    builds = max(record.incomplete_builds, 1)
+    return Problem(
+        record.symbol,
+        record.day,
+        ProblemKind.INCOMPLETE,
+        f"missing {', '.join(streams)}; {builds} build(s) in a row ended so, the last at "
+        f"{record.committed_at:%Y-%m-%d %H:%M:%S}Z",
+        dataset=record.dataset,
+        committed_at=record.committed_at,
+        incomplete_builds=builds,
+    )
+
+
+def _file_problems(record: Row, path: str, dataset: Dataset, *, closed: bool) -> list[Problem]:
+    """Read the file: bytes against the ledger's hash, footer schema, the time column (its
+    order, and the ledger's counts), and for the minute view the HARD columns."""
     p: list[Problem] = []
-    sym, day = record.symbol, record.day
+    sym, day, ds = record.symbol, record.day, dataset.name
     try:
         actual = file_sha256(Path(path))
     except OSError as exc:
-        return [Problem(sym, day, ProblemKind.UNREADABLE, f"cannot read {path}: {exc}")]
+        return [Problem(sym, day, ProblemKind.UNREADABLE, f"cannot read {path}: {exc}", dataset=ds)]
     if actual != record.content_hash:
         p.append(
             Problem(
@@ -253,22 +364,46 @@ def _file_problems(record: PartitionRecord, path: str, *, closed: bool) -> list[
                 day,
                 ProblemKind.CONTENT_HASH_MISMATCH,
                 f"{path} has sha256 {actual}, the ledger records {record.content_hash}",
+                dataset=ds,
             )
         )
+    minute_view = ds == MINUTE_VIEW.name
     try:
         with pq.ParquetFile(path) as f:
-            differences = schema_differences(f.schema_arrow, MINUTE_VIEW.arrow_schema)
+            differences = schema_differences(f.schema_arrow, dataset.arrow_schema)
             if differences:
-                p.append(
-                    Problem(sym, day, ProblemKind.SCHEMA_OUTDATED, f"the file {path}: " + "; ".join(differences[:5]))
-                )
+                detail = f"the file {path}: " + "; ".join(differences[:5])
+                p.append(Problem(sym, day, ProblemKind.SCHEMA_OUTDATED, detail, dataset=ds))
                 return p
-            table = f.read(columns=list(READ_COLUMNS))
-    except (OSError, pa.ArrowException) as exc:
-        p.append(Problem(sym, day, ProblemKind.UNREADABLE, f"cannot read {path} as parquet: {exc}"))
+            table = f.read(columns=list(READ_COLUMNS) if minute_view else [dataset.time_column])
+    except DAMAGED_FILE_ERRORS as exc:
+        p.append(Problem(sym, day, ProblemKind.UNREADABLE, f"cannot read {path} as parquet: {exc}", dataset=ds))
         return p
-    p += _content_problems(sym, day, table, source_gap_minutes(record), closed=closed)
+    if minute_view and isinstance(record, PartitionRecord):
+        p += _content_problems(sym, day, table, source_gap_minutes(record), closed=closed)
+    else:
+        p += _order_problems(sym, day, ds, table.column(dataset.time_column))
+    if not any(x.kind == ProblemKind.CONTENT_HASH_MISMATCH for x in p):
+        p += _ledger_counts_problems(record, table.column(dataset.time_column))
     return p
+
+
+def _order_problems(sym: str, day: dt.date, ds: str, column: pa.ChunkedArray) -> list[Problem]:
+    """A stream table's time column must be strictly increasing (what its commit validated)."""
+    ts = np.asarray(pc.fill_null(column.cast(pa.int64()), 0).to_numpy(zero_copy_only=False), dtype=np.int64)
+    steps = np.flatnonzero(np.diff(ts) <= 0) + 1
+    if not steps.size:
+        return []
+    return [
+        Problem(
+            sym,
+            day,
+            ProblemKind.TIMESTAMP_DISORDER,
+            f"{column.type} column: {steps.size} not strictly increasing",
+            _listed(sorted(set(ts[steps].tolist()))),
+            dataset=ds,
+        )
+    ]
 
 
 def _content_problems(sym: str, day: dt.date, table: pa.Table, gaps: set[int], *, closed: bool) -> list[Problem]:
@@ -343,6 +478,161 @@ def _content_problems(sym: str, day: dt.date, table: pa.Table, gaps: set[int], *
     return p
 
 
+def _ledger_counts_problems(record: Row, times: pa.ChunkedArray) -> list[Problem]:
+    """The ledger row's row count and time bounds against the file's (SPEC §7: the ledger
+    describes the file)."""
+    ints = times.cast(pa.int64())
+    actual = (len(ints), pc.min(ints).as_py(), pc.max(ints).as_py())
+    claimed = (record.row_count, record.min_ts, record.max_ts)
+    if actual == claimed:
+        return []
+    detail = f"the ledger records rows/min_ts/max_ts {claimed}, the file has {actual}"
+    return [Problem(record.symbol, record.day, ProblemKind.LEDGER_STALE, detail, dataset=record.dataset)]
+
+
+def _footer_problems(record: Row, path: str, dataset: Dataset, size: int) -> tuple[list[Problem], bool]:
+    """The shallow scan's read of a file whose stat the ledger does not confirm: the footer
+    only. Returns the problems and whether the footer's row count differs from the ledger's."""
+    sym, day, ds = record.symbol, record.day, dataset.name
+    recorded = f"; the ledger recorded {record.file_bytes} bytes" if record.file_bytes is not None else ""
+    try:
+        metadata = pq.read_metadata(path)
+        schema = metadata.schema.to_arrow_schema()
+    except DAMAGED_FILE_ERRORS as exc:
+        detail = f"cannot read the parquet footer of {path} ({size} bytes{recorded}): {exc}"
+        return [Problem(sym, day, ProblemKind.UNREADABLE, detail, dataset=ds)], False
+    differences = schema_differences(schema, dataset.arrow_schema)
+    if differences:
+        detail = f"the file {path}: " + "; ".join(differences[:5])
+        return [Problem(sym, day, ProblemKind.SCHEMA_OUTDATED, detail, dataset=ds)], False
+    return [], metadata.num_rows != record.row_count
+
+
+def _shallow_problems(record: Row, path: str, dataset: Dataset, st: os.stat_result) -> list[Problem]:
+    """File against ledger by stat, then footer, then hash, each only when the one before
+    leaves a doubt (see the module docstring)."""
+    known = record.file_bytes is not None and record.file_mtime_ns is not None
+    if known and (st.st_size, st.st_mtime_ns) == (record.file_bytes, record.file_mtime_ns):
+        return []
+    footer, rows_differ = _footer_problems(record, path, dataset, st.st_size)
+    if footer:
+        return footer
+    if not known and not rows_differ:
+        return []  # a row from before the ledger kept sizes: the footer check is the shallow one
+    try:
+        actual = file_sha256(Path(path))
+    except OSError as exc:
+        return [
+            Problem(
+                record.symbol, record.day, ProblemKind.UNREADABLE, f"cannot read {path}: {exc}", dataset=dataset.name
+            )
+        ]
+    if actual != record.content_hash:
+        changed = (
+            f" (now {st.st_size} bytes, modified {_ns_time(st.st_mtime_ns):%Y-%m-%d %H:%M:%S}Z; "
+            f"committed as {record.file_bytes} bytes)"
+            if known
+            else ""
+        )
+        detail = f"{path} has sha256 {actual}, the ledger records {record.content_hash}{changed}"
+        return [Problem(record.symbol, record.day, ProblemKind.CONTENT_HASH_MISMATCH, detail, dataset=dataset.name)]
+    if rows_differ:
+        detail = f"the ledger records {record.row_count} rows, the footer of the same bytes says otherwise"
+        return [Problem(record.symbol, record.day, ProblemKind.LEDGER_STALE, detail, dataset=dataset.name)]
+    return []  # the committed bytes with a new mtime: not a problem (``restat``)
+
+
+def _committed_problems(
+    record: Row, path: str, dataset: Dataset, *, closed: bool, deep: bool
+) -> tuple[list[Problem], bool]:
+    """The problems of one committed partition, and whether its file is intact but its
+    stat unknown to the ledger (to be re-recorded)."""
+    try:
+        st = os.stat(path)
+        present = stat.S_ISREG(st.st_mode)
+    except OSError:
+        present = False
+    if not present:
+        detail = f"the ledger records a committed file (sha256 {record.content_hash}) but {path} is missing"
+        return [Problem(record.symbol, record.day, ProblemKind.FILE_MISSING, detail, dataset=dataset.name)], False
+    stat_known = (st.st_size, st.st_mtime_ns) == (record.file_bytes, record.file_mtime_ns)
+    ledger_side = _ledger_problems(record, closed=closed)
+    if stat_known and not deep:
+        return ledger_side, False  # the common case of every tick: the file is as committed
+    file_side = (
+        _file_problems(record, path, dataset, closed=closed) if deep else _shallow_problems(record, path, dataset, st)
+    )
+    # The file is the evidence for its own content: keep the ledger's claims only
+    # where the file could not speak (unreadable, or a foreign schema).
+    read_ok = not any(p.kind in (ProblemKind.UNREADABLE, ProblemKind.SCHEMA_OUTDATED) for p in file_side)
+    content_kinds = (ProblemKind.MISSING_MINUTES, ProblemKind.TIMESTAMP_DISORDER)
+    kept = [p for p in ledger_side if not (deep and read_ok and p.kind in content_kinds)]
+    merged = kept + file_side
+    # One schema problem per partition is enough, with both reasons.
+    schema = [p for p in merged if p.kind == ProblemKind.SCHEMA_OUTDATED]
+    if len(schema) > 1:
+        joined = Problem(
+            record.symbol,
+            record.day,
+            ProblemKind.SCHEMA_OUTDATED,
+            "; ".join(p.detail for p in schema),
+            dataset=dataset.name,
+        )
+        merged = [p for p in merged if p.kind != ProblemKind.SCHEMA_OUTDATED] + [joined]
+    damaged = (
+        ProblemKind.UNREADABLE,
+        ProblemKind.SCHEMA_OUTDATED,
+        ProblemKind.CONTENT_HASH_MISMATCH,
+        ProblemKind.LEDGER_STALE,
+    )
+    restat = not stat_known and not any(p.kind in damaged for p in file_side)
+    return merged, restat
+
+
+# --------------------------------------------------------------------------- stray files
+
+
+def _lake_strays(
+    folder: str, names: Sequence[str], lake_root: Path, dataset: Dataset, symbol: str, day: dt.date
+) -> list[StrayFile]:
+    """The commit temporaries in one partition folder that no live commit owns."""
+    if len(names) == 1 and names[0] == PART_FILE_NAME:
+        return []  # the common case: the partition's file alone
+    temps = [n for n in names if is_temp_name(n)]
+    if not temps or partition_busy(lake_root, dataset, symbol, day):
+        return []
+    out: list[StrayFile] = []
+    for name in sorted(temps):
+        path = Path(folder, name)
+        try:  # stat after the lock check: a file renamed meanwhile was a live commit's
+            st = os.stat(path)
+        except FileNotFoundError:
+            continue
+        out.append(StrayFile(path, st.st_size, _ns_time(st.st_mtime_ns), dataset.name, symbol, day))
+    return out
+
+
+def stray_cache_files(
+    cache_dir: Path,
+    *,
+    now: dt.datetime,
+    buckets: Iterable[str] | None = None,
+    stale_after_s: float = VISION_TEMP_STALE_S,
+) -> list[StrayFile]:
+    """The Vision cache's temporary files untouched for ``stale_after_s`` before ``now``
+    (``buckets``: only those first-level folders, see ``sources.vision.cache_temp_files``)."""
+    limit = now.timestamp() - stale_after_s
+    out: list[StrayFile] = []
+    for path in cache_temp_files(cache_dir, buckets):
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            continue  # renamed into the cache or cleaned up meanwhile
+        if st.st_mtime_ns / 1e9 <= limit:
+            out.append(StrayFile(path, st.st_size, _ns_time(st.st_mtime_ns)))
+    return out
+
+
 # --------------------------------------------------------------------------- the scan
 
 
@@ -357,62 +647,79 @@ def scan(
     vision_published: Callable[[str, dt.date], bool] | None = None,
     deep: bool = True,
     listing_dates: Mapping[str, dt.date] | None = None,
+    datasets: Sequence[Dataset] | None = None,
 ) -> ScanReport:
-    """Check every (symbol, day) of ``symbols`` × ``start..end`` (inclusive) of the minute view.
+    """Check every (symbol, day) of ``symbols`` × ``start..end`` (inclusive) in every dataset.
 
-    One ledger query for the whole range; per partition one ``os.stat`` (``deep=False``)
-    or, with ``deep=True``, the file's sha256, its footer and its timestamp + HARD
-    columns. ``today`` is the first day that is not closed: it and later days are
-    never ``not_built`` and never lack minutes. ``vision_published(symbol, day)`` is
-    asked only for committed days with REST-built streams.
+    Two ledger queries for the whole range (the minute view's rows, the stream tables'
+    file states); per committed file one directory listing (stray temporary files; a
+    deep scan lists every partition folder) and one ``os.stat`` (``deep=False``; the
+    footer and hash only for a file the stat does not confirm)
+    or, with ``deep=True``, the file's sha256, its footer and its time column (and the
+    minute view's HARD columns). ``today`` is the first day that is not closed: it and
+    later days are never ``not_built`` and never lack minutes. ``vision_published(symbol,
+    day)`` is asked only for committed days with REST-built streams. ``datasets``:
+    default every dataset of ``schema.DATASETS``.
     """
     lake_root = Path(lake_root)
     symbols = tuple(dict.fromkeys(symbols))
+    chosen = tuple(datasets) if datasets is not None else tuple(DATASETS.values())
     listing_dates = listing_dates or {}
     report = ScanReport(problems=[], checked=0, start=start, end=end, deep=deep, symbols=symbols)
-    if end < start or not symbols:
+    if end < start or not symbols or not chosen:
         return report
-    rows = {
-        (r.symbol, r.day): r for r in ledger.partitions(dataset=MINUTE_VIEW.name, symbols=symbols, start=start, end=end)
-    }
+    wanted = {d.name for d in chosen}
+    with_minute = MINUTE_VIEW.name in wanted
+    rows: dict[tuple[str, str, dt.date], Row] = {}
+    if with_minute:
+        rows.update(
+            ((r.dataset, r.symbol, r.day), r)
+            for r in ledger.partitions(MINUTE_VIEW, symbols=symbols, start=start, end=end)
+        )
+    streams = [d for d in chosen if d is not MINUTE_VIEW]
+    if streams:
+        rows.update(((r.dataset, r.symbol, r.day), r) for r in ledger.file_states(streams, symbols, start, end))
     stale_before = today - dt.timedelta(days=STALE_NOT_PUBLISHED_DAYS)
     problems: list[Problem] = []
     for symbol in symbols:
         listed_from = listing_dates.get(symbol)
-        # One validated folder per symbol; per day only a string is formatted (pathlib
-        # per partition costs more than the stat itself over years of days).
-        symbol_dir = str(partition_path(lake_root, MINUTE_VIEW, symbol, start).parent.parent)
+        # One validated folder per symbol and dataset; per day only strings are formatted
+        # (pathlib per partition costs more than the stat itself over years of days).
+        symbol_dirs = [(d, str(partition_path(lake_root, d, symbol, start).parent.parent)) for d in chosen]
         for day in _days(start, end):
             if listed_from is not None and day < listed_from:
                 continue  # before the listing nothing is owed
-            record = rows.get((symbol, day))
             closed = day < today
-            if record is None:
-                if not closed:
-                    continue
+            minute = rows.get((MINUTE_VIEW.name, symbol, day))
+            assert minute is None or isinstance(minute, PartitionRecord)
+            if with_minute and (minute is not None or closed):
                 report.checked += 1
+            for dataset, symbol_dir in symbol_dirs:
+                record = rows.get((dataset.name, symbol, day))
                 path = _file_of(symbol_dir, day)
-                note = f"; a file exists at {path} without a ledger row" if _is_file(path) else ""
-                problems.append(Problem(symbol, day, ProblemKind.NOT_BUILT, f"no ledger row{note}"))
-                continue
-            report.checked += 1
-            if record.status == "not_listed":
-                continue
-            if record.status == "not_published":
-                if day < stale_before:
-                    problems.append(
-                        Problem(
-                            symbol,
-                            day,
-                            ProblemKind.NOT_PUBLISHED_STALE,
-                            f"recorded not_published ({record.message}) at {record.committed_at:%Y-%m-%d %H:%M}Z, "
-                            f"more than {STALE_NOT_PUBLISHED_DAYS} days before {today.isoformat()}",
-                        )
-                    )
-                continue
-            problems += _committed_problems(record, _file_of(symbol_dir, day), closed=closed, deep=deep)
-            if vision_published is not None and closed:
-                streams = provisional_streams(record.provenance)
+                if dataset is MINUTE_VIEW:
+                    problems += _minute_row_problems(minute, symbol, day, path, closed, stale_before, today)
+                committed = record is not None and record.status == "committed"
+                if committed or deep:
+                    # Stray temporaries: a shallow scan lists the folders of committed files
+                    # only (most stream tables of old days have none); a deep scan every folder.
+                    folder = _folder_of(symbol_dir, day)
+                    try:
+                        names = os.listdir(folder)
+                    except OSError:  # no folder (never written), or not a folder
+                        names = []
+                    if names:
+                        report.strays += _lake_strays(folder, names, lake_root, dataset, symbol, day)
+                if not committed:
+                    continue
+                assert record is not None
+                report.files += 1
+                found, restat = _committed_problems(record, path, dataset, closed=closed, deep=deep)
+                problems += found
+                if restat:
+                    report.restat.append((dataset.name, symbol, day))
+            if vision_published is not None and closed and minute is not None and minute.status == "committed":
+                streams = provisional_streams(minute.provenance)
                 if streams and vision_published(symbol, day):
                     problems.append(
                         Problem(
@@ -424,51 +731,44 @@ def scan(
                     )
     problems.sort(key=lambda p: p.sort_key)
     report.problems = problems
+    report.strays.sort(key=lambda f: (f.day or start, f.symbol or "", _DATASET_ORDER.get(f.dataset or "", 99), f.path))
     return report
+
+
+def _minute_row_problems(
+    record: PartitionRecord | None,
+    symbol: str,
+    day: dt.date,
+    path: str,
+    closed: bool,
+    stale_before: dt.date,
+    today: dt.date,
+) -> list[Problem]:
+    """What the minute view's row (or its absence) owes beyond its file: a built day, a
+    ``not_published`` answer that should have changed by now."""
+    if record is None:
+        if not closed:
+            return []
+        note = f"; a file exists at {path} without a ledger row" if _is_file(path) else ""
+        return [Problem(symbol, day, ProblemKind.NOT_BUILT, f"no ledger row{note}")]
+    if record.status == "not_published" and day < stale_before:
+        return [
+            Problem(
+                symbol,
+                day,
+                ProblemKind.NOT_PUBLISHED_STALE,
+                f"recorded not_published ({record.message}) at {record.committed_at:%Y-%m-%d %H:%M}Z, "
+                f"more than {STALE_NOT_PUBLISHED_DAYS} days before {today.isoformat()}",
+            )
+        ]
+    return []
+
+
+def _folder_of(symbol_dir: str, day: dt.date) -> str:
+    """``partition_dir`` of (symbol, day) given the symbol's folder, as a string."""
+    return f"{symbol_dir}{os.sep}date={day.isoformat()}"
 
 
 def _file_of(symbol_dir: str, day: dt.date) -> str:
     """``partition_path`` of (symbol, day) given the symbol's folder, as a string."""
-    return f"{symbol_dir}{os.sep}date={day.isoformat()}{os.sep}{PART_FILE_NAME}"
-
-
-def _ledger_counts_problems(record: PartitionRecord, path: str) -> list[Problem]:
-    """The ledger row's row count and time bounds against the file's (SPEC §7: the ledger
-    describes the file)."""
-    times = pq.read_table(path, columns=[MINUTE_VIEW.time_column]).column(0).cast(pa.int64())
-    actual = (len(times), pc.min(times).as_py(), pc.max(times).as_py())
-    claimed = (record.row_count, record.min_ts, record.max_ts)
-    if actual == claimed:
-        return []
-    detail = f"the ledger records rows/min_ts/max_ts {claimed}, the file has {actual}"
-    return [Problem(record.symbol, record.day, ProblemKind.LEDGER_STALE, detail)]
-
-
-def _committed_problems(record: PartitionRecord, path: str, *, closed: bool, deep: bool) -> list[Problem]:
-    if not _is_file(path):
-        return [
-            Problem(
-                record.symbol,
-                record.day,
-                ProblemKind.FILE_MISSING,
-                f"the ledger records a committed file (sha256 {record.content_hash}) but {path} is missing",
-            )
-        ]
-    ledger_side = _ledger_problems(record, closed=closed)
-    if not deep:
-        return ledger_side
-    file_side = _file_problems(record, path, closed=closed)
-    # The file is the evidence for its own content: keep the ledger's claims only
-    # where the file could not speak (unreadable, or a foreign schema).
-    read_ok = not any(p.kind in (ProblemKind.UNREADABLE, ProblemKind.SCHEMA_OUTDATED) for p in file_side)
-    content_kinds = (ProblemKind.MISSING_MINUTES, ProblemKind.TIMESTAMP_DISORDER)
-    kept = [p for p in ledger_side if not (read_ok and p.kind in content_kinds)]
-    merged = kept + file_side
-    if read_ok and not any(p.kind == ProblemKind.CONTENT_HASH_MISMATCH for p in file_side):
-        merged += _ledger_counts_problems(record, path)
-    # One schema problem per partition is enough, with both reasons.
-    schema = [p for p in merged if p.kind == ProblemKind.SCHEMA_OUTDATED]
-    if len(schema) > 1:
-        joined = Problem(record.symbol, record.day, ProblemKind.SCHEMA_OUTDATED, "; ".join(p.detail for p in schema))
-        merged = [p for p in merged if p.kind != ProblemKind.SCHEMA_OUTDATED] + [joined]
-    return merged
+    return f"{_folder_of(symbol_dir, day)}{os.sep}{PART_FILE_NAME}"

@@ -19,6 +19,7 @@ import os
 import re
 import tempfile
 import zipfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from enum import StrEnum
@@ -393,3 +394,29 @@ class VisionClient:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+
+def cache_temp_files(cache_dir: Path, buckets: Iterable[str] | None = None) -> list[Path]:
+    """The temporary files in ``VisionClient``'s cache, sorted: unfinished downloads
+    (``.<sha256[:16]>.*.part``) and sidecars (``.sidecar.*.part``) in the entry folders.
+
+    ``buckets`` limits the walk to those first-level folders (two hex digits of the
+    URL's sha256, ``00``..``ff``), so a caller can spread a big cache over several
+    passes. Whether a file is stale (its fetcher died) is the caller's judgement.
+    """
+    root = Path(cache_dir)
+    if buckets is None:
+        buckets = os.listdir(root) if root.is_dir() else []
+    found: list[Path] = []
+    for bucket in sorted(buckets):
+        try:
+            entries = os.listdir(root / bucket)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for entry in entries:
+            try:
+                files = os.listdir(root / bucket / entry)
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            found += [root / bucket / entry / f for f in files if f.startswith(".") and f.endswith(".part")]
+    return sorted(found)

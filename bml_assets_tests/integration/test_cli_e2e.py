@@ -128,7 +128,7 @@ def test_every_command_has_help(bml: Bml) -> None:
         out = ok(bml(*command, "--help")).stdout
         assert "Usage: bml" in out, command
     assert "--max-missing-hours" in bml("backfill-years", "--help").stdout
-    assert "--shallow" in bml("scan", "--help").stdout
+    assert "--shallow" in bml("scan", "--help").stdout and "--sweep" in bml("scan", "--help").stdout
 
 
 def test_state_universe_backfill_scan_and_repair(bml: Bml) -> None:
@@ -185,6 +185,39 @@ def test_state_universe_backfill_scan_and_repair(bml: Bml) -> None:
     assert "built 1 of 1 partition(s)" in out and "1 written" in out and "final scan: clean" in out
     assert file_sha256(path) == good
     ok(bml("scan", "--start", "2024-03-01", "--end", "2024-03-03", entry=MODULE))
+
+    # A stream table's file truncated, a killed commit's temporary file and a stale Vision
+    # download: the shallow scan reports all three (exit 1), --sweep removes the strays, the
+    # backfill's plan names the stream table and its rebuild restores the file.
+    span = ("--start", "2024-03-01", "--end", "2024-03-03")
+    klines = bml.lake / "futures/um/klines_1m/symbol=BTCUSDT/date=2024-03-01/part.parquet"
+    good_klines = file_sha256(klines)
+    with open(klines, "r+b") as f:
+        f.truncate(5000)
+    stray = klines.with_name(".part.parquet." + "7" * 32 + ".tmp")
+    stray.write_bytes(b"left by a killed commit")
+    entry = next(p for p in (bml.lake / "_cache" / "vision").glob("*/*") if p.is_dir())
+    download = entry / ".0123456789abcdef.k1ll3d.part"
+    download.write_bytes(b"partial zip")
+    two_hours_ago = time.time() - 7200  # the sweep waits an hour for a cache file
+    os.utime(download, (two_hours_ago, two_hours_ago))
+    report = json.loads(ok(bml("scan", *span, "--shallow", "--json"), 1).stdout)
+    assert [(p["dataset"], p["symbol"], p["date"], p["kind"]) for p in report["problems"]] == [
+        ("klines_1m", "BTCUSDT", "2024-03-01", "unreadable")
+    ]
+    assert sorted((f["where"], f["path"]) for f in report["stray_files"]) == [
+        ("lake", str(stray)),
+        ("vision cache", str(download)),
+    ]
+    out = ok(bml("scan", *span, "--shallow", "--sweep"), 1).stdout
+    assert "swept 2 stray temporary file(s)" in out and "klines_1m" in out
+    assert not stray.exists() and not download.exists()
+    dry = ok(bml("backfill-range", *span, "--dry-run"), 1).stdout
+    assert "plan: 1 partition(s)" in dry and "klines_1m:unreadable" in dry
+    out = ok(bml("backfill-range", *span)).stdout
+    assert "built 1 of 1 partition(s)" in out and "final scan: clean" in out
+    assert file_sha256(klines) == good_klines
+    assert json.loads(ok(bml("scan", *span, "--json")).stdout)["stray_files"] == []
 
     marks = {r["symbol"]: r for r in json.loads(ok(bml("show-watermark", "--json")).stdout)}
     assert marks["BTCUSDT"]["committed_partitions"] == 3

@@ -351,3 +351,30 @@ def test_an_early_launched_run_waits_for_the_exchange_clock(hot: HotLake) -> Non
     assert result.success
     # Had it not waited, 10:27 would have been the last committable minute.
     assert hot.ledger.get_watermark("BTCUSDT") == at(10, 28)
+
+
+def test_a_damaged_stream_file_of_the_live_day_is_fetched_again_by_the_next_poll(hot: HotLake) -> None:
+    from bml_assets.lake.scan import scan
+
+    hot.clock.set(at(12, 0, 30))
+    assert hot.poll().success
+    folder = hot.root / "futures/um"
+    klines = folder / "klines_1m/symbol=BTCUSDT/date=2024-06-03/part.parquet"
+    trade_flow = folder / "trade_flow_1m/symbol=BTCUSDT/date=2024-06-03/part.parquet"
+    before = pq.read_table(klines)
+    with open(klines, "r+b") as f:
+        f.truncate(5000)
+    trade_flow.unlink()
+    found = scan(hot.root, hot.ledger, ["BTCUSDT"], HOT_DAY, HOT_DAY, today=HOT_DAY, deep=False)
+    assert [(p.dataset, str(p.kind)) for p in found.problems] == [
+        ("trade_flow_1m", "file_missing"),
+        ("klines_1m", "unreadable"),
+    ]
+    # The damaged files are no cursor: the poll fetches the day again and replaces them.
+    hot.clock.set(at(12, 5, 30))
+    result = hot.poll()
+    assert result.success, failure_text(result)
+    after = pq.read_table(klines)
+    assert after.num_rows > before.num_rows and after.slice(0, before.num_rows).equals(before)
+    assert trade_flow.is_file()
+    assert scan(hot.root, hot.ledger, ["BTCUSDT"], HOT_DAY, HOT_DAY, today=HOT_DAY).clean

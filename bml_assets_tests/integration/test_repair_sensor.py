@@ -1,9 +1,13 @@
 """repair_sensor over a ledger of 50 symbols × 1800 days: bounded ticks, a moving cursor,
-every planted problem requested once per sweep, confirmed source gaps never, and fast.
+every planted problem requested once per sweep, confirmed source gaps never, and fast;
+and, in a small lake, the backoff of an incomplete partition by an injected clock.
 
 The ledger rows are inserted in bulk and each committed row gets an empty marker file
-at its real path: the sensor's shallow scan only stats files, so markers are all it
-needs to see (the ledger and the layout are real).
+at its real path, with the size (0) and mtime the row records: the sensor's shallow
+scan reads no file whose stat matches its row, so markers are all it needs to see
+(the ledger and the layout are real). The minute view covers all 1800 days; the nine
+stream tables the last two windows (62 days), so those ticks show the cost of every
+dataset.
 """
 
 from __future__ import annotations
@@ -24,13 +28,15 @@ import sqlalchemy as sa
 from dagster import DagsterInstance, RunRequest, SkipReason, build_sensor_context
 from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
 
+from bml_assets.lake.commit import commit_table
 from bml_assets.lake.layout import partition_path, relative_partition_path
 from bml_assets.lake.ledger import Ledger, partitions_table
-from bml_assets.lake.scan import CURRENT_SCHEMA_HASH, scan
+from bml_assets.lake.scan import SCHEMA_HASHES, scan
 from bml_assets.partitions import partition_key
 from bml_assets.repair import REPAIR_TAG, build_repair_sensor
 from bml_assets.resources import BmlResource
-from bml_assets.schema import MINUTE_VIEW
+from bml_assets.schema import DATASETS, HOT_SNAPSHOTS, KLINES, MINUTE_VIEW, TRADE_FLOW
+from bml_assets_tests.unit.lake._helpers import minute_table, no_validation
 
 SYMBOLS = tuple(f"S{i:02d}USDT" for i in range(50))
 START = dt.date(2020, 1, 1)
@@ -40,6 +46,9 @@ TODAY = LAST + dt.timedelta(days=1)
 CLUSTER_DAY = START + dt.timedelta(days=1000)  # 12 problems on one day: more than a tick may request
 MAX_RUNS = 10
 TICK_LIMIT_S = 10.0
+STREAM_DAYS = 62  # the last two windows also hold the nine stream tables
+STREAM_FIRST = DAYS - STREAM_DAYS
+MARKER_MTIME_NS = 1_735_689_600_123_456_789  # 2025-01-01, set on every marker and recorded in its row
 
 
 def day_ms(day: dt.date) -> int:
@@ -68,6 +77,13 @@ PLANTED: tuple[tuple[int, int, str], ...] = (
     (45, 1790, "not_published_stale"),
     (46, 1798, "schema_outdated"),
 )
+# (symbol index, day index, dataset, kind): damage to stream tables, repaired with their day
+STREAM_PLANTED: tuple[tuple[int, int, str, str], ...] = (
+    (10, 1760, KLINES.name, "file_missing"),
+    (11, 1770, TRADE_FLOW.name, "unreadable"),
+)
+HOT_SNAPSHOTS_DAMAGED = (12, 1780)  # reported, never requested: polled live, nowhere else to fetch them from
+STRAY_TEMP = (14, 1765, "funding_settlements")  # a killed commit's temporary file: swept by the sensor
 SOURCE_GAP_DAY = (5, 500)  # 1437 rows + 3 confirmed source-gap minutes: complete
 NOT_LISTED_DAY = (6, 600)
 RECENT_NOT_PUBLISHED = (8, DAYS - 1)  # yesterday: Vision may not have it yet
@@ -77,7 +93,7 @@ def key_of(symbol_index: int, day_index: int) -> str:
     return partition_key(SYMBOLS[symbol_index], START + dt.timedelta(days=day_index))
 
 
-EXPECTED = {key_of(s, d): kind for s, d, kind in PLANTED}
+EXPECTED = {key_of(s, d): kind for s, d, kind in PLANTED} | {key_of(s, d): kind for s, d, _, kind in STREAM_PLANTED}
 
 
 @dataclass
@@ -92,28 +108,36 @@ class BigLake:
 
 INSERT = (
     "INSERT INTO partitions (dataset, symbol, date, status, path, row_count, min_ts, max_ts, schema_hash, "
-    "content_hash, provenance, source_gaps, message, committed_at) "
-    "VALUES (?, ?, ?, 'committed', ?, 1440, ?, ?, ?, ?, ?, '[]', NULL, '2025-01-01 00:00:00.000000')"
+    "content_hash, provenance, source_gaps, message, committed_at, file_bytes, file_mtime_ns) "
+    "VALUES (?, ?, ?, 'committed', ?, 1440, ?, ?, ?, ?, ?, '[]', NULL, '2025-01-01 00:00:00.000000', 0, ?)"
 )
+
+
+def _stored(dataset: str, d: int) -> bool:
+    return dataset == MINUTE_VIEW.name or d >= STREAM_FIRST
 
 
 def _rows() -> Iterator[tuple[Any, ...]]:
     """Committed rows in SQLite's storage form (what SQLAlchemy writes), for a driver-level executemany."""
     provenance = json.dumps({"klines": {"status": "vision"}})
-    for symbol in SYMBOLS:
-        for d in range(DAYS):
-            day = START + dt.timedelta(days=d)
-            yield (
-                MINUTE_VIEW.name,
-                symbol,
-                day.isoformat(),
-                relative_partition_path(MINUTE_VIEW, symbol, day).as_posix(),
-                day_ms(day),
-                day_ms(day) + 1439 * 60_000,
-                CURRENT_SCHEMA_HASH,
-                "a" * 64,
-                provenance,
-            )
+    for dataset in DATASETS:
+        for symbol in SYMBOLS:
+            for d in range(DAYS):
+                if not _stored(dataset, d):
+                    continue
+                day = START + dt.timedelta(days=d)
+                yield (
+                    dataset,
+                    symbol,
+                    day.isoformat(),
+                    relative_partition_path(dataset, symbol, day).as_posix(),
+                    day_ms(day),
+                    day_ms(day) + 1439 * 60_000,
+                    SCHEMA_HASHES[dataset],
+                    "a" * 64,
+                    provenance,
+                    MARKER_MTIME_NS,
+                )
 
 
 def _plant(conn: sa.Connection, root: Path, s: int, d: int, kind: str) -> None:
@@ -146,18 +170,36 @@ def _plant(conn: sa.Connection, root: Path, s: int, d: int, kind: str) -> None:
         conn.execute(sa.update(t).where(where).values(row_count=1437, source_gaps=gaps))
 
 
+def _damage(path: Path, kind: str) -> None:
+    if kind == "file_missing":
+        path.unlink()
+    else:  # 5000 bytes where the ledger recorded an empty file: the footer cannot be read
+        path.write_bytes(b"\x01" * 5000)
+
+
+def stray_path(root: Path) -> Path:
+    s, d, dataset = STRAY_TEMP
+    folder = partition_path(root, dataset, SYMBOLS[s], START + dt.timedelta(days=d)).parent
+    return folder / f".part.parquet.{'0' * 32}.tmp"
+
+
 def build_big_lake(root: Path) -> BigLake:
     """The ledger (bulk insert) and the marker files, then the planted problems."""
     began = time.perf_counter()
     url = f"sqlite:///{root / '_state' / 'ledger.sqlite'}"
     Ledger(url).init()
-    for symbol in SYMBOLS:
-        symbol_dir = partition_path(root, MINUTE_VIEW, symbol, START).parent.parent
-        os.makedirs(symbol_dir)
-        for d in range(DAYS):
-            folder = symbol_dir / f"date={(START + dt.timedelta(days=d)).isoformat()}"
-            os.mkdir(folder)
-            os.close(os.open(folder / "part.parquet", os.O_CREAT | os.O_WRONLY, 0o644))
+    for dataset in DATASETS:
+        for symbol in SYMBOLS:
+            symbol_dir = partition_path(root, dataset, symbol, START).parent.parent
+            os.makedirs(symbol_dir)
+            for d in range(DAYS):
+                if not _stored(dataset, d):
+                    continue
+                folder = symbol_dir / f"date={(START + dt.timedelta(days=d)).isoformat()}"
+                os.mkdir(folder)
+                marker = folder / "part.parquet"
+                os.close(os.open(marker, os.O_CREAT | os.O_WRONLY, 0o644))
+                os.utime(marker, ns=(MARKER_MTIME_NS, MARKER_MTIME_NS))
     engine = sa.create_engine(url)
     with engine.begin() as conn:
         conn.exec_driver_sql(INSERT, list(_rows()))
@@ -167,6 +209,11 @@ def build_big_lake(root: Path) -> BigLake:
         _plant(conn, root, *NOT_LISTED_DAY, "not_listed")
         _plant(conn, root, *RECENT_NOT_PUBLISHED, "not_published")
     engine.dispose()
+    for s, d, dataset, kind in STREAM_PLANTED:
+        _damage(partition_path(root, dataset, SYMBOLS[s], START + dt.timedelta(days=d)), kind)
+    s, d = HOT_SNAPSHOTS_DAMAGED
+    _damage(partition_path(root, HOT_SNAPSHOTS, SYMBOLS[s], START + dt.timedelta(days=d)), "unreadable")
+    stray_path(root).write_bytes(b"half a parquet file")
     return BigLake(root, url, time.perf_counter() - began)
 
 
@@ -205,17 +252,30 @@ def test_the_full_ledger_only_scan_finds_exactly_the_planted_problems(big: BigLa
     began = time.perf_counter()
     report = scan(big.root, Ledger(big.url), SYMBOLS, START, LAST, today=TODAY, deep=False)
     elapsed = time.perf_counter() - began
-    print(f"\nshallow scan of {report.checked} partitions: {elapsed:.2f} s (lake built in {big.build_s:.1f} s)")
+    print(
+        f"\nshallow scan of {report.checked} partitions, {report.files} files: {elapsed:.2f} s "
+        f"(lake built in {big.build_s:.1f} s)"
+    )
     assert report.checked == 50 * 1800
-    assert {partition_key(p.symbol, p.day): str(p.kind) for p in report.problems} == EXPECTED
+    # Every committed row: the minute view's less 8 planted as never built, not published or not listed.
+    assert report.files == 50 * 1800 - 8 + 50 * STREAM_DAYS * 9
+    hot = key_of(*HOT_SNAPSHOTS_DAMAGED)
+    assert {partition_key(p.symbol, p.day): str(p.kind) for p in report.problems} == EXPECTED | {hot: "unreadable"}
+    assert {(partition_key(p.symbol, p.day), p.dataset) for p in report.problems if p.dataset != MINUTE_VIEW.name} == {
+        (key_of(s, d), ds) for s, d, ds, _ in STREAM_PLANTED
+    } | {(hot, HOT_SNAPSHOTS.name)}
     assert report.by_kind() == {
         "not_built": 3,
-        "file_missing": 7,
+        "file_missing": 8,
+        "unreadable": 2,
         "schema_outdated": 7,
         "missing_minutes": 7,
         "timestamp_disorder": 3,
         "not_published_stale": 3,
     }
+    (stray,) = report.strays
+    assert stray.path == stray_path(big.root) and stray.dataset == "funding_settlements"
+    assert report.restat == []  # every marker's stat is the one its row records
     assert elapsed < 30
 
 
@@ -240,9 +300,16 @@ def test_ticks_are_bounded_the_cursor_walks_and_a_sweep_requests_every_problem_o
                 break
             requested += runs
             cursors.append(state)
+    # The windows over the last 62 days hold every dataset (10 files per symbol and day).
+    starts = [START] + [dt.date.fromisoformat(c["day"]) for c in cursors[:-1]]
+    first_stream_day = START + dt.timedelta(days=STREAM_FIRST)
+    every = [t for t, a in zip(times, starts, strict=False) if a + dt.timedelta(days=30) >= first_stream_day]
+    minute_only = [t for t, a in zip(times, starts, strict=False) if a + dt.timedelta(days=30) < first_stream_day]
     print(
-        f"\nrepair_sensor over 50 × 1800 ledger rows: {len(times)} ticks, "
-        f"max {max(times) * 1000:.0f} ms, mean {sum(times) / len(times) * 1000:.0f} ms per tick"
+        f"\nrepair_sensor over 50 × 1800 ledger rows: {len(times)} ticks, max {max(times) * 1000:.0f} ms; "
+        f"minute view only: mean {sum(minute_only) / len(minute_only) * 1000:.0f} ms, "
+        f"max {max(minute_only) * 1000:.0f} ms per tick; all 10 datasets ({len(every)} ticks): "
+        f"mean {sum(every) / len(every) * 1000:.0f} ms, max {max(every) * 1000:.0f} ms per tick"
     )
     # 1800 days / 31 per tick = 59 windows, plus one tick more for the 12 problems of one day.
     assert len(cursors) == 60
@@ -251,11 +318,14 @@ def test_ticks_are_bounded_the_cursor_walks_and_a_sweep_requests_every_problem_o
     assert cursors[0] == {"day": "2020-02-01", "after": "", "sweep": 0}
     cluster = [c for c in cursors if c["after"]]
     assert cluster == [{"day": "2022-09-19", "after": "2022-09-27|S08USDT", "sweep": 0}]
-    # Every planted problem exactly once, with its kind; the source-gap day never.
+    # Every planted problem exactly once, with its kind (a stream table's too); the source-gap day and
+    # the damaged hot snapshots never.
     keys = [r.partition_key for r in requested]
-    assert len(keys) == len(set(keys)) == 30
+    assert len(keys) == len(set(keys)) == len(PLANTED) + len(STREAM_PLANTED) == 32
     assert {r.partition_key: r.tags[REPAIR_TAG] for r in requested} == EXPECTED
     assert key_of(*SOURCE_GAP_DAY) not in keys
+    assert key_of(*HOT_SNAPSHOTS_DAMAGED) not in keys
+    assert not stray_path(big.root).exists()  # swept by the tick whose window holds it
     assert all(r.run_key.startswith(f"repair:{r.partition_key}:{r.tags[REPAIR_TAG]}:") for r in requested)
     assert max(times) < TICK_LIMIT_S
 
@@ -320,3 +390,58 @@ def test_days_before_a_listing_are_not_requested(big: BigLake) -> None:
         out, _, _ = evaluate(sensor, big, instance, None)
     assert [r.partition_key for r in out if isinstance(r, RunRequest)] == [key_of(7, 30)]
     assert len(asked) == 1
+
+
+def test_an_incomplete_partition_is_retried_with_a_bounded_backoff(tmp_path: Path) -> None:
+    """One incomplete day in a small lake: requested only once its backoff has run out (by the
+    injected clock), with a new run key per rebuild that left it incomplete again."""
+    day = dt.date(2024, 3, 1)
+    root = tmp_path / "lake"
+    bml = BmlResource(lake_root=str(root), state_url=f"sqlite:///{root / '_state' / 'ledger.sqlite'}")
+    ledger = bml.ledger()
+    missing = [{"stream": "metrics", "reason": "REST keeps 30 days of history"}]
+
+    def build() -> dt.datetime:
+        commit_table(
+            minute_table(day),
+            lake_root=root,
+            ledger=ledger,
+            dataset=MINUTE_VIEW,
+            symbol="BTCUSDT",
+            day=day,
+            validate=no_validation,
+            provenance={"klines": {"status": "vision"}},
+            missing_streams=missing,
+        )
+        row = ledger.get_partition(MINUTE_VIEW, "BTCUSDT", day)
+        assert row is not None and row.incomplete
+        return row.committed_at
+
+    def tick(instance: DagsterInstance, now: dt.datetime) -> list[RunRequest]:
+        sensor = build_repair_sensor(
+            ("BTCUSDT",),
+            day,
+            job_name="minute_view_job",
+            today=lambda _bml: day + dt.timedelta(days=1),
+            clock=lambda: now,
+        )
+        with build_sensor_context(instance=instance, resources={"bml": bml}) as context:
+            return [r for r in sensor(context) if isinstance(r, RunRequest)]
+
+    first = build()
+    minute = dt.timedelta(minutes=1)
+    with DagsterInstance.ephemeral() as instance:
+        assert tick(instance, first + dt.timedelta(minutes=29)) == []  # the first retry waits 30 min
+        (request,) = tick(instance, first + dt.timedelta(minutes=30))
+        assert request.tags[REPAIR_TAG] == "incomplete" and request.partition_key == partition_key("BTCUSDT", day)
+        second = build()  # the rebuild still lacks metrics: the second retry waits an hour
+        assert tick(instance, second + dt.timedelta(minutes=59)) == []
+        (again,) = tick(instance, second + dt.timedelta(hours=1))
+        assert again.run_key != request.run_key
+        for _ in range(8):
+            last = build()
+        row = ledger.get_partition(MINUTE_VIEW, "BTCUSDT", day)
+        assert row is not None and row.incomplete_builds == 10
+        # 30 min × 2^9 is far past the cap: retried once a day, forever.
+        assert tick(instance, last + dt.timedelta(days=1) - minute) == []
+        assert len(tick(instance, last + dt.timedelta(days=1))) == 1

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
-from bml_assets.schema import Dataset
+from bml_assets.schema import MINUTE_VIEW, Dataset
 
 DAY = date(2024, 3, 5)
 DAY_START_MS = int(datetime(2024, 3, 5, tzinfo=UTC).timestamp() * 1000)  # 1709596800000
@@ -32,6 +33,26 @@ def make_table(dataset: Dataset, rows: int = 3, base: float = 100.0) -> pa.Table
         else:
             arrays.append(pa.array([base + i for i in range(rows)], dtype))
     return pa.Table.from_arrays(arrays, schema=dataset.arrow_schema)
+
+
+def minute_ms(day: date, minute: int) -> int:
+    return int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp() * 1000) + 60_000 * minute
+
+
+def minute_table(day: date, minutes: Sequence[int] = range(1440)) -> pa.Table:
+    """A valid minute-view table: floats 100.0 (so OHLC holds; a fraction or rate its
+    domain's upper bound), ints 1 (an epoch-ms column its domain's lower bound), the
+    given minutes of ``day``."""
+    n = len(minutes)
+    arrays = []
+    for c in MINUTE_VIEW.columns:
+        if c.name == MINUTE_VIEW.time_column:
+            arrays.append(pa.array([minute_ms(day, m) for m in minutes], c.type))
+        elif pa.types.is_integer(c.type):
+            arrays.append(pa.array([max(1, int(c.domain.low))] * n, c.type))
+        else:
+            arrays.append(pa.array([min(100.0, c.domain.high)] * n, c.type))
+    return pa.Table.from_arrays(arrays, schema=MINUTE_VIEW.arrow_schema)
 
 
 def no_validation(table: pa.Table) -> None:

@@ -27,9 +27,12 @@ from bml_assets.lake.commit import (
     UnavailableButCommitted,
     commit_table,
     encode_parquet,
+    partition_busy,
     partition_lock,
     read_partition,
     record_unavailable,
+    refresh_file_stat,
+    sweep_temp_files,
     verify_partition,
 )
 from bml_assets.lake.layout import partition_path
@@ -498,3 +501,42 @@ def test_incomplete_builds_count_builds_in_a_row_missing_the_same_streams(lake: 
         assert row is not None and list(row.missing_streams) == missing and row.incomplete == bool(missing)
         counts.append(row.incomplete_builds)
     assert counts == [1, 2, 3, 1, 0, 1]
+
+
+def test_sweeping_temporary_files_waits_for_no_live_writer(lake: Path, ledger: Ledger, committed: Any) -> None:
+    stale = _target(lake).with_name(".part.parquet." + "e" * 32 + ".tmp")
+    stale.write_bytes(b"half a file")
+    other = _target(lake).with_name("notes.txt")  # not a commit's temporary: never touched
+    other.write_text("kept")
+    assert partition_busy(lake, KLINES, "BTCUSDT", DAY) is False
+    with partition_lock(lake, KLINES, "BTCUSDT", DAY):
+        # A writer holds the lock: the file may be its own, so it stays.
+        assert partition_busy(lake, KLINES, "BTCUSDT", DAY) is True
+        assert sweep_temp_files(lake, KLINES, "BTCUSDT", DAY) is None
+        assert stale.exists()
+    assert sweep_temp_files(lake, KLINES, "BTCUSDT", DAY) == [stale]
+    assert not stale.exists() and other.read_text() == "kept"
+    assert sweep_temp_files(lake, KLINES, "BTCUSDT", DAY) == []
+    # A partition never written has no lock file; asking creates none.
+    assert partition_busy(lake, KLINES, "ETHUSDT", DAY) is False
+    assert not (lake / "_state/locks/klines_1m/ETHUSDT").exists()
+
+
+def test_refresh_file_stat_re_records_only_unchanged_bytes(lake: Path, ledger: Ledger, committed: Any) -> None:
+    data, row = committed
+    target = _target(lake)
+    st = os.stat(target)
+    assert refresh_file_stat(lake, ledger, KLINES, "BTCUSDT", DAY) is False  # nothing to do
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns + 7_000_000_000))  # touched: same bytes
+    with partition_lock(lake, KLINES, "BTCUSDT", DAY):
+        assert refresh_file_stat(lake, ledger, KLINES, "BTCUSDT", DAY) is False  # busy: left for later
+    assert refresh_file_stat(lake, ledger, KLINES, "BTCUSDT", DAY) is True
+    after = ledger.get_partition(KLINES, "BTCUSDT", DAY)
+    assert after is not None and after.file_mtime_ns == st.st_mtime_ns + 7_000_000_000
+    assert after.file_bytes == len(data) and after.content_hash == row.content_hash
+    # Different bytes are never re-described: the row keeps naming the committed file.
+    target.write_bytes(data[: len(data) // 2])
+    assert refresh_file_stat(lake, ledger, KLINES, "BTCUSDT", DAY) is False
+    assert ledger.get_partition(KLINES, "BTCUSDT", DAY) == after
+    target.unlink()
+    assert refresh_file_stat(lake, ledger, KLINES, "BTCUSDT", DAY) is False

@@ -312,3 +312,37 @@ def test_concurrent_cas_from_processes_exactly_one_wins(url: str) -> None:
     with Ledger(url) as led:
         stored = led.get_partition(KLINES, "BTCUSDT", DAY)
     assert stored is not None and stored.content_hash == f"{winners[0]:064x}"
+
+
+def test_file_states_read_what_a_row_says_about_its_file(ledger: Ledger) -> None:
+    missing = [{"stream": "metrics", "reason": "REST keeps 30 days"}]
+    klines = _committed(H1, file_bytes=4321, file_mtime_ns=1_709_700_000_123_456_789, missing_streams=missing)
+    ledger.commit_partition(klines, expected_content_hash=None)
+    ledger.commit_partition(_committed(H2, dataset="trade_flow_1m", symbol="ETHUSDT"), expected_content_hash=None)
+    ledger.commit_partition(_committed(H0, day=DAY + timedelta(days=1)), expected_content_hash=None)
+    ledger.commit_partition(_committed(H0, dataset="minute"), expected_content_hash=None)
+    states = ledger.file_states([KLINES, "trade_flow_1m"], ["BTCUSDT", "ETHUSDT"], DAY, DAY)
+    assert [(s.dataset, s.symbol, s.day) for s in states] == [
+        ("klines_1m", "BTCUSDT", DAY),
+        ("trade_flow_1m", "ETHUSDT", DAY),
+    ]
+    first, second = states
+    assert (first.status, first.committed_at, first.row_count, first.min_ts, first.max_ts) == (
+        "committed",
+        COMMITTED_AT,
+        1440,
+        1709596800000,
+        1709683140000,
+    )
+    assert (first.schema_hash, first.content_hash, first.file_bytes, first.file_mtime_ns) == (
+        "abcd",
+        H1,
+        4321,
+        1_709_700_000_123_456_789,
+    )
+    assert list(first.missing_streams) == missing and first.incomplete and first.incomplete_builds == 0
+    assert first.label == "klines_1m/BTCUSDT/2024-03-05"
+    # A row without them (as version 1 left it): NULL size and mtime, nothing missing.
+    assert (second.file_bytes, second.file_mtime_ns, list(second.missing_streams)) == (None, None, [])
+    assert not second.incomplete
+    assert ledger.file_states([], ["BTCUSDT"], DAY, DAY) == [] == ledger.file_states([KLINES], [], DAY, DAY)
