@@ -33,6 +33,12 @@ intact file whose size or mtime the ledger does not know gets them re-recorded
 
 The sensor, per tick (at most every ``minimum_interval_seconds``):
 
+0. checks every committed file of the lake against the size and mtime its commit
+   recorded (``scan.damaged_files``: one lean ledger read and one ``os.stat`` per
+   file, a footer and hash only for a changed file) and requests the damaged
+   partitions, up to ``max_runs_per_tick`` of them, each once per sweep (their run
+   keys ride in the cursor): a file deleted, emptied or truncated anywhere is
+   rebuilt by the next tick's request, not when the walk reaches its window;
 1. reads its cursor ``{"day", "after", "sweep"}``: where the window starts, the last
    (day, symbol) already handled inside it, and how many times it has wrapped;
 2. scans ``window_days`` days from there (all symbols, all datasets, ``deep=False``:
@@ -91,6 +97,7 @@ from bml_assets.lake.scan import (
     ProblemKind,
     ScanReport,
     StrayFile,
+    damaged_files,
     scan,
     stray_cache_files,
 )
@@ -102,6 +109,10 @@ from bml_assets.sources.vision import NotPublished, Stream, VisionClient
 REPAIR_TAG: Final = "bml/repair"
 PARTITION_NAME_TAG: Final = "dagster/partition"  # set by Dagster on a single-partition run
 REPAIR_SWEEP_TAG: Final = "bml/repair-sweep"
+REPAIR_FOUND_TAG: Final = "bml/repair-found"
+"""How the problem was found: the whole-lake file check, or the window walk."""
+FOUND_BY_FILE_CHECK: Final = "file_check"
+FOUND_BY_WALK: Final = "walk"
 REPAIR_INTERVAL_S: Final = 300
 IN_FLIGHT_STATUSES: Final = (
     DagsterRunStatus.QUEUED,
@@ -249,19 +260,47 @@ def vision_klines_published(vision: VisionClient) -> Callable[[str, dt.date], bo
 # --------------------------------------------------------------------------- the sensor
 
 
-def _cursor(text: str | None, start: dt.date) -> tuple[dt.date, str, int]:
-    """(window start, last handled "day|symbol" inside the window or "", sweep)."""
-    if not text:
-        return start, "", 0
-    try:
-        data = json.loads(text)
-        return dt.date.fromisoformat(data["day"]), str(data.get("after", "")), int(data.get("sweep", 0))
-    except (ValueError, KeyError, TypeError):
-        return start, "", 0  # an unreadable cursor restarts the sweep
+MAX_DAMAGED_KEYS: Final = 1000
+"""Damaged-file requests a cursor remembers per sweep (the oldest are forgotten first)."""
 
 
-def _dump_cursor(day: dt.date, after: str, sweep: int) -> str:
-    return json.dumps({"day": day.isoformat(), "after": after, "sweep": sweep}, sort_keys=True)
+@dataclass(frozen=True)
+class RepairCursor:
+    """Where the walk is: the window's first day, the last "day|symbol" handled inside it
+    (or ""), the sweep number, and the run keys of damaged files already requested in
+    this sweep (so a file a rebuild cannot mend is asked for once per sweep, like any
+    other problem, and does not take every tick's runs)."""
+
+    day: dt.date
+    after: str = ""
+    sweep: int = 0
+    damaged: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, text: str | None, start: dt.date) -> "RepairCursor":
+        if not text:
+            return cls(start)
+        try:
+            data = json.loads(text)
+            return cls(
+                dt.date.fromisoformat(data["day"]),
+                str(data.get("after", "")),
+                int(data.get("sweep", 0)),
+                tuple(str(k) for k in data.get("damaged", ())),
+            )
+        except (ValueError, KeyError, TypeError):
+            return cls(start)  # an unreadable cursor restarts the sweep
+
+    def dump(self) -> str:
+        data: dict[str, Any] = {"day": self.day.isoformat(), "after": self.after, "sweep": self.sweep}
+        if self.damaged:
+            data["damaged"] = list(self.damaged[-MAX_DAMAGED_KEYS:])
+        return json.dumps(data, sort_keys=True)
+
+
+def _partition_of(run_key: str) -> str:
+    """The partition key inside a ``_run_key`` (``repair:{partition}:{kind}:{hash}``)."""
+    return run_key.split(":")[1] if run_key.count(":") >= 3 else ""
 
 
 def _run_key(key: str, problems: list[Problem], sweep: int) -> str:
@@ -328,12 +367,13 @@ def build_repair_sensor(
     def repair_sensor(context: SensorEvaluationContext, bml: BmlResource):
         yesterday = today_of(bml) - dt.timedelta(days=1)
         if yesterday < start:
-            context.update_cursor(_dump_cursor(start, "", 0))
+            context.update_cursor(RepairCursor(start).dump())
             yield SkipReason(f"no closed day since {start.isoformat()} yet")
             return
-        window_start, after, sweep_no = _cursor(context.cursor, start)
-        if window_start < start or window_start > yesterday:
-            window_start, after, sweep_no = start, "", sweep_no + 1
+        cursor = RepairCursor.parse(context.cursor, start)
+        if cursor.day < start or cursor.day > yesterday:
+            cursor = RepairCursor(start, "", cursor.sweep + 1)
+        window_start, after, sweep_no = cursor.day, cursor.after, cursor.sweep
         window_end = min(window_start + dt.timedelta(days=window_days - 1), yesterday)
         settings = bml.settings()
         now = now_of()
@@ -360,37 +400,73 @@ def build_repair_sensor(
         )
         if swept.removed or swept.left or swept.restated:
             context.log.info(f"repair: {swept.summary()}")
+        # Damaged files anywhere in the lake come first: the whole-lake pass is one lean
+        # ledger read and a stat per file, so a deleted or truncated file is requested by
+        # the next tick, not when the walk reaches its window.
+        damaged: dict[str, list[Problem]] = {}
+        for problem in damaged_files(
+            settings.lake_root, bml.ledger(), symbols=symbols, start=start, today=yesterday + dt.timedelta(days=1)
+        ):
+            if _due(problem, now):
+                damaged.setdefault(f"{problem.day.isoformat()}|{problem.symbol}", []).append(problem)
         due = set(repair_targets(report, now=now))
+        # A partition the file check asked for in this sweep is not asked for again by the walk.
+        asked_damaged = list(cursor.damaged)
+        rebuilt = {_partition_of(k) for k in asked_damaged} | {
+            partition_key(ps[0].symbol, ps[0].day) for ps in damaged.values()
+        }
         by_partition: dict[str, list[Problem]] = {}
         for problem in report.problems:  # sorted by (day, symbol, kind, dataset)
             position = f"{problem.day.isoformat()}|{problem.symbol}"
-            if position > after and (problem.symbol, problem.day) in due:
+            if (
+                position > after
+                and (problem.symbol, problem.day) in due
+                and partition_key(problem.symbol, problem.day) not in rebuilt
+            ):
                 by_partition.setdefault(position, []).append(problem)
         ordered = list(by_partition)
-        busy = _in_flight(context, (partition_key(ps[0].symbol, ps[0].day) for ps in by_partition.values()))
-        requested = 0
-        resume_after = ""
-        for i, position in enumerate(ordered):
-            if requested == max_runs_per_tick:
-                resume_after = ordered[i - 1]
-                break
-            problems = by_partition[position]
+        busy = _in_flight(
+            context, (partition_key(ps[0].symbol, ps[0].day) for ps in [*damaged.values(), *by_partition.values()])
+        )
+
+        def request(problems: list[Problem], found: str) -> RunRequest | None:
             key = partition_key(problems[0].symbol, problems[0].day)
             if key in busy:
                 context.log.info(f"repair: {key} already has a queued or running run; left to it")
-                continue
-            yield RunRequest(
+                return None
+            return RunRequest(
                 run_key=_run_key(key, problems, sweep_no),
                 partition_key=key,
-                tags={REPAIR_TAG: str(problems[0].kind), REPAIR_SWEEP_TAG: str(sweep_no)},
+                tags={REPAIR_TAG: str(problems[0].kind), REPAIR_SWEEP_TAG: str(sweep_no), REPAIR_FOUND_TAG: found},
             )
-            requested += 1
-        if resume_after:
+
+        # Their own budget of runs per tick: damage somewhere never starves the walk.
+        damaged_requested = 0
+        for problems in damaged.values():
+            if damaged_requested == max_runs_per_tick:
+                break
+            run = request(problems, FOUND_BY_FILE_CHECK)
+            if run is not None and run.run_key not in asked_damaged:
+                asked_damaged.append(run.run_key)
+                yield run
+                damaged_requested += 1
+        requested = 0
+        resume_after: str | None = None
+        for i, position in enumerate(ordered):
+            if requested == max_runs_per_tick:
+                resume_after = ordered[i - 1] if i else after
+                break
+            run = request(by_partition[position], FOUND_BY_WALK)
+            if run is not None:
+                yield run
+                requested += 1
+        if resume_after is not None:
             # The cap was reached inside the window: the next tick goes on from there.
-            context.update_cursor(_dump_cursor(window_start, resume_after, sweep_no))
+            context.update_cursor(RepairCursor(window_start, resume_after, sweep_no, tuple(asked_damaged)).dump())
         else:
-            context.update_cursor(_dump_cursor(window_end + dt.timedelta(days=1), "", sweep_no))
-        if not requested:
+            following = RepairCursor(window_end + dt.timedelta(days=1), "", sweep_no, tuple(asked_damaged))
+            context.update_cursor(following.dump())
+        if not requested and not damaged_requested:
             yield SkipReason(
                 f"{window_start.isoformat()}..{window_end.isoformat()}: {report.checked} partitions checked, "
                 f"{len(ordered)} to rebuild, none to request ({len(report.problems)} problems; {swept.summary()})"

@@ -74,7 +74,7 @@ import pyarrow.parquet as pq
 
 from bml_assets.lake.commit import file_sha256, partition_busy, schema_differences
 from bml_assets.lake.io_manager import provisional_streams
-from bml_assets.lake.layout import PART_FILE_NAME, is_temp_name, partition_path
+from bml_assets.lake.layout import MARKET_PREFIX, PART_FILE_NAME, is_temp_name, partition_path
 from bml_assets.lake.ledger import FileState, Ledger, PartitionRecord
 from bml_assets.schema import DATASETS, HARD_COLUMNS, MINUTE_VIEW, Dataset, schema_hash
 from bml_assets.sources.vision import cache_temp_files
@@ -121,6 +121,16 @@ class ProblemKind(StrEnum):
     PROVISIONAL = "provisional"
 
 
+FILE_DAMAGE: Final = frozenset(
+    {
+        ProblemKind.FILE_MISSING,
+        ProblemKind.UNREADABLE,
+        ProblemKind.SCHEMA_OUTDATED,
+        ProblemKind.CONTENT_HASH_MISMATCH,
+        ProblemKind.LEDGER_STALE,
+    }
+)
+"""What ``damaged_files`` reports: a committed file gone or not as committed."""
 _KIND_ORDER: Final = {k: i for i, k in enumerate(ProblemKind)}
 
 
@@ -733,6 +743,49 @@ def scan(
     report.problems = problems
     report.strays.sort(key=lambda f: (f.day or start, f.symbol or "", _DATASET_ORDER.get(f.dataset or "", 99), f.path))
     return report
+
+
+def damaged_files(
+    lake_root: Path,
+    ledger: Ledger,
+    *,
+    symbols: Iterable[str] | None = None,
+    start: dt.date | None = None,
+    today: dt.date | None = None,
+) -> list[Problem]:
+    """The whole lake's committed files that are missing or not as committed, every dataset.
+
+    One lean ledger read and one ``os.stat`` per file (about 3 s for a million files);
+    only a file whose size or mtime differs from the commit's is read (footer, then
+    hash), so a touched but intact file is no problem. Rows from before the ledger kept
+    file stats are left to the windowed scan. ``symbols``/``start`` limit the answer to
+    the partition set; ``today`` (default: none) leaves later days out.
+    """
+    root = str(Path(lake_root))
+    wanted = set(symbols) if symbols is not None else None
+    first = start.isoformat() if start is not None else ""
+    last = today.isoformat() if today is not None else "9999-12-31"
+    suspects: list[tuple[str, str, dt.date, str]] = []
+    for dataset, symbol, day, size, mtime in ledger.committed_file_stats():
+        if (wanted is not None and symbol not in wanted) or not first <= day < last or dataset not in DATASETS:
+            continue
+        path = os.sep.join((root, *MARKET_PREFIX, dataset, f"symbol={symbol}", f"date={day}", PART_FILE_NAME))
+        try:
+            st = os.stat(path)
+        except OSError:
+            suspects.append((dataset, symbol, dt.date.fromisoformat(day), path))
+            continue
+        if (st.st_size, st.st_mtime_ns) != (size, mtime) or not stat.S_ISREG(st.st_mode):
+            suspects.append((dataset, symbol, dt.date.fromisoformat(day), path))
+    problems: list[Problem] = []
+    for dataset, symbol, day, path in suspects:
+        record = ledger.get_partition(dataset, symbol, day)
+        if record is None or record.status != "committed":
+            continue  # changed since the read: a new commit owns it now
+        found, _ = _committed_problems(record, path, DATASETS[dataset], closed=True, deep=False)
+        problems += [p for p in found if p.kind in FILE_DAMAGE]
+    problems.sort(key=lambda p: p.sort_key)
+    return problems
 
 
 def _minute_row_problems(

@@ -33,7 +33,7 @@ from bml_assets.lake.layout import partition_path, relative_partition_path
 from bml_assets.lake.ledger import Ledger, partitions_table
 from bml_assets.lake.scan import SCHEMA_HASHES, scan
 from bml_assets.partitions import partition_key
-from bml_assets.repair import REPAIR_TAG, build_repair_sensor
+from bml_assets.repair import FOUND_BY_FILE_CHECK, FOUND_BY_WALK, REPAIR_FOUND_TAG, REPAIR_TAG, build_repair_sensor
 from bml_assets.resources import BmlResource
 from bml_assets.schema import DATASETS, HOT_SNAPSHOTS, KLINES, MINUTE_VIEW, TRADE_FLOW
 from bml_assets_tests.unit.lake._helpers import minute_table, no_validation
@@ -94,6 +94,19 @@ def key_of(symbol_index: int, day_index: int) -> str:
 
 
 EXPECTED = {key_of(s, d): kind for s, d, kind in PLANTED} | {key_of(s, d): kind for s, d, _, kind in STREAM_PLANTED}
+# The damaged files among them (a marker gone, or 5000 bytes where the commit recorded 0): the
+# whole-lake file check of a tick finds them wherever the walk is.
+FILE_DAMAGE = {key_of(s, d) for s, d, kind in PLANTED if kind == "file_missing"} | {
+    key_of(s, d) for s, d, _, _ in STREAM_PLANTED
+}
+
+
+def walked(out: list[Any]) -> list[RunRequest]:
+    return [r for r in out if isinstance(r, RunRequest) and r.tags[REPAIR_FOUND_TAG] == FOUND_BY_WALK]
+
+
+def file_checked(out: list[Any]) -> list[RunRequest]:
+    return [r for r in out if isinstance(r, RunRequest) and r.tags[REPAIR_FOUND_TAG] == FOUND_BY_FILE_CHECK]
 
 
 @dataclass
@@ -286,19 +299,23 @@ def test_ticks_are_bounded_the_cursor_walks_and_a_sweep_requests_every_problem_o
     times: list[float] = []
     cursor: str | None = None
     with DagsterInstance.ephemeral() as instance:
-        for _ in range(200):
+        for tick in range(200):
             out, cursor, elapsed = evaluate(sensor, big, instance, cursor)
             times.append(elapsed)
-            runs = [r for r in out if isinstance(r, RunRequest)]
-            assert len(runs) <= MAX_RUNS
-            assert runs or any(isinstance(r, SkipReason) for r in out)
+            runs, damaged = walked(out), file_checked(out)
+            assert len(runs) <= MAX_RUNS and len(damaged) <= MAX_RUNS
+            assert runs or damaged or any(isinstance(r, SkipReason) for r in out)
             assert cursor is not None
             state = json.loads(cursor)
+            # The file check finds every damaged file on a sweep's first tick, and asks once per
+            # sweep (never repaired here, they are asked for again when the walk wraps).
+            assert {r.partition_key for r in damaged} == (FILE_DAMAGE if tick == 0 or state["sweep"] == 1 else set())
             if state["sweep"] == 1:
                 # Wrapped: this tick began the next sweep with the first window again.
                 assert {r.partition_key for r in runs} == {key_of(0, 0), key_of(7, 30)}
                 break
-            requested += runs
+            requested += runs + damaged
+            assert len(state.pop("damaged")) == len(FILE_DAMAGE)  # the run keys asked for this sweep
             cursors.append(state)
     # The windows over the last 62 days hold every dataset (10 files per symbol and day).
     starts = [START] + [dt.date.fromisoformat(c["day"]) for c in cursors[:-1]]
@@ -311,13 +328,13 @@ def test_ticks_are_bounded_the_cursor_walks_and_a_sweep_requests_every_problem_o
         f"max {max(minute_only) * 1000:.0f} ms per tick; all 10 datasets ({len(every)} ticks): "
         f"mean {sum(every) / len(every) * 1000:.0f} ms, max {max(every) * 1000:.0f} ms per tick"
     )
-    # 1800 days / 31 per tick = 59 windows, plus one tick more for the 12 problems of one day.
-    assert len(cursors) == 60
+    # 1800 days / 31 per tick = 59 windows. The window of the 12 problems of one day holds 14, but
+    # 4 of them are damaged files the file check asked for: the walk's 10 fit one tick.
+    assert len(cursors) == 59
     positions = [(c["day"], c["after"]) for c in cursors]
     assert positions == sorted(positions) and len(set(positions)) == len(positions)
     assert cursors[0] == {"day": "2020-02-01", "after": "", "sweep": 0}
-    cluster = [c for c in cursors if c["after"]]
-    assert cluster == [{"day": "2022-09-19", "after": "2022-09-27|S08USDT", "sweep": 0}]
+    assert [c for c in cursors if c["after"]] == []
     # Every planted problem exactly once, with its kind (a stream table's too); the source-gap day and
     # the damaged hot snapshots never.
     keys = [r.partition_key for r in requested]
@@ -339,14 +356,14 @@ def test_run_keys_repeat_within_a_sweep_and_change_with_the_next(big: BigLake) -
             r.run_key for r in again if isinstance(r, RunRequest)
         ]
         assert cursor == cursor_again
-        request, other = [r for r in first if isinstance(r, RunRequest)]
+        request, other = walked(first)
         assert request.partition_key == key_of(0, 0) and request.tags[REPAIR_TAG] == "not_built"
         assert other.partition_key == key_of(7, 30) and other.tags[REPAIR_TAG] == "missing_minutes"
         # Past yesterday the cursor wraps: the same partition gets a new key (one retry per sweep).
         wrapped, cursor, _ = evaluate(
             sensor, big, instance, json.dumps({"day": TODAY.isoformat(), "after": "", "sweep": 3})
         )
-        retry, _ = [r for r in wrapped if isinstance(r, RunRequest)]
+        retry, _ = walked(wrapped)
         assert retry.partition_key == request.partition_key and retry.run_key != request.run_key
         assert json.loads(cursor)["sweep"] == 4
 
@@ -365,9 +382,22 @@ def test_a_partition_with_a_run_in_flight_is_left_to_it(big: BigLake) -> None:
             )
         )
         out, _, _ = evaluate(sensor, big, instance, window)
-    keys = [r.partition_key for r in out if isinstance(r, RunRequest)]
+    keys = [r.partition_key for r in walked(out)]
     assert busy not in keys and len(keys) == MAX_RUNS
     assert keys[:2] == [key_of(31, 999), key_of(1, 1000)]
+    # A damaged file with a run in flight is left to it too.
+    busy_damaged = key_of(21, 365)
+    with DagsterInstance.ephemeral() as instance:
+        instance.add_run(
+            DagsterRun(
+                job_name="minute_view_job",
+                run_id="busy-damaged",
+                tags={"dagster/partition": busy_damaged},
+                status=DagsterRunStatus.STARTED,
+            )
+        )
+        out, _, _ = evaluate(sensor, big, instance, window)
+    assert {r.partition_key for r in file_checked(out)} == FILE_DAMAGE - {busy_damaged}
 
 
 def test_nothing_before_the_first_closed_day(big: BigLake) -> None:
@@ -388,7 +418,7 @@ def test_days_before_a_listing_are_not_requested(big: BigLake) -> None:
     sensor = make_sensor(listing_dates=listing)
     with DagsterInstance.ephemeral() as instance:
         out, _, _ = evaluate(sensor, big, instance, None)
-    assert [r.partition_key for r in out if isinstance(r, RunRequest)] == [key_of(7, 30)]
+    assert [r.partition_key for r in walked(out)] == [key_of(7, 30)]
     assert len(asked) == 1
 
 
