@@ -67,6 +67,7 @@ from bml_assets.schema import (
     Dataset,
 )
 from bml_assets.sources.rest import REST_POOL, HttpError, RestBanned, RestClient, RestError
+from bml_assets.sources.rest_limits import INVALID_SYMBOL_CODE
 from bml_assets.sources.vision import Stream
 
 # Vision publishes a day one to several days late (SPEC §4): inside this many days
@@ -270,6 +271,10 @@ def _fill_vision_hole(
     try:
         filled = rest(now)
     except FILL_ERRORS as err:
+        if isinstance(err, HttpError) and err.code == INVALID_SYMBOL_CODE:
+            # Neither source knows the symbol on that day: it was not listed (or is long delisted).
+            message = f"{sd.symbol} is not listed on {sd.day}: {why}, and REST does not know the symbol ({err})"
+            return PartitionData.unavailable("not_listed", message, {stream: {**entry, "reason": "not listed"}})
         reason = f"{why}; REST failed: {err}"
         if dataset.name in HARD_STREAMS:
             raise StreamFillFailed(f"{dataset.name} {sd}: {reason}. Nothing was published.") from err

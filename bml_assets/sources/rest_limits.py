@@ -50,6 +50,9 @@ HIST_PATHS: Final[tuple[str, ...]] = (OPEN_INTEREST_HIST_PATH, TOP_LS_ACCOUNT_RA
 
 # --- the weight limit -----------------------------------------------------------
 
+# The exchange's error code for a symbol it does not know (HTTP 400, "Invalid symbol."):
+# never listed, or delisted long ago.
+INVALID_SYMBOL_CODE: Final = -1121
 USED_WEIGHT_HEADER: Final = "X-MBX-USED-WEIGHT-1M"  # weight used by this IP in the current minute
 EXCHANGE_WEIGHT_LIMIT_PER_MINUTE: Final = 2400  # REQUEST_WEIGHT in exchangeInfo.rateLimits
 

@@ -1,7 +1,6 @@
 """A symbol the exchange does not have, through the real definitions: the replay
-server answers Vision 404 and REST -1121 for it, and the day must end as "not
-listed" or as a clear failure naming the exchange's answer, never as a committed
-file of invented data."""
+server answers Vision 404 and REST -1121 for it, and the day ends as "not listed"
+with the exchange's answer in the reason, never as a committed file of invented data."""
 
 from __future__ import annotations
 
@@ -14,7 +13,7 @@ from dagster import DagsterInstance
 from bml_assets.replay.market import MarketConfig, SyntheticMarket
 from bml_assets.replay.server import ReplayServer
 
-from .conftest import DAY, MARKET_TODAY, failure_text, make_lake
+from .conftest import DAY, MARKET_TODAY, make_lake
 
 
 @pytest.fixture(scope="module")
@@ -35,9 +34,10 @@ def test_a_symbol_missing_from_exchange_info_is_never_built(tmp_path: Path, btc_
     asked = [(path, status) for _, path, status in btc_only.request_log]
     assert asked and all(status == (400 if path.startswith("/fapi/") else 404) for path, status in asked), asked
     assert all("ETHUSDT" in path for path, _ in asked if not path.startswith("/fapi/")), asked
-    if result.success:  # the source choice calls it not listed
-        assert record is not None and record.status == "not_listed", record
-    else:  # or fails naming the request and the exchange's answer
-        text = failure_text(result)
-        assert "/fapi/v1/klines?symbol=ETHUSDT" in text and "exchange code -1121: Invalid symbol." in text, text
-        assert record is None
+    assert result.success
+    assert record is not None and record.status == "not_listed", record
+    assert record.message is not None and "ETHUSDT is not listed on 2024-03-01" in record.message, record.message
+    klines = lake.ledger.get_partition("klines_1m", "ETHUSDT", DAY)
+    assert klines is not None and klines.status == "not_listed"
+    assert klines.message is not None and "/fapi/v1/klines?symbol=ETHUSDT" in klines.message, klines.message
+    assert "exchange code -1121: Invalid symbol." in klines.message, klines.message
