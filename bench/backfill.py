@@ -40,15 +40,16 @@ from typing import Any
 from dagster import DagsterInstance, JobDefinition, execute_job, reconstructable
 
 from bml_assets.definitions import MINUTE_VIEW_JOB, build_definitions
+from bml_assets.defs.resources import BmlResource
+from bml_assets.domain.partitions import partition_key
+from bml_assets.domain.schema import MINUTE_VIEW
+from bml_assets.domain.settings import Settings
+from bml_assets.domain.streams import Stream
 from bml_assets.lake.ledger import Ledger
-from bml_assets.partitions import partition_key
 from bml_assets.replay.clock import MarketClock
 from bml_assets.replay.market import KLINE_STREAMS, MarketConfig, SyntheticMarket
 from bml_assets.replay.server import ReplayServer
-from bml_assets.resources import BmlResource
-from bml_assets.schema import MINUTE_VIEW
-from bml_assets.settings import Settings
-from bml_assets.sources.vision import Stream, daily_url, monthly_url
+from bml_assets.sources.vision import daily_url, monthly_url
 
 REPO = Path(__file__).resolve().parent.parent
 SYMBOLS = ("BTCUSDT", "ETHUSDT")

@@ -232,16 +232,12 @@ def child_ours(root: Path, dump: Path | None, profile: bool) -> None:
     """The day build with the product's functions, as the asset layer calls them."""
     import pyarrow.parquet as pq
 
-    from bml_assets.assets import rest_days, vision_days
-    from bml_assets.assets.minute_view import UPSTREAMS, build_day, evidence_for
-    from bml_assets.assets.vision_days import StreamFetcher
-    from bml_assets.checks import ALL_RULES, enforce_blocking
-    from bml_assets.lake.commit import commit_table, read_partition, record_unavailable
-    from bml_assets.lake.io_manager import _validator
-    from bml_assets.lake.ledger import Ledger
-    from bml_assets.lake.partition_data import PartitionData
-    from bml_assets.partitions import SymbolDay
-    from bml_assets.schema import (
+    from bml_assets.defs.assets import rest_days, vision_days
+    from bml_assets.defs.assets.minute_view import UPSTREAMS, build_day, evidence_for
+    from bml_assets.defs.assets.vision_days import StreamFetcher
+    from bml_assets.defs.io_manager import _validator
+    from bml_assets.domain.partitions import SymbolDay
+    from bml_assets.domain.schema import (
         BOOK_TICKER,
         DATASETS,
         FUNDING,
@@ -254,7 +250,12 @@ def child_ours(root: Path, dump: Path | None, profile: bool) -> None:
         PREMIUM_INDEX_KLINES,
         TRADE_FLOW,
     )
-    from bml_assets.sources.vision import NotPublished, Stream, VisionFile, daily_url, monthly_url
+    from bml_assets.domain.streams import Stream
+    from bml_assets.lake.commit import commit_table, read_partition, record_unavailable
+    from bml_assets.lake.ledger import Ledger
+    from bml_assets.lake.partition_data import PartitionData
+    from bml_assets.quality import ALL_RULES, enforce_blocking
+    from bml_assets.sources.vision import NotPublished, VisionFile, daily_url, monthly_url
 
     manifest = _manifest(root)
     day = dt.date.fromisoformat(manifest["day"])
@@ -591,9 +592,10 @@ def child_duckdb(root: Path, dump: Path | None) -> None:
 def write_day(root: Path, trades: int, day: dt.date = DAY, symbol: str = SYMBOL) -> dict[str, Any]:
     """Render the day's Vision zips with the synthetic market under ``root`` (laid out
     like the Vision URL paths) and a manifest: url → path, sha256, bytes."""
+    from bml_assets.domain.streams import Stream
     from bml_assets.replay.market import AGG_TRADE_COLUMNS, KLINE_STREAMS, MarketConfig, SyntheticMarket
     from bml_assets.replay.vision_files import zip_csv
-    from bml_assets.sources.vision import Stream, daily_url, monthly_url
+    from bml_assets.sources.vision import daily_url, monthly_url
 
     market = SyntheticMarket(MarketConfig(trades_per_day=trades, today=day + dt.timedelta(days=60)))
     wanted: list[tuple[Stream, dt.date, str]] = [

@@ -65,7 +65,7 @@ def main() -> None:
             "BML_SAFETY_LAG_MINUTES": str(LAG_MINUTES),
         }
         dagster = str(Path(sys.executable).parent / "dagster")
-        log = open(work / "dagster_dev.log", "w")  # noqa: SIM115 - closed below
+        log = open(work / "dagster_dev.log", "w")
         dev = subprocess.Popen(
             [dagster, "dev", "-w", str(REPO / "workspace.yaml"), "-p", "3077"],
             cwd=REPO,
@@ -143,7 +143,9 @@ def report(latencies: dict[str, list[tuple[dt.datetime, float]]], args: argparse
     if every:
         lines.append(_row("all", sorted(every)))
     lines.append("")
-    lines.append("Per minute: " + "; ".join(f"{s} {m:%H:%M} {v:.1f}s" for s, rows in latencies.items() for m, v in rows))
+    lines.append(
+        "Per minute: " + "; ".join(f"{s} {m:%H:%M} {v:.1f}s" for s, rows in latencies.items() for m, v in rows)
+    )
     text = "\n".join(lines) + "\n"
     print(text)
     results = REPO / "bench" / "results.md"

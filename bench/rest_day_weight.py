@@ -32,17 +32,17 @@ from pathlib import Path
 
 from dagster import DagsterInstance
 
-from bml_assets.assets.streams import BAND_TAG
 from bml_assets.definitions import MINUTE_VIEW_JOB, build_definitions
+from bml_assets.defs.assets.streams import BAND_TAG
+from bml_assets.defs.resources import BmlResource
 from bml_assets.demo import QUIET
+from bml_assets.domain.partitions import partition_key
+from bml_assets.domain.settings import Settings
 from bml_assets.lake.ledger import Ledger
-from bml_assets.partitions import partition_key
 from bml_assets.replay.clock import MarketClock
 from bml_assets.replay.market import MarketConfig, SyntheticMarket
 from bml_assets.replay.rest_api import RestLogEntry
 from bml_assets.replay.server import FaultRule, ReplayServer
-from bml_assets.resources import BmlResource
-from bml_assets.settings import Settings
 from bml_assets.sources import rest_limits as limits
 from bml_assets.sources.rest import RestClient
 

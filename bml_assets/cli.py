@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 
 import click
 
-from bml_assets.settings import Settings, SettingsError, parse_symbols
+from bml_assets.domain.settings import Settings, SettingsError, parse_symbols
 
 DEMO_DAYS = (dt.date(2024, 2, 29), dt.date(2024, 3, 1), dt.date(2024, 3, 2))
 
@@ -67,8 +67,8 @@ def _guarded(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from bml_assets.backfill import CommandError, UnknownSymbol
         from bml_assets.lake.ledger import LedgerVersionError
+        from bml_assets.orchestration.backfill import CommandError, UnknownSymbol
         from bml_assets.sources.http import HttpError
         from bml_assets.sources.rest import RestError
         from bml_assets.sources.rest_budget import RestBanned
@@ -255,7 +255,7 @@ def demo(
 @main.command()
 def columns() -> None:
     """Print the 58 columns of the minute view (from the schema registry)."""
-    from bml_assets.schema import column_table_markdown
+    from bml_assets.domain.schema import column_table_markdown
 
     click.echo(column_table_markdown())
 
@@ -267,7 +267,7 @@ def columns() -> None:
 @_guarded
 def init_state() -> None:
     """Create the lake root and the ledger tables (idempotent); print where they are."""
-    from bml_assets.backfill import init_state as create
+    from bml_assets.orchestration.backfill import init_state as create
 
     info = create(_settings())
     click.echo(f"lake root: {info.lake_root}")
@@ -291,7 +291,7 @@ def symbols_sync() -> None:
     a symbol that stopped trading stops at its last trading day when exchangeInfo
     gives it.
     """
-    from bml_assets.backfill import sync_symbols
+    from bml_assets.orchestration.backfill import sync_symbols
     from bml_assets.sources.http import redact_url
 
     settings = _settings()
@@ -322,7 +322,7 @@ def _when(moment: dt.datetime | None) -> str:
 @_guarded
 def run_once(symbols_text: str | None) -> None:
     """One hot-poll pass: per symbol, commit the minutes closed since its watermark (exchange clock)."""
-    from bml_assets.backfill import hot_pass, open_workspace
+    from bml_assets.orchestration.backfill import hot_pass, open_workspace
 
     settings = _settings()
     ws = open_workspace(settings, _symbols_option(symbols_text))
@@ -355,7 +355,7 @@ def run_once(symbols_text: str | None) -> None:
 @_guarded
 def run_daemon(host: str, port: int, workspace: Path | None) -> None:
     """Run `dagster dev` (web UI + daemon: schedules and sensors) with this environment; Ctrl-C stops it."""
-    from bml_assets.backfill import check_lake_root
+    from bml_assets.orchestration.backfill import check_lake_root
 
     settings = _settings()  # a bad BML_* value is reported here, not by a code server later
     check_lake_root(settings.lake_root)
@@ -416,7 +416,7 @@ def run_daemon(host: str, port: int, workspace: Path | None) -> None:
 @_guarded
 def show_watermark(symbol: str | None, as_json: bool) -> None:
     """Per symbol: watermark, committed partitions, first/last day, provisional and not-listed days."""
-    from bml_assets.backfill import show_ranges, watermark_report
+    from bml_assets.orchestration.backfill import show_ranges, watermark_report
 
     if symbol is not None:
         try:
@@ -476,7 +476,7 @@ def scan(start: dt.date, end: dt.date, symbols_text: str | None, as_json: bool, 
     HARD columns, incomplete partitions (a fillable stream still missing, with the reason). Exit 0
     when clean, 1 when problems or stray files remain.
     """
-    from bml_assets import backfill as bf
+    from bml_assets.orchestration import backfill as bf
 
     today = bf.utc_today()
     _check_range(start, end, today)
@@ -565,7 +565,7 @@ def _run_backfill(
     dry_run: bool,
     chunk_days: int,
 ) -> None:
-    from bml_assets import backfill as bf
+    from bml_assets.orchestration import backfill as bf
 
     _check_range(start, end, bf.utc_today())
     settings = _settings()
@@ -690,7 +690,7 @@ def backfill_years(
     years: int, symbols_text: str | None, max_missing_hours: int | None, dry_run: bool, chunk_days: int
 ) -> None:
     """backfill-range from N years before yesterday to yesterday."""
-    from bml_assets.backfill import years_back
+    from bml_assets.orchestration.backfill import years_back
 
     start, end = years_back(years)
     click.echo(f"range: {start.isoformat()}..{end.isoformat()}")

@@ -12,14 +12,14 @@ import datetime as dt
 
 from dagster import AssetSelection, Definitions, define_asset_job, definitions, in_process_executor
 
-from bml_assets.assets.minute_view import ASSET_NAME, build_minute_view_asset
-from bml_assets.assets.streams import IO_MANAGER_KEY, build_stream_assets
-from bml_assets.automation import build_hot_poll_sensor, build_vision_promotion_sensor
-from bml_assets.lake.io_manager import LakeIOManager
-from bml_assets.partitions import build_partitions_def
-from bml_assets.repair import build_repair_sensor, build_scan_job
-from bml_assets.resources import BmlResource
-from bml_assets.settings import Settings
+from bml_assets.defs.assets.minute_view import ASSET_NAME, build_minute_view_asset
+from bml_assets.defs.assets.streams import IO_MANAGER_KEY, build_stream_assets
+from bml_assets.defs.io_manager import LakeIOManager
+from bml_assets.defs.partitions import build_partitions_def
+from bml_assets.defs.repair import build_repair_sensor, build_scan_job
+from bml_assets.defs.resources import BmlResource
+from bml_assets.defs.sensors import build_hot_poll_sensor, build_vision_promotion_sensor
+from bml_assets.domain.settings import Settings
 
 MINUTE_VIEW_JOB = "minute_view_job"
 HOT_JOB = "hot_minute_job"

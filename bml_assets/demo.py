@@ -15,13 +15,13 @@ from pathlib import Path
 from dagster import DagsterInstance
 
 from bml_assets.definitions import MINUTE_VIEW_JOB, build_definitions
+from bml_assets.defs.resources import BmlResource
+from bml_assets.domain.partitions import partition_key
+from bml_assets.domain.schema import MINUTE_VIEW
+from bml_assets.domain.settings import Settings
 from bml_assets.lake.ledger import Ledger
-from bml_assets.partitions import partition_key
 from bml_assets.replay.market import MarketConfig, SyntheticMarket
 from bml_assets.replay.server import ReplayServer
-from bml_assets.resources import BmlResource
-from bml_assets.schema import MINUTE_VIEW
-from bml_assets.settings import Settings
 
 # Dagster's per-event debug lines would bury the summary; warnings and errors still show.
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}

@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from bml_assets import schema
+from bml_assets.domain import schema
 from bml_assets.features.timegrid import MINUTE_MS, day_bounds_ms, floor_minute, ms_to_timestamps, to_ms
 
 HOUR_MS = 60 * MINUTE_MS

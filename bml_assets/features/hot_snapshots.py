@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from bml_assets import schema
+from bml_assets.domain import schema
 from bml_assets.features.book import book_ticker_minutes
 from bml_assets.features.timegrid import day_bounds_ms, floor_minute, ms_to_timestamps
 

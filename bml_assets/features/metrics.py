@@ -15,9 +15,9 @@ from collections.abc import Iterable
 import numpy as np
 import pyarrow as pa
 
-from bml_assets import schema
+from bml_assets.domain import schema
+from bml_assets.domain.streams import METRICS_NEW_LABELS_FIRST_DAY
 from bml_assets.features.timegrid import MINUTE_MS, ms_to_timestamps, to_ms
-from bml_assets.sources.vision import METRICS_NEW_LABELS_FIRST_DAY
 
 METRICS_LABEL_CHANGE = METRICS_NEW_LABELS_FIRST_DAY  # the exchange fact lives with the Vision client
 """First file date whose row labelled T holds the snapshot taken at T + 5 min."""

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from bml_assets import schema
+from bml_assets.domain import schema
 from bml_assets.features.funding import funding_rate_at, next_funding_time_at
 from bml_assets.features.slow_series import asof_fill
 from bml_assets.features.timegrid import (

@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from bml_assets.schema import TIMESTAMP
+from bml_assets.domain.schema import TIMESTAMP
 
 MINUTE_MS = 60_000
 DAY_MS = 24 * 60 * MINUTE_MS

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from bml_assets import schema
+from bml_assets.domain import schema
 from bml_assets.features.timegrid import (
     OutsideDayError,
     check_inside_day,

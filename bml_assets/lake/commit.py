@@ -59,6 +59,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from bml_assets.domain.schema import Dataset, schema_hash
 from bml_assets.lake.layout import (
     lock_path,
     partition_dir,
@@ -69,7 +70,6 @@ from bml_assets.lake.layout import (
     temp_path,
 )
 from bml_assets.lake.ledger import UNAVAILABLE_STATUSES, CommitConflict, Ledger, PartitionRecord
-from bml_assets.schema import Dataset, schema_hash
 
 DEFAULT_LOCK_TIMEOUT_S: Final = 300.0
 

@@ -27,8 +27,8 @@ import uuid
 from datetime import date, datetime
 from pathlib import Path, PurePosixPath
 
-from bml_assets.schema import Dataset
-from bml_assets.settings import validate_symbol
+from bml_assets.domain.schema import Dataset
+from bml_assets.domain.settings import validate_symbol
 
 MARKET_PREFIX: tuple[str, ...] = ("futures", "um")
 PART_FILE_NAME = "part.parquet"

@@ -45,10 +45,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Dialect, make_url
 from sqlalchemy.exc import IntegrityError, ProgrammingError
 
+from bml_assets.domain.schema import Dataset
+from bml_assets.domain.settings import validate_symbol
 from bml_assets.lake.layout import dataset_name, day_text
-from bml_assets.schema import Dataset
-from bml_assets.settings import validate_symbol
-from bml_assets.state_db import WRITE_OPTION, create_state_engine
+from bml_assets.storage.state_db import WRITE_OPTION, create_state_engine
 
 SCHEMA_VERSION: Final = 2
 """Version of the table layout below; stored in ``ledger_meta.schema_version``.

@@ -72,11 +72,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from bml_assets.defs.io_manager import provisional_streams
+from bml_assets.domain.schema import DATASETS, HARD_COLUMNS, MINUTE_VIEW, Dataset, schema_hash
 from bml_assets.lake.commit import file_sha256, partition_busy, schema_differences
-from bml_assets.lake.io_manager import provisional_streams
 from bml_assets.lake.layout import MARKET_PREFIX, PART_FILE_NAME, is_temp_name, partition_path
 from bml_assets.lake.ledger import FileState, Ledger, PartitionRecord
-from bml_assets.schema import DATASETS, HARD_COLUMNS, MINUTE_VIEW, Dataset, schema_hash
 from bml_assets.sources.vision import cache_temp_files
 
 MINUTES_PER_DAY: Final = 1440

@@ -35,9 +35,9 @@ from functools import partial
 import numpy as np
 import pyarrow as pa
 
+from bml_assets.domain.settings import SYMBOL_PATTERN
+from bml_assets.domain.streams import BOOK_TICKER_LAST_DAY, METRICS_NEW_LABELS_FIRST_DAY, Stream
 from bml_assets.replay.vision_files import CsvColumn, table_of
-from bml_assets.settings import SYMBOL_PATTERN
-from bml_assets.sources.vision import BOOK_TICKER_LAST_DAY, METRICS_NEW_LABELS_FIRST_DAY, Stream
 
 KLINE_STREAMS: tuple[Stream, ...] = (
     Stream.KLINES,

@@ -33,12 +33,12 @@ from urllib.parse import urlencode, urlsplit
 import pyarrow as pa
 import requests
 
-from bml_assets.schema import METRICS
-from bml_assets.settings import validate_symbol
+from bml_assets.domain.schema import METRICS
+from bml_assets.domain.settings import validate_symbol
+from bml_assets.domain.streams import Stream
 from bml_assets.sources import rest_limits as limits
 from bml_assets.sources.http import STATUS_IP_BANNED, STATUS_TOO_MANY_REQUESTS, HttpClient, HttpError, redact_url
 from bml_assets.sources.rest_budget import DEFAULT_WINDOW_S, RestBanned, WeightBudget, utc_iso
-from bml_assets.sources.vision import Stream
 from bml_assets.sources.vision_csv import output_schema
 
 __all__ = [

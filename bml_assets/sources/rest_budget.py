@@ -39,7 +39,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
-from bml_assets.state_db import create_state_engine
+from bml_assets.storage.state_db import create_state_engine
 
 DEFAULT_WINDOW_S: Final = 60.0
 DEFAULT_BUSY_TIMEOUT_S: Final = 60.0

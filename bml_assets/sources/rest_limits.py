@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Final
 
-from bml_assets.sources.vision import Stream
+from bml_assets.domain.streams import Stream
 
 # --- paths --------------------------------------------------------------------
 

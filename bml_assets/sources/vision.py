@@ -22,45 +22,18 @@ import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from enum import StrEnum
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from bml_assets.settings import validate_symbol
+from bml_assets.domain.settings import validate_symbol
+from bml_assets.domain.streams import DAILY_STREAMS, KLINE_STREAMS, MONTHLY_STREAMS, Stream
 from bml_assets.sources.http import DownloadResult, HttpClient, HttpError, redact_url
-
-
-class Stream(StrEnum):
-    """Vision dataset names, spelled as in the URL path."""
-
-    KLINES = "klines"
-    MARK_PRICE_KLINES = "markPriceKlines"
-    INDEX_PRICE_KLINES = "indexPriceKlines"
-    PREMIUM_INDEX_KLINES = "premiumIndexKlines"
-    AGG_TRADES = "aggTrades"
-    BOOK_TICKER = "bookTicker"
-    METRICS = "metrics"
-    FUNDING_RATE = "fundingRate"
-
-
-# --- exchange facts ---------------------------------------------------------
 
 # USD-M futures live under this path of the Vision host.
 USDM_PATH = "data/futures/um"
 # The kline family sits in an interval folder and the interval (not the dataset
 # name) is in the file name: klines/BTCUSDT/1m/BTCUSDT-1m-2024-01-01.zip.
 KLINE_INTERVAL = "1m"
-KLINE_STREAMS: frozenset[Stream] = frozenset(
-    {Stream.KLINES, Stream.MARK_PRICE_KLINES, Stream.INDEX_PRICE_KLINES, Stream.PREMIUM_INDEX_KLINES}
-)
-# fundingRate is only published as monthly files; metrics only as daily files.
-DAILY_STREAMS: frozenset[Stream] = frozenset(Stream) - {Stream.FUNDING_RATE}
-MONTHLY_STREAMS: frozenset[Stream] = frozenset(Stream) - {Stream.METRICS}
-# bookTicker was not published after this day; later book columns come from live/hot sources.
-BOOK_TICKER_LAST_DAY = date(2024, 3, 30)
-# metrics files from this day on label a snapshot 5 minutes before it was taken
-# (SPEC §4); the reader keeps labels as written, the features normalise them.
-METRICS_NEW_LABELS_FIRST_DAY = date(2026, 6, 25)
 # A missing file is 404 on data.binance.vision; S3-style mirrors answer 403.
 NOT_PUBLISHED_STATUSES: tuple[int, ...] = (404, 403)
 CHECKSUM_SUFFIX = ".CHECKSUM"

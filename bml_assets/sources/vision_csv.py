@@ -33,8 +33,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from bml_assets.settings import DEFAULT_VISION_MAX_CSV_BYTES
-from bml_assets.sources.vision import Stream, VisionError
+from bml_assets.domain.settings import DEFAULT_VISION_MAX_CSV_BYTES
+from bml_assets.domain.streams import Stream
+from bml_assets.sources.vision import VisionError
 
 log = logging.getLogger(__name__)
 

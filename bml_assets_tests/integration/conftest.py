@@ -11,12 +11,12 @@ import pytest
 from dagster import DagsterInstance, Definitions, ExecuteInProcessResult
 
 from bml_assets.definitions import MINUTE_VIEW_JOB, build_definitions
+from bml_assets.defs.resources import BmlResource
+from bml_assets.domain.partitions import partition_key
+from bml_assets.domain.settings import Settings
 from bml_assets.lake.ledger import Ledger
-from bml_assets.partitions import partition_key
 from bml_assets.replay.market import MarketConfig, SyntheticMarket
 from bml_assets.replay.server import ReplayServer
-from bml_assets.resources import BmlResource
-from bml_assets.settings import Settings
 
 # Fixed dates, far from any real "today": the synthetic market publishes them all.
 DAY = dt.date(2024, 3, 1)  # a 1st of the month, bookTicker still published

@@ -19,15 +19,15 @@ import pyarrow.parquet as pq
 import pytest
 from dagster import DagsterInstance, ExecuteInProcessResult
 
-from bml_assets.assets.streams import BAND_TAG
 from bml_assets.definitions import MINUTE_VIEW_JOB
-from bml_assets.partitions import partition_key
+from bml_assets.defs.assets.streams import BAND_TAG
+from bml_assets.domain.partitions import partition_key
+from bml_assets.domain.schema import MINUTE_COLUMNS, ColumnClass
+from bml_assets.domain.streams import Stream
 from bml_assets.replay.clock import MarketClock
 from bml_assets.replay.market import MarketConfig, SyntheticMarket
 from bml_assets.replay.server import FaultRule, ReplayServer
 from bml_assets.replay.vision_files import csv_bytes, sha256_hex, zip_bytes
-from bml_assets.schema import MINUTE_COLUMNS, ColumnClass
-from bml_assets.sources.vision import Stream
 
 from .conftest import DAY, MARKET_TODAY, Lake, failure_text, make_lake
 

@@ -18,16 +18,16 @@ import pyarrow.parquet as pq
 import pytest
 from dagster import DagsterInstance, ExecuteInProcessResult, build_sensor_context
 
-from bml_assets.assets.streams import BAND_TAG, HOT_BAND, NOT_BEFORE_TAG
 from bml_assets.definitions import HOT_JOB, MINUTE_VIEW_JOB, build_definitions
+from bml_assets.defs.assets.streams import BAND_TAG, HOT_BAND, NOT_BEFORE_TAG
+from bml_assets.defs.resources import BmlResource
 from bml_assets.demo import QUIET
+from bml_assets.domain.partitions import partition_key
+from bml_assets.domain.settings import Settings
 from bml_assets.lake.ledger import Ledger
-from bml_assets.partitions import partition_key
 from bml_assets.replay.clock import MarketClock
 from bml_assets.replay.market import MarketConfig, SyntheticMarket
 from bml_assets.replay.server import FaultRule, ReplayServer
-from bml_assets.resources import BmlResource
-from bml_assets.settings import Settings
 
 from .conftest import failure_text
 
@@ -267,7 +267,7 @@ def test_a_rest_built_day_is_promoted_when_vision_publishes_it(hot: HotLake) -> 
 
 
 def test_a_hot_polled_day_is_promoted_and_its_snapshots_are_not_provisional(hot: HotLake) -> None:
-    from bml_assets.lake.io_manager import provisional_streams
+    from bml_assets.defs.io_manager import provisional_streams
 
     assert hot.poll().success
     record = hot.ledger.get_partition("minute", "BTCUSDT", HOT_DAY)

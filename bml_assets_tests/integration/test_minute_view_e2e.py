@@ -11,7 +11,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from bml_assets.schema import MINUTE_SCHEMA
+from bml_assets.domain.schema import MINUTE_SCHEMA
 
 from .conftest import DAY, DOWNTIME_DAY, LISTING, Lake
 

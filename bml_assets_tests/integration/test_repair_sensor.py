@@ -28,14 +28,14 @@ import sqlalchemy as sa
 from dagster import DagsterInstance, RunRequest, SkipReason, build_sensor_context
 from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
 
+from bml_assets.defs.repair import FOUND_BY_FILE_CHECK, FOUND_BY_WALK, REPAIR_FOUND_TAG, REPAIR_TAG, build_repair_sensor
+from bml_assets.defs.resources import BmlResource
+from bml_assets.domain.partitions import partition_key
+from bml_assets.domain.schema import DATASETS, HOT_SNAPSHOTS, KLINES, MINUTE_VIEW, TRADE_FLOW
 from bml_assets.lake.commit import commit_table
 from bml_assets.lake.layout import partition_path, relative_partition_path
 from bml_assets.lake.ledger import Ledger, partitions_table
 from bml_assets.lake.scan import SCHEMA_HASHES, scan
-from bml_assets.partitions import partition_key
-from bml_assets.repair import FOUND_BY_FILE_CHECK, FOUND_BY_WALK, REPAIR_FOUND_TAG, REPAIR_TAG, build_repair_sensor
-from bml_assets.resources import BmlResource
-from bml_assets.schema import DATASETS, HOT_SNAPSHOTS, KLINES, MINUTE_VIEW, TRADE_FLOW
 from bml_assets_tests.unit.lake._helpers import minute_table, no_validation
 
 SYMBOLS = tuple(f"S{i:02d}USDT" for i in range(50))

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from bml_assets.domain.streams import Stream
 from bml_assets.replay.clock import MarketClock
 from bml_assets.replay.market import MarketConfig, SyntheticMarket
 from bml_assets.replay.rest_api import RestLogEntry
@@ -25,7 +26,6 @@ from bml_assets.replay.server import FaultRule, ReplayServer
 from bml_assets.sources import rest_limits as limits
 from bml_assets.sources.rest import RestBanned, RestClient
 from bml_assets.sources.rest_budget import WeightBudget, utc_iso
-from bml_assets.sources.vision import Stream
 
 DAY = dt.date(2024, 6, 3)
 DAY_MS = int(dt.datetime.combine(DAY, dt.time(), dt.UTC).timestamp() * 1000)

@@ -16,13 +16,13 @@ import pyarrow.parquet as pq
 from dagster import RunRequest, build_sensor_context
 
 from bml_assets.definitions import MINUTE_VIEW_JOB
+from bml_assets.defs.repair import REPAIR_TAG, build_repair_sensor, build_scan_job, repair_targets
+from bml_assets.defs.resources import BmlResource
+from bml_assets.domain.partitions import partition_key
+from bml_assets.domain.schema import MINUTE_VIEW, schema_hash
 from bml_assets.lake.commit import encode_parquet, file_sha256
 from bml_assets.lake.layout import partition_path
 from bml_assets.lake.scan import ScanReport, scan
-from bml_assets.partitions import partition_key
-from bml_assets.repair import REPAIR_TAG, build_repair_sensor, build_scan_job, repair_targets
-from bml_assets.resources import BmlResource
-from bml_assets.schema import MINUTE_VIEW, schema_hash
 
 from .conftest import DAY, DOWNTIME_DAY, SYMBOLS, Lake
 

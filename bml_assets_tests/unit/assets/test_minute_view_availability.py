@@ -8,10 +8,10 @@ import pyarrow as pa
 import pytest
 from dagster import Failure
 
-from bml_assets.assets.minute_view import build_day
+from bml_assets.defs.assets.minute_view import build_day
+from bml_assets.domain.partitions import SymbolDay
+from bml_assets.domain.schema import KLINES
 from bml_assets.lake.partition_data import PartitionData
-from bml_assets.partitions import SymbolDay
-from bml_assets.schema import KLINES
 
 SD = SymbolDay("BTCUSDT", dt.date(2024, 3, 1))
 NAMES = (
@@ -63,8 +63,8 @@ def test_hard_streams_that_disagree_on_an_old_day_fail_loudly() -> None:
 def test_a_live_grid_never_reaches_past_what_the_stream_steps_fetched() -> None:
     """In a multi-process run the minute view may read a later clock than the streams did:
     minutes after their 'through' were never asked for, so they are neither rows nor gaps."""
-    from bml_assets.assets.minute_view import live_grid_end
-    from bml_assets.assets.rest_days import ExchangeNow
+    from bml_assets.defs.assets.minute_view import live_grid_end
+    from bml_assets.defs.assets.rest_days import ExchangeNow
 
     start = dt.datetime(2024, 3, 1, tzinfo=dt.UTC)
     ten = pa.table(
@@ -79,7 +79,7 @@ def test_a_live_grid_never_reaches_past_what_the_stream_steps_fetched() -> None:
 
 
 def test_the_fillable_streams_a_day_lacks_are_named_with_their_reasons() -> None:
-    from bml_assets.assets.minute_view import missing_streams
+    from bml_assets.defs.assets.minute_view import missing_streams
 
     data = inputs(trade_flow_1m="not_published")
     data["trade_flow_1m"] = PartitionData.unavailable(

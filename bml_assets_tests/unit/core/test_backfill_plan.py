@@ -7,7 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from bml_assets.backfill import (
+from bml_assets.domain.settings import Settings
+from bml_assets.lake.ledger import Ledger, SymbolRecord
+from bml_assets.lake.scan import Problem, ProblemKind, ScanReport
+from bml_assets.orchestration.backfill import (
     BackfillPlan,
     Target,
     UnknownSymbol,
@@ -24,9 +27,6 @@ from bml_assets.backfill import (
     unplanned_problems,
     years_back,
 )
-from bml_assets.lake.ledger import Ledger, SymbolRecord
-from bml_assets.lake.scan import Problem, ProblemKind, ScanReport
-from bml_assets.settings import Settings
 
 D = dt.date(2024, 3, 1)
 BTC, ETH = "BTCUSDT", "ETHUSDT"

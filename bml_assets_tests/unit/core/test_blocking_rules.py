@@ -10,8 +10,14 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from bml_assets import schema
-from bml_assets.checks import (
+from bml_assets.defs.io_manager import _validator
+from bml_assets.domain import schema
+from bml_assets.domain.partitions import SymbolDay
+from bml_assets.domain.streams import Stream
+from bml_assets.features.funding import funding_settlements
+from bml_assets.features.klines import kline_table
+from bml_assets.lake.partition_data import PartitionData
+from bml_assets.quality import (
     BLOCKING_RULES,
     BadSourceRows,
     BlockingCheckFailed,
@@ -19,12 +25,6 @@ from bml_assets.checks import (
     check_source_rows,
     enforce_blocking,
 )
-from bml_assets.features.funding import funding_settlements
-from bml_assets.features.klines import kline_table
-from bml_assets.lake.io_manager import _validator
-from bml_assets.lake.partition_data import PartitionData
-from bml_assets.partitions import SymbolDay
-from bml_assets.sources.vision import Stream
 from bml_assets.sources.vision_csv import iter_vision_csv_batches, read_vision_csv
 from bml_assets_tests.unit.features.builders import dataset_table, ms
 

@@ -8,15 +8,9 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from bml_assets.checks import (
-    ALL_RULES,
-    BlockingCheckFailed,
-    Evidence,
-    check_result,
-    enforce_blocking,
-    to_frame,
-)
-from bml_assets.schema import MINUTE_SCHEMA
+from bml_assets.defs.checks import check_result
+from bml_assets.domain.schema import MINUTE_SCHEMA
+from bml_assets.quality import ALL_RULES, BlockingCheckFailed, Evidence, enforce_blocking, to_frame
 
 DAY = dt.date(2024, 3, 1)
 T0 = dt.datetime(2024, 3, 1, tzinfo=dt.UTC)

@@ -8,8 +8,8 @@ from pathlib import Path
 from dagster import AssetKey
 
 from bml_assets.definitions import HOT_JOB, MINUTE_VIEW_JOB, build_definitions, defs
-from bml_assets.schema import column_table_markdown
-from bml_assets.settings import Settings
+from bml_assets.domain.schema import column_table_markdown
+from bml_assets.domain.settings import Settings
 
 
 def test_definitions_load_with_asset_keys_and_checks() -> None:

@@ -6,8 +6,9 @@ import datetime as dt
 
 import pytest
 
-from bml_assets.partitions import SymbolDay, build_partitions_def, parse_partition_key, partition_key
-from bml_assets.settings import Settings, SettingsError
+from bml_assets.defs.partitions import build_partitions_def
+from bml_assets.domain.partitions import SymbolDay, parse_partition_key, partition_key
+from bml_assets.domain.settings import Settings, SettingsError
 
 
 def test_keys_are_date_then_symbol() -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bml_assets.settings import Settings, SettingsError, parse_symbols, validate_symbol
+from bml_assets.domain.settings import Settings, SettingsError, parse_symbols, validate_symbol
 
 
 def test_defaults_follow_the_spec(tmp_path: Path) -> None:

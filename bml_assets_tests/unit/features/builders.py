@@ -10,7 +10,7 @@ import datetime as dt
 
 import pyarrow as pa
 
-from bml_assets import schema
+from bml_assets.domain import schema
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 

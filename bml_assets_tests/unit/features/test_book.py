@@ -6,7 +6,7 @@ import datetime as dt
 
 import pytest
 
-from bml_assets import schema
+from bml_assets.domain import schema
 from bml_assets.features.book import SnapshotOutsideDay, book_ticker_minutes
 from bml_assets_tests.unit.features.builders import ms, raw_book_ticker, utc
 

@@ -6,7 +6,7 @@ import datetime as dt
 
 import pyarrow as pa
 
-from bml_assets import schema
+from bml_assets.domain import schema
 from bml_assets.features.coverage import (
     first_traded_minute,
     merge_minutes,

@@ -7,7 +7,7 @@ import datetime as dt
 import numpy as np
 import pytest
 
-from bml_assets import schema
+from bml_assets.domain import schema
 from bml_assets.features.funding import (
     funding_rate_at,
     funding_settlements,

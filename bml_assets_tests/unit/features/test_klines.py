@@ -6,7 +6,7 @@ import datetime as dt
 
 import pytest
 
-from bml_assets import schema
+from bml_assets.domain import schema
 from bml_assets.features.klines import KlineOutsideDay, kline_table
 from bml_assets_tests.unit.features.builders import column, raw_klines, utc
 

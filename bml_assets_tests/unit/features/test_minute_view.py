@@ -7,7 +7,7 @@ import datetime as dt
 import pyarrow as pa
 import pytest
 
-from bml_assets import schema
+from bml_assets.domain import schema
 from bml_assets.features.book import book_ticker_minutes
 from bml_assets.features.funding import funding_settlements, settlements_for_day
 from bml_assets.features.metrics import combine_observations, metrics_observations

@@ -7,7 +7,7 @@ import datetime as dt
 import pyarrow as pa
 import pytest
 
-from bml_assets import schema
+from bml_assets.domain import schema
 from bml_assets.features.trade_flow import TradeOutsideDay, trade_flow
 from bml_assets_tests.unit.features.builders import column, ms, raw_agg_trades, utc
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from bml_assets.schema import MINUTE_VIEW, Dataset
+from bml_assets.domain.schema import MINUTE_VIEW, Dataset
 
 DAY = date(2024, 3, 5)
 DAY_START_MS = int(datetime(2024, 3, 5, tzinfo=UTC).timestamp() * 1000)  # 1709596800000
@@ -61,9 +61,9 @@ def no_validation(table: pa.Table) -> None:
 
 def commit_worker(lake_root: str, url: str, worker: int, commits: int, start: Any, log: str, out: Any) -> None:
     """Commit ``commits`` distinct tables to one partition, logging the time spent inside the lock."""
+    from bml_assets.domain.schema import KLINES
     from bml_assets.lake.commit import commit_table
     from bml_assets.lake.ledger import Ledger
-    from bml_assets.schema import KLINES
 
     def timed_validate(table: pa.Table) -> None:
         # validate runs under the partition lock: the intervals logged by the

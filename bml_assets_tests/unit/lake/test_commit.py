@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from bml_assets.domain.schema import KLINES, MINUTE_VIEW, schema_hash
 from bml_assets.lake import commit as commit_module
 from bml_assets.lake.commit import (
     CommitIncomplete,
@@ -37,7 +38,6 @@ from bml_assets.lake.commit import (
 )
 from bml_assets.lake.layout import partition_path
 from bml_assets.lake.ledger import CommitConflict, Ledger, PartitionRecord
-from bml_assets.schema import KLINES, MINUTE_VIEW, schema_hash
 from bml_assets_tests.unit.lake._helpers import DAY, commit_worker, make_table, no_validation
 
 PROVENANCE = {"klines": [{"url": "https://x/BTCUSDT-1m-2024-03-05.zip", "sha256": "a" * 64, "bytes": 9, "rows": 3}]}
@@ -118,7 +118,7 @@ def test_parquet_bytes_are_deterministic_whatever_the_chunking_or_metadata() -> 
 
 def test_parquet_bytes_are_the_same_in_another_interpreter() -> None:
     script = (
-        "import hashlib; from bml_assets.lake.commit import encode_parquet; from bml_assets.schema import KLINES; "
+        "import hashlib; from bml_assets.lake.commit import encode_parquet; from bml_assets.domain.schema import KLINES; "
         "from bml_assets_tests.unit.lake._helpers import make_table; "
         "print(hashlib.sha256(encode_parquet(make_table(KLINES, rows=50))).hexdigest())"
     )

@@ -7,6 +7,8 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
+from bml_assets.domain.schema import KLINES, MINUTE_VIEW, Dataset
+from bml_assets.domain.settings import SettingsError
 from bml_assets.lake.layout import (
     is_temp_name,
     lock_path,
@@ -17,8 +19,6 @@ from bml_assets.lake.layout import (
     temp_files,
     temp_path,
 )
-from bml_assets.schema import KLINES, MINUTE_VIEW, Dataset
-from bml_assets.settings import SettingsError
 
 ROOT = Path("/lake")
 DAY = date(2024, 3, 5)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from bml_assets.domain.schema import KLINES, MINUTE_VIEW
 from bml_assets.lake.ledger import (
     CommitConflict,
     Ledger,
@@ -21,7 +22,6 @@ from bml_assets.lake.ledger import (
     WatermarkConflict,
     WatermarkRegression,
 )
-from bml_assets.schema import KLINES, MINUTE_VIEW
 from bml_assets_tests.unit.lake._helpers import COMMITTED_AT, DAY, cas_worker
 
 H0, H1, H2 = "0" * 64, "1" * 64, "2" * 64

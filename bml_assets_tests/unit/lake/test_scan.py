@@ -16,13 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from bml_assets.checks import enforce_blocking
-from bml_assets.lake import scan as scan_module
-from bml_assets.lake.commit import commit_table, encode_parquet, partition_lock, record_unavailable
-from bml_assets.lake.layout import partition_path
-from bml_assets.lake.ledger import Ledger
-from bml_assets.lake.scan import ProblemKind, ScanReport, scan, stray_cache_files
-from bml_assets.repair import (
+from bml_assets.defs.repair import (
     Sweep,
     incomplete_retry_at,
     problems_markdown,
@@ -30,7 +24,13 @@ from bml_assets.repair import (
     scan_metadata,
     sweep,
 )
-from bml_assets.schema import DATASETS, HOT_SNAPSHOTS, KLINES, MINUTE_VIEW, TRADE_FLOW, Dataset, schema_hash
+from bml_assets.domain.schema import DATASETS, HOT_SNAPSHOTS, KLINES, MINUTE_VIEW, TRADE_FLOW, Dataset, schema_hash
+from bml_assets.lake import scan as scan_module
+from bml_assets.lake.commit import commit_table, encode_parquet, partition_lock, record_unavailable
+from bml_assets.lake.layout import partition_path
+from bml_assets.lake.ledger import Ledger
+from bml_assets.lake.scan import ProblemKind, ScanReport, scan, stray_cache_files
+from bml_assets.quality import enforce_blocking
 from bml_assets_tests.unit.lake._helpers import minute_ms, minute_table
 
 SYMBOLS = ("BTCUSDT", "ETHUSDT")
@@ -455,8 +455,9 @@ def test_the_scan_looks_where_the_layout_puts_files(tmp_path: Path) -> None:
 
 
 def test_vision_published_asks_for_the_klines_checksum() -> None:
-    from bml_assets.repair import vision_klines_published
-    from bml_assets.sources.vision import NotPublished, Stream
+    from bml_assets.defs.repair import vision_klines_published
+    from bml_assets.domain.streams import Stream
+    from bml_assets.sources.vision import NotPublished
     from bml_assets.sources.vision import daily_url as vision_daily_url
 
     class FakeVision:

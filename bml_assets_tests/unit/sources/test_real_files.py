@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pyarrow.compute as pc
 
+from bml_assets.domain.streams import Stream
 from bml_assets.sources.http import HttpClient
-from bml_assets.sources.vision import Stream, VisionClient, parse_checksum
+from bml_assets.sources.vision import VisionClient, parse_checksum
 from bml_assets.sources.vision_csv import read_vision_csv
 
 from .conftest import FakeHost, Reply

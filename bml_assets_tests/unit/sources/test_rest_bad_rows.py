@@ -9,16 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from bml_assets.assets import rest_days
-from bml_assets.assets.rest_days import ExchangeNow
-from bml_assets.checks import BadSourceRows, BlockingCheckFailed
-from bml_assets.lake.io_manager import _validator
-from bml_assets.partitions import SymbolDay
-from bml_assets.schema import KLINES
+from bml_assets.defs.assets import rest_days
+from bml_assets.defs.assets.rest_days import ExchangeNow
+from bml_assets.defs.io_manager import _validator
+from bml_assets.domain.partitions import SymbolDay
+from bml_assets.domain.schema import KLINES
+from bml_assets.domain.streams import Stream
+from bml_assets.quality import BadSourceRows, BlockingCheckFailed
 from bml_assets.sources import rest_limits as limits
 from bml_assets.sources.http import HttpClient
 from bml_assets.sources.rest import RestClient, request_urls_of
-from bml_assets.sources.vision import Stream
 
 from .conftest import FakeClock, FakeHost, Reply
 

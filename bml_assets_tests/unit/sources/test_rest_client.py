@@ -14,7 +14,8 @@ from urllib.parse import parse_qsl, urlsplit
 import pyarrow as pa
 import pytest
 
-from bml_assets.schema import METRICS
+from bml_assets.domain.schema import METRICS
+from bml_assets.domain.streams import Stream
 from bml_assets.sources import rest_limits as limits
 from bml_assets.sources.http import HttpClient, HttpError
 from bml_assets.sources.rest import (
@@ -26,7 +27,6 @@ from bml_assets.sources.rest import (
     RestError,
 )
 from bml_assets.sources.rest_budget import utc_iso
-from bml_assets.sources.vision import Stream
 from bml_assets.sources.vision_csv import output_schema
 
 from .conftest import T0, FakeClock, FakeHost, Reply

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from bml_assets.domain.streams import KLINE_STREAMS
 from bml_assets.sources import rest_limits as limits
-from bml_assets.sources.vision import KLINE_STREAMS
 
 
 @pytest.mark.parametrize(

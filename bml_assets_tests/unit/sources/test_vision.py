@@ -9,18 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from bml_assets.settings import SettingsError
+from bml_assets.domain.settings import SettingsError
+from bml_assets.domain.streams import BOOK_TICKER_LAST_DAY, Stream
 from bml_assets.sources.http import HttpClient, HttpError
-from bml_assets.sources.vision import (
-    BOOK_TICKER_LAST_DAY,
-    NotPublished,
-    Stream,
-    VisionClient,
-    VisionError,
-    daily_url,
-    monthly_url,
-    parse_checksum,
-)
+from bml_assets.sources.vision import NotPublished, VisionClient, VisionError, daily_url, monthly_url, parse_checksum
 
 from .conftest import FakeHost, Reply, make_zip
 

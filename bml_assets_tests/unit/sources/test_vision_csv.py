@@ -7,7 +7,8 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from bml_assets.sources.vision import Stream, VisionError
+from bml_assets.domain.streams import Stream
+from bml_assets.sources.vision import VisionError
 from bml_assets.sources.vision_csv import iter_vision_csv_batches, output_schema, read_vision_csv
 
 from .conftest import make_zip

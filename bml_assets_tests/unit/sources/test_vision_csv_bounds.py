@@ -17,8 +17,9 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pytest
 
-from bml_assets.settings import DEFAULT_VISION_MAX_CSV_BYTES, Settings, SettingsError
-from bml_assets.sources.vision import Stream, VisionError
+from bml_assets.domain.settings import DEFAULT_VISION_MAX_CSV_BYTES, Settings, SettingsError
+from bml_assets.domain.streams import Stream
+from bml_assets.sources.vision import VisionError
 from bml_assets.sources.vision_csv import iter_vision_csv_batches, read_vision_csv
 
 from .conftest import make_zip
@@ -159,7 +160,8 @@ _MEASURE = textwrap.dedent(
     from pathlib import Path
     import pyarrow as pa
     from bml_assets.features.trade_flow import TradeFlowBuilder
-    from bml_assets.sources.vision import Stream, VisionError
+    from bml_assets.sources.vision import VisionError
+    from bml_assets.domain.streams import Stream
     from bml_assets.sources.vision_csv import iter_vision_csv_batches
 
     def status(field: str) -> int:

@@ -89,6 +89,10 @@ from dagster import (
     sensor,
 )
 
+from bml_assets.defs.resources import BmlResource
+from bml_assets.domain.partitions import partition_key
+from bml_assets.domain.schema import DATASETS, HOT_SNAPSHOTS
+from bml_assets.domain.streams import Stream
 from bml_assets.lake.commit import refresh_file_stat, sweep_temp_files
 from bml_assets.lake.ledger import Ledger
 from bml_assets.lake.scan import (
@@ -101,10 +105,7 @@ from bml_assets.lake.scan import (
     scan,
     stray_cache_files,
 )
-from bml_assets.partitions import partition_key
-from bml_assets.resources import BmlResource
-from bml_assets.schema import DATASETS, HOT_SNAPSHOTS
-from bml_assets.sources.vision import NotPublished, Stream, VisionClient
+from bml_assets.sources.vision import NotPublished, VisionClient
 
 REPAIR_TAG: Final = "bml/repair"
 PARTITION_NAME_TAG: Final = "dagster/partition"  # set by Dagster on a single-partition run
@@ -236,7 +237,7 @@ def sweep(
 def exchange_today(bml: BmlResource) -> dt.date:
     """Today (UTC) by the exchange's clock, as the other sensors see it; the local
     clock when the exchange cannot be asked (the scan then judges by the host)."""
-    from bml_assets.assets.rest_days import ExchangeNow  # the assets package is heavy; import when used
+    from bml_assets.defs.assets.rest_days import ExchangeNow  # the assets package is heavy; import when used
 
     try:
         return ExchangeNow(bml.rest().server_time_ms(), 0).today

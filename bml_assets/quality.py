@@ -1,5 +1,5 @@
-"""Data quality (SPEC §6): the blocking rules of every stored table, the reported rules
-of the minute view, and the Dagster check factory.
+"""Data quality (SPEC §6): the blocking rules of every stored table and the reported
+rules of the minute view, as pandera schemas derived from the column registry.
 
 What belongs here: ``blocking_rules(dataset)``, the one factory that derives a
 table's blocking rules from its declaration in the column registry — names and
@@ -11,10 +11,10 @@ blocking check runs only after the write) and whose error names the rule, the
 value, the minute and where the row came from; ``check_source_rows``, the same
 domain declarations checked vectorised with pyarrow on raw source rows that are
 aggregated before they are stored (a day of aggTrades holds up to ~7 M rows); the
-minute view's reported rules; and ``check_result``, the factory that turns a
-rule's failure cases into ``AssetCheckResult`` metadata. What stays out: the
-declarations themselves (``schema.py``), formulas (``features/``) and I/O (where
-a row came from is asked of a ``locate`` callable its builder provides).
+minute view's reported rules. What stays out: the declarations themselves
+(``domain/schema.py``), formulas (``features/``), I/O (where a row came from is
+asked of a ``locate`` callable its builder provides) and Dagster (the asset check
+factory is ``defs/checks.py``).
 """
 
 from __future__ import annotations
@@ -30,9 +30,8 @@ import pandas as pd
 import pandera.pandas as pdr
 import pyarrow as pa
 import pyarrow.compute as pc
-from dagster import AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, MetadataValue
 
-from bml_assets.schema import (
+from bml_assets.domain.schema import (
     EPOCH_MS,
     F64,
     HARD_COLUMNS,
@@ -171,7 +170,7 @@ class Rule:
         return {"name": self.name, "description": self.description, "blocking": self.blocking}
 
 
-_NO_FAILURES = pd.DataFrame({"minute": pd.Series(dtype="object"), "column": [], "value": []})
+NO_FAILURES = pd.DataFrame({"minute": pd.Series(dtype="object"), "column": [], "value": []})
 
 
 def _minute_at(frame: pd.DataFrame, time_column: str, i: Any) -> str | None:
@@ -210,7 +209,7 @@ def _pandera_failures(
                 "value": [value(c, v) for c, v in zip(cases["check"], cases["failure_case"], strict=True)],
             }
         )
-    return _NO_FAILURES
+    return NO_FAILURES
 
 
 def _rows(minutes: pd.Series, column: str, values: Sequence[Any] | pd.Series) -> pd.DataFrame:
@@ -328,7 +327,7 @@ def _ohlc_rule(dataset: Dataset) -> Rule:
                         }
                     )
                 )
-        return (pd.concat(parts) if parts else _NO_FAILURES), {}
+        return (pd.concat(parts) if parts else NO_FAILURES), {}
 
     return Rule("ohlc_consistent", "low ≤ min(open, close) ≤ max(open, close) ≤ high", True, evaluate)
 
@@ -358,7 +357,7 @@ def _domain_rule(dataset: Dataset, domain: Domain, columns: Sequence[str]) -> Ru
     def evaluate(ev: Evidence) -> tuple[pd.DataFrame, Mapping[str, Any]]:
         present = [c for c in columns if c in ev.frame]
         if not present:
-            return _NO_FAILURES, {}
+            return NO_FAILURES, {}
         return _pandera_failures(schema.select_columns(present), ev, value=_case, frame=ev.frame[present]), {}
 
     return Rule(domain.rule, f"{domain.description}: {', '.join(columns)}", True, evaluate)
@@ -475,7 +474,7 @@ def check_source_rows(batch: pa.RecordBatch | pa.Table, rows: SourceRows) -> Non
 def _row_count_rule(ev: Evidence) -> tuple[pd.DataFrame, Mapping[str, Any]]:
     facts = {"rows": len(ev.frame), "closed_day": ev.closed_day, "source_gaps": len(ev.source_gaps)}
     if not ev.closed_day or len(ev.frame) == MINUTES_PER_DAY:
-        return _NO_FAILURES, facts
+        return NO_FAILURES, facts
     grid = pd.date_range(pd.Timestamp(ev.day, tz="UTC"), periods=MINUTES_PER_DAY, freq="min")
     missing = grid.difference(pd.DatetimeIndex(ev.frame["timestamp"]))
     return _rows(pd.Series(missing), "timestamp", ["missing minute"] * len(missing)), facts
@@ -504,7 +503,7 @@ def _trade_count_rule(ev: Evidence) -> tuple[pd.DataFrame, Mapping[str, Any]]:
 
 def _agg_quantity_rule(ev: Evidence) -> tuple[pd.DataFrame, Mapping[str, Any]]:
     if ev.trade_flow is None:
-        return _NO_FAILURES, {"skipped": "no aggTrades for this day"}
+        return NO_FAILURES, {"skipped": "no aggTrades for this day"}
     qty = ev.trade_flow.set_index("timestamp")["quantity_sum"]
     frame = ev.frame[["timestamp", "volume_btc"]].copy()
     frame["agg_quantity"] = frame["timestamp"].map(qty).fillna(0.0).astype("Float64")
@@ -526,7 +525,7 @@ def _taker_buy_rule(ev: Evidence) -> tuple[pd.DataFrame, Mapping[str, Any]]:
 
 def _agg_id_rule(ev: Evidence) -> tuple[pd.DataFrame, Mapping[str, Any]]:
     if ev.trade_flow is None or ev.trade_flow.empty:
-        return _NO_FAILURES, {"skipped": "no aggTrades for this day"}
+        return NO_FAILURES, {"skipped": "no aggTrades for this day"}
     tf = ev.trade_flow.sort_values("timestamp")
     inside = (tf["last_agg_trade_id"] - tf["first_agg_trade_id"] + 1) != tf["agg_trade_count"]
     across = (tf["first_agg_trade_id"] - tf["last_agg_trade_id"].shift(1)) != 1
@@ -578,7 +577,7 @@ def _slow_null_rule(ev: Evidence) -> tuple[pd.DataFrame, Mapping[str, Any]]:
         )
         for c in failing
     ]
-    return (pd.concat(rows) if rows else _NO_FAILURES), {"null_rate": rates}
+    return (pd.concat(rows) if rows else NO_FAILURES), {"null_rate": rates}
 
 
 def _provenance_rule(ev: Evidence) -> tuple[pd.DataFrame, Mapping[str, Any]]:
@@ -586,13 +585,13 @@ def _provenance_rule(ev: Evidence) -> tuple[pd.DataFrame, Mapping[str, Any]]:
     return (
         pd.DataFrame({"minute": [None] * len(missing), "column": missing, "value": ["no provenance"] * len(missing)})
         if missing
-        else _NO_FAILURES
+        else NO_FAILURES
     ), {"sources": {s: ev.provenance.get(s, {}).get("status", "missing") for s in PROVENANCE_STREAMS}}
 
 
 def _promotion_rule(ev: Evidence) -> tuple[pd.DataFrame, Mapping[str, Any]]:
     if ev.replaced_rest_view is None:
-        return _NO_FAILURES, {"skipped": "not a promotion from REST"}
+        return NO_FAILURES, {"skipped": "not a promotion from REST"}
     old = ev.replaced_rest_view.set_index("timestamp")
     new = ev.frame.set_index("timestamp")
     common = new.index.intersection(old.index)
@@ -611,7 +610,7 @@ def _promotion_rule(ev: Evidence) -> tuple[pd.DataFrame, Mapping[str, Any]]:
                 )
             )
     facts = {"minutes_compared": len(common), "rest_only_minutes": len(old.index.difference(new.index))}
-    return (pd.concat(parts) if parts else _NO_FAILURES), facts
+    return (pd.concat(parts) if parts else NO_FAILURES), facts
 
 
 BLOCKING_RULES: tuple[Rule, ...] = blocking_rules(MINUTE_VIEW)
@@ -715,43 +714,3 @@ def enforce_blocking(
 
 def evaluate(evidence: Evidence) -> list[Outcome]:
     return [r.run(evidence) for r in ALL_RULES]
-
-
-def check_specs(asset_key: Any) -> list[AssetCheckSpec]:
-    return [AssetCheckSpec(asset=asset_key, **r.spec_kwargs) for r in ALL_RULES]
-
-
-def check_result(rule: Rule, outcomes_by_partition: Mapping[str, Outcome]) -> AssetCheckResult:
-    """The factory: pandera failure cases of one rule, over the run's partitions, as check metadata."""
-    failing = {k: o for k, o in outcomes_by_partition.items() if not o.passed}
-    frames = [o.failures.assign(partition=k) for k, o in failing.items()]
-    cases = pd.concat(frames) if frames else _NO_FAILURES.assign(partition=[])
-    metadata: dict[str, Any] = {
-        "partitions_checked": len(outcomes_by_partition),
-        "partitions_failing": len(failing),
-        "failure_count": len(cases),
-    }
-    if len(cases):
-        shown = cases[["partition", "minute", "column", "value"]].head(MAX_LISTED_FAILURES)
-        metadata["offending_minutes"] = MetadataValue.md(_markdown_table(shown))
-        metadata["offending_minute_list"] = MetadataValue.json(
-            sorted({str(m) for m in cases["minute"] if m})[:MAX_LISTED_FAILURES]
-        )
-    facts = {k: dict(o.facts) for k, o in outcomes_by_partition.items() if o.facts}
-    if facts:
-        metadata["facts"] = MetadataValue.json(facts)
-    return AssetCheckResult(
-        check_name=rule.name,
-        passed=not failing,
-        severity=AssetCheckSeverity.ERROR if rule.blocking else AssetCheckSeverity.WARN,
-        metadata=metadata,
-        description=rule.description,
-    )
-
-
-def _markdown_table(frame: pd.DataFrame) -> str:
-    lines = ["| " + " | ".join(frame.columns) + " |", "|" + " --- |" * len(frame.columns)]
-    lines += [
-        "| " + " | ".join(str(v).replace("|", "\\|") for v in row) + " |" for row in frame.itertuples(index=False)
-    ]
-    return "\n".join(lines)

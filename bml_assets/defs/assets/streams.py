@@ -43,18 +43,13 @@ from dagster import (
     asset,
 )
 
-from bml_assets.assets import rest_days, vision_days
-from bml_assets.assets.rest_days import ExchangeNow
-from bml_assets.assets.vision_days import StreamFetcher
-from bml_assets.features import coverage
-from bml_assets.features.timegrid import MINUTE_MS, day_bounds_ms, ms_to_datetime
-from bml_assets.lake.commit import PartitionNotFound, PartitionUnreadable, SchemaMismatch, read_partition
-from bml_assets.lake.io_manager import DATASET_METADATA_KEY
-from bml_assets.lake.ledger import SymbolRecord
-from bml_assets.lake.partition_data import PartitionData
-from bml_assets.partitions import SymbolDay, parse_partition_key
-from bml_assets.resources import BmlResource
-from bml_assets.schema import (
+from bml_assets.defs.assets import rest_days, vision_days
+from bml_assets.defs.assets.rest_days import ExchangeNow
+from bml_assets.defs.assets.vision_days import StreamFetcher
+from bml_assets.defs.io_manager import DATASET_METADATA_KEY
+from bml_assets.defs.resources import BmlResource
+from bml_assets.domain.partitions import SymbolDay, parse_partition_key
+from bml_assets.domain.schema import (
     BOOK_TICKER,
     FUNDING,
     HOT_SNAPSHOTS,
@@ -66,9 +61,14 @@ from bml_assets.schema import (
     TRADE_FLOW,
     Dataset,
 )
+from bml_assets.domain.streams import Stream
+from bml_assets.features import coverage
+from bml_assets.features.timegrid import MINUTE_MS, day_bounds_ms, ms_to_datetime
+from bml_assets.lake.commit import PartitionNotFound, PartitionUnreadable, SchemaMismatch, read_partition
+from bml_assets.lake.ledger import SymbolRecord
+from bml_assets.lake.partition_data import PartitionData
 from bml_assets.sources.rest import REST_POOL, HttpError, RestBanned, RestClient, RestError
 from bml_assets.sources.rest_limits import INVALID_SYMBOL_CODE
-from bml_assets.sources.vision import Stream
 
 # Vision publishes a day one to several days late (SPEC §4): inside this many days
 # REST stands in (provisionally); older, a HARD stream's 404 means "not listed".

@@ -24,7 +24,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from bml_assets.checks import BadSourceRows, RowLocator, check_source_rows
+from bml_assets.domain.partitions import SymbolDay
+from bml_assets.domain.schema import AGG_TRADE_ROWS, METRICS, TRADE_FLOW, Dataset
+from bml_assets.domain.streams import Stream
 from bml_assets.features.coverage import merge_minutes
 from bml_assets.features.funding import funding_settlements, settlements_for_day
 from bml_assets.features.hot_snapshots import append_snapshots, snapshot_row
@@ -32,12 +34,10 @@ from bml_assets.features.klines import kline_table
 from bml_assets.features.timegrid import DAY_MS, day_bounds_ms, floor_minute, ms_to_datetime, to_ms
 from bml_assets.features.trade_flow import trade_flow
 from bml_assets.lake.partition_data import PartitionData
-from bml_assets.partitions import SymbolDay
-from bml_assets.schema import AGG_TRADE_ROWS, METRICS, TRADE_FLOW, Dataset
+from bml_assets.quality import BadSourceRows, RowLocator, check_source_rows
 from bml_assets.sources import rest_limits
 from bml_assets.sources.rest import OutsideHistoryWindow, RestClient, request_urls_of
 from bml_assets.sources.rest_limits import HIST_MAX_AGE_MS
-from bml_assets.sources.vision import Stream
 
 MINUTE_MS = 60_000
 POLLED = "polled"

@@ -29,14 +29,15 @@ from dagster import (
     sensor,
 )
 
-from bml_assets.assets.rest_days import ExchangeNow
-from bml_assets.assets.streams import BAND_TAG, HOT_BAND, NOT_BEFORE_TAG, PROMOTION_TAG
+from bml_assets.defs.assets.rest_days import ExchangeNow
+from bml_assets.defs.assets.streams import BAND_TAG, HOT_BAND, NOT_BEFORE_TAG, PROMOTION_TAG
+from bml_assets.defs.io_manager import provisional_streams
+from bml_assets.defs.resources import BmlResource
+from bml_assets.domain.partitions import partition_key
+from bml_assets.domain.schema import MINUTE_VIEW
+from bml_assets.domain.streams import DAILY_STREAMS, Stream
 from bml_assets.features.timegrid import ms_to_datetime
-from bml_assets.lake.io_manager import provisional_streams
-from bml_assets.partitions import partition_key
-from bml_assets.resources import BmlResource
-from bml_assets.schema import MINUTE_VIEW
-from bml_assets.sources.vision import DAILY_STREAMS, NotPublished, Stream, VisionClient
+from bml_assets.sources.vision import NotPublished, VisionClient
 
 HOT_POLL_INTERVAL_S = 5
 # Launch a hot run this early: a run process takes seconds to start, and the run

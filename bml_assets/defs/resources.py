@@ -20,8 +20,8 @@ from pathlib import Path
 from dagster import ConfigurableResource
 from pydantic import PrivateAttr
 
+from bml_assets.domain.settings import Settings
 from bml_assets.lake.ledger import Ledger
-from bml_assets.settings import Settings
 from bml_assets.sources.rest import RestClient
 from bml_assets.sources.vision import VisionClient
 

@@ -4,7 +4,7 @@ What belongs here: loading the per-stream tables of the run's partitions,
 deciding what an unavailable HARD stream means for the day, calling the pure
 join (``features/minute_view.py``), naming the fillable streams the day still
 lacks (SPEC §8: the partition is then committed incomplete, ``missing_streams``),
-and reporting SPEC §6's checks through the factory in ``checks.py``. What stays out: formulas, validation rules and the
+and reporting SPEC §6's checks through the factory in ``defs/checks.py``. What stays out: formulas, validation rules and the
 commit (the IO manager enforces the blocking rules before the rename).
 """
 
@@ -31,30 +31,20 @@ from dagster import (
     asset,
 )
 
-from bml_assets.assets.rest_days import GAP_CONFIRM_MINUTES, ExchangeNow
-from bml_assets.assets.streams import HARD_STREAMS as HARD_STREAM_NAMES
-from bml_assets.assets.streams import IO_MANAGER_KEY, MAX_PARTITIONS_PER_RUN, STREAM_ASSETS, DayContext, run_partitions
-from bml_assets.checks import (
-    ALL_RULES,
-    BLOCKING_RULES,
-    Evidence,
-    Outcome,
-    check_result,
-    check_specs,
-    describe_failures,
-    to_frame,
+from bml_assets.defs.assets.rest_days import GAP_CONFIRM_MINUTES, ExchangeNow
+from bml_assets.defs.assets.streams import HARD_STREAMS as HARD_STREAM_NAMES
+from bml_assets.defs.assets.streams import (
+    IO_MANAGER_KEY,
+    MAX_PARTITIONS_PER_RUN,
+    STREAM_ASSETS,
+    DayContext,
+    run_partitions,
 )
-from bml_assets.features.hot_snapshots import book_from_snapshots, open_interest_observations, predicted_funding_minutes
-from bml_assets.features.metrics import combine_observations
-from bml_assets.features.minute_view import build_minute_view
-from bml_assets.features.timegrid import day_bounds_ms, ms_to_datetime
-from bml_assets.lake.io_manager import DATASET_METADATA_KEY, rest_weight, row_locator
-from bml_assets.lake.ledger import Ledger, WatermarkConflict
-from bml_assets.lake.partition_data import PartitionData
-from bml_assets.lake.scan import scan
-from bml_assets.partitions import SymbolDay
-from bml_assets.resources import BmlResource
-from bml_assets.schema import (
+from bml_assets.defs.checks import check_result, check_specs
+from bml_assets.defs.io_manager import DATASET_METADATA_KEY, rest_weight, row_locator
+from bml_assets.defs.resources import BmlResource
+from bml_assets.domain.partitions import SymbolDay
+from bml_assets.domain.schema import (
     BOOK_TICKER,
     FUNDING,
     HOT_SNAPSHOTS,
@@ -66,7 +56,15 @@ from bml_assets.schema import (
     PREMIUM_INDEX_KLINES,
     TRADE_FLOW,
 )
-from bml_assets.sources.vision import Stream
+from bml_assets.domain.streams import Stream
+from bml_assets.features.hot_snapshots import book_from_snapshots, open_interest_observations, predicted_funding_minutes
+from bml_assets.features.metrics import combine_observations
+from bml_assets.features.minute_view import build_minute_view
+from bml_assets.features.timegrid import day_bounds_ms, ms_to_datetime
+from bml_assets.lake.ledger import Ledger, WatermarkConflict
+from bml_assets.lake.partition_data import PartitionData
+from bml_assets.lake.scan import scan
+from bml_assets.quality import ALL_RULES, BLOCKING_RULES, Evidence, Outcome, describe_failures, to_frame
 
 ASSET_NAME = "minute_view"
 GROUP = "minute"

@@ -8,7 +8,7 @@ validator (their errors name where a failing row came from), the fillable stream
 a partition lacks (SPEC §8), the output metadata (sources per stream, what is
 missing, the REST weight of the fills), and loading upstream partitions back as
 ``PartitionData``. What stays out: the commit protocol itself, validation rules
-(``checks.py``) and formulas.
+(``quality.py``) and formulas.
 """
 
 from __future__ import annotations
@@ -21,15 +21,15 @@ from typing import Any
 import pyarrow as pa
 from dagster import ConfigurableIOManager, InputContext, MetadataValue, OutputContext
 
-from bml_assets.checks import RowLocator, enforce_blocking
+from bml_assets.defs.resources import BmlResource
+from bml_assets.domain.partitions import SymbolDay, parse_partition_key
+from bml_assets.domain.schema import DATASETS, MINUTE_VIEW, Dataset
+from bml_assets.domain.streams import Stream
 from bml_assets.lake.commit import NOT_BASED, commit_table, read_partition, record_unavailable
 from bml_assets.lake.layout import partition_path
 from bml_assets.lake.ledger import PartitionRecord
 from bml_assets.lake.partition_data import PartitionData
-from bml_assets.partitions import SymbolDay, parse_partition_key
-from bml_assets.resources import BmlResource
-from bml_assets.schema import DATASETS, MINUTE_VIEW, Dataset
-from bml_assets.sources.vision import Stream
+from bml_assets.quality import RowLocator, enforce_blocking
 
 DATASET_METADATA_KEY = "bml/dataset"
 VISION_STREAMS = frozenset(s.value for s in Stream)

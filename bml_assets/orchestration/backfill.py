@@ -42,8 +42,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bml_assets.domain.settings import Settings, SettingsError, validate_symbol
 from bml_assets.lake.ledger import Ledger, SymbolRecord, SymbolSync
-from bml_assets.settings import Settings, SettingsError, validate_symbol
 
 HOURS_PER_DAY = 24
 NOT_BUILT = "not_built"
@@ -573,7 +573,7 @@ def cache_strays(ws: Workspace) -> list[Any]:
 def sweep_strays(ws: Workspace, reports: Sequence[Any]) -> Any:
     """Remove the stray files of ``reports`` and re-record the stat of their intact files
     (``repair.sweep``); the swept files leave each report's ``strays``. Returns the ``Sweep``."""
-    from bml_assets.repair import Sweep, sweep
+    from bml_assets.defs.repair import Sweep, sweep
 
     total = Sweep()
     for report in reports:
@@ -594,7 +594,7 @@ def sweep_strays(ws: Workspace, reports: Sequence[Any]) -> Any:
 def targets_from_reports(reports: Iterable[Any]) -> list[Target]:
     """What the scans ask to rebuild: ``repair_targets`` of each report (every dataset; an
     incomplete partition at once, without the sensor's backoff), plus the days never built."""
-    from bml_assets.repair import repair_targets
+    from bml_assets.defs.repair import repair_targets
 
     reasons: dict[tuple[str, dt.date], set[str]] = {}
     for report in reports:
@@ -628,7 +628,7 @@ def dagster_instance() -> Iterator[Any]:
 
 
 def _resource(settings: Settings):
-    from bml_assets.resources import BmlResource
+    from bml_assets.defs.resources import BmlResource
 
     # A resource's fields are part of the job snapshot the Dagster instance stores
     # (DAGSTER_HOME), and a URL may hold a password: a URL the environment already
@@ -750,7 +750,7 @@ def execute_plan(plan: BackfillPlan, settings: Settings, *, tag: str | None = No
     if not plan.partitions:
         return
     from bml_assets.definitions import MINUTE_VIEW_JOB
-    from bml_assets.partitions import partition_key
+    from bml_assets.domain.partitions import partition_key
 
     bml = _resource(settings)
     job = _definitions(settings, bml, plan.symbols, plan.start).resolve_job_def(MINUTE_VIEW_JOB)
@@ -829,11 +829,11 @@ def hot_pass(settings: Settings, symbols: Sequence[str] | None = None) -> Iterat
     """One hot-poll pass: per symbol, ``hot_targets`` at the exchange's clock, then ``HOT_JOB``
     in-process for that partition (band ``hot`` for today, ``catch-up`` for a past day),
     run again if it lost a commit race to another writer (``MAX_RUN_ATTEMPTS``)."""
-    from bml_assets.assets.rest_days import ExchangeNow
-    from bml_assets.assets.streams import BAND_TAG, HOT_BAND
-    from bml_assets.automation import hot_targets
     from bml_assets.definitions import HOT_JOB
-    from bml_assets.partitions import partition_key
+    from bml_assets.defs.assets.rest_days import ExchangeNow
+    from bml_assets.defs.assets.streams import BAND_TAG, HOT_BAND
+    from bml_assets.defs.sensors import hot_targets
+    from bml_assets.domain.partitions import partition_key
 
     open_ledger(settings).close()
     symbols = tuple(symbols or settings.symbols)
@@ -868,7 +868,7 @@ def hot_pass(settings: Settings, symbols: Sequence[str] | None = None) -> Iterat
 def watermark_report(settings: Settings, symbol: str | None = None) -> list[dict[str, Any]]:
     """Per symbol (``BML_SYMBOLS`` plus any the ledger knows, or just ``symbol``): the watermark,
     committed partitions, first/last committed day, provisional (REST-built) and not-listed days."""
-    from bml_assets.lake.io_manager import provisional_streams
+    from bml_assets.defs.io_manager import provisional_streams
 
     ledger = open_ledger(settings)
     try:

@@ -19,17 +19,9 @@ from typing import Any, TypeVar
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from bml_assets.checks import BadSourceRows, RowLocator, check_source_rows
-from bml_assets.features.book import book_ticker_minutes
-from bml_assets.features.funding import funding_settlements, settlements_for_day
-from bml_assets.features.klines import kline_table
-from bml_assets.features.metrics import combine_observations, label_shift_ms, metrics_observations
-from bml_assets.features.timegrid import MINUTE_MS, OutsideDayError
-from bml_assets.features.trade_flow import TradeFlowBuilder, trade_flow
-from bml_assets.lake.partition_data import PartitionData
-from bml_assets.partitions import SymbolDay
-from bml_assets.resources import BmlResource
-from bml_assets.schema import (
+from bml_assets.defs.resources import BmlResource
+from bml_assets.domain.partitions import SymbolDay
+from bml_assets.domain.schema import (
     AGG_TRADE_ROWS,
     BOOK_TICKER,
     BOOK_TICKER_ROWS,
@@ -38,8 +30,17 @@ from bml_assets.schema import (
     Dataset,
     SourceRows,
 )
-from bml_assets.settings import DEFAULT_VISION_MAX_CSV_BYTES
-from bml_assets.sources.vision import BOOK_TICKER_LAST_DAY, NotPublished, Stream, VisionError, VisionFile
+from bml_assets.domain.settings import DEFAULT_VISION_MAX_CSV_BYTES
+from bml_assets.domain.streams import BOOK_TICKER_LAST_DAY, Stream
+from bml_assets.features.book import book_ticker_minutes
+from bml_assets.features.funding import funding_settlements, settlements_for_day
+from bml_assets.features.klines import kline_table
+from bml_assets.features.metrics import combine_observations, label_shift_ms, metrics_observations
+from bml_assets.features.timegrid import MINUTE_MS, OutsideDayError
+from bml_assets.features.trade_flow import TradeFlowBuilder, trade_flow
+from bml_assets.lake.partition_data import PartitionData
+from bml_assets.quality import BadSourceRows, RowLocator, check_source_rows
+from bml_assets.sources.vision import NotPublished, VisionError, VisionFile
 from bml_assets.sources.vision_csv import LAYOUTS, data_row_of, iter_vision_csv_batches, read_vision_csv
 
 T = TypeVar("T")

@@ -8,7 +8,7 @@ aggregated before they are stored (aggTrades, bookTicker); and the things derive
 mechanically from those declarations (pyarrow schemas, schema hashes, the docs'
 column table).
 
-What stays out: validation code (``checks.py`` derives the pandera schemas and
+What stays out: validation code (``quality.py`` derives the pandera schemas and
 the vectorised row checks from this module), formulas (``features/``), and any
 I/O. Nothing else in the package lists column names of a stored table or the
 domain of a column.

@@ -1,0 +1,54 @@
+"""The partition space, defined once: symbol × UTC date (SPEC §2).
+
+What belongs here: one partition as a value (``SymbolDay``) and the two-way mapping
+between a partition key (``"2024-01-01|BTCUSDT"``: the date dimension first, as
+Dagster orders the dimensions of a multi-partition key by name) and a (symbol,
+day) pair. What stays out: the Dagster partitions definition
+(``defs/partitions.py``), which partitions exist in the lake (the ledger knows)
+and any I/O.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from bml_assets.domain.settings import validate_symbol
+
+DATE_DIM = "date"
+SYMBOL_DIM = "symbol"
+KEY_SEPARATOR = "|"  # Dagster's separator of multi-partition key dimensions
+
+
+@dataclass(frozen=True, order=True)
+class SymbolDay:
+    """One partition: a symbol on a UTC day."""
+
+    symbol: str
+    day: dt.date
+
+    @property
+    def key(self) -> str:
+        return partition_key(self.symbol, self.day)
+
+    def __str__(self) -> str:
+        return f"{self.symbol} {self.day.isoformat()}"
+
+
+def partition_key(symbol: str, day: dt.date) -> str:
+    """``"2024-01-01|BTCUSDT"``: the date, then the symbol (the dimensions by name)."""
+    return f"{day.isoformat()}{KEY_SEPARATOR}{validate_symbol(symbol)}"
+
+
+def parse_partition_key(key: str) -> SymbolDay:
+    """``"2024-01-01|BTCUSDT"`` (a Dagster ``MultiPartitionKey`` is such a string) → SymbolDay;
+    a clear error otherwise."""
+    parts = str(key).split(KEY_SEPARATOR)
+    if len(parts) != 2:
+        raise ValueError(f"partition key {key!r} is not '<YYYY-MM-DD>|<SYMBOL>'")
+    date_text, symbol = parts
+    try:
+        day = dt.date.fromisoformat(date_text)
+    except ValueError:
+        raise ValueError(f"partition key {key!r}: {date_text!r} is not a date like 2024-01-01") from None
+    return SymbolDay(validate_symbol(symbol), day)
