@@ -594,7 +594,8 @@ def write_day(root: Path, trades: int, day: dt.date = DAY, symbol: str = SYMBOL)
     like the Vision URL paths) and a manifest: url → path, sha256, bytes."""
     from bml_assets.domain.streams import Stream
     from bml_assets.replay.market import AGG_TRADE_COLUMNS, KLINE_STREAMS, MarketConfig, SyntheticMarket
-    from bml_assets.replay.vision_files import zip_csv
+    from bml_assets.replay.render import zip_csv
+    from bml_assets.replay.vision_archive import vision_file
     from bml_assets.sources.vision import daily_url, monthly_url
 
     market = SyntheticMarket(MarketConfig(trades_per_day=trades, today=day + dt.timedelta(days=60)))
@@ -616,7 +617,7 @@ def write_day(root: Path, trades: int, day: dt.date = DAY, symbol: str = SYMBOL)
     ]
     manifest: dict[str, Any] = {"day": day.isoformat(), "symbol": symbol, "trades_per_day": trades, "files": {}}
     for stream, period, url in wanted:
-        vf = market.vision_file(stream, symbol, period)
+        vf = vision_file(market, stream, symbol, period)
         assert vf is not None, (stream, period)
         data = zip_csv(vf.csv_name, vf.columns(), header=vf.header, modified=vf.modified)
         rel = urlsplit(url).path.lstrip("/")

@@ -9,7 +9,7 @@ hands out its wall time (``wall_time``), which the server's rate limiter uses:
 limits are real time, never market time. Both clocks (market and wall) can be
 injected, so tests never sleep.
 
-What stays out: what happens at a given time (``market.py``, ``rest_api.py``) and
+What stays out: what happens at a given time (``market.py``, ``rest/endpoints.py``) and
 the HTTP plumbing (``server.py``).
 """
 

@@ -1,20 +1,23 @@
-"""A deterministic synthetic USD-M market, and which of its Vision files exist.
+"""A deterministic synthetic USD-M market: the exchange's truth for any symbol and day.
 
-What belongs here: ``MarketConfig`` and ``SyntheticMarket``: the market's truth for
+What belongs here: ``MarketConfig`` and ``SyntheticMarket``: the market's data for
 any symbol and day (aggTrades, the klines computed from them, mark/index/premium
 klines, 5-minute metrics, bookTicker snapshots, funding settlements) as typed
-pyarrow tables, the exchange's symbol universe (exchangeInfo; no files and no
-REST answers for other symbols), and Vision's publication rules (listing date,
-files not published before ``today``, header rows by date, bookTicker's end,
-monthly funding files after the month, metrics label conventions, optional
-shuffled and duplicated rows). Every value is a pure function of (seed, symbol,
-day or instant): the same request gives byte-identical files in any order.
-The REST side (``rest_api.py``) reads the very same exact-unit arrays through
-the public accessors at the end of ``SyntheticMarket``, so REST and Vision agree.
+pyarrow tables and as exact-unit columns, the exchange's symbol universe
+(exchangeInfo; no files and no REST answers for other symbols), listing dates,
+downtime, the instruments' tick and lot grids, and the exchange's "today" when the
+config fixes it. Every value is a pure function of (seed, symbol, day or instant):
+the same request gives the same numbers in any order. Vision files
+(``vision_archive.py``) and REST answers (``rest/endpoints.py``) both read the very
+same exact-unit columns through the public accessors at the end of
+``SyntheticMarket``, so REST and Vision agree.
 
-What stays out: CSV/zip formatting (``vision_files.py``), URL paths and HTTP
-(``server.py``). Nothing here reads the clock except ``today`` when the config
-leaves it unset, and nothing touches the network.
+What stays out: which Vision files exist and what they are called (publication
+rules, header rows, row disorder: ``vision_archive.py``), CSV/zip bytes
+(``render.py``), the column type and its text (``columns.py``), REST answers
+(``rest/``), the market clock (``clock.py``), URL paths and HTTP (``server.py``).
+Nothing here reads the clock except ``today`` when the config leaves it unset, and
+nothing touches the network.
 
 Prices and quantities are held as exact integer units (ticks, lots); the typed
 tables expose them as float64 (the double nearest the printed decimal), so a
@@ -27,17 +30,16 @@ import hashlib
 import math
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from functools import partial
 
 import numpy as np
 import pyarrow as pa
 
 from bml_assets.domain.settings import SYMBOL_PATTERN
-from bml_assets.domain.streams import BOOK_TICKER_LAST_DAY, METRICS_NEW_LABELS_FIRST_DAY, Stream
-from bml_assets.replay.vision_files import CsvColumn, table_of
+from bml_assets.domain.streams import METRICS_NEW_LABELS_FIRST_DAY, Stream
+from bml_assets.replay.columns import CsvColumn, table_of
 
 KLINE_STREAMS: tuple[Stream, ...] = (
     Stream.KLINES,
@@ -51,9 +53,6 @@ DEFAULT_LISTING_DATE = date(2019, 9, 8)
 # The universe when ``MarketConfig.symbols`` is unset: what the demo and the tests
 # trade (plus any symbol given a listing date).
 DEFAULT_SYMBOLS: tuple[str, ...] = ("BTCUSDT", "ETHUSDT")
-# Vision facts (SPEC §4) the files imitate.
-KLINES_HEADER_FIRST_DAY = date(2022, 6, 1)
-AGG_TRADES_HEADER_FIRST_DAY = date(2022, 8, 11)
 
 KLINE_COLUMNS: tuple[str, ...] = (
     "open_time",
@@ -249,24 +248,6 @@ def _check_symbol(symbol: str) -> str:
 
 
 @dataclass(frozen=True)
-class VisionFile:
-    """A Vision file as the market publishes it: its zip name and (built on demand,
-    as a 7M-trade day takes seconds) its CSV columns."""
-
-    zip_name: str
-    header: bool
-    modified: datetime  # the zip entry's timestamp: a fixed time after the period
-    build: Callable[[], tuple[CsvColumn, ...]] = field(repr=False, compare=False)
-
-    def columns(self) -> tuple[CsvColumn, ...]:
-        return self.build()
-
-    @property
-    def csv_name(self) -> str:
-        return self.zip_name[: -len(".zip")] + ".csv"
-
-
-@dataclass(frozen=True)
 class _Trades:
     """One symbol-day of aggTrades in exact units, sorted by (transact_time, id)."""
 
@@ -297,7 +278,7 @@ class _Klines:
 
 
 class SyntheticMarket:
-    """The synthetic market: data for any valid symbol and day, and its Vision files."""
+    """The synthetic market: data for any valid symbol and day."""
 
     # Generated days kept in memory: the klines, book and aggTrades of one day share them.
     _TRADE_CACHE_DAYS = 2
@@ -309,7 +290,7 @@ class SyntheticMarket:
         # waits for the first instead of generating it again.
         self._generate_lock = threading.Lock()
 
-    # --- identity and publication ------------------------------------------
+    # --- identity and the universe ----------------------------------------
 
     def today(self) -> date:
         return self.config.today or _utc_today()
@@ -335,76 +316,6 @@ class SyntheticMarket:
     def is_trading(self, symbol: str, day: date) -> bool:
         return day >= self.listing_date(symbol)
 
-    def vision_file(
-        self, stream: Stream | str, symbol: str, period: date, *, today: date | None = None
-    ) -> VisionFile | None:
-        """The Vision file of ``stream`` for ``symbol`` and ``period`` (a day; for the
-        monthly fundingRate any day of the month), or None when Vision would answer
-        404: a symbol outside the universe, not listed yet, not published yet, or a
-        stream that had ended. ``today`` overrides ``self.today()`` (a server with
-        a market clock passes the clock's date)."""
-        stream = Stream(stream)
-        if not self.is_known_symbol(symbol):
-            return None
-        today = today or self.today()
-        if stream is Stream.FUNDING_RATE:
-            return self._funding_file(symbol, period.replace(day=1), today)
-        if period < self.listing_date(symbol) or period >= today:
-            return None
-        if stream is Stream.BOOK_TICKER and period > BOOK_TICKER_LAST_DAY:
-            return None
-        if stream in KLINE_STREAMS:
-            header = period >= KLINES_HEADER_FIRST_DAY
-            name = f"{symbol}-1m-{period.isoformat()}.zip"
-        else:
-            header = stream is not Stream.AGG_TRADES or period >= AGG_TRADES_HEADER_FIRST_DAY
-            name = f"{symbol}-{stream.value}-{period.isoformat()}.zip"
-        modified = datetime(period.year, period.month, period.day) + timedelta(days=1, hours=7, minutes=26)
-        return VisionFile(name, header, modified, partial(self._file_columns, stream, symbol, period))
-
-    def _file_columns(self, stream: Stream, symbol: str, period: date) -> tuple[CsvColumn, ...]:
-        if stream in KLINE_STREAMS:
-            columns = self._kline_columns(symbol, period, stream)
-        else:
-            columns = {
-                Stream.AGG_TRADES: self._agg_trade_columns,
-                Stream.BOOK_TICKER: self._book_ticker_columns,
-                Stream.METRICS: self._metrics_columns,
-                Stream.FUNDING_RATE: self._funding_columns,
-            }[stream](symbol, period)
-        if self.config.shuffle_and_duplicate:
-            columns = self._shuffle_and_duplicate(columns, symbol, period, stream)
-        return columns
-
-    def _funding_file(self, symbol: str, month: date, today: date | None = None) -> VisionFile | None:
-        next_month = _next_month(month)
-        # Vision publishes a monthly file once the month is over.
-        if next_month > (today or self.today()) or next_month <= self.listing_date(symbol):
-            return None
-        name = f"{symbol}-fundingRate-{month:%Y-%m}.zip"
-        modified = datetime(next_month.year, next_month.month, 1, 7, 26)
-        return VisionFile(name, True, modified, partial(self._file_columns, Stream.FUNDING_RATE, symbol, month))
-
-    def _shuffle_and_duplicate(
-        self, columns: tuple[CsvColumn, ...], symbol: str, period: date, stream: Stream
-    ) -> tuple[CsvColumn, ...]:
-        n = len(columns[0].values)
-        if n < 2:
-            return columns
-        rng = self._rng(symbol, period, "shuffle", extra=_stable_key(stream.value))
-        order = np.arange(n)
-        # Swap ~1 % of neighbouring rows (at least one pair); no row in two swaps.
-        swaps = np.flatnonzero(rng.random(n - 1) < 0.01)
-        swaps = swaps[np.diff(swaps, prepend=-2) > 1]
-        if swaps.size == 0:
-            swaps = np.array([max(0, n // 2 - 1)])
-        order[swaps], order[swaps + 1] = order[swaps + 1], order[swaps].copy()
-        # Repeat a few rows right after themselves (at least one).
-        dup_count = max(1, n // 2000)
-        dup_at = np.sort(rng.choice(n, size=min(dup_count, n), replace=False))
-        order = np.insert(order, dup_at + 1, order[dup_at])
-        return tuple(c.take(order) for c in columns)
-
     # --- randomness ----------------------------------------------------------
 
     def _rng(self, symbol: str, day: date, stream: str, extra: int = 0) -> np.random.Generator:
@@ -415,6 +326,11 @@ class SyntheticMarket:
 
     def _keys(self, symbol: str, purpose: str) -> tuple[int, ...]:
         return (self.config.seed, _stable_key(symbol), _stable_key(purpose))
+
+    def file_rng(self, symbol: str, period: date, stream: Stream) -> np.random.Generator:
+        """The generator a Vision file's row disorder draws from (``vision_archive.py``):
+        a pure function of (seed, symbol, period, stream)."""
+        return self._rng(symbol, period, "shuffle", extra=_stable_key(stream.value))
 
     # --- prices through time ---------------------------------------------------
 
@@ -843,7 +759,7 @@ class SyntheticMarket:
 
     def _funding_columns(self, symbol: str, month: date) -> tuple[CsvColumn, ...]:
         start = max(month, self.listing_date(symbol))
-        end = _next_month(month)
+        end = next_month(month)
         step = FUNDING_INTERVAL_HOURS * 3_600_000
         instants = np.arange(day_ms(start), day_ms(end), step, dtype=np.int64)
         keys = self._keys(symbol, "funding")
@@ -864,13 +780,18 @@ class SyntheticMarket:
             CsvColumn("last_funding_rate", rate_units, 8),
         )
 
-    # --- exact arrays for the REST API (rest_api.py) ------------------------------
-    # The same arrays the Vision files are rendered from, so REST and Vision agree
-    # to the last digit. Shared with the caches: callers must not modify them.
+    # --- exact columns for the Vision files and the REST API ------------------------
+    # The same arrays the Vision files are rendered from (``vision_archive.py``) and
+    # REST answers from (``rest/endpoints.py``), so the two agree to the last digit.
+    # Shared with the caches: callers must not modify them.
 
     def trade_arrays(self, symbol: str, day: date) -> _Trades:
         """The day's aggTrades in exact units, sorted by (transact_time, id)."""
         return self._trades(_check_symbol(symbol), day)
+
+    def agg_trade_columns(self, symbol: str, day: date) -> tuple[CsvColumn, ...]:
+        """The aggTrades file's columns for the day, unshuffled."""
+        return self._agg_trade_columns(_check_symbol(symbol), day)
 
     def kline_columns(self, symbol: str, day: date, kind: Stream | str = Stream.KLINES) -> tuple[CsvColumn, ...]:
         """The 12 kline columns of ``kind`` for the day, unshuffled (the Vision file's values)."""
@@ -887,11 +808,15 @@ class SyntheticMarket:
         instants = self._metrics_instants(day) if self.is_trading(symbol, day) else np.zeros(0, np.int64)
         return instants, self.metrics_snapshots(symbol, instants)
 
+    def metrics_columns(self, symbol: str, day: date) -> tuple[CsvColumn, ...]:
+        """The metrics file's columns for the day, with the file's label convention."""
+        return self._metrics_columns(_check_symbol(symbol), day)
+
     def funding_columns(self, symbol: str, month: date) -> tuple[CsvColumn, ...]:
         """The fundingRate file's columns for the month of ``month`` (calc_time,
         funding_interval_hours, last_funding_rate), from the listing day on."""
         return self._funding_columns(_check_symbol(symbol), month.replace(day=1))
 
 
-def _next_month(month: date) -> date:
+def next_month(month: date) -> date:
     return date(month.year + month.month // 12, month.month % 12 + 1, 1)

@@ -3,35 +3,32 @@ host, with fault switches.
 
 What belongs here: ``ReplayServer`` (a ThreadingHTTPServer on a background thread
 serving GET/HEAD for the USD-M Vision paths and their ``.CHECKSUM``, and routing
-``/fapi/...`` and ``/futures/data/...`` to the REST logic of ``rest_api.py`` under
-the server's rate limiter, with ``X-MBX-USED-WEIGHT-1M`` on every REST answer),
-the optional shared ``MarketClock`` (Vision's "today" and REST's "now"), the private
-parsing of those paths, serving real files from a directory (laid out under
-``data/futures/um/...`` or loose, mapped by file name), the byte-bounded cache of
-rendered zips, the fault rules (``FaultRule``/``FaultSet``, also settable over HTTP
-at ``/_replay/faults``), and ``serve()``, the blocking entry point of the
-``bml replay-server`` command.
+``/fapi/...`` and ``/futures/data/...`` to the REST side, ``rest/``, with
+``X-MBX-USED-WEIGHT-1M`` on every REST answer), the optional shared
+``MarketClock`` (Vision's "today" and REST's "now"), choosing between a real file
+and the synthetic market for a path, the byte-bounded cache of rendered zips,
+carrying out the fault rules on the wire (also settable over HTTP at
+``/_replay/faults``), the log of every HTTP request, and ``serve()``, the blocking
+entry point of the ``bml replay-server`` command.
 
 It is a local test tool and guards itself as one: it listens on loopback unless
 told ``allow_public``; it answers only requests whose ``Host`` is a loopback name
 or its own host (a DNS-rebinding page gets 421); nothing under ``real_dir`` that
-resolves outside it is ever served (links out are skipped with a warning and
-checked again at each request); error bodies never carry the request path
-unescaped (XML-escaped in the S3-style errors, JSON with ``<>&`` escaped
-elsewhere); and the fault switches take ``POST``/``DELETE`` only with
-``Content-Type: application/json`` (415 otherwise), which a page in a browser
-cannot send cross-site without a CORS preflight — and no request gets any
+resolves outside it is ever served (checked again at each request); error bodies
+never carry the request path unescaped (XML-escaped in the S3-style errors, JSON
+with ``<>&`` escaped elsewhere); and the fault switches take ``POST``/``DELETE``
+only with ``Content-Type: application/json`` (415 otherwise), which a page in a
+browser cannot send cross-site without a CORS preflight — and no request gets any
 ``Access-Control-Allow-*`` header.
 
-Real files define their own symbols: one found under ``real_dir`` is served even
-for a symbol outside the synthetic market's universe (REST still knows only the
-market's universe).
-
-What stays out: what the files contain and when they exist (``market.py``), how
-they are rendered (``vision_files.py``), what REST answers and how weight is
-counted (``rest_api.py``), the clock (``clock.py``), and the project's own Vision
-URL builder and client (``sources/vision.py``), which this server is a test
-double for.
+What stays out: what the files contain (``market.py``), which exist and their
+URL layout (``vision_archive.py``), how they are rendered (``render.py``), the
+real-file index (``real_files.py``), the fault rules themselves (``faults.py``),
+what REST answers, how weight is counted and the REST log (``rest/``), the clock
+(``clock.py``), and the project's own Vision URL builder and client
+(``sources/vision.py``), which this server is a test double for. WebSocket
+streams (issue 10) go in ``ws/`` beside ``rest/``; this module would only route
+the upgrade requests to it.
 """
 
 from __future__ import annotations
@@ -40,17 +37,14 @@ import html
 import ipaddress
 import json
 import logging
-import os
-import re
 import signal
 import socket
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
-from datetime import date, datetime, timedelta
-from enum import StrEnum
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -58,334 +52,24 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qsl
 
-import numpy as np
-
 from bml_assets.replay.clock import MarketClock
-from bml_assets.replay.market import KLINE_STREAMS, MarketConfig, Stream, SyntheticMarket
-from bml_assets.replay.rest_api import (
-    DEFAULT_FUNDING_LIMIT,
-    DEFAULT_WEIGHT_LIMIT,
-    RateLimiter,
-    RestApi,
-    RestLogEntry,
-    RestResponse,
-    RestService,
-    ban_message,
-    error_response,
-    invalid_symbol,
-    is_rest_path,
-    json_body,
-)
-from bml_assets.replay.vision_files import checksum_text, zip_bytes, zip_csv
+from bml_assets.replay.faults import FaultDecision, FaultKind, FaultRule, FaultSet, flipped, garbage
+from bml_assets.replay.market import MarketConfig, SyntheticMarket
+from bml_assets.replay.real_files import RealFile, index_real_dir, modified_of, resolves_inside
+from bml_assets.replay.render import checksum_text, zip_bytes, zip_csv
+from bml_assets.replay.rest.endpoints import RestApi
+from bml_assets.replay.rest.limits import DEFAULT_FUNDING_LIMIT, DEFAULT_WEIGHT_LIMIT, RateLimiter, ban_message
+from bml_assets.replay.rest.log import RestLogEntry
+from bml_assets.replay.rest.paths import is_rest_path
+from bml_assets.replay.rest.responses import RestResponse, error_response, invalid_symbol, json_body
+from bml_assets.replay.rest.service import RestService
+from bml_assets.replay.vision_archive import CHECKSUM_SUFFIX, parse_vision_path, vision_file
 
 log = logging.getLogger(__name__)
 
-CHECKSUM_SUFFIX = ".CHECKSUM"
 CONTROL_PREFIX = "/_replay/"
 DEFAULT_CACHE_BYTES = 512 << 20
 _LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain"})
-
-
-# --- faults -------------------------------------------------------------------------
-
-
-class FaultKind(StrEnum):
-    MISSING = "missing"  # 404
-    FORBIDDEN = "forbidden"  # 403
-    CORRUPT_ZIP = "corrupt_zip"  # garbage zip, CHECKSUM of the garbage: broken upstream
-    CHECKSUM_MISMATCH = "checksum_mismatch"  # flipped bytes, true CHECKSUM: broken in transit
-    TRUNCATED = "truncated"  # Content-Length larger than the bytes sent, then close
-    ERROR_500 = "error_500"  # HTTP 500
-    SLOW = "slow"  # sleep delay_s, then answer (other rules still apply)
-    RATE_LIMIT_429 = "rate_limit_429"  # 429 with Retry-After: retry_after_s
-    BAN_418 = "ban_418"  # 418 with Retry-After: retry_after_s and the -1003 ban body
-    MALFORMED_JSON = "malformed_json"  # REST only: 200 with a truncated JSON body
-    BAD_SYMBOL = "bad_symbol"  # REST only: 400 {"code":-1121,"msg":"Invalid symbol."}
-
-
-# Kinds that change the zip bytes: only requests for the zip itself use them up.
-_ZIP_KINDS = frozenset({FaultKind.CORRUPT_ZIP, FaultKind.CHECKSUM_MISMATCH})
-# Kinds that only mean something on REST paths; Vision requests pass them by.
-_REST_ONLY_KINDS = frozenset({FaultKind.MALFORMED_JSON, FaultKind.BAD_SYMBOL})
-
-
-@dataclass(frozen=True)
-class FaultRule:
-    """Affect requests whose path contains ``path_contains``; ``times=None`` means
-    every matching request, else that many matching requests. ``retry_after_s`` is
-    the ``Retry-After`` of ``rate_limit_429`` and ``ban_418`` answers."""
-
-    kind: FaultKind
-    path_contains: str
-    times: int | None = None
-    delay_s: float = 0.0
-    retry_after_s: int = 1
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "kind", FaultKind(self.kind))
-        if not isinstance(self.path_contains, str):
-            raise ValueError("path_contains must be a string")
-        if self.times is not None and (not isinstance(self.times, int) or self.times < 0):
-            raise ValueError(f"times must be None or a whole number ≥ 0, not {self.times!r}")
-        if not self.delay_s >= 0:
-            raise ValueError(f"delay_s must be ≥ 0, not {self.delay_s!r}")
-        if isinstance(self.retry_after_s, bool) or not isinstance(self.retry_after_s, int) or self.retry_after_s < 0:
-            raise ValueError(f"retry_after_s must be a whole number ≥ 0, not {self.retry_after_s!r}")
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> FaultRule:
-        unknown = set(data) - {"kind", "path_contains", "times", "delay_s", "retry_after_s"}
-        if unknown:
-            raise ValueError(f"unknown fault rule fields: {sorted(unknown)}")
-        return cls(
-            kind=FaultKind(data["kind"]),
-            path_contains=data.get("path_contains", ""),
-            times=data.get("times"),
-            delay_s=float(data.get("delay_s", 0.0)),
-            retry_after_s=data.get("retry_after_s", 1),
-        )
-
-
-@dataclass
-class _ActiveRule:
-    rule: FaultRule
-    remaining: int | None
-
-    def live(self) -> bool:
-        return self.remaining is None or self.remaining > 0
-
-    def use(self) -> None:
-        if self.remaining is not None:
-            self.remaining -= 1
-
-
-@dataclass(frozen=True)
-class _Decision:
-    delay_s: float = 0.0
-    kind: FaultKind | None = None
-    rule: FaultRule | None = None  # the rule that set ``kind``
-
-
-class FaultSet:
-    """The server's fault rules, safe to change while requests are served.
-
-    A request sleeps for every matching ``slow`` rule and is then affected by at
-    most one other rule: the first added that matches and has uses left. The
-    zip-changing kinds are used up by zip requests only; a ``corrupt_zip`` rule
-    also makes the file's ``.CHECKSUM`` describe the garbage (while the rule is
-    live, or for the one CHECKSUM request that follows a garbage zip), so the pair
-    looks broken upstream whichever of the two a client fetches first.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._rules: list[_ActiveRule] = []
-        # Zip paths served as garbage whose CHECKSUM has not been asked for since,
-        # and CHECKSUM paths served for garbage whose zip has not been asked for.
-        self._garbage_zip_pending: set[str] = set()
-        self._garbage_checksum_served: set[str] = set()
-
-    def add(self, rule: FaultRule) -> None:
-        with self._lock:
-            self._rules.append(_ActiveRule(rule, rule.times))
-
-    def clear(self) -> None:
-        with self._lock:
-            self._rules.clear()
-            self._garbage_zip_pending.clear()
-            self._garbage_checksum_served.clear()
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._rules)
-
-    def describe(self) -> list[dict[str, Any]]:
-        with self._lock:
-            return [{**asdict(r.rule), "kind": r.rule.kind.value, "remaining": r.remaining} for r in self._rules]
-
-    def decide(self, path: str) -> _Decision:
-        """Use up the rules that apply to one request of ``path`` (a zip or CHECKSUM
-        path, or a REST path: there the zip kinds do not apply, and on Vision paths
-        the REST-only kinds do not)."""
-        rest = is_rest_path(path)
-        is_checksum = not rest and path.endswith(CHECKSUM_SUFFIX)
-        zip_path = path[: -len(CHECKSUM_SUFFIX)] if is_checksum else path
-        delay, kind, chosen = 0.0, None, None
-        with self._lock:
-            for active in self._rules:
-                if active.rule.path_contains not in path or not active.live():
-                    continue
-                if active.rule.kind in (_ZIP_KINDS if rest else _REST_ONLY_KINDS):
-                    continue
-                if active.rule.kind is FaultKind.SLOW:
-                    active.use()
-                    delay += active.rule.delay_s
-                    continue
-                if kind is not None:
-                    continue
-                if active.rule.kind in _ZIP_KINDS and is_checksum:
-                    if active.rule.kind is FaultKind.CORRUPT_ZIP:
-                        kind = FaultKind.CORRUPT_ZIP
-                        self._garbage_checksum_served.add(zip_path)
-                        self._garbage_zip_pending.discard(zip_path)
-                    continue
-                active.use()
-                kind, chosen = active.rule.kind, active.rule
-            if is_checksum and kind is None and zip_path in self._garbage_zip_pending:
-                self._garbage_zip_pending.discard(zip_path)
-                kind = FaultKind.CORRUPT_ZIP
-            if not is_checksum and kind is FaultKind.CORRUPT_ZIP:
-                if zip_path in self._garbage_checksum_served:
-                    self._garbage_checksum_served.discard(zip_path)
-                else:
-                    self._garbage_zip_pending.add(zip_path)
-        return _Decision(delay, kind, chosen)
-
-
-def _garbage(data: bytes) -> bytes:
-    """Deterministic garbage of the same length: the local header survives (it
-    still looks like a zip), everything after it is scrambled."""
-    head = min(len(data), 30)
-    body = np.frombuffer(data, dtype=np.uint8)[head:] ^ np.uint8(0xA5)
-    return data[:head] + body.tobytes()
-
-
-def _flipped(data: bytes) -> bytes:
-    """A few flipped bytes in the middle, as a bad transfer would leave them."""
-    out = bytearray(data)
-    for i in range(len(out) // 2, min(len(out), len(out) // 2 + 8)):
-        out[i] ^= 0xFF
-    return bytes(out)
-
-
-# --- paths ------------------------------------------------------------------------
-
-_SYMBOL = r"[A-Z0-9]{2,20}"
-_DAY = r"\d{4}-\d{2}-\d{2}"
-_KLINE_PATH = re.compile(
-    rf"^/data/futures/um/daily/(klines|markPriceKlines|indexPriceKlines|premiumIndexKlines)/({_SYMBOL})/1m/\2-1m-({_DAY})\.zip$"
-)
-_DAILY_PATH = re.compile(rf"^/data/futures/um/daily/(aggTrades|bookTicker|metrics)/({_SYMBOL})/\2-\1-({_DAY})\.zip$")
-_MONTHLY_PATH = re.compile(
-    rf"^/data/futures/um/monthly/(fundingRate)/({_SYMBOL})/\2-fundingRate-(\d{{4}}-\d{{2}})\.zip$"
-)
-
-
-def _parse_vision_path(path: str) -> tuple[Stream, str, date] | None:
-    """(stream, symbol, period) of a synthetic Vision zip path, or None."""
-    for pattern in (_KLINE_PATH, _DAILY_PATH, _MONTHLY_PATH):
-        match = pattern.fullmatch(path)
-        if match is None:
-            continue
-        stream, symbol, period = match.groups()
-        try:
-            day = date.fromisoformat(period if len(period) == 10 else period + "-01")
-        except ValueError:
-            return None
-        return Stream(stream), symbol, day
-    return None
-
-
-# Loose real files, by name.
-_LOOSE_KLINE = re.compile(rf"^({_SYMBOL})-1m-({_DAY})$")
-_LOOSE_DAILY = re.compile(rf"^({_SYMBOL})-(aggTrades|bookTicker|metrics)-({_DAY})$")
-_LOOSE_MONTHLY = re.compile(rf"^({_SYMBOL})-fundingRate-(\d{{4}}-\d{{2}})$")
-# Folders whose loose files belong to another market (spot, COIN-M) and must not
-# be served as USD-M files.
-_OTHER_MARKET_TOKENS = frozenset({"spot", "cm", "coin", "option", "options"})
-_DERIVED_KLINE_FOLDERS = {s.value.lower(): s.value for s in KLINE_STREAMS if s is not Stream.KLINES}
-
-
-@dataclass(frozen=True)
-class RealFile:
-    """A real file served at ``route``: a zip as is, or a CSV zipped on request."""
-
-    route: str
-    source: Path
-    checksum: Path | None  # the .CHECKSUM beside a real zip, served as is
-    laid_out: bool  # found under data/... rather than mapped by its name
-
-    @property
-    def is_csv(self) -> bool:
-        return self.source.suffix == ".csv"
-
-
-def _loose_route(rel: Path) -> str | None:
-    stem = rel.name[: -len(rel.suffix)]
-    folders = [p.lower() for p in rel.parts[:-1]]
-    if any(tok in _OTHER_MARKET_TOKENS for f in folders for tok in re.split(r"[^a-z0-9]+", f)):
-        return None
-    if m := _LOOSE_KLINE.fullmatch(stem):
-        stream = next((_DERIVED_KLINE_FOLDERS[f] for f in reversed(folders) if f in _DERIVED_KLINE_FOLDERS), "klines")
-        return f"/data/futures/um/daily/{stream}/{m[1]}/1m/{stem}.zip"
-    if m := _LOOSE_DAILY.fullmatch(stem):
-        return f"/data/futures/um/daily/{m[2]}/{m[1]}/{stem}.zip"
-    if m := _LOOSE_MONTHLY.fullmatch(stem):
-        return f"/data/futures/um/monthly/fundingRate/{m[1]}/{stem}.zip"
-    return None
-
-
-def _resolves_inside(path: Path, root: Path) -> bool:
-    """Whether ``path``, links followed, is ``root`` (already resolved) or under it."""
-    try:
-        return path.resolve().is_relative_to(root)
-    except (OSError, RuntimeError):  # a link loop or an unreadable link
-        return False
-
-
-def _files_inside(root: Path) -> Iterator[Path]:
-    """The files under ``root`` that resolve inside it. A link (to a file or a
-    folder) that leads outside is skipped with a warning naming it; links to
-    folders are never descended (one inside ``root`` is indexed at its real path)."""
-    base = root.resolve()
-    for folder, dirs, files in os.walk(root):  # followlinks=False
-        here = Path(folder)
-        dirs.sort()
-        for name in [*dirs, *files]:
-            path = here / name
-            if path.is_symlink() and not _resolves_inside(path, base):
-                log.warning("replay: not serving %s: it links outside %s", path, root)
-            elif name in files:
-                yield path
-
-
-def index_real_dir(root: Path) -> dict[str, RealFile]:
-    """Map request paths to the real files under ``root``. Files under a ``data``
-    folder are served at their own path (``.csv`` as ``.zip``); loose files by
-    their name. Laid-out beats loose and a zip beats a CSV for the same path.
-    Nothing that resolves outside ``root`` is indexed (see ``_files_inside``)."""
-    inside = set(_files_inside(root))
-    found: dict[str, RealFile] = {}
-    for path in sorted(p for p in inside if p.suffix in (".zip", ".csv") and p.is_file()):
-        rel = path.relative_to(root)
-        if "data" in rel.parts[:-1]:
-            parts = rel.parts[rel.parts.index("data") :]
-            route, laid_out = "/" + "/".join(parts[:-1] + (rel.stem + ".zip",)), True
-        else:
-            route, laid_out = _loose_route(rel), False
-        if route is None:
-            log.debug("replay: not serving %s (no USD-M Vision name)", path)
-            continue
-        checksum = path.with_name(path.name + CHECKSUM_SUFFIX)
-        has_checksum = path.suffix == ".zip" and checksum in inside and checksum.is_file()
-        candidate = RealFile(route, path, checksum if has_checksum else None, laid_out)
-        current = found.get(route)
-        if current is None or (not candidate.is_csv, candidate.laid_out) > (not current.is_csv, current.laid_out):
-            found[route] = candidate
-    return found
-
-
-def _period_of(name: str) -> datetime:
-    """A zip entry time for a real CSV zipped here: the morning after its period."""
-    match = re.search(r"(\d{4})-(\d{2})(?:-(\d{2}))?$", name)
-    if match is None:
-        return datetime(1980, 1, 1)
-    y, m, d = int(match[1]), int(match[2]), int(match[3] or 1)
-    try:
-        start = datetime(y, m, d)
-    except ValueError:
-        return datetime(1980, 1, 1)
-    return start + timedelta(days=1 if match[3] else 31, hours=7, minutes=26)
 
 
 # --- rendered files cache ------------------------------------------------------------
@@ -486,7 +170,7 @@ class ReplayServer:
     or the real UTC date) and REST uses the real time. Rate limits always count the
     wall time (the clock's ``wall_time``, else ``time.time``).
 
-    REST limits (per client IP, see ``rest_api.RateLimiter``): ``rest_weight_limit``
+    REST limits (per client IP, see ``rest.limits.RateLimiter``): ``rest_weight_limit``
     weight per fixed ``rest_window_s`` window; 429 when over, and after
     ``rest_ban_after`` 429s in a window a 418 ban of ``rest_ban_s`` seconds;
     fundingRate also ``rest_funding_limit`` requests per ``rest_funding_window_s``.
@@ -625,21 +309,19 @@ class ReplayServer:
         if real is not None:
             # Checked again at each request: a link may have been changed since indexing.
             root = self._real_root
-            if root is None or not all(
-                _resolves_inside(p, root) for p in (real.source, real.checksum) if p is not None
-            ):
+            if root is None or not all(resolves_inside(p, root) for p in (real.source, real.checksum) if p is not None):
                 log.warning("replay: not serving %s: %s now links outside %s", zip_path, real.source, self.real_dir)
                 return None
             return self._cache.get_or_render("real:" + zip_path, lambda: self._render_real(real))
         if self.market is None:
             return None
-        parsed = _parse_vision_path(zip_path)
+        parsed = parse_vision_path(zip_path)
         if parsed is None:
             return None
         stream, symbol, period = parsed
         # Publication depends on "today", so ask the market before the cache.
         today = self.clock.today() if self.clock is not None else None
-        file = self.market.vision_file(stream, symbol, period, today=today)
+        file = vision_file(self.market, stream, symbol, period, today=today)
         if file is None:
             return None
 
@@ -652,7 +334,7 @@ class ReplayServer:
     @staticmethod
     def _render_real(real: RealFile) -> _Rendered:
         zip_name = real.route.rsplit("/", 1)[1]
-        modified = _period_of(zip_name[: -len(".zip")])
+        modified = modified_of(zip_name[: -len(".zip")])
         if real.is_csv:
             data = zip_bytes(zip_name[: -len(".zip")] + ".csv", real.source.read_bytes(), modified=modified)
         else:
@@ -823,14 +505,14 @@ class _Handler(BaseHTTPRequestHandler):
         if is_checksum:
             body = rendered.checksum
             if kind is FaultKind.CORRUPT_ZIP:
-                body = checksum_text(path.rsplit("/", 1)[1][: -len(CHECKSUM_SUFFIX)], _garbage(rendered.zip)).encode()
+                body = checksum_text(path.rsplit("/", 1)[1][: -len(CHECKSUM_SUFFIX)], garbage(rendered.zip)).encode()
             content_type = "text/plain; charset=utf-8"
         else:
             body = rendered.zip
             if kind is FaultKind.CORRUPT_ZIP:
-                body = _garbage(body)
+                body = garbage(body)
             elif kind is FaultKind.CHECKSUM_MISMATCH:
-                body = _flipped(body)
+                body = flipped(body)
             content_type = "application/zip"
         extra = {"Last-Modified": rendered.modified.strftime("%a, %d %b %Y %H:%M:%S GMT")}
         if kind is FaultKind.TRUNCATED and not head:
@@ -838,10 +520,10 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self._send(HTTPStatus.OK, body, content_type, head=head, extra=extra)
 
-    def _send_limited(self, decision: _Decision, *, head: bool) -> None:
+    def _send_limited(self, decision: FaultDecision, *, head: bool) -> None:
         self._send_rest(self._limited_response(decision, {}), head=head)
 
-    def _limited_response(self, decision: _Decision, extra: dict[str, str]) -> RestResponse:
+    def _limited_response(self, decision: FaultDecision, extra: dict[str, str]) -> RestResponse:
         """A 429 or 418 from a fault rule, with its Retry-After and a Binance body."""
         retry = decision.rule.retry_after_s if decision.rule is not None else 1
         headers = {**extra, "Retry-After": str(retry)}

@@ -14,7 +14,8 @@ from dagster import DagsterInstance
 
 from bml_assets.domain.schema import KLINES, TRADE_FLOW, Dataset
 from bml_assets.lake.layout import partition_path
-from bml_assets.replay.server import FaultRule, ReplayServer
+from bml_assets.replay.faults import FaultRule
+from bml_assets.replay.server import ReplayServer
 
 from .conftest import DAY, Lake, failure_text, make_lake
 

@@ -25,9 +25,11 @@ from bml_assets.domain.partitions import partition_key
 from bml_assets.domain.schema import MINUTE_COLUMNS, ColumnClass
 from bml_assets.domain.streams import Stream
 from bml_assets.replay.clock import MarketClock
+from bml_assets.replay.faults import FaultRule
 from bml_assets.replay.market import MarketConfig, SyntheticMarket
-from bml_assets.replay.server import FaultRule, ReplayServer
-from bml_assets.replay.vision_files import csv_bytes, sha256_hex, zip_bytes
+from bml_assets.replay.render import csv_bytes, sha256_hex, zip_bytes
+from bml_assets.replay.server import ReplayServer
+from bml_assets.replay.vision_archive import vision_file
 
 from .conftest import DAY, MARKET_TODAY, Lake, failure_text, make_lake
 
@@ -70,7 +72,7 @@ def plant(real: Path, route: str, zip_data: bytes) -> None:
 
 def first_rows_zip(market: SyntheticMarket, stream: Stream, rows: int) -> bytes:
     """The market's own Vision file of BTCUSDT on DAY cut after its header and ``rows`` rows."""
-    file = market.vision_file(stream, "BTCUSDT", DAY)
+    file = vision_file(market, stream, "BTCUSDT", DAY)
     assert file is not None and file.header
     lines = csv_bytes(file.columns(), header=True).splitlines(keepends=True)
     return zip_bytes(file.csv_name, b"".join(lines[: rows + 1]), modified=file.modified)

@@ -21,8 +21,9 @@ from dagster._serdes import serialize_value
 
 from bml_assets.cli import main
 from bml_assets.replay.clock import MarketClock
+from bml_assets.replay.faults import FaultRule
 from bml_assets.replay.market import MarketConfig, SyntheticMarket
-from bml_assets.replay.server import FaultRule, ReplayServer
+from bml_assets.replay.server import ReplayServer
 
 from .conftest import DAY, Lake, failure_text, make_lake
 

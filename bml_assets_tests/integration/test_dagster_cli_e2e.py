@@ -20,8 +20,9 @@ from dagster import DagsterInstance
 
 from bml_assets.domain.schema import MINUTE_COLUMNS, ColumnClass
 from bml_assets.lake.ledger import Ledger
+from bml_assets.replay.faults import FaultRule
 from bml_assets.replay.market import MarketConfig, SyntheticMarket
-from bml_assets.replay.server import FaultRule, ReplayServer
+from bml_assets.replay.server import ReplayServer
 
 from .conftest import failure_text, make_lake
 

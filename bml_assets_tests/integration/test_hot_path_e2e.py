@@ -26,8 +26,9 @@ from bml_assets.domain.partitions import partition_key
 from bml_assets.domain.settings import Settings
 from bml_assets.lake.ledger import Ledger
 from bml_assets.replay.clock import MarketClock
+from bml_assets.replay.faults import FaultRule
 from bml_assets.replay.market import MarketConfig, SyntheticMarket
-from bml_assets.replay.server import FaultRule, ReplayServer
+from bml_assets.replay.server import ReplayServer
 
 from .conftest import failure_text
 

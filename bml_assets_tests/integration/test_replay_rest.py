@@ -17,9 +17,10 @@ import pytest
 import requests
 
 from bml_assets.replay.clock import MarketClock
+from bml_assets.replay.faults import FaultRule
 from bml_assets.replay.market import MarketConfig, SyntheticMarket, day_ms
-from bml_assets.replay.rest_api import RestLogEntry
-from bml_assets.replay.server import FaultRule, ReplayServer
+from bml_assets.replay.rest.log import RestLogEntry
+from bml_assets.replay.server import ReplayServer
 
 UM = "/data/futures/um"
 D = date(2024, 3, 5)

@@ -26,8 +26,9 @@ from click.testing import CliRunner
 
 from bml_assets import cli
 from bml_assets.replay import server as replay_server
+from bml_assets.replay.faults import FaultRule
 from bml_assets.replay.market import MarketConfig, SyntheticMarket
-from bml_assets.replay.server import FaultRule, ReplayServer
+from bml_assets.replay.server import ReplayServer
 
 UM = "/data/futures/um"
 TODAY = date(2026, 7, 1)

@@ -20,9 +20,10 @@ import pytest
 
 from bml_assets.domain.streams import Stream
 from bml_assets.replay.clock import MarketClock
+from bml_assets.replay.faults import FaultRule
 from bml_assets.replay.market import MarketConfig, SyntheticMarket
-from bml_assets.replay.rest_api import RestLogEntry
-from bml_assets.replay.server import FaultRule, ReplayServer
+from bml_assets.replay.rest.log import RestLogEntry
+from bml_assets.replay.server import ReplayServer
 from bml_assets.sources import rest_limits as limits
 from bml_assets.sources.rest import RestBanned, RestClient
 from bml_assets.sources.rest_budget import WeightBudget, utc_iso

@@ -1,4 +1,5 @@
-"""The synthetic market behind the replay server (bml_assets.replay.market).
+"""The synthetic market behind the replay server (bml_assets.replay.market) and the
+Vision files it publishes (bml_assets.replay.vision_archive).
 
 Expected numbers are written out; the pinned ("golden") rows come from numpy's
 seeded generators and would change with a numpy release that changes them.
@@ -13,8 +14,10 @@ from decimal import Decimal
 import numpy as np
 import pytest
 
-from bml_assets.replay.market import MarketConfig, Stream, SyntheticMarket
-from bml_assets.replay.vision_files import csv_bytes
+from bml_assets.domain.streams import Stream
+from bml_assets.replay.market import MarketConfig, SyntheticMarket
+from bml_assets.replay.render import csv_bytes
+from bml_assets.replay.vision_archive import vision_file
 
 DAY = date(2024, 1, 2)
 TODAY = date(2026, 7, 1)
@@ -22,7 +25,7 @@ MARKET = SyntheticMarket(MarketConfig(today=TODAY))
 
 
 def _csv_lines(market: SyntheticMarket, stream: str, symbol: str, period: date) -> list[str]:
-    file = market.vision_file(stream, symbol, period)
+    file = vision_file(market, stream, symbol, period)
     assert file is not None, (stream, symbol, period)
     return csv_bytes(file.columns(), header=file.header).decode().splitlines()
 
@@ -46,13 +49,13 @@ def test_same_inputs_same_data_in_any_order() -> None:
     a = SyntheticMarket(MarketConfig(today=TODAY))
     b = SyntheticMarket(MarketConfig(today=TODAY))
     days = [DAY + timedelta(days=i) for i in range(3)]
-    first = {d: csv_bytes(a.vision_file("aggTrades", "ETHUSDT", d).columns(), header=True) for d in days}
+    first = {d: csv_bytes(vision_file(a, "aggTrades", "ETHUSDT", d).columns(), header=True) for d in days}
     # The other market sees the days backwards, with other symbols in between.
     for d in reversed(days):
         b.klines("SOLUSDT", d)
-        assert csv_bytes(b.vision_file("aggTrades", "ETHUSDT", d).columns(), header=True) == first[d]
+        assert csv_bytes(vision_file(b, "aggTrades", "ETHUSDT", d).columns(), header=True) == first[d]
     other_seed = SyntheticMarket(MarketConfig(seed=8, today=TODAY))
-    assert csv_bytes(other_seed.vision_file("aggTrades", "ETHUSDT", DAY).columns(), header=True) != first[DAY]
+    assert csv_bytes(vision_file(other_seed, "aggTrades", "ETHUSDT", DAY).columns(), header=True) != first[DAY]
 
 
 # --- aggTrades ------------------------------------------------------------------
@@ -249,8 +252,8 @@ def test_funding_starts_at_listing() -> None:
     market = SyntheticMarket(MarketConfig(today=TODAY, listing_dates={"NEWUSDT": date(2024, 1, 20)}))
     calc = market.funding("NEWUSDT", 2024, 1).column("calc_time").to_pylist()
     assert len(calc) == 36 and calc[0] - calc[0] % 28_800_000 == 1_705_708_800_000  # 2024-01-20 00:00
-    assert market.vision_file("fundingRate", "NEWUSDT", date(2023, 12, 1)) is None
-    assert market.vision_file("fundingRate", "NEWUSDT", date(2024, 1, 1)) is not None
+    assert vision_file(market, "fundingRate", "NEWUSDT", date(2023, 12, 1)) is None
+    assert vision_file(market, "fundingRate", "NEWUSDT", date(2024, 1, 1)) is not None
 
 
 # --- publication -------------------------------------------------------------------------
@@ -259,16 +262,16 @@ def test_funding_starts_at_listing() -> None:
 def test_before_listing_and_from_today_nothing_is_published() -> None:
     market = SyntheticMarket(MarketConfig(today=date(2024, 1, 10), listing_dates={"NEWUSDT": date(2024, 1, 5)}))
     for stream in ("klines", "markPriceKlines", "aggTrades", "bookTicker", "metrics"):
-        assert market.vision_file(stream, "NEWUSDT", date(2024, 1, 4)) is None, stream
-        assert market.vision_file(stream, "NEWUSDT", date(2024, 1, 5)) is not None, stream
-        assert market.vision_file(stream, "NEWUSDT", date(2024, 1, 9)) is not None, stream
-        assert market.vision_file(stream, "NEWUSDT", date(2024, 1, 10)) is None, stream
+        assert vision_file(market, stream, "NEWUSDT", date(2024, 1, 4)) is None, stream
+        assert vision_file(market, stream, "NEWUSDT", date(2024, 1, 5)) is not None, stream
+        assert vision_file(market, stream, "NEWUSDT", date(2024, 1, 9)) is not None, stream
+        assert vision_file(market, stream, "NEWUSDT", date(2024, 1, 10)) is None, stream
     assert market.agg_trades("NEWUSDT", date(2024, 1, 4)).num_rows == 0
     assert market.agg_trades("NEWUSDT", date(2024, 1, 5)).column("agg_trade_id")[0].as_py() == 1
     # A month is published once it is over.
-    assert market.vision_file("fundingRate", "BTCUSDT", date(2024, 1, 1)) is None
-    assert market.vision_file("fundingRate", "BTCUSDT", date(2023, 12, 1)) is not None
-    assert market.vision_file("aggTrades", "btcusdt", date(2024, 1, 2)) is None
+    assert vision_file(market, "fundingRate", "BTCUSDT", date(2024, 1, 1)) is None
+    assert vision_file(market, "fundingRate", "BTCUSDT", date(2023, 12, 1)) is not None
+    assert vision_file(market, "aggTrades", "btcusdt", date(2024, 1, 2)) is None
 
 
 def test_only_the_universe_is_published() -> None:
@@ -276,14 +279,14 @@ def test_only_the_universe_is_published() -> None:
     market = SyntheticMarket(MarketConfig(today=TODAY, listing_dates={"NEWUSDT": date(2024, 1, 1)}))
     assert market.universe() == ("BTCUSDT", "ETHUSDT", "NEWUSDT")
     for stream in ("klines", "indexPriceKlines", "aggTrades", "bookTicker", "metrics", "fundingRate"):
-        assert market.vision_file(stream, "NEWUSDT", DAY) is not None, stream
-        assert market.vision_file(stream, "SOLUSDT", DAY) is None, stream
+        assert vision_file(market, stream, "NEWUSDT", DAY) is not None, stream
+        assert vision_file(market, stream, "SOLUSDT", DAY) is None, stream
     assert not market.is_known_symbol("SOLUSDT") and market.is_known_symbol("ETHUSDT")
     # A configured universe replaces the default one.
     sol_only = SyntheticMarket(MarketConfig(today=TODAY, symbols=("SOLUSDT",)))
     assert sol_only.universe() == ("SOLUSDT",)
-    assert sol_only.vision_file("klines", "SOLUSDT", DAY) is not None
-    assert sol_only.vision_file("klines", "BTCUSDT", DAY) is None
+    assert vision_file(sol_only, "klines", "SOLUSDT", DAY) is not None
+    assert vision_file(sol_only, "klines", "BTCUSDT", DAY) is None
     # The data itself is a function of any valid name: only publication is gated.
     assert sol_only.agg_trades("BTCUSDT", DAY).num_rows == 6000
     with pytest.raises(ValueError, match="listing_dates names symbols missing from symbols: NEWUSDT"):
@@ -293,13 +296,13 @@ def test_only_the_universe_is_published() -> None:
 def test_real_today_is_the_default() -> None:
     market = SyntheticMarket()
     assert market.today() == datetime.now(UTC).date()
-    assert market.vision_file("klines", "BTCUSDT", market.today()) is None
-    assert market.vision_file("klines", "BTCUSDT", market.today() - timedelta(days=1)) is not None
+    assert vision_file(market, "klines", "BTCUSDT", market.today()) is None
+    assert vision_file(market, "klines", "BTCUSDT", market.today() - timedelta(days=1)) is not None
 
 
 def test_book_ticker_ends_after_2024_03_30() -> None:
-    assert MARKET.vision_file(Stream.BOOK_TICKER, "BTCUSDT", date(2024, 3, 30)) is not None
-    assert MARKET.vision_file(Stream.BOOK_TICKER, "BTCUSDT", date(2024, 3, 31)) is None
+    assert vision_file(MARKET, Stream.BOOK_TICKER, "BTCUSDT", date(2024, 3, 30)) is not None
+    assert vision_file(MARKET, Stream.BOOK_TICKER, "BTCUSDT", date(2024, 3, 31)) is None
 
 
 @pytest.mark.parametrize(
@@ -317,7 +320,7 @@ def test_book_ticker_ends_after_2024_03_30() -> None:
     ],
 )
 def test_header_rows_by_date(stream: str, day: date, header: bool) -> None:
-    file = MARKET.vision_file(stream, "BTCUSDT", day)
+    file = vision_file(MARKET, stream, "BTCUSDT", day)
     assert file is not None and file.header is header
     first = csv_bytes(file.columns(), header=file.header).split(b",", 1)[0]
     assert first.isdigit() is not header

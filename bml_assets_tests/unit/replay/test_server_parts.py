@@ -8,8 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from bml_assets.replay.market import Stream
-from bml_assets.replay.server import FaultKind, FaultRule, FaultSet, ReplayServer, _parse_vision_path, index_real_dir
+from bml_assets.domain.streams import Stream
+from bml_assets.replay.faults import FaultKind, FaultRule, FaultSet
+from bml_assets.replay.real_files import index_real_dir
+from bml_assets.replay.server import ReplayServer
+from bml_assets.replay.vision_archive import parse_vision_path
 
 UM = "/data/futures/um"
 
@@ -43,7 +46,7 @@ UM = "/data/futures/um"
     ],
 )
 def test_vision_paths(path: str, expected: tuple[Stream, str, date] | None) -> None:
-    assert _parse_vision_path(path) == expected
+    assert parse_vision_path(path) == expected
 
 
 def _touch(root: Path, rel: str) -> Path:
@@ -94,7 +97,7 @@ def test_real_dir_index_skips_links_leading_outside(tmp_path: Path, caplog: pyte
     (root / "linked").symlink_to(outside / "folder", target_is_directory=True)
     (root / "k" / "BTCUSDT-1m-2024-01-03.zip.CHECKSUM").symlink_to(secret)
     (root / "k" / "BTCUSDT-1m-2024-01-04.zip").symlink_to(good)
-    with caplog.at_level("WARNING", logger="bml_assets.replay.server"):
+    with caplog.at_level("WARNING", logger="bml_assets.replay.real_files"):
         index = index_real_dir(root)
     assert {route: str(real.source.relative_to(root)) for route, real in index.items()} == {
         f"{UM}/daily/klines/BTCUSDT/1m/BTCUSDT-1m-2024-01-03.zip": "k/BTCUSDT-1m-2024-01-03.zip",

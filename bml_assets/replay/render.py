@@ -1,15 +1,15 @@
-"""Rendering Vision files: exact column values → CSV text → one-member zip → CHECKSUM.
+"""Rendering Vision files: exact-unit columns → CSV text → one-member zip → CHECKSUM.
 
-What belongs here: the printable column type (``CsvColumn``: exact integer units
-plus the number of decimals to print), turning columns into CSV bytes with or
-without a header, packing CSV into a zip the way Vision does (one deflated member
-named like the zip with ``.csv``), and the ``.CHECKSUM`` line. Large files (millions
-of aggTrades) are formatted and deflated in row chunks on a thread pool, so a 7M-row
-day renders in seconds and the full CSV text is never held in memory at once.
+What belongs here: turning ``CsvColumn``s into CSV bytes with or without a header,
+packing CSV into a zip the way Vision does (one deflated member named like the zip
+with ``.csv``), and the ``.CHECKSUM`` line. Large files (millions of aggTrades) are
+formatted and deflated in row chunks on a thread pool, so a 7M-row day renders in
+seconds and the full CSV text is never held in memory at once.
 
-What stays out: what the columns contain and when a file exists (``market.py``),
-URL paths and HTTP (``server.py``). The project's Vision URL builder and CSV reader
-live in ``sources/``; nothing here is meant for them.
+What stays out: the column type and how one value prints (``columns.py``), what the
+columns contain (``market.py``) and which files exist under which names
+(``vision_archive.py``), URL paths and HTTP (``server.py``). The project's Vision
+URL builder and CSV reader live in ``sources/``; nothing here is meant for them.
 """
 
 from __future__ import annotations
@@ -20,12 +20,13 @@ import struct
 import zlib
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import datetime
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from bml_assets.replay.columns import CsvColumn, format_column
 
 # Rows per formatting/deflate task: big enough to amortise Arrow call overhead,
 # small enough that a few chunks in flight stay well under 100 MB.
@@ -35,73 +36,6 @@ CHUNK_ROWS = 400_000
 DEFLATE_LEVEL = 1
 # A plain (non-zip64) zip member must stay under 4 GiB.
 _ZIP32_LIMIT = 0xFFFFFFFF
-
-
-@dataclass(frozen=True)
-class CsvColumn:
-    """One CSV column holding exact values.
-
-    ``values`` is an int64 array of integer units when ``decimals`` is set (the
-    value is ``units / 10**decimals`` and is printed with exactly that many
-    decimals, e.g. units 600001 with 1 decimal → ``60000.1``); otherwise an int64
-    array (printed as is), a bool array (printed ``true``/``false``) or an array
-    of ``str`` (printed as is, for small files only).
-    """
-
-    name: str
-    values: np.ndarray
-    decimals: int | None = None
-
-    def to_arrow(self) -> pa.Array:
-        """The typed value: float64 for decimals (the double nearest the printed
-        decimal, so parsing the CSV text gives back the same float), else int64,
-        bool or string."""
-        v = self.values
-        if self.decimals is not None:
-            return pa.array(v.astype(np.float64) / (10.0**self.decimals), pa.float64())
-        if v.dtype == np.bool_:
-            return pa.array(v, pa.bool_())
-        if v.dtype.kind in "iu":
-            return pa.array(v.astype(np.int64), pa.int64())
-        return pa.array(v.tolist(), pa.string())
-
-    def take(self, index: np.ndarray | slice) -> CsvColumn:
-        return CsvColumn(self.name, self.values[index], self.decimals)
-
-
-def table_of(columns: Sequence[CsvColumn]) -> pa.Table:
-    """The typed pyarrow table of ``columns`` (names as in the CSV header)."""
-    return pa.table({c.name: c.to_arrow() for c in columns})
-
-
-def _fixed_point(units: np.ndarray, decimals: int) -> pa.Array:
-    """Integer units → fixed-point text with ``decimals`` decimals."""
-    magnitude = pc.cast(pa.array(np.abs(units)), pa.string())
-    if decimals > 0:
-        # Left-pad so at least one digit precedes the point ("5" → "0.005").
-        padded = pc.utf8_lpad(magnitude, decimals + 1, "0")
-        magnitude = pc.binary_join_element_wise(
-            pc.utf8_slice_codeunits(padded, 0, -decimals), pc.utf8_slice_codeunits(padded, -decimals), "."
-        )
-    if (units < 0).any():
-        signed = pc.binary_join_element_wise(pa.scalar("-"), magnitude, "")
-        magnitude = pc.if_else(pa.array(units < 0), signed, magnitude)
-    return magnitude
-
-
-def format_column(column: CsvColumn) -> pa.Array:
-    """The column's CSV text, one string per row."""
-    v = column.values
-    if column.decimals is not None:
-        return _fixed_point(v, column.decimals)
-    if v.dtype == np.bool_:
-        # A dictionary decode avoids a per-row branch.
-        return pa.DictionaryArray.from_arrays(
-            pa.array(v.astype(np.int8)), pa.array(["false", "true"])
-        ).dictionary_decode()
-    if v.dtype.kind in "iu":
-        return pc.cast(pa.array(v.astype(np.int64)), pa.string())
-    return pa.array(v.tolist(), pa.string())
 
 
 def _rows_text(columns: Sequence[CsvColumn], start: int, stop: int) -> bytes:

@@ -1,4 +1,4 @@
-"""CSV, zip and CHECKSUM rendering of the replay server (bml_assets.replay.vision_files)."""
+"""CSV, zip and CHECKSUM rendering of the replay server (bml_assets.replay.columns, bml_assets.replay.render)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from datetime import datetime
 import numpy as np
 import pytest
 
-from bml_assets.replay import vision_files
-from bml_assets.replay.vision_files import CsvColumn, checksum_text, csv_bytes, table_of, zip_bytes, zip_csv
+from bml_assets.replay import render
+from bml_assets.replay.columns import CsvColumn, table_of
+from bml_assets.replay.render import checksum_text, csv_bytes, zip_bytes, zip_csv
 
 MODIFIED = datetime(2024, 1, 3, 7, 26)
 
@@ -78,7 +79,7 @@ def test_zip_made_of_many_chunks_is_one_valid_stream(monkeypatch: pytest.MonkeyP
         CsvColumn("v", np.arange(n, dtype=np.int64) * 7, 2),
     )
     whole = csv_bytes(columns, header=True)
-    monkeypatch.setattr(vision_files, "CHUNK_ROWS", 37)
+    monkeypatch.setattr(render, "CHUNK_ROWS", 37)
     data = zip_csv("x.csv", columns, header=True, modified=MODIFIED)
     assert _only_member(data)[1] == whole
     assert whole.count(b"\n") == n + 1 and whole.endswith(b"999,69.93\n")

@@ -11,17 +11,14 @@ from typing import Any
 import numpy as np
 import pytest
 
+from bml_assets.domain.streams import Stream
 from bml_assets.replay.clock import MarketClock
-from bml_assets.replay.market import KLINE_STREAMS, MarketConfig, Stream, SyntheticMarket, day_ms
-from bml_assets.replay.rest_api import (
-    RateLimiter,
-    RestApi,
-    RestService,
-    endpoint_weight,
-    fmt_units,
-    next_funding_time,
-)
-from bml_assets.replay.server import FaultKind, FaultRule, FaultSet
+from bml_assets.replay.columns import fmt_units
+from bml_assets.replay.faults import FaultKind, FaultRule, FaultSet
+from bml_assets.replay.market import KLINE_STREAMS, MarketConfig, SyntheticMarket, day_ms
+from bml_assets.replay.rest.endpoints import RestApi, next_funding_time
+from bml_assets.replay.rest.limits import RateLimiter, endpoint_weight
+from bml_assets.replay.rest.service import RestService
 
 D = date(2024, 3, 5)
 D_MS = day_ms(D)  # 1709596800000

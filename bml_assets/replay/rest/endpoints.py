@@ -1,26 +1,21 @@
-"""The REST side of the replay server: Binance USD-M answers for the synthetic market.
+"""The USD-M REST endpoints over the synthetic market, without sockets.
 
-What belongs here, all without sockets: ``RestApi`` (a GET path and its query
-parameters → status, headers and a JSON body, at the market clock's ``now``),
-``RateLimiter`` (per-IP request weight in fixed wall-clock windows, 429 then the
-418 ban, and the separate fundingRate request limit), ``RestService`` (the two
-together plus the ``RestLogEntry`` log) and the Binance-style error bodies.
-``server.py`` routes ``/fapi/...`` and ``/futures/data/...`` here.
+What belongs here: ``RestApi`` (a GET path and its query parameters → status,
+headers and a JSON body, at the market clock's ``now``): exchangeInfo, time, ping,
+the four kline families, aggTrades, premiumIndex, openInterest, bookTicker,
+fundingRate and the three ``/futures/data`` histories, their parameter checks
+and Binance error codes, the per-day caches of the market's arrays, and the JSON
+text of exact units.
 
 What stays out: the market's truth (``market.py``; every number served here is
 taken from the same exact-unit arrays the Vision files are rendered from, so a
 closed minute on REST and on Vision agree to the digit), the clock (``clock.py``),
-HTTP plumbing and fault switches (``server.py``).
+request weights and rate limits (``limits.py``), admitting and logging a request
+(``service.py``, ``log.py``), HTTP plumbing and fault switches (``server.py``).
 
 Choices where the exchange is vague or the replay simplifies (SPEC §4 lists the
 facts relied on):
 
-* Weights: klines family 1/2/5/10 by ``limit`` (<100 / <500 / ≤1000 / >1000; the
-  default 500 weighs 5), aggTrades 20, bookTicker 2, everything else 1 (time,
-  ping, exchangeInfo, premiumIndex, openInterest, fundingRate and the three
-  ``/futures/data`` histories). Unknown paths weigh 1.
-* Requests answered 429/418 by the limiter add no weight; every other answer
-  (200 and 4xx alike) is charged in full.
 * ``openInterest`` is the latest 5-minute metrics snapshot at or before ``now``
   (so it equals the last ``openInterestHist`` row and the Vision metrics value);
   its ``time`` is ``now``.
@@ -56,34 +51,33 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
-import math
 import re
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date, timedelta
 from http import HTTPStatus
 from typing import Any
 
 import numpy as np
 
+from bml_assets.domain.streams import Stream
 from bml_assets.replay.clock import MarketClock
+from bml_assets.replay.columns import CsvColumn, fmt_units, format_column
 from bml_assets.replay.market import (
     DAY_MS,
     FUNDING_INTERVAL_HOURS,
     MINUTE_MS,
-    Stream,
     SyntheticMarket,
     day_ms,
+    next_month,
 )
-from bml_assets.replay.vision_files import CsvColumn, format_column
+from bml_assets.replay.rest.limits import DEFAULT_WEIGHT_LIMIT
+from bml_assets.replay.rest.paths import FUNDING_RATE_PATH, KLINE_PATHS
+from bml_assets.replay.rest.responses import BinanceError, RestResponse, invalid_symbol
 
-REST_PREFIXES: tuple[str, ...] = ("/fapi/", "/futures/data/")
-DEFAULT_WEIGHT_LIMIT = 2400
-DEFAULT_FUNDING_LIMIT = 500
 HOUR_MS = 3_600_000
 FIVE_MIN_MS = 5 * MINUTE_MS
 HIST_DAYS = 30
@@ -91,76 +85,12 @@ FUNDING_INTERVAL_MS = FUNDING_INTERVAL_HOURS * HOUR_MS
 # A perpetual's deliveryDate in exchangeInfo (2100-12-25).
 _PERPETUAL_DELIVERY_MS = 4133404800000
 _INTEREST_RATE = "0.00010000"
-_JSON_CONTENT = "application/json"
 
-log = logging.getLogger(__name__)
-
-_KLINE_PATHS: dict[str, Stream] = {
-    "/fapi/v1/klines": Stream.KLINES,
-    "/fapi/v1/markPriceKlines": Stream.MARK_PRICE_KLINES,
-    "/fapi/v1/indexPriceKlines": Stream.INDEX_PRICE_KLINES,
-    "/fapi/v1/premiumIndexKlines": Stream.PREMIUM_INDEX_KLINES,
-}
 _HIST_PATHS: dict[str, str | None] = {
     "/futures/data/openInterestHist": None,
     "/futures/data/topLongShortAccountRatio": "count_toptrader_long_short_ratio",
     "/futures/data/globalLongShortAccountRatio": "count_long_short_ratio",
 }
-FUNDING_RATE_PATH = "/fapi/v1/fundingRate"
-
-
-def is_rest_path(path: str) -> bool:
-    return path.startswith(REST_PREFIXES)
-
-
-# --- responses and errors -------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RestResponse:
-    """One answer: HTTP status, extra headers and the body bytes (JSON)."""
-
-    status: int
-    body: bytes
-    headers: dict[str, str] = field(default_factory=dict)
-    content_type: str = _JSON_CONTENT
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
-class BinanceError(Exception):
-    """An answer of the exchange's error form ``{"code": ..., "msg": ...}``."""
-
-    def __init__(self, status: int, code: int, msg: str) -> None:
-        super().__init__(f"{status} {code} {msg}")
-        self.status = status
-        self.code = code
-        self.msg = msg
-
-    def response(self, headers: dict[str, str] | None = None) -> RestResponse:
-        return error_response(self.status, self.code, self.msg, headers)
-
-
-_HTML_SIGNIFICANT = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026"})
-
-
-def json_body(payload: Any) -> bytes:
-    """Compact JSON with ``<``, ``>`` and ``&`` escaped (the same JSON value): a
-    quoted request path stays inert if a browser is ever shown the body."""
-    return json.dumps(payload, separators=(",", ":")).translate(_HTML_SIGNIFICANT).encode()
-
-
-def error_body(code: int, msg: str) -> bytes:
-    return json_body({"code": code, "msg": msg})
-
-
-def error_response(status: int, code: int, msg: str, headers: dict[str, str] | None = None) -> RestResponse:
-    return RestResponse(int(status), error_body(code, msg), dict(headers or {}))
-
-
-def invalid_symbol() -> BinanceError:
-    return BinanceError(HTTPStatus.BAD_REQUEST, -1121, "Invalid symbol.")
 
 
 def _mandatory(name: str) -> BinanceError:
@@ -171,20 +101,6 @@ def _mandatory(name: str) -> BinanceError:
 
 def _bad_param() -> BinanceError:
     return BinanceError(HTTPStatus.BAD_REQUEST, -1130, "Invalid data sent for a parameter.")
-
-
-def ban_message(banned_until_ms: int) -> str:
-    return (
-        f"Way too much request weight used; IP banned until {banned_until_ms}. "
-        "Please use WebSocket Streams for live updates to avoid bans."
-    )
-
-
-def too_much_weight_message(limit: int) -> str:
-    return (
-        f"Too much request weight used; current limit is {limit} request weight per 1 MINUTE. "
-        "Please use WebSocket Streams for live updates to avoid polling the API."
-    )
 
 
 # --- parameters ---------------------------------------------------------------------------
@@ -221,35 +137,7 @@ def _time_range(params: Mapping[str, str]) -> tuple[int | None, int | None]:
     return start, end
 
 
-def _kline_weight(params: Mapping[str, str]) -> int:
-    try:
-        limit = int(params.get("limit") or 500)
-    except ValueError:
-        return 1
-    return 1 if limit < 100 else 2 if limit < 500 else 5 if limit <= 1000 else 10
-
-
-def endpoint_weight(path: str, params: Mapping[str, str]) -> int:
-    """The request weight the exchange charges for ``path`` with ``params``."""
-    if path in _KLINE_PATHS:
-        return _kline_weight(params)
-    if path == "/fapi/v1/aggTrades":
-        return 20
-    if path == "/fapi/v1/ticker/bookTicker":
-        return 2
-    return 1
-
-
-# --- exact-unit formatting ---------------------------------------------------------------
-
-
-def fmt_units(units: int, decimals: int) -> str:
-    """Integer units as fixed-point text, exactly as the Vision files print them."""
-    units = int(units)
-    if decimals <= 0:
-        return str(units)
-    digits = str(abs(units)).rjust(decimals + 1, "0")
-    return f"{'-' if units < 0 else ''}{digits[:-decimals]}.{digits[-decimals:]}"
+# --- dates and JSON -------------------------------------------------------------------
 
 
 def _day_of(ms: int) -> date:
@@ -258,10 +146,6 @@ def _day_of(ms: int) -> date:
 
 def _month_of(ms: int) -> date:
     return _day_of(ms).replace(day=1)
-
-
-def _next_month(month: date) -> date:
-    return date(month.year + month.month // 12, month.month % 12 + 1, 1)
 
 
 def _previous_month(month: date) -> date:
@@ -366,8 +250,8 @@ class RestApi:
         """Answer one GET; exchange errors become their 4xx JSON bodies."""
         now = self.now_ms() if now_ms is None else now_ms
         try:
-            if path in _KLINE_PATHS:
-                payload: Any = self._klines(_KLINE_PATHS[path], params, now)
+            if path in KLINE_PATHS:
+                payload: Any = self._klines(KLINE_PATHS[path], params, now)
             elif path in _HIST_PATHS:
                 payload = self._hist(path, params, now)
             elif path in self._routes:
@@ -687,7 +571,7 @@ class RestApi:
         if k < len(calc):
             upcoming = (int(calc[k]), int(rate[k]))
         else:
-            nc, nr = self._funding_month(symbol, _next_month(month))
+            nc, nr = self._funding_month(symbol, next_month(month))
             upcoming = (int(nc[0]), int(nr[0]))
         return previous, upcoming
 
@@ -773,7 +657,7 @@ class RestApi:
                     calc, rate = self._funding_month(symbol, month)
                     i, j = np.searchsorted(calc, lo, "left"), np.searchsorted(calc, hi, "right")
                     picked.extend(zip(calc[i:j].tolist(), rate[i:j].tolist(), strict=True))
-                    month = _next_month(month)
+                    month = next_month(month)
                 picked = picked[:limit]
             else:
                 chunks: list[list[tuple[int, int]]] = []
@@ -884,200 +768,3 @@ def _agg_trades_json(picked: list[tuple[Any, int, int]], price_decimals: int, qt
                 f'"f":{f},"l":{last},"T":{ts},"m":{"true" if m else "false"}}}'
             )
     return ("[" + ",".join(rows) + "]").encode()
-
-
-# --- rate limits ----------------------------------------------------------------------------------
-
-
-@dataclass
-class _IpState:
-    window: int = -1
-    used: int = 0
-    rejected: int = 0  # 429s answered in this window
-    banned_until: float = 0.0
-    funding_window: int = -1
-    funding_count: int = 0
-
-
-@dataclass(frozen=True)
-class Admission:
-    """The limiter's verdict on one request: 200 (go ahead), 429 or 418."""
-
-    status: int
-    used: int  # weight used in the current window, this request included when admitted
-    retry_after_s: int = 0
-    banned_until_ms: int = 0
-    message: str = ""
-
-
-class RateLimiter:
-    """Per-IP request weight in fixed wall-clock windows (``window_s``, default a
-    minute, counted from the epoch so windows turn on the minute).
-
-    A request whose weight does not fit (``used + weight > weight_limit``) is
-    answered 429 with ``Retry-After`` = seconds to the window's end, and so is
-    every further request in that window; after ``ban_after`` such 429s the next
-    request earns a 418 ban of ``ban_s`` seconds, during which every request is
-    418 (with ``Retry-After`` = the seconds left). fundingRate requests also count
-    against ``funding_limit`` requests per ``funding_window_s`` (429, no ban).
-    Rejected requests add no weight."""
-
-    def __init__(
-        self,
-        weight_limit: int = DEFAULT_WEIGHT_LIMIT,
-        window_s: float = 60.0,
-        *,
-        ban_after: int = 3,
-        ban_s: float = 120.0,
-        funding_limit: int = DEFAULT_FUNDING_LIMIT,
-        funding_window_s: float = 300.0,
-    ) -> None:
-        if weight_limit < 1 or window_s <= 0 or ban_after < 0 or ban_s <= 0:
-            raise ValueError("weight_limit ≥ 1, window_s > 0, ban_after ≥ 0 and ban_s > 0 are required")
-        if funding_limit < 1 or funding_window_s <= 0:
-            raise ValueError("funding_limit ≥ 1 and funding_window_s > 0 are required")
-        self.weight_limit = weight_limit
-        self.window_s = float(window_s)
-        self.ban_after = ban_after
-        self.ban_s = float(ban_s)
-        self.funding_limit = funding_limit
-        self.funding_window_s = float(funding_window_s)
-        self._lock = threading.Lock()
-        self._states: dict[str, _IpState] = {}
-
-    def _roll(self, state: _IpState, wall: float) -> None:
-        window = math.floor(wall / self.window_s)
-        if window != state.window:
-            state.window, state.used, state.rejected = window, 0, 0
-
-    def used(self, ip: str, wall: float) -> int:
-        with self._lock:
-            state = self._states.setdefault(ip, _IpState())
-            self._roll(state, wall)
-            return state.used
-
-    def admit(self, ip: str, weight: int, wall: float, *, funding: bool = False) -> Admission:
-        with self._lock:
-            state = self._states.setdefault(ip, _IpState())
-            self._roll(state, wall)
-            if state.banned_until > wall:
-                return self._banned(state, wall)
-            if state.rejected > 0 or state.used + weight > self.weight_limit:
-                if state.rejected >= self.ban_after:
-                    state.banned_until = wall + self.ban_s
-                    state.rejected = 0
-                    return self._banned(state, wall)
-                state.rejected += 1
-                window_end = (state.window + 1) * self.window_s
-                return Admission(
-                    HTTPStatus.TOO_MANY_REQUESTS,
-                    state.used,
-                    _ceil_s(window_end - wall),
-                    message=too_much_weight_message(self.weight_limit),
-                )
-            if funding:
-                funding_window = math.floor(wall / self.funding_window_s)
-                if funding_window != state.funding_window:
-                    state.funding_window, state.funding_count = funding_window, 0
-                if state.funding_count >= self.funding_limit:
-                    window_end = (funding_window + 1) * self.funding_window_s
-                    return Admission(
-                        HTTPStatus.TOO_MANY_REQUESTS,
-                        state.used,
-                        _ceil_s(window_end - wall),
-                        message=(
-                            f"Too many requests; current limit of IP({ip}) is {self.funding_limit} requests per "
-                            f"{self.funding_window_s:g} seconds for {FUNDING_RATE_PATH}."
-                        ),
-                    )
-                state.funding_count += 1
-            state.used += weight
-            return Admission(HTTPStatus.OK, state.used)
-
-    @staticmethod
-    def _banned(state: _IpState, wall: float) -> Admission:
-        until_ms = math.ceil(state.banned_until * 1000)
-        return Admission(
-            HTTPStatus.IM_A_TEAPOT,
-            state.used,
-            _ceil_s(state.banned_until - wall),
-            until_ms,
-            message=ban_message(until_ms),
-        )
-
-    def reset(self) -> None:
-        with self._lock:
-            self._states.clear()
-
-
-def _ceil_s(seconds: float) -> int:
-    return max(1, math.ceil(seconds - 1e-9))
-
-
-# --- the service: limiter + API + log ----------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RestLogEntry:
-    """One REST request as the server answered it; ``weight`` is what was charged
-    (0 for limiter rejections and injected faults)."""
-
-    wall_time_s: float
-    path: str
-    params: dict[str, str]
-    status: int
-    weight: int
-
-
-WEIGHT_HEADER = "X-MBX-USED-WEIGHT-1M"
-
-
-class RestService:
-    """What the HTTP handler calls: rate limiting, the API and the REST log."""
-
-    def __init__(self, api: RestApi, limiter: RateLimiter, wall: Callable[[], float] = time.time) -> None:
-        self.api = api
-        self.limiter = limiter
-        self.wall = wall
-        self._log: list[RestLogEntry] = []
-        self._log_lock = threading.Lock()
-
-    @property
-    def log(self) -> list[RestLogEntry]:
-        with self._log_lock:
-            return list(self._log)
-
-    def clear_log(self) -> None:
-        with self._log_lock:
-            self._log.clear()
-
-    def record(self, wall: float, path: str, params: Mapping[str, str], status: int, weight: int) -> None:
-        with self._log_lock:
-            self._log.append(RestLogEntry(wall, path, dict(params), int(status), int(weight)))
-
-    def weight_headers(self, ip: str, wall: float) -> dict[str, str]:
-        return {WEIGHT_HEADER: str(self.limiter.used(ip, wall))}
-
-    def request(self, ip: str, path: str, params: Mapping[str, str], wall: float | None = None) -> RestResponse:
-        """Admit, answer and log one request from ``ip``."""
-        wall = self.wall() if wall is None else wall
-        weight = endpoint_weight(path, params)
-        admission = self.limiter.admit(ip, weight, wall, funding=path == FUNDING_RATE_PATH)
-        headers = {WEIGHT_HEADER: str(admission.used)}
-        if admission.status != HTTPStatus.OK:
-            headers["Retry-After"] = str(admission.retry_after_s)
-            response = error_response(admission.status, -1003, admission.message, headers)
-            self.record(wall, path, params, response.status, 0)
-            return response
-        try:
-            response = self.api.handle(path, params)
-        except Exception as exc:  # a bug must not take the server down: answer like the exchange's 500
-            log.exception("replay: REST %s failed", path)
-            response = error_response(
-                HTTPStatus.INTERNAL_SERVER_ERROR,
-                -1000,
-                f"An unknown error occurred while processing the request. {exc}",
-            )
-        response = RestResponse(response.status, response.body, {**response.headers, **headers}, response.content_type)
-        self.record(wall, path, params, response.status, weight)
-        return response
