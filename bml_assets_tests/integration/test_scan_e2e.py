@@ -9,6 +9,7 @@ import datetime as dt
 import hashlib
 import os
 from dataclasses import replace
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -20,9 +21,9 @@ from bml_assets.defs.repair import REPAIR_TAG, build_repair_sensor, build_scan_j
 from bml_assets.defs.resources import BmlResource
 from bml_assets.domain.partitions import partition_key
 from bml_assets.domain.schema import MINUTE_VIEW, schema_hash
-from bml_assets.lake.commit import encode_parquet, file_sha256
-from bml_assets.lake.layout import partition_path
+from bml_assets.lake.commit import encode_parquet
 from bml_assets.lake.scan import ScanReport, scan
+from bml_assets.storage.store import file_sha256
 
 from .conftest import DAY, DOWNTIME_DAY, SYMBOLS, Lake
 
@@ -37,7 +38,7 @@ def minute(day: dt.date, m: int) -> str:
 
 
 def run_scan(lake: Lake, *, deep: bool = True) -> ScanReport:
-    return scan(lake.root, lake.ledger, SYMBOLS, D1, D3, today=TODAY, deep=deep)
+    return scan(lake.lake, lake.ledger, SYMBOLS, D1, D3, today=TODAY, deep=deep)
 
 
 def found(report: ScanReport) -> list[tuple[str, str, str]]:
@@ -181,10 +182,10 @@ def test_a_stale_schema_hash_in_the_ledger_alone_is_repaired_by_a_rebuild(lake: 
     record = lake.ledger.get_partition(MINUTE_VIEW, "BTCUSDT", D1)
     assert record is not None
     lake.ledger.commit_partition(replace(record, schema_hash="0" * 16), expected_content_hash=record.content_hash)
-    report = scan(lake.root, lake.ledger, ["BTCUSDT"], D1, D1, today=TODAY)
+    report = scan(lake.lake, lake.ledger, ["BTCUSDT"], D1, D1, today=TODAY)
     assert found(report) == [("BTCUSDT", "2024-03-01", "schema_outdated")]
     assert lake.materialize("BTCUSDT", D1).success
-    assert scan(lake.root, lake.ledger, ["BTCUSDT"], D1, D1, today=TODAY).clean
+    assert scan(lake.lake, lake.ledger, ["BTCUSDT"], D1, D1, today=TODAY).clean
 
 
 def test_the_repair_sensor_rebuilds_a_damaged_file_of_any_table_within_two_ticks(lake: Lake) -> None:
@@ -199,7 +200,7 @@ def test_the_repair_sensor_rebuilds_a_damaged_file_of_any_table_within_two_ticks
         if r.status == "committed"
     }
     assert {d for d, _, _ in before} >= {"minute", "klines_1m", "trade_flow_1m", "funding_settlements"}
-    files = {key: partition_path(lake.root, key[0], key[1], key[2]) for key in before}
+    files = {key: Path(lake.lake.location(key[0], key[1], key[2])) for key in before}
 
     klines = files[("klines_1m", "BTCUSDT", D1)]
     with open(klines, "r+b") as f:
@@ -216,7 +217,7 @@ def test_the_repair_sensor_rebuilds_a_damaged_file_of_any_table_within_two_ticks
         os.utime(path, ns=(stamp, stamp))
 
     def two_days(deep: bool) -> ScanReport:
-        return scan(lake.root, ledger, SYMBOLS, D1, D2, today=D3, deep=deep)
+        return scan(lake.lake, ledger, SYMBOLS, D1, D2, today=D3, deep=deep)
 
     shallow = two_days(False)
     assert [(p.dataset, p.symbol, p.day.isoformat(), str(p.kind)) for p in shallow.problems] == [
