@@ -9,7 +9,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ from bml_assets.lake.lake import Lake, PartitionNotFound, PartitionUnreadable, S
 from bml_assets.lake.ledger import CommitConflict, Ledger, PartitionRecord
 from bml_assets.storage import store as store_module
 from bml_assets.storage.locks import LockTimeout
-from bml_assets_tests.unit.lake._helpers import DAY, commit_worker, make_table, no_validation
+from bml_assets_tests.unit.lake._helpers import DAY, commit_worker, make_table, minute_table, no_validation
 
 PROVENANCE = {"klines": [{"url": "https://x/BTCUSDT-1m-2024-03-05.zip", "sha256": "a" * 64, "bytes": 9, "rows": 3}]}
 
@@ -565,3 +565,68 @@ def test_refresh_file_stat_re_records_only_unchanged_bytes(lake: Lake, ledger: L
     assert ledger.get_partition(KLINES, "BTCUSDT", DAY) == after
     target.unlink()
     assert refresh_file_stat(lake, ledger, KLINES, "BTCUSDT", DAY) is False
+
+
+# --------------------------------------------------------------------------- the watermark moves with the minute view's commit
+
+
+def _at(hh: int, mm: int) -> datetime:
+    return datetime(DAY.year, DAY.month, DAY.day, hh, mm, tzinfo=UTC)
+
+
+def _view(lake: Lake, ledger: Ledger, minutes: Any, **kw: Any) -> commit_module.CommitResult:
+    kw.setdefault("validate", no_validation)
+    return _commit(lake, ledger, minute_table(DAY, minutes), dataset=MINUTE_VIEW, **kw)
+
+
+def test_the_minute_views_commit_moves_the_watermark(lake: Lake, ledger: Ledger) -> None:
+    first = _view(lake, ledger, range(600), watermark=_at(9, 59))
+    assert (first.rewritten, first.watermark) == (True, _at(9, 59))
+    assert ledger.get_watermark("BTCUSDT") == _at(9, 59)
+    later = _view(lake, ledger, range(630), watermark=_at(10, 29))
+    assert later.watermark == _at(10, 29) == ledger.get_watermark("BTCUSDT")
+    # The same bytes again with a watermark already there: nothing moves, nothing is written.
+    row = ledger.get_partition(MINUTE_VIEW, "BTCUSDT", DAY)
+    again = _view(lake, ledger, range(630), watermark=_at(10, 29))
+    assert (again.rewritten, again.watermark) == (False, None)
+    assert ledger.get_partition(MINUTE_VIEW, "BTCUSDT", DAY) == row
+
+
+def test_unchanged_bytes_still_move_a_watermark_left_behind(lake: Lake, ledger: Ledger) -> None:
+    _view(lake, ledger, range(600))  # committed without moving it (e.g. it lost a race)
+    row = ledger.get_partition(MINUTE_VIEW, "BTCUSDT", DAY)
+    assert ledger.get_watermark("BTCUSDT") is None
+    same = _view(lake, ledger, range(600), watermark=_at(9, 59))
+    assert (same.rewritten, same.watermark) == (False, _at(9, 59))
+    assert ledger.get_partition(MINUTE_VIEW, "BTCUSDT", DAY) == row  # the row was left as it was
+
+
+def test_the_watermark_never_passes_a_minute_that_is_neither_a_row_nor_a_source_gap(lake: Lake, ledger: Ledger) -> None:
+    holed = [m for m in range(600) if m != 300]
+    with pytest.raises(
+        ValueError, match=r"minute 2024-03-05T05:00:00\+00:00 is neither a row nor a confirmed source gap"
+    ):
+        _view(lake, ledger, holed, watermark=_at(9, 59))
+    assert not Path(lake.location(MINUTE_VIEW, "BTCUSDT", DAY)).exists()
+    assert ledger.get_partition(MINUTE_VIEW, "BTCUSDT", DAY) is None and ledger.get_watermark("BTCUSDT") is None
+    gap = [{"minute": "2024-03-05T05:00:00+00:00", "missing": ["klines"], "reason": "absent from every source"}]
+    assert _view(lake, ledger, holed, watermark=_at(9, 59), source_gaps=gap).watermark == _at(9, 59)
+    with pytest.raises(ValueError, match="is not a minute of 2024-03-05"):
+        _view(lake, ledger, holed, watermark=_at(9, 59) + timedelta(days=1), source_gaps=gap)
+    with pytest.raises(ValueError, match="only a minute view commit moves the watermark"):
+        _commit(lake, ledger, make_table(KLINES), watermark=_at(0, 2))
+    assert ledger.get_watermark("BTCUSDT") == _at(9, 59)
+
+
+def test_a_ledger_failure_after_the_publication_moves_no_watermark(
+    lake: Lake, ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def lost_connection(record: PartitionRecord, **kw: Any) -> None:
+        raise ConnectionError("ledger unreachable")
+
+    monkeypatch.setattr(ledger, "commit_partition_and_watermark", lost_connection)
+    with pytest.raises(CommitIncomplete):
+        _view(lake, ledger, range(600), watermark=_at(9, 59))
+    monkeypatch.undo()
+    assert ledger.get_watermark("BTCUSDT") is None
+    assert _view(lake, ledger, range(600), watermark=_at(9, 59)).watermark == _at(9, 59)  # the re-run
