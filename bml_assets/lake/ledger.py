@@ -56,7 +56,7 @@ SCHEMA_VERSION: Final = 2
 """Version of the table layout below; stored in ``ledger_meta.schema_version``.
 
 Version 2 added to ``partitions`` the committed file's size and mtime (the shallow
-scan compares them with ``os.stat``), the fillable streams a committed partition
+scan compares them with the store's stat), the fillable streams a committed partition
 lacks (``missing_streams``: an incomplete partition, SPEC §8) and how many builds
 in a row left it so (``incomplete_builds``, the repair backoff). A version-1 ledger
 is upgraded in place by adding those nullable columns (``_MIGRATIONS``)."""
@@ -144,7 +144,7 @@ class PartitionRecord:
     provenance: Mapping[str, Any] = field(default_factory=dict, hash=False)
     source_gaps: Sequence[Mapping[str, Any]] = field(default_factory=list, hash=False)
     message: str | None = None
-    # The committed file as ``os.stat`` saw it right after the rename.
+    # The committed file as the store's stat saw it right after its publication.
     file_bytes: int | None = None
     file_mtime_ns: int | None = None
     # Fillable streams the partition lacks, ``{"stream": ..., "reason": ...}`` each (SPEC §8),

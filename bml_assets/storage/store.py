@@ -47,6 +47,8 @@ from types import TracebackType
 from typing import Final, NamedTuple, Protocol, Self
 from urllib.parse import unquote, urlsplit
 
+import pyarrow as pa
+
 _BLOCK: Final = 1 << 20
 TEMP_SUFFIX: Final = ".tmp"
 # ``.{name}.{uuid4 hex}.tmp``: hidden (hive readers skip names starting with ".") and unique.
@@ -113,9 +115,9 @@ ABSENT: Final = _Absent()
 Expect = str | _Absent | None
 """A publication's condition: a version token, ``ABSENT``, or None (unconditional)."""
 
-ParquetSource = str
-"""What pyarrow's readers open (``pq.ParquetFile``, ``pq.read_metadata``): a local path here;
-an object store hands pyarrow a file of ``pyarrow.fs`` instead."""
+ParquetSource = str | pa.NativeFile
+"""What pyarrow's readers open (``pq.ParquetFile``, ``pq.read_metadata``): a local path
+(``LocalStore``), or an object store's file opened through ``pyarrow.fs``."""
 
 
 # --------------------------------------------------------------------------- protocols
