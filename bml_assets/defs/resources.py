@@ -3,8 +3,9 @@ the lake, the ledger and Binance Vision.
 
 What belongs here: ``BmlResource``, a ``ConfigurableResource`` whose fields
 override the ``BML_*`` environment (SPEC §3) and which builds the lake (its store
-and locks), the ledger and the Vision client lazily, once per process. What stays out: the meaning of the
-settings (``settings.py``) and how the clients work (``sources/``, ``lake/``).
+and locks), the ledger and the Vision client lazily, once per process. What stays
+out: the meaning of the settings (``settings.py``) and how the clients work
+(``sources/``, ``lake/``, ``storage/``).
 
 The environment is read when a run first asks for ``settings()``, never at
 import time; explicit fields (tests, the demo) win over the environment. Explicit

@@ -187,9 +187,10 @@ class DayContext:
         What it was (its content hash) is remembered: the commit must still find it.
 
         A file that is gone or damaged (the scan reports it) is no cursor: the day is
-        fetched again from the start and replaces it. A file of an older schema that only
-        lacks nullable columns is one (they read as NULL); the commit rewrites it whole. Except a past day's hot snapshots:
-        polled live, they exist nowhere else, so that error stands (a human decides)."""
+        fetched again from the start and replaces it. Except a past day's hot snapshots:
+        polled live, they exist nowhere else, so that error stands (a human decides). A
+        file of an older schema that only lacks nullable columns is a cursor (they read
+        as NULL): the commit of the extended table rewrites it in the current schema."""
         record = self.bml.ledger().get_partition(dataset.name, sd.symbol, sd.day)
         self.bases[(dataset.name, sd)] = record.content_hash if record is not None else None
         if record is None or record.status != "committed":
