@@ -251,7 +251,8 @@ def child_ours(root: Path, dump: Path | None, profile: bool) -> None:
         TRADE_FLOW,
     )
     from bml_assets.domain.streams import Stream
-    from bml_assets.lake.commit import commit_table, read_partition, record_unavailable
+    from bml_assets.lake.commit import commit_table, record_unavailable
+    from bml_assets.lake.lake import Lake
     from bml_assets.lake.ledger import Ledger
     from bml_assets.lake.partition_data import PartitionData
     from bml_assets.quality import ALL_RULES, enforce_blocking
@@ -261,8 +262,8 @@ def child_ours(root: Path, dump: Path | None, profile: bool) -> None:
     day = dt.date.fromisoformat(manifest["day"])
     sd = SymbolDay(manifest["symbol"], day)
     work = Path(tempfile.mkdtemp(prefix="bml_day_build_lake_"))
-    lake = work / "lake"
-    ledger = Ledger(f"sqlite:///{lake}/_state/ledger.sqlite")
+    lake = Lake.at(work / "lake")
+    ledger = Ledger(f"sqlite:///{work / 'lake'}/_state/ledger.sqlite")
     ledger.init()
     meter = Meter()
     parse_times: dict[str, list[float]] = {}
@@ -393,7 +394,7 @@ def child_ours(root: Path, dump: Path | None, profile: bool) -> None:
             commit_table(
                 data.table,
                 message=None,
-                lake_root=lake,
+                lake=lake,
                 ledger=ledger,
                 dataset=MINUTE_VIEW,
                 symbol=sd.symbol,
@@ -409,7 +410,7 @@ def child_ours(root: Path, dump: Path | None, profile: bool) -> None:
                 part = inputs[d.name]
                 if part.table is None:
                     record_unavailable(
-                        lake_root=lake,
+                        lake=lake,
                         ledger=ledger,
                         dataset=DATASETS[d.name],
                         symbol=sd.symbol,
@@ -422,7 +423,7 @@ def child_ours(root: Path, dump: Path | None, profile: bool) -> None:
                 commit_table(
                     part.table,
                     message=None,
-                    lake_root=lake,
+                    lake=lake,
                     ledger=ledger,
                     dataset=DATASETS[d.name],
                     symbol=sd.symbol,
@@ -431,7 +432,7 @@ def child_ours(root: Path, dump: Path | None, profile: bool) -> None:
                     provenance=part.provenance,
                     source_gaps=part.source_gaps,
                 )
-                read_partition(lake, DATASETS[d.name], sd.symbol, sd.day)
+                lake.read(DATASETS[d.name], sd.symbol, sd.day)
         meter.phases["view_rows"] = {"rows": data.table.num_rows, "failed_reported": failed}  # type: ignore[dict-item]
         return inputs
 

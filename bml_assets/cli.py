@@ -355,10 +355,11 @@ def run_once(symbols_text: str | None) -> None:
 @_guarded
 def run_daemon(host: str, port: int, workspace: Path | None) -> None:
     """Run `dagster dev` (web UI + daemon: schedules and sensors) with this environment; Ctrl-C stops it."""
-    from bml_assets.orchestration.backfill import check_lake_root
+    from bml_assets.lake.lake import Lake
+    from bml_assets.orchestration.backfill import check_lake
 
     settings = _settings()  # a bad BML_* value is reported here, not by a code server later
-    check_lake_root(settings.lake_root)
+    check_lake(Lake.at(settings.lake_root))
     dagster = Path(sys.executable).with_name("dagster")
     executable = str(dagster) if dagster.is_file() else shutil.which("dagster")
     if executable is None:

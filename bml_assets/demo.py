@@ -19,6 +19,7 @@ from bml_assets.defs.resources import BmlResource
 from bml_assets.domain.partitions import partition_key
 from bml_assets.domain.schema import MINUTE_VIEW
 from bml_assets.domain.settings import Settings
+from bml_assets.lake.lake import Lake
 from bml_assets.lake.ledger import Ledger
 from bml_assets.replay.market import MarketConfig, SyntheticMarket
 from bml_assets.replay.server import ReplayServer
@@ -47,7 +48,9 @@ def run_demo(
     trades_per_day: int = 20_000,
     echo=print,
 ) -> list[PartitionReport]:
-    """Materialize ``symbols`` × ``days``; with no ``vision_base_url`` a replay server is started."""
+    """Materialize ``symbols`` × ``days`` into the lake at ``lake_root``; with no
+    ``vision_base_url`` a replay server is started."""
+    lake_root = Path(lake_root).resolve()  # the report names files by absolute paths
     server: ReplayServer | None = None
     if vision_base_url is None:
         # The market lists exactly the demo's symbols (the others would be "Invalid symbol").
@@ -78,14 +81,14 @@ def run_demo(
                     result = job.execute_in_process(
                         partition_key=key, instance=instance, raise_on_error=False, run_config=QUIET
                     )
-                    reports.append(_report(key, result, Ledger(settings.state_url), lake_root, symbol, day))
+                    reports.append(_report(key, result, bml.ledger(), bml.lake(), symbol, day))
         return reports
     finally:
         if server is not None:
             server.stop()
 
 
-def _report(key: str, result, ledger: Ledger, lake_root: Path, symbol: str, day: dt.date) -> PartitionReport:
+def _report(key: str, result, ledger: Ledger, lake: Lake, symbol: str, day: dt.date) -> PartitionReport:
     record = ledger.get_partition(MINUTE_VIEW.name, symbol, day)
     checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
     error = None
@@ -96,7 +99,7 @@ def _report(key: str, result, ledger: Ledger, lake_root: Path, symbol: str, day:
         key=key,
         success=result.success,
         status=record.status if record else "missing",
-        path=str((lake_root / record.path).resolve()) if record and record.path else None,
+        path=lake.store.location(record.path) if record and record.path else None,
         rows=record.row_count if record else None,
         checks=checks,
         error=error,

@@ -25,8 +25,7 @@ from bml_assets.defs.resources import BmlResource
 from bml_assets.domain.partitions import SymbolDay, parse_partition_key
 from bml_assets.domain.schema import DATASETS, MINUTE_VIEW, Dataset
 from bml_assets.domain.streams import Stream
-from bml_assets.lake.commit import NOT_BASED, commit_table, read_partition, record_unavailable
-from bml_assets.lake.layout import partition_path
+from bml_assets.lake.commit import NOT_BASED, commit_table, record_unavailable
 from bml_assets.lake.ledger import PartitionRecord
 from bml_assets.lake.partition_data import PartitionData
 from bml_assets.quality import RowLocator, enforce_blocking
@@ -139,7 +138,8 @@ def _null_counts(table: pa.Table) -> dict[str, int]:
 
 
 class LakeIOManager(ConfigurableIOManager):
-    """Atomic parquet partitions under ``BML_LAKE_ROOT``, recorded in the ledger."""
+    """Atomic parquet partitions in the lake at ``BML_LAKE_ROOT``, recorded in the ledger (the
+    minute view's commit moves the symbol's watermark in the same transaction)."""
 
     bml: BmlResource
 
@@ -150,7 +150,7 @@ class LakeIOManager(ConfigurableIOManager):
 
     def handle_output(self, context: OutputContext, obj: Mapping[str, PartitionData]) -> None:
         dataset = dataset_of(context.definition_metadata, context.asset_key.to_user_string())
-        settings, ledger = self.bml.settings(), self.bml.ledger()
+        lake, ledger = self.bml.lake(), self.bml.ledger()
         by_key = {parse_partition_key(k): v for k, v in obj.items()}
         expected = self._partitions(context)
         if set(by_key) != set(expected):
@@ -163,7 +163,7 @@ class LakeIOManager(ConfigurableIOManager):
             data = by_key[sd]
             if data.table is None:
                 record_unavailable(
-                    lake_root=settings.lake_root,
+                    lake=lake,
                     ledger=ledger,
                     dataset=dataset,
                     symbol=sd.symbol,
@@ -178,7 +178,7 @@ class LakeIOManager(ConfigurableIOManager):
             result = commit_table(
                 data.table,
                 message=_promotion_note(ledger.get_partition(dataset.name, sd.symbol, sd.day), data.provenance),
-                lake_root=settings.lake_root,
+                lake=lake,
                 ledger=ledger,
                 dataset=dataset,
                 symbol=sd.symbol,
@@ -188,6 +188,7 @@ class LakeIOManager(ConfigurableIOManager):
                 source_gaps=data.source_gaps,
                 missing_streams=data.missing_streams,
                 based_on=data.base_content_hash if data.incremental else NOT_BASED,
+                watermark=data.watermark,
             )
             summary[sd.key] = {
                 "status": "committed",
@@ -196,6 +197,9 @@ class LakeIOManager(ConfigurableIOManager):
                 "content_hash": result.content_hash,
                 "rewritten": result.rewritten,
             }
+            if result.watermark is not None:
+                summary[sd.key]["watermark"] = result.watermark.isoformat()
+                context.log.info(f"watermark {sd.symbol} → {result.watermark.isoformat()}")
             if data.missing_streams:
                 summary[sd.key]["missing_streams"] = [dict(m) for m in data.missing_streams]
                 context.log.warning(
@@ -221,6 +225,8 @@ class LakeIOManager(ConfigurableIOManager):
                 md["path"] = MetadataValue.path(s["path"])
                 md["content_hash"] = s["content_hash"]
                 md["rewritten"] = s["rewritten"]
+                if "watermark" in s:
+                    md["watermark"] = s["watermark"]
                 md["null_count_per_column"] = MetadataValue.json(_null_counts(data.table))
             else:
                 md["message"] = str(data.message)
@@ -245,7 +251,7 @@ class LakeIOManager(ConfigurableIOManager):
             context.upstream_output.definition_metadata if context.upstream_output else None,
             context.asset_key.to_user_string(),
         )
-        settings, ledger = self.bml.settings(), self.bml.ledger()
+        settings, lake, ledger = self.bml.settings(), self.bml.lake(), self.bml.ledger()
         loaded: dict[str, PartitionData] = {}
         for sd in self._partitions(context):
             record = ledger.get_partition(dataset.name, sd.symbol, sd.day)
@@ -259,11 +265,11 @@ class LakeIOManager(ConfigurableIOManager):
                     record.status, record.message or record.status, record.provenance
                 )  # type: ignore[arg-type]
                 continue
-            path = partition_path(settings.lake_root, dataset, sd.symbol, sd.day)
+            # A file of an older schema that lacks only nullable columns reads with them NULL.
             loaded[sd.key] = PartitionData(
-                table=read_partition(settings.lake_root, dataset, sd.symbol, sd.day),
+                table=lake.read(dataset, sd.symbol, sd.day),
                 provenance=record.provenance,
                 source_gaps=record.source_gaps,
             )
-            context.log.debug(f"loaded {dataset.name} {sd} from {path}")
+            context.log.debug(f"loaded {dataset.name} {sd} from {lake.location(dataset, sd.symbol, sd.day)}")
         return loaded

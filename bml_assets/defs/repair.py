@@ -34,7 +34,7 @@ intact file whose size or mtime the ledger does not know gets them re-recorded
 The sensor, per tick (at most every ``minimum_interval_seconds``):
 
 0. checks every committed file of the lake against the size and mtime its commit
-   recorded (``scan.damaged_files``: one lean ledger read and one ``os.stat`` per
+   recorded (``scan.damaged_files``: one lean ledger read and one stat per
    file, a footer and hash only for a changed file) and requests the damaged
    partitions, up to ``max_runs_per_tick`` of them, each once per sweep (their run
    keys ride in the cursor): a file deleted, emptied or truncated anywhere is
@@ -42,7 +42,7 @@ The sensor, per tick (at most every ``minimum_interval_seconds``):
 1. reads its cursor ``{"day", "after", "sweep"}``: where the window starts, the last
    (day, symbol) already handled inside it, and how many times it has wrapped;
 2. scans ``window_days`` days from there (all symbols, all datasets, ``deep=False``:
-   one ledger query, one listing and one ``os.stat`` per partition folder, a footer
+   one ledger query, one listing and one stat per partition folder, a footer
    only for a file whose stat changed; Vision is not asked);
 3. sweeps the window's stray files, and the Vision cache buckets of this window (the
    256 first-level folders are spread over the windows of a sweep);
@@ -94,6 +94,7 @@ from bml_assets.domain.partitions import partition_key
 from bml_assets.domain.schema import DATASETS, HOT_SNAPSHOTS
 from bml_assets.domain.streams import Stream
 from bml_assets.lake.commit import refresh_file_stat, sweep_temp_files
+from bml_assets.lake.lake import Lake
 from bml_assets.lake.ledger import Ledger
 from bml_assets.lake.scan import (
     VISION_TEMP_STALE_S,
@@ -106,6 +107,7 @@ from bml_assets.lake.scan import (
     stray_cache_files,
 )
 from bml_assets.sources.vision import NotPublished, VisionClient
+from bml_assets.storage.store import local_stat
 
 REPAIR_TAG: Final = "bml/repair"
 PARTITION_NAME_TAG: Final = "dagster/partition"  # set by Dagster on a single-partition run
@@ -194,7 +196,7 @@ class Sweep:
 def sweep(
     strays: Sequence[StrayFile],
     *,
-    lake_root: Path,
+    lake: Lake,
     now: dt.datetime,
     ledger: Ledger | None = None,
     restat: Sequence[tuple[str, str, dt.date]] = (),
@@ -210,11 +212,10 @@ def sweep(
     partitions: dict[tuple[str, str, dt.date], list[Path]] = {}
     for stray in strays:
         if stray.dataset is None or stray.symbol is None or stray.day is None:
-            try:
-                st = stray.path.stat()
-            except FileNotFoundError:
+            st = local_stat(stray.path)
+            if st is None:
                 continue
-            if st.st_mtime_ns / 1e9 > now.timestamp() - VISION_TEMP_STALE_S:
+            if st.mtime_ns / 1e9 > now.timestamp() - VISION_TEMP_STALE_S:
                 done.left.append(stray.path)  # written again since the scan: a live download
                 continue
             stray.path.unlink(missing_ok=True)
@@ -222,14 +223,14 @@ def sweep(
         else:
             partitions.setdefault((stray.dataset, stray.symbol, stray.day), []).append(stray.path)
     for (dataset, symbol, day), paths in partitions.items():
-        removed = sweep_temp_files(lake_root, DATASETS[dataset], symbol, day)
+        removed = sweep_temp_files(lake, DATASETS[dataset], symbol, day)
         if removed is None:
             done.left += paths
         else:
             done.removed += removed
     if ledger is not None:
         for dataset, symbol, day in list(restat)[:max_restats]:
-            if refresh_file_stat(lake_root, ledger, DATASETS[dataset], symbol, day):
+            if refresh_file_stat(lake, ledger, DATASETS[dataset], symbol, day):
                 done.restated.append((dataset, symbol, day))
     return done
 
@@ -379,7 +380,7 @@ def build_repair_sensor(
         settings = bml.settings()
         now = now_of()
         report = scan(
-            settings.lake_root,
+            bml.lake(),
             bml.ledger(),
             symbols,
             window_start,
@@ -393,7 +394,7 @@ def build_repair_sensor(
         )
         swept = sweep(
             [*report.strays, *cache_strays],
-            lake_root=settings.lake_root,
+            lake=bml.lake(),
             now=now,
             ledger=bml.ledger(),
             restat=report.restat,
@@ -406,7 +407,7 @@ def build_repair_sensor(
         # the next tick, not when the walk reaches its window.
         damaged: dict[str, list[Problem]] = {}
         for problem in damaged_files(
-            settings.lake_root, bml.ledger(), symbols=symbols, start=start, today=yesterday + dt.timedelta(days=1)
+            bml.lake(), bml.ledger(), symbols=symbols, start=start, today=yesterday + dt.timedelta(days=1)
         ):
             if _due(problem, now):
                 damaged.setdefault(f"{problem.day.isoformat()}|{problem.symbol}", []).append(problem)
@@ -575,7 +576,7 @@ def build_scan_job(
 
         settings = bml.settings()
         report = scan(
-            settings.lake_root,
+            bml.lake(),
             bml.ledger(),
             chosen,
             first,
@@ -589,9 +590,7 @@ def build_scan_job(
         report.strays += stray_cache_files(settings.cache_dir, now=moment)
         swept = None
         if config.sweep:
-            swept = sweep(
-                report.strays, lake_root=settings.lake_root, now=moment, ledger=bml.ledger(), restat=report.restat
-            )
+            swept = sweep(report.strays, lake=bml.lake(), now=moment, ledger=bml.ledger(), restat=report.restat)
             context.log.info(swept.summary())
             report.strays = [f for f in report.strays if f.path in swept.left]
         context.log.info(

@@ -1,10 +1,11 @@
 """Dagster resources: the one way assets and the IO manager reach configuration,
-the ledger and Binance Vision.
+the lake, the ledger and Binance Vision.
 
 What belongs here: ``BmlResource``, a ``ConfigurableResource`` whose fields
-override the ``BML_*`` environment (SPEC §3) and which builds the ledger and the
-Vision client lazily, once per process. What stays out: the meaning of the
-settings (``settings.py``) and how the clients work (``sources/``, ``lake/``).
+override the ``BML_*`` environment (SPEC §3) and which builds the lake (its store
+and locks), the ledger and the Vision client lazily, once per process. What stays
+out: the meaning of the settings (``settings.py``) and how the clients work
+(``sources/``, ``lake/``, ``storage/``).
 
 The environment is read when a run first asks for ``settings()``, never at
 import time; explicit fields (tests, the demo) win over the environment. Explicit
@@ -21,13 +22,14 @@ from dagster import ConfigurableResource
 from pydantic import PrivateAttr
 
 from bml_assets.domain.settings import Settings
+from bml_assets.lake.lake import Lake
 from bml_assets.lake.ledger import Ledger
 from bml_assets.sources.rest import RestClient
 from bml_assets.sources.vision import VisionClient
 
 
 class BmlResource(ConfigurableResource):
-    """Settings, ledger and Vision client. Unset fields fall back to ``BML_*``."""
+    """Settings, lake, ledger and Vision client. Unset fields fall back to ``BML_*``."""
 
     lake_root: str | None = None
     state_url: str | None = None
@@ -38,6 +40,7 @@ class BmlResource(ConfigurableResource):
     vision_max_csv_bytes: int | None = None
 
     _settings: Settings | None = PrivateAttr(default=None)
+    _lake: Lake | None = PrivateAttr(default=None)
     _ledger: Ledger | None = PrivateAttr(default=None)
     _vision: VisionClient | None = PrivateAttr(default=None)
     _rest: RestClient | None = PrivateAttr(default=None)
@@ -64,6 +67,12 @@ class BmlResource(ConfigurableResource):
                 changes["vision_max_csv_bytes"] = self.vision_max_csv_bytes
             self._settings = base.with_(**changes) if changes else base
         return self._settings
+
+    def lake(self) -> Lake:
+        """The lake at ``lake_root``: its store and partition locks."""
+        if self._lake is None:
+            self._lake = Lake.at(self.settings().lake_root)
+        return self._lake
 
     def ledger(self) -> Ledger:
         if self._ledger is None:

@@ -1,77 +1,75 @@
-"""The atomic commit of one partition's parquet file (SPEC §7), and reading it back.
+"""The atomic commit of one partition's parquet file (SPEC §7), and the upkeep around it.
 
-What belongs here: the per-partition lock, the schema check, deterministic
-parquet encoding, the write-fsync-verify-rename sequence, the ledger update
-that follows it, recording a partition as unavailable, and reading or checking
-a committed file.
+What belongs here: the commit protocol, written once against the lake's store and
+locks (``lake.py``, ``storage/``): the schema check, deterministic parquet encoding,
+stage-verify-publish, the ledger's compare-and-swap that follows it (with the
+minute view's watermark, in the same transaction), recording a partition as
+unavailable, checking a committed file against its row, sweeping the temporaries
+of dead writers and re-recording the stat of an intact file.
 
 What stays out: deciding *what* to commit (the assets), the blocking data rules
-(passed in as ``validate``), the ledger's SQL (``ledger.py``), paths
-(``layout.py``) and Dagster (the IO manager is built on top of this module).
+(passed in as ``validate``), the ledger's SQL (``ledger.py``), keys (``layout.py``),
+how bytes are stored (``storage/store.py``) and Dagster (the IO manager is built on
+top of this module). Reading a partition back is ``Lake.read``.
 
-The commit, under an exclusive ``flock`` on the partition's lock file:
+The commit, under the partition's exclusive lock (``Lake.lock``):
 
 1. read the ledger row; its content_hash is the ``expected`` value of the CAS;
-2. check the table's schema against the dataset's and run ``validate`` — nothing
-   has touched the lake yet;
-3. write ``.part.parquet.<uuid>.tmp`` beside the target, fsync, re-read its footer,
-   hash its bytes;
-4. if those bytes are already the committed file, drop the temporary file (no rewrite);
-5. ``os.replace`` it over the target (atomic), fsync the folder;
-6. ``Ledger.commit_partition(..., expected_content_hash=expected)``.
+2. check the table's schema against the dataset's and run ``validate`` (and, with a
+   watermark, check that every minute up to it is a row or a confirmed source gap) —
+   nothing has touched the lake yet;
+3. stage the encoded bytes beside the target (``Store.stage``: a temporary file,
+   fsynced), re-read their footer, hash the stored bytes;
+4. if those bytes are already the committed file, drop the staged copy (no rewrite);
+5. publish them over the target (``Staged.publish``: put-if-match against the version
+   the commit saw, or put-if-absent; locally a rename, then the folder's fsync);
+6. ``Ledger.commit_partition(..., expected_content_hash=expected)`` — the commit point;
+   with a watermark, ``Ledger.commit_partition_and_watermark``, one transaction.
 
 Crash safety and repair. Readers see either the old file or the new one, never a
-torn file. Before step 5 any failure removes the temporary file and leaves the
-target and the ledger as they were. After step 5 the new file stays and the
-error is raised as ``CommitIncomplete``: the ledger then still names the old
-hash (or nothing), and ``verify_partition`` reports the mismatch. Re-running the
-commit repairs it: the re-run reads the ledger's (old) hash as ``expected``, sees
-that its bytes differ from what the ledger records, renames its file over the
-target and CAS-updates the row from that old hash, so file and ledger agree
-again. A commit never trusts the ledger alone for "already committed": it skips
-the rewrite only when the file on disk really has the new hash *and* the
-ledger records it.
+torn file. Before step 5 any failure discards the staged copy and leaves the target
+and the ledger as they were. After step 5 the new file stays and the error is raised
+as ``CommitIncomplete``: the ledger then still names the old hash (or nothing), and
+``verify_partition`` reports the mismatch. Re-running the commit repairs it: the
+re-run reads the ledger's (old) hash as ``expected``, sees that its bytes differ from
+what the ledger records, publishes its file over the target and CAS-updates the row
+from that old hash, so file and ledger agree again. A commit never trusts the ledger
+alone for "already committed": it skips the rewrite only when the file in the store
+really has the new hash *and* the ledger records it.
 
-Temporary files of a writer that died (kill -9, power loss) are swept by the
-next commit of the same partition: it holds the partition's lock, so no live
-writer can own them. ``sweep_temp_files`` does the same on demand (the repair
-sensor and ``bml scan --sweep`` call it for the strays the scan reports), and
-``refresh_file_stat`` re-records the size and mtime of a file whose bytes are
-still the committed ones (touched, copied, or committed before the ledger kept them).
+Temporary files of a writer that died (kill -9, power loss) are swept by the next
+commit of the same partition: it holds the partition's lock, so no live writer can
+own them. ``sweep_temp_files`` does the same on demand (the repair sensor and ``bml
+scan --sweep`` call it for the strays the scan reports), and ``refresh_file_stat``
+re-records the size and mtime of a file whose bytes are still the committed ones
+(touched, copied, or committed before the ledger kept them).
 """
 
 from __future__ import annotations
 
-import errno
-import fcntl
+import datetime as dt
 import hashlib
 import json
-import os
-import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, Final, Literal
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from bml_assets.domain.schema import Dataset, schema_hash
-from bml_assets.lake.layout import (
-    lock_path,
-    partition_dir,
-    partition_label,
-    partition_path,
-    relative_partition_path,
-    temp_files,
-    temp_path,
-)
+from bml_assets.domain.schema import MINUTE_VIEW, Dataset, schema_hash
+from bml_assets.lake.lake import DEFAULT_LOCK_TIMEOUT_S, Lake, LakeError, SchemaMismatch, schema_differences
+from bml_assets.lake.layout import file_key, folder_key, partition_label
 from bml_assets.lake.ledger import UNAVAILABLE_STATUSES, CommitConflict, Ledger, PartitionRecord
+from bml_assets.storage.locks import LockTimeout
+from bml_assets.storage.store import ABSENT, ObjectStat, PublishIncomplete, Staged
 
-DEFAULT_LOCK_TIMEOUT_S: Final = 300.0
+MINUTE_MS: Final = 60_000
+DAY_MS: Final = 1440 * MINUTE_MS
 
 # Fixed encoder settings: the same table must always give the same bytes (and
 # hence the same content hash) with a given pyarrow version. A different
@@ -99,27 +97,10 @@ _TIME_UNIT_TO_MS: Final[Mapping[str, tuple[int, int]]] = {  # (multiply, floor-d
 # --------------------------------------------------------------------------- errors
 
 
-class LakeError(RuntimeError):
-    """Base class of this module's errors."""
-
-
-class SchemaMismatch(LakeError, ValueError):
-    """A table (or a stored file) does not have the dataset's exact schema."""
-
-    def __init__(self, partition: str, differences: Sequence[str], *, what: str = "the table") -> None:
-        self.partition = partition
-        self.differences = list(differences)
-        super().__init__(f"{partition}: {what} does not match the dataset schema: " + "; ".join(self.differences))
-
-
-class LockTimeout(LakeError, TimeoutError):
-    """Another writer held the partition's lock for longer than the timeout."""
-
-
 class CommitIncomplete(LakeError):
     """The new file is in place but the ledger was not updated; re-run the commit to re-sync."""
 
-    def __init__(self, partition: str, path: Path, content_hash: str, ledger_content_hash: str | None) -> None:
+    def __init__(self, partition: str, path: str, content_hash: str, ledger_content_hash: str | None) -> None:
         self.partition = partition
         self.path = path
         self.content_hash = content_hash
@@ -135,31 +116,27 @@ class UnavailableButCommitted(LakeError):
     """A partition was to be recorded as unavailable, but a committed file exists."""
 
 
-class PartitionNotFound(LakeError, FileNotFoundError):
-    """No committed file at the partition's path."""
-
-
-class PartitionUnreadable(LakeError):
-    """The partition's file exists but cannot be read as parquet."""
-
-
 # --------------------------------------------------------------------------- results
 
 
 @dataclass(frozen=True)
 class CommitResult:
-    path: Path
+    """``path``: where the file is (the store's location); ``watermark``: the symbol's
+    watermark when this commit moved it, else None."""
+
+    path: str
     content_hash: str
     row_count: int
     rewritten: bool
     previous_content_hash: str | None
+    watermark: datetime | None = None
 
 
 @dataclass(frozen=True)
 class PartitionCheck:
     """File versus ledger for one partition (``verify_partition``)."""
 
-    path: Path
+    path: str
     ledger_status: str | None
     ledger_content_hash: str | None
     file_content_hash: str | None
@@ -171,31 +148,6 @@ class PartitionCheck:
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def schema_differences(actual: pa.Schema, expected: pa.Schema) -> list[str]:
-    """Human-readable differences in names, order and types (nullability and metadata ignored)."""
-    out: list[str] = []
-    a_names, e_names = list(actual.names), list(expected.names)
-    duplicated = sorted({n for n in a_names if a_names.count(n) > 1})
-    missing = [n for n in e_names if n not in a_names]
-    extra = [n for n in a_names if n not in e_names]
-    if duplicated:
-        out.append(f"duplicated columns: {', '.join(duplicated)}")
-    if missing:
-        out.append(f"missing columns: {', '.join(missing)}")
-    if extra:
-        out.append(f"unexpected columns: {', '.join(extra)}")
-    if not (duplicated or missing or extra) and a_names != e_names:
-        i = next(i for i, (a, e) in enumerate(zip(a_names, e_names, strict=True)) if a != e)
-        out.append(f"columns out of order: position {i + 1} holds {a_names[i]!r} where {e_names[i]!r} belongs")
-    if not duplicated:
-        for f in expected:
-            if f.name in a_names:
-                got = actual.field(f.name).type
-                if got != f.type:
-                    out.append(f"column {f.name!r} has type {got}, expected {f.type}")
-    return out
 
 
 def _canonical_table(table: pa.Table, dataset: Dataset, label: str) -> pa.Table:
@@ -224,14 +176,6 @@ def encode_parquet(table: pa.Table) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _time_bounds(table: pa.Table, dataset: Dataset) -> tuple[int | None, int | None]:
     """(min, max) of the time column in epoch milliseconds; None for an empty table."""
     column = table.column(dataset.time_column)
@@ -246,8 +190,58 @@ def _time_bounds(table: pa.Table, dataset: Dataset) -> tuple[int | None, int | N
     return bounds["min"].as_py() * mul // div, bounds["max"].as_py() * mul // div
 
 
+def _day_start_ms(day: date) -> int:
+    return int(datetime.combine(day, dt.time(), UTC).timestamp() * 1000)
+
+
+def gap_minutes(day: date, source_gaps: Sequence[Mapping[str, Any]]) -> set[int]:
+    """The confirmed source-gap minutes (epoch ms) of ``source_gaps`` that fall in ``day``
+    (entries ``{"minute": ISO, ...}``; anything else is ignored)."""
+    start = _day_start_ms(day)
+    out: set[int] = set()
+    for gap in source_gaps:
+        value = gap.get("minute") if isinstance(gap, Mapping) else None
+        if not isinstance(value, str):
+            continue
+        try:
+            moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            continue
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        ms = int(moment.timestamp() * 1000)
+        if start <= ms < start + DAY_MS and ms % MINUTE_MS == 0:
+            out.add(ms)
+    return out
+
+
+def _check_watermark(
+    table: pa.Table, dataset: Dataset, day: date, watermark: datetime, gaps: Sequence[Mapping[str, Any]], label: str
+) -> None:
+    """A watermark moves with the minute view only, to a minute of its day, and never past a
+    minute that is neither a row of the table nor a confirmed source gap."""
+    if dataset is not MINUTE_VIEW:
+        raise ValueError(f"{label}: only a minute view commit moves the watermark")
+    if watermark.tzinfo is None:
+        raise ValueError(f"{label}: the watermark {watermark!r} must be timezone-aware")
+    start, target = _day_start_ms(day), int(watermark.timestamp() * 1000)
+    if not start <= target < start + DAY_MS or target % MINUTE_MS:
+        raise ValueError(f"{label}: the watermark {watermark.isoformat()} is not a minute of {day.isoformat()}")
+    grid = np.arange(start, target + MINUTE_MS, MINUTE_MS, dtype=np.int64)
+    # The minute view's schema was checked: timestamp[ms, UTC], so the integers are epoch ms.
+    present = np.asarray(table.column(dataset.time_column).cast(pa.int64()).to_numpy(), dtype=np.int64)
+    held = np.union1d(present, np.fromiter(gap_minutes(day, gaps), dtype=np.int64))
+    missing = np.setdiff1d(grid, held)
+    if missing.size:
+        first = datetime.fromtimestamp(int(missing[0]) / 1000, UTC).isoformat()
+        raise ValueError(
+            f"{label}: the watermark cannot move to {watermark.isoformat()}: minute {first} is neither a row "
+            "nor a confirmed source gap"
+        )
+
+
 def _json_copy(value: Any, what: str) -> Any:
-    """Checked here, before any file is written: failing on it after the rename
+    """Checked here, before any file is written: failing on it after the publication
     would leave the ledger behind the file for a reason a re-run cannot fix."""
     try:
         return json.loads(json.dumps(value, allow_nan=False, sort_keys=True))
@@ -255,100 +249,34 @@ def _json_copy(value: Any, what: str) -> Any:
         raise ValueError(f"{what} must be plain JSON (str, int, float, bool, None, lists, dicts): {exc}") from None
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _sweep(lake: Lake, folder: str) -> list[str]:
+    """Remove the temporary files of dead writers in ``folder``; return their locations. Only
+    called under the partition's lock, so none of them can belong to a live commit."""
+    removed = []
+    for key in lake.store.temp_files(folder):
+        lake.store.delete(key)
+        removed.append(lake.store.location(key))
+    return removed
 
 
-def _make_dirs(directory: Path) -> None:
-    """``mkdir -p`` that fsyncs the parent of every folder it creates, so a new
-    partition folder survives a power loss together with its file."""
-    missing: list[Path] = []
-    current = directory
-    while not current.exists():
-        missing.append(current)
-        current = current.parent
-    for path in reversed(missing):
-        try:
-            path.mkdir()
-        except FileExistsError:
-            continue  # created concurrently by a writer of another partition
-        _fsync_dir(path.parent)
-
-
-@contextmanager
-def partition_lock(
-    lake_root: Path, dataset: Dataset, symbol: str, day: date, *, timeout: float = DEFAULT_LOCK_TIMEOUT_S
-) -> Iterator[Path]:
-    """Hold the partition's exclusive lock (``flock``; across threads and processes on one host).
-
-    Waits up to ``timeout`` seconds, then raises ``LockTimeout``. The lock file
-    is never deleted: unlinking a lock file lets a third writer lock a new
-    inode while the second still waits on the old one.
-    """
-    path = lock_path(lake_root, dataset, symbol, day)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        deadline = time.monotonic() + timeout
-        delay = 0.005
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError as exc:
-                if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                    raise
-            if time.monotonic() >= deadline:
-                raise LockTimeout(
-                    f"{partition_label(dataset, symbol, day)}: another writer held the lock {path} "
-                    f"for more than {timeout:g} s"
-                )
-            time.sleep(delay)
-            delay = min(delay * 2, 0.1)
-        try:
-            yield path
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
-
-
-def _sweep_temp_files(directory: Path) -> list[Path]:
-    """Remove temporary files of dead writers; return them. Only called under the
-    partition's lock, so none of them can belong to a live commit."""
-    stale = temp_files(directory)
-    for path in stale:
-        path.unlink(missing_ok=True)
-    return stale
-
-
-def _write_verified(table: pa.Table, tmp: Path, dataset: Dataset, label: str) -> str:
-    """Write ``table`` to ``tmp`` durably, check its footer, return the sha256 of the bytes on disk."""
-    data = encode_parquet(table)
-    with open(tmp, "xb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    metadata = pq.read_metadata(tmp)
+def _verified(staged: Staged, data: bytes, table: pa.Table, dataset: Dataset, label: str) -> str:
+    """Check the staged copy's footer and bytes against what was encoded; return its sha256."""
+    where = staged.location
+    metadata = pq.read_metadata(staged.source())
     if metadata.num_rows != table.num_rows:
-        raise LakeError(f"{label}: {tmp} reads back {metadata.num_rows} rows, {table.num_rows} were written")
-    stored_schema = pq.read_schema(tmp)
+        raise LakeError(f"{label}: {where} reads back {metadata.num_rows} rows, {table.num_rows} were written")
+    stored_schema = pq.read_schema(staged.source())
     if not stored_schema.equals(dataset.arrow_schema, check_metadata=False):
-        raise SchemaMismatch(label, schema_differences(stored_schema, dataset.arrow_schema), what=f"the file {tmp}")
-    content_hash = file_sha256(tmp)
+        raise SchemaMismatch(label, schema_differences(stored_schema, dataset.arrow_schema), what=f"the file {where}")
+    content_hash = staged.sha256()
     if content_hash != hashlib.sha256(data).hexdigest():
-        raise LakeError(f"{label}: {tmp} on disk differs from the bytes written")
+        raise LakeError(f"{label}: {where} as stored differs from the bytes written")
     return content_hash
 
 
-def _with_stat(record: PartitionRecord, path: Path) -> PartitionRecord:
-    """``record`` with the size and mtime of the file now at ``path`` (the shallow scan's reference)."""
-    st = os.stat(path)
-    return replace(record, file_bytes=st.st_size, file_mtime_ns=st.st_mtime_ns)
+def _with_stat(record: PartitionRecord, st: ObjectStat) -> PartitionRecord:
+    """``record`` with the size and mtime of the file as published (the shallow scan's reference)."""
+    return replace(record, file_bytes=st.size, file_mtime_ns=st.mtime_ns)
 
 
 def _incomplete_builds(previous: PartitionRecord | None, missing: Sequence[Mapping[str, Any]]) -> int:
@@ -359,6 +287,25 @@ def _incomplete_builds(previous: PartitionRecord | None, missing: Sequence[Mappi
         return 1
     same = {m.get("stream") for m in previous.missing_streams} == {m.get("stream") for m in missing}
     return previous.incomplete_builds + 1 if same else 1
+
+
+def _record(
+    ledger: Ledger,
+    record: PartitionRecord,
+    expected: str | None,
+    watermark: datetime | None,
+    *,
+    row_unchanged: bool = False,
+) -> datetime | None:
+    """The ledger side of a commit: the row's CAS (unless ``row_unchanged``) and, with a
+    watermark, its move in the same transaction. Returns the watermark when it moved."""
+    if watermark is None:
+        if not row_unchanged:
+            ledger.commit_partition(record, expected_content_hash=expected)
+        return None
+    return ledger.commit_partition_and_watermark(
+        record, expected_content_hash=expected, watermark=watermark, row_unchanged=row_unchanged
+    )
 
 
 # --------------------------------------------------------------------------- API
@@ -374,7 +321,7 @@ NOT_BASED = NotBased()
 def commit_table(
     table: pa.Table,
     *,
-    lake_root: Path,
+    lake: Lake,
     ledger: Ledger,
     dataset: Dataset,
     symbol: str,
@@ -386,6 +333,7 @@ def commit_table(
     message: str | None = None,
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S,
     based_on: str | NotBased | None = NOT_BASED,
+    watermark: datetime | None = None,
 ) -> CommitResult:
     """Atomically replace one partition's file with ``table`` and record it in the ledger.
 
@@ -397,18 +345,24 @@ def commit_table(
     holds it — another writer committed in between — ``CommitConflict`` is raised and
     nothing is written, so a slower writer never overwrites a newer commit.
 
-    Raises ``SchemaMismatch``, whatever ``validate`` raises, ``LockTimeout`` or
-    ``CommitConflict`` with the lake and ledger unchanged; ``CommitIncomplete``
-    when the new file is in place but the ledger update failed (re-run to repair).
+    ``watermark`` (the minute view): the last minute the commit may move the symbol's
+    watermark to; the ledger moves it in the commit's own transaction when it continues
+    the stored watermark (``Ledger.commit_partition_and_watermark``), also when the bytes
+    are unchanged. Every minute of the day up to it must be a row or a source gap.
+
+    Raises ``SchemaMismatch``, whatever ``validate`` raises, ``ValueError`` (a watermark
+    past a hole), ``LockTimeout`` or ``CommitConflict`` with the lake and ledger unchanged;
+    ``CommitIncomplete`` when the new file is in place but the ledger update failed (re-run
+    to repair).
     """
-    lake_root = Path(lake_root)
     label = partition_label(dataset, symbol, day)
-    target = partition_path(lake_root, dataset, symbol, day)
+    key, folder = file_key(dataset, symbol, day), folder_key(dataset, symbol, day)
+    store = lake.store
     provenance_json = _json_copy(dict(provenance), f"{label}: provenance")
     gaps_json = _json_copy([dict(g) for g in source_gaps], f"{label}: source_gaps")
     missing_json = _json_copy([dict(m) for m in missing_streams], f"{label}: missing_streams")
 
-    with partition_lock(lake_root, dataset, symbol, day, timeout=lock_timeout):
+    with lake.lock(dataset, symbol, day, timeout=lock_timeout):
         previous = ledger.get_partition(dataset, symbol, day)
         expected = previous.content_hash if previous is not None else None
         if not isinstance(based_on, NotBased) and based_on != expected:
@@ -416,21 +370,21 @@ def commit_table(
 
         canonical = _canonical_table(table, dataset, label)
         validate(table)
+        if watermark is not None:
+            _check_watermark(canonical, dataset, day, watermark, gaps_json, label)
         min_ts, max_ts = _time_bounds(canonical, dataset)
 
-        _make_dirs(target.parent)
-        _sweep_temp_files(target.parent)
-        tmp = temp_path(target)
-        renamed = False
-        try:
-            content_hash = _write_verified(canonical, tmp, dataset, label)
+        data = encode_parquet(canonical)
+        _sweep(lake, folder)
+        with store.stage(key, data) as staged:
+            content_hash = _verified(staged, data, canonical, dataset, label)
             record = PartitionRecord(
                 dataset=dataset.name,
                 symbol=symbol,
                 day=day,
                 status="committed",
                 committed_at=datetime.now(UTC),
-                path=relative_partition_path(dataset, symbol, day).as_posix(),
+                path=key,
                 row_count=canonical.num_rows,
                 min_ts=min_ts,
                 max_ts=max_ts,
@@ -442,34 +396,32 @@ def commit_table(
                 incomplete_builds=_incomplete_builds(previous, missing_json),
                 message=message if message is not None else (previous.message if previous is not None else None),
             )
-            if content_hash == expected and target.is_file() and file_sha256(target) == content_hash:
+            current = store.stat(key)
+            if content_hash == expected and current is not None and store.sha256(key) == content_hash:
                 assert previous is not None
-                # Same bytes: keep the file. The ledger row is refreshed only if it no longer
-                # describes them (other sources, a stale schema hash or row count, a note).
-                record = _with_stat(record, target)
-                if replace(previous, committed_at=record.committed_at) != record:
-                    ledger.commit_partition(record, expected_content_hash=expected)
-                return CommitResult(target, content_hash, canonical.num_rows, False, expected)
-            os.replace(tmp, target)
-            renamed = True
-        finally:
-            # Before the rename the commit surely failed (or was a no-op): the
-            # temporary file is garbage. After it, the name no longer exists.
-            if not renamed:
-                tmp.unlink(missing_ok=True)
+                # Same bytes: keep the file (leaving the block drops the staged copy). The
+                # ledger row is refreshed only if it no longer describes them (other sources,
+                # a stale schema hash or row count, a note).
+                record = _with_stat(record, current)
+                unchanged = replace(previous, committed_at=record.committed_at) == record
+                moved = _record(ledger, record, expected, watermark, row_unchanged=unchanged)
+                return CommitResult(store.location(key), content_hash, canonical.num_rows, False, expected, moved)
+            try:
+                published = staged.publish(expect=current.version if current is not None else ABSENT)
+            except PublishIncomplete as exc:
+                raise CommitIncomplete(label, store.location(key), content_hash, expected) from exc
 
         try:
-            _fsync_dir(target.parent)
-            ledger.commit_partition(_with_stat(record, target), expected_content_hash=expected)
+            moved = _record(ledger, _with_stat(record, published), expected, watermark)
         except Exception as exc:
-            raise CommitIncomplete(label, target, content_hash, expected) from exc
+            raise CommitIncomplete(label, store.location(key), content_hash, expected) from exc
 
-    return CommitResult(target, content_hash, canonical.num_rows, True, expected)
+    return CommitResult(store.location(key), content_hash, canonical.num_rows, True, expected, moved)
 
 
 def record_unavailable(
     *,
-    lake_root: Path,
+    lake: Lake,
     ledger: Ledger,
     dataset: Dataset,
     symbol: str,
@@ -479,31 +431,30 @@ def record_unavailable(
     provenance: Mapping[str, Any],
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S,
 ) -> None:
-    """Record that a partition has no file, and why (``not_listed``: the symbol did
-    not trade that day; ``not_published``: the source has not published it yet).
+    """Record that a partition has no file, and why (``not_listed``: the symbol did not
+    trade that day; ``not_published``: the source has not published it yet).
 
-    Never deletes data: if a file exists at the partition's path, raises
+    Never deletes data: if a file exists at the partition's key, raises
     ``UnavailableButCommitted`` and changes nothing. A ledger row claiming a file
-    that is gone from disk is replaced (CAS from its hash).
+    that is gone from the store is replaced (CAS from its hash).
     """
     if status not in UNAVAILABLE_STATUSES:
         raise ValueError(f"status must be one of {', '.join(UNAVAILABLE_STATUSES)}, got {status!r}")
-    lake_root = Path(lake_root)
     label = partition_label(dataset, symbol, day)
-    target = partition_path(lake_root, dataset, symbol, day)
     provenance_json = _json_copy(dict(provenance), f"{label}: provenance")
 
-    with partition_lock(lake_root, dataset, symbol, day, timeout=lock_timeout):
+    with lake.lock(dataset, symbol, day, timeout=lock_timeout):
         previous = ledger.get_partition(dataset, symbol, day)
-        if target.exists():
+        if lake.stat(dataset, symbol, day) is not None:
             ledger_state = (
                 "the ledger has no row for it"
                 if previous is None
                 else f"the ledger records it as {previous.status} (content_hash {previous.content_hash})"
             )
             raise UnavailableButCommitted(
-                f"{label}: refusing to record it as {status} ({message}): a committed file exists at {target} and "
-                f"{ledger_state}; the file is kept — delete it deliberately if the source really withdrew this day"
+                f"{label}: refusing to record it as {status} ({message}): a committed file exists at "
+                f"{lake.location(dataset, symbol, day)} and {ledger_state}; the file is kept — delete it "
+                "deliberately if the source really withdrew this day"
             )
         ledger.commit_partition(
             PartitionRecord(
@@ -519,35 +470,14 @@ def record_unavailable(
         )
 
 
-def read_partition(lake_root: Path, dataset: Dataset, symbol: str, day: date, *, check_schema: bool = True) -> pa.Table:
-    """The committed table of one partition.
-
-    Raises ``PartitionNotFound`` / ``PartitionUnreadable`` naming the path, and
-    ``SchemaMismatch`` when the file was written with another schema.
-    """
-    label = partition_label(dataset, symbol, day)
-    path = partition_path(Path(lake_root), dataset, symbol, day)
-    if not path.is_file():
-        raise PartitionNotFound(f"{label}: no committed file at {path}")
-    try:
-        # ParquetFile, not pq.read_table: the latter would treat the hive folder
-        # names as partition columns and add symbol/date to the table.
-        with pq.ParquetFile(path) as f:
-            table = f.read()
-    except (OSError, pa.ArrowException) as exc:
-        raise PartitionUnreadable(f"{label}: cannot read {path} as parquet: {exc}") from exc
-    if check_schema:
-        differences = schema_differences(table.schema, dataset.arrow_schema)
-        if differences:
-            raise SchemaMismatch(label, differences, what=f"the file {path}")
-    return table
-
-
-def verify_partition(lake_root: Path, ledger: Ledger, dataset: Dataset, symbol: str, day: date) -> PartitionCheck:
-    """Compare the file on disk with the ledger row (no lock taken; a snapshot)."""
-    path = partition_path(Path(lake_root), dataset, symbol, day)
+def verify_partition(lake: Lake, ledger: Ledger, dataset: Dataset, symbol: str, day: date) -> PartitionCheck:
+    """Compare the file in the store with the ledger row (no lock taken; a snapshot)."""
+    path = lake.location(dataset, symbol, day)
     row = ledger.get_partition(dataset, symbol, day)
-    file_hash = file_sha256(path) if path.is_file() else None
+    try:
+        file_hash: str | None = lake.sha256(dataset, symbol, day)
+    except FileNotFoundError:
+        file_hash = None
     status = row.status if row is not None else None
     ledger_hash = row.content_hash if row is not None else None
     problem: str | None = None
@@ -558,7 +488,7 @@ def verify_partition(lake_root: Path, ledger: Ledger, dataset: Dataset, symbol: 
     elif file_hash != ledger_hash:
         problem = (
             f"{path} has sha256 {file_hash} but the ledger records {ledger_hash} "
-            "(a commit stopped after its rename?) — re-run the commit to re-sync"
+            "(a commit stopped after its publication?) — re-run the commit to re-sync"
         )
     return PartitionCheck(path, status, ledger_hash, file_hash, problem)
 
@@ -566,75 +496,46 @@ def verify_partition(lake_root: Path, ledger: Ledger, dataset: Dataset, symbol: 
 # --------------------------------------------------------------------------- upkeep
 
 
-def partition_busy(lake_root: Path, dataset: Dataset, symbol: str, day: date) -> bool:
-    """Whether a writer holds the partition's lock at this moment (creates nothing).
-
-    A temporary file in a partition whose lock is free belongs to a writer that died:
-    a live commit holds the lock from before it creates its file until after the rename.
-    """
-    path = lock_path(Path(lake_root), dataset, symbol, day)
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return False  # never locked, so never written by a commit
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                return True
-            raise
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return False
-    finally:
-        os.close(fd)
-
-
-def sweep_temp_files(lake_root: Path, dataset: Dataset, symbol: str, day: date) -> list[Path] | None:
+def sweep_temp_files(lake: Lake, dataset: Dataset, symbol: str, day: date) -> list[Path] | None:
     """Remove the temporary files dead writers left in one partition's folder; return them.
 
     Takes the partition's lock without waiting, as a commit would before sweeping: when
     a writer holds it (the file may be its own), nothing is removed and None is returned.
+    Temporaries exist only in a store that stages in files, so they are local paths.
     """
-    directory = partition_dir(Path(lake_root), dataset, symbol, day)
-    if not temp_files(directory):
+    if not lake.temp_files(dataset, symbol, day):
         return []
     try:
-        with partition_lock(Path(lake_root), dataset, symbol, day, timeout=0):
-            return _sweep_temp_files(directory)
+        with lake.lock(dataset, symbol, day, timeout=0):
+            return [Path(p) for p in _sweep(lake, folder_key(dataset, symbol, day))]
     except LockTimeout:
         return None
 
 
-def refresh_file_stat(lake_root: Path, ledger: Ledger, dataset: Dataset, symbol: str, day: date) -> bool:
+def refresh_file_stat(lake: Lake, ledger: Ledger, dataset: Dataset, symbol: str, day: date) -> bool:
     """Re-record the size and mtime of a committed file whose bytes are still the ledger's.
 
-    For the shallow scan, which trusts a file whose ``os.stat`` matches the ledger and
-    reads (and hashes) one that does not: after a ``touch``, a copy without mtimes, or
-    on a row written before the ledger kept them. Under the partition's lock, taken
-    without waiting; the file is hashed first and the row is CAS-updated from the same
-    content hash, so only a file proven unchanged is re-described. Returns whether the
-    row was updated (False: busy, not committed, unchanged, or the bytes differ).
+    For the shallow scan, which trusts a file whose stat matches the ledger and reads
+    (and hashes) one that does not: after a ``touch``, a copy without mtimes, or on a
+    row written before the ledger kept them. Under the partition's lock, taken without
+    waiting; the file is hashed first and the row is CAS-updated from the same content
+    hash, so only a file proven unchanged is re-described. Returns whether the row was
+    updated (False: busy, not committed, unchanged, or the bytes differ).
     """
-    lake_root = Path(lake_root)
-    path = partition_path(lake_root, dataset, symbol, day)
     try:
-        with partition_lock(lake_root, dataset, symbol, day, timeout=0):
+        with lake.lock(dataset, symbol, day, timeout=0):
             record = ledger.get_partition(dataset, symbol, day)
             if record is None or record.status != "committed":
                 return False
-            before = os.stat(path)
-            if (before.st_size, before.st_mtime_ns) == (record.file_bytes, record.file_mtime_ns):
+            before = lake.stat(dataset, symbol, day)
+            if before is None or (before.size, before.mtime_ns) == (record.file_bytes, record.file_mtime_ns):
                 return False
-            if file_sha256(path) != record.content_hash:
+            if lake.sha256(dataset, symbol, day) != record.content_hash:
                 return False
-            after = os.stat(path)
-            if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
+            after = lake.stat(dataset, symbol, day)
+            if after is None or (after.size, after.mtime_ns) != (before.size, before.mtime_ns):
                 return False  # changed while being hashed: leave it to the next scan
-            ledger.commit_partition(
-                replace(record, file_bytes=after.st_size, file_mtime_ns=after.st_mtime_ns),
-                expected_content_hash=record.content_hash,
-            )
+            ledger.commit_partition(_with_stat(record, after), expected_content_hash=record.content_hash)
             return True
     except (LockTimeout, FileNotFoundError):
         return False

@@ -8,9 +8,11 @@ and exceptions of that API.
 
 What stays out: files (``commit.py`` writes the parquet and then calls
 ``Ledger.commit_partition``), paths (``layout.py``), Dagster, and any policy about
-*when* a partition may be committed or a watermark advanced (the callers decide;
-the ledger only guarantees that concurrent writers cannot silently overwrite
-each other).
+*when* a partition may be committed or how far a day's minutes are complete (the
+callers decide; the ledger guarantees that concurrent writers cannot silently
+overwrite each other, and that the watermark, moved with the minute view's commit in
+one transaction, only ever continues without a hole:
+``commit_partition_and_watermark``).
 
 Portability: only SQLAlchemy Core constructs that SQLite and PostgreSQL both
 understand. SQLite is the default store; it is opened in WAL mode with a busy
@@ -38,7 +40,7 @@ import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Final, Literal, get_args
 
 import sqlalchemy as sa
@@ -54,7 +56,7 @@ SCHEMA_VERSION: Final = 2
 """Version of the table layout below; stored in ``ledger_meta.schema_version``.
 
 Version 2 added to ``partitions`` the committed file's size and mtime (the shallow
-scan compares them with ``os.stat``), the fillable streams a committed partition
+scan compares them with the store's stat), the fillable streams a committed partition
 lacks (``missing_streams``: an incomplete partition, SPEC §8) and how many builds
 in a row left it so (``incomplete_builds``, the repair backoff). A version-1 ledger
 is upgraded in place by adding those nullable columns (``_MIGRATIONS``)."""
@@ -142,7 +144,7 @@ class PartitionRecord:
     provenance: Mapping[str, Any] = field(default_factory=dict, hash=False)
     source_gaps: Sequence[Mapping[str, Any]] = field(default_factory=list, hash=False)
     message: str | None = None
-    # The committed file as ``os.stat`` saw it right after the rename.
+    # The committed file as the store's stat saw it right after its publication.
     file_bytes: int | None = None
     file_mtime_ns: int | None = None
     # Fillable streams the partition lacks, ``{"stream": ..., "reason": ...}`` each (SPEC §8),
@@ -449,6 +451,55 @@ def _require_minute(value: datetime, what: str) -> datetime:
     return value
 
 
+def _swap_partition(conn: Connection, record: PartitionRecord, expected_content_hash: str | None) -> None:
+    """The partition row's compare-and-swap (``Ledger.commit_partition``) inside ``conn``'s transaction."""
+    values = _partition_values(record)
+    key = _partition_key(record.dataset, record.symbol, record.day)
+    guard = _P.c.content_hash.is_(None) if expected_content_hash is None else _P.c.content_hash == expected_content_hash
+    if conn.execute(sa.update(_P).where(key, guard).values(**values)).rowcount == 1:
+        return
+    if expected_content_hash is None:
+        try:
+            # A savepoint, so a duplicate key leaves the transaction
+            # usable on PostgreSQL for the SELECT below.
+            with conn.begin_nested():
+                conn.execute(
+                    sa.insert(_P).values(dataset=record.dataset, symbol=record.symbol, date=record.day, **values)
+                )
+            return
+        except IntegrityError:
+            pass
+    current = conn.execute(sa.select(_P.c.content_hash).where(key)).one_or_none()
+    raise CommitConflict(
+        record.label,
+        expected_content_hash,
+        None if current is None else current[0],
+        row_exists=current is not None,
+    )
+
+
+def _continue_watermark(conn: Connection, symbol: str, day_start: datetime, minute: datetime) -> datetime | None:
+    """Move ``symbol``'s watermark to ``minute`` of the day starting at ``day_start`` when that
+    continues it (``Ledger.commit_partition_and_watermark``); the new value, or None."""
+    t = watermark_table
+    current = conn.execute(sa.select(t.c.last_complete_minute).where(t.c.symbol == symbol)).scalar_one_or_none()
+    if current is not None and (current >= minute or current < day_start - timedelta(minutes=1)):
+        return None
+    if current is None:
+        try:
+            with conn.begin_nested():
+                conn.execute(sa.insert(t).values(symbol=symbol, last_complete_minute=minute, updated_at=_now()))
+            return minute
+        except IntegrityError:
+            return None  # another writer set the first watermark: the next commit continues from it
+    updated = conn.execute(
+        sa.update(t)
+        .where(t.c.symbol == symbol, t.c.last_complete_minute == current)
+        .values(last_complete_minute=minute, updated_at=_now())
+    )
+    return minute if updated.rowcount == 1 else None
+
+
 # --------------------------------------------------------------------------- the ledger
 
 
@@ -563,34 +614,50 @@ class Ledger:
         Anything else raises ``CommitConflict`` naming the partition and both hashes.
         Returns the record as stored.
         """
-        values = _partition_values(record)
-        key = _partition_key(record.dataset, record.symbol, record.day)
-        guard = (
-            _P.c.content_hash.is_(None) if expected_content_hash is None else _P.c.content_hash == expected_content_hash
-        )
         with self._write() as conn:
-            if conn.execute(sa.update(_P).where(key, guard).values(**values)).rowcount == 1:
-                return record
-            if expected_content_hash is None:
-                try:
-                    # A savepoint, so a duplicate key leaves the transaction
-                    # usable on PostgreSQL for the SELECT below.
-                    with conn.begin_nested():
-                        conn.execute(
-                            sa.insert(_P).values(
-                                dataset=record.dataset, symbol=record.symbol, date=record.day, **values
-                            )
-                        )
-                    return record
-                except IntegrityError:
-                    pass
-            current = conn.execute(sa.select(_P.c.content_hash).where(key)).one_or_none()
-        raise CommitConflict(
-            record.label,
-            expected_content_hash,
-            None if current is None else current[0],
-            row_exists=current is not None,
-        )
+            _swap_partition(conn, record, expected_content_hash)
+        return record
+
+    def commit_partition_and_watermark(
+        self,
+        record: PartitionRecord,
+        *,
+        expected_content_hash: str | None,
+        watermark: datetime,
+        row_unchanged: bool = False,
+    ) -> datetime | None:
+        """``commit_partition`` and, in the same transaction, move ``record.symbol``'s watermark
+        to ``watermark`` (a minute of ``record.day``) when that continues it. Returns the new
+        watermark, or None when it stays.
+
+        The watermark has no holes: it moves only when there is none yet, or when it lies
+        between the minute before ``record.day`` began and ``watermark`` (exclusive) — a
+        watermark further back would leap over days never committed, one further on is not
+        moved back. The move is a compare-and-swap on the value read in this transaction; a
+        concurrent writer that moved it first wins and this commit leaves it (the partition's
+        row is committed either way). ``row_unchanged``: the row already describes the file
+        (same bytes): it is not rewritten, only checked to still hold ``expected_content_hash``
+        (else ``CommitConflict``). That every minute up to ``watermark`` is in the file or a
+        confirmed source gap is the caller's to check (``commit.commit_table`` does).
+        """
+        minute = _require_minute(watermark, "the watermark minute")
+        day_start = datetime.combine(record.day, time(), UTC)
+        if not day_start <= minute < day_start + timedelta(days=1):
+            raise ValueError(f"{record.label}: the watermark {minute.isoformat()} is not a minute of that day")
+        key = _partition_key(record.dataset, record.symbol, record.day)
+        with self._write() as conn:
+            if row_unchanged:
+                current = conn.execute(sa.select(_P.c.content_hash).where(key)).one_or_none()
+                if current is None or current[0] != expected_content_hash:
+                    raise CommitConflict(
+                        record.label,
+                        expected_content_hash,
+                        None if current is None else current[0],
+                        row_exists=current is not None,
+                    )
+            else:
+                _swap_partition(conn, record, expected_content_hash)
+            return _continue_watermark(conn, record.symbol, day_start, minute)
 
     def partitions(
         self,

@@ -2,7 +2,8 @@
 
 What belongs here: the value object that travels between assets and the IO
 manager — a table (or the reason there is none), its provenance, its source
-gaps, and how to find where one of its rows came from. What stays out: how it
+gaps, the watermark its commit may move to, and how to find where one of its rows
+came from. What stays out: how it
 is written (``commit.py``) or recorded (``ledger.py``).
 """
 
@@ -41,6 +42,9 @@ class PartitionData:
     # the commit then fails rather than overwrite a newer one (see lake/commit.py).
     incremental: bool = False
     base_content_hash: str | None = None
+    # The minute view's last committed grid minute: the commit moves the symbol's watermark
+    # there, in its own ledger transaction, when that continues it (``Ledger.commit_partition_and_watermark``).
+    watermark: dt.datetime | None = None
     # Where a row of ``table`` came from, for the error texts of the blocking checks:
     # (minute, column) -> "https://…/BTCUSDT-1m-2024-01-02.zip, data row 6" (or None).
     # Asked only when a check fails; never stored.

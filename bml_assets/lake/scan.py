@@ -12,7 +12,7 @@ partition and sweeps the strays), Dagster, and any network access
 (``vision_published`` is passed in). The scan writes nothing.
 
 Shallow and deep. Per committed file the shallow scan (the repair sensor's, every
-tick) makes one ``os.stat`` and compares size and mtime with what the commit
+tick) makes one stat (``Store.stat``) and compares size and mtime with what the commit
 recorded; only when they differ, or the row predates them (NULL), does it read the
 parquet footer (readable, row count, schema) and, for a changed file, hash it. A
 truncated, emptied, rewritten or deleted file therefore shows in a shallow scan;
@@ -28,7 +28,8 @@ Kinds of problem, per (dataset, symbol, day):
   after the symbol's listing day, when known);
 - ``file_missing``, ``unreadable``, ``schema_outdated``, ``content_hash_mismatch``,
   ``ledger_stale``: a ``committed`` row and its file disagree (every dataset; a
-  ``schema_outdated`` comes from the ledger's ``schema_hash`` or the file's schema);
+  ``schema_outdated`` comes from the ledger's ``schema_hash`` or the file's schema; a
+  file that only lacks nullable columns still reads, with them NULL: ``Lake.read``);
 - ``missing_minutes`` (minute view): a closed day lacks minutes that are not
   confirmed source gaps of its ledger row (a shallow scan counts them from the ledger);
 - ``timestamp_disorder``: time column not strictly increasing (every dataset, deep),
@@ -59,8 +60,6 @@ killed first commit, is also swept by the partition's next commit).
 from __future__ import annotations
 
 import datetime as dt
-import os
-import stat
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -74,10 +73,12 @@ import pyarrow.parquet as pq
 
 from bml_assets.defs.io_manager import provisional_streams
 from bml_assets.domain.schema import DATASETS, HARD_COLUMNS, MINUTE_VIEW, Dataset, schema_hash
-from bml_assets.lake.commit import file_sha256, partition_busy, schema_differences
-from bml_assets.lake.layout import MARKET_PREFIX, PART_FILE_NAME, is_temp_name, partition_path
+from bml_assets.lake.commit import gap_minutes
+from bml_assets.lake.lake import Lake, absent_nullable_columns, schema_differences
+from bml_assets.lake.layout import day_file_key, day_folder_key, file_key_of, symbol_folder_key
 from bml_assets.lake.ledger import FileState, Ledger, PartitionRecord
 from bml_assets.sources.vision import cache_temp_files
+from bml_assets.storage.store import ObjectStat, Store, local_stat
 
 MINUTES_PER_DAY: Final = 1440
 MINUTE_MS: Final = 60_000
@@ -256,29 +257,7 @@ def _ns_time(ns: int) -> dt.datetime:
 
 def source_gap_minutes(record: PartitionRecord) -> set[int]:
     """The confirmed source-gap minutes (epoch ms) of a ledger row that fall in its day."""
-    start = _day_start_ms(record.day)
-    out: set[int] = set()
-    for gap in record.source_gaps:
-        value = gap.get("minute") if isinstance(gap, Mapping) else None
-        if not isinstance(value, str):
-            continue
-        try:
-            moment = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
-            continue
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=dt.UTC)
-        ms = int(moment.timestamp() * 1000)
-        if start <= ms < start + DAY_MS and ms % MINUTE_MS == 0:
-            out.add(ms)
-    return out
-
-
-def _is_file(path: str | Path) -> bool:
-    try:
-        return stat.S_ISREG(os.stat(path).st_mode)
-    except OSError:
-        return False
+    return gap_minutes(record.day, record.source_gaps)
 
 
 def _days(start: dt.date, end: dt.date) -> Iterator[dt.date]:
@@ -358,36 +337,44 @@ def _incomplete_problem(record: Row) -> Problem:
     )
 
 
-def _file_problems(record: Row, path: str, dataset: Dataset, *, closed: bool) -> list[Problem]:
+def _schema_problem(record: Row, where: str, schema: pa.Schema, dataset: Dataset, differences: list[str]) -> Problem:
+    """A file of another layout; one that only lacks nullable columns still reads (``Lake.read``)."""
+    detail = f"the file {where}: " + "; ".join(differences[:5])
+    if absent_nullable_columns(schema, dataset.arrow_schema) is not None:
+        detail += " (it reads with them NULL until it is rebuilt)"
+    return Problem(record.symbol, record.day, ProblemKind.SCHEMA_OUTDATED, detail, dataset=dataset.name)
+
+
+def _file_problems(record: Row, store: Store, key: str, dataset: Dataset, *, closed: bool) -> list[Problem]:
     """Read the file: bytes against the ledger's hash, footer schema, the time column (its
     order, and the ledger's counts), and for the minute view the HARD columns."""
     p: list[Problem] = []
     sym, day, ds = record.symbol, record.day, dataset.name
+    where = store.location(key)
     try:
-        actual = file_sha256(Path(path))
+        actual = store.sha256(key)
     except OSError as exc:
-        return [Problem(sym, day, ProblemKind.UNREADABLE, f"cannot read {path}: {exc}", dataset=ds)]
+        return [Problem(sym, day, ProblemKind.UNREADABLE, f"cannot read {where}: {exc}", dataset=ds)]
     if actual != record.content_hash:
         p.append(
             Problem(
                 sym,
                 day,
                 ProblemKind.CONTENT_HASH_MISMATCH,
-                f"{path} has sha256 {actual}, the ledger records {record.content_hash}",
+                f"{where} has sha256 {actual}, the ledger records {record.content_hash}",
                 dataset=ds,
             )
         )
     minute_view = ds == MINUTE_VIEW.name
     try:
-        with pq.ParquetFile(path) as f:
+        with pq.ParquetFile(store.source(key)) as f:
             differences = schema_differences(f.schema_arrow, dataset.arrow_schema)
             if differences:
-                detail = f"the file {path}: " + "; ".join(differences[:5])
-                p.append(Problem(sym, day, ProblemKind.SCHEMA_OUTDATED, detail, dataset=ds))
+                p.append(_schema_problem(record, where, f.schema_arrow, dataset, differences))
                 return p
             table = f.read(columns=list(READ_COLUMNS) if minute_view else [dataset.time_column])
     except DAMAGED_FILE_ERRORS as exc:
-        p.append(Problem(sym, day, ProblemKind.UNREADABLE, f"cannot read {path} as parquet: {exc}", dataset=ds))
+        p.append(Problem(sym, day, ProblemKind.UNREADABLE, f"cannot read {where} as parquet: {exc}", dataset=ds))
         return p
     if minute_view and isinstance(record, PartitionRecord):
         p += _content_problems(sym, day, table, source_gap_minutes(record), closed=closed)
@@ -500,51 +487,52 @@ def _ledger_counts_problems(record: Row, times: pa.ChunkedArray) -> list[Problem
     return [Problem(record.symbol, record.day, ProblemKind.LEDGER_STALE, detail, dataset=record.dataset)]
 
 
-def _footer_problems(record: Row, path: str, dataset: Dataset, size: int) -> tuple[list[Problem], bool]:
+def _footer_problems(record: Row, store: Store, key: str, dataset: Dataset, size: int) -> tuple[list[Problem], bool]:
     """The shallow scan's read of a file whose stat the ledger does not confirm: the footer
     only. Returns the problems and whether the footer's row count differs from the ledger's."""
     sym, day, ds = record.symbol, record.day, dataset.name
+    where = store.location(key)
     recorded = f"; the ledger recorded {record.file_bytes} bytes" if record.file_bytes is not None else ""
     try:
-        metadata = pq.read_metadata(path)
+        metadata = pq.read_metadata(store.source(key))
         schema = metadata.schema.to_arrow_schema()
     except DAMAGED_FILE_ERRORS as exc:
-        detail = f"cannot read the parquet footer of {path} ({size} bytes{recorded}): {exc}"
+        detail = f"cannot read the parquet footer of {where} ({size} bytes{recorded}): {exc}"
         return [Problem(sym, day, ProblemKind.UNREADABLE, detail, dataset=ds)], False
     differences = schema_differences(schema, dataset.arrow_schema)
     if differences:
-        detail = f"the file {path}: " + "; ".join(differences[:5])
-        return [Problem(sym, day, ProblemKind.SCHEMA_OUTDATED, detail, dataset=ds)], False
+        return [_schema_problem(record, where, schema, dataset, differences)], False
     return [], metadata.num_rows != record.row_count
 
 
-def _shallow_problems(record: Row, path: str, dataset: Dataset, st: os.stat_result) -> list[Problem]:
+def _shallow_problems(record: Row, store: Store, key: str, dataset: Dataset, st: ObjectStat) -> list[Problem]:
     """File against ledger by stat, then footer, then hash, each only when the one before
     leaves a doubt (see the module docstring)."""
     known = record.file_bytes is not None and record.file_mtime_ns is not None
-    if known and (st.st_size, st.st_mtime_ns) == (record.file_bytes, record.file_mtime_ns):
+    if known and (st.size, st.mtime_ns) == (record.file_bytes, record.file_mtime_ns):
         return []
-    footer, rows_differ = _footer_problems(record, path, dataset, st.st_size)
+    footer, rows_differ = _footer_problems(record, store, key, dataset, st.size)
     if footer:
         return footer
     if not known and not rows_differ:
         return []  # a row from before the ledger kept sizes: the footer check is the shallow one
+    where = store.location(key)
     try:
-        actual = file_sha256(Path(path))
+        actual = store.sha256(key)
     except OSError as exc:
         return [
             Problem(
-                record.symbol, record.day, ProblemKind.UNREADABLE, f"cannot read {path}: {exc}", dataset=dataset.name
+                record.symbol, record.day, ProblemKind.UNREADABLE, f"cannot read {where}: {exc}", dataset=dataset.name
             )
         ]
     if actual != record.content_hash:
         changed = (
-            f" (now {st.st_size} bytes, modified {_ns_time(st.st_mtime_ns):%Y-%m-%d %H:%M:%S}Z; "
+            f" (now {st.size} bytes, modified {_ns_time(st.mtime_ns):%Y-%m-%d %H:%M:%S}Z; "
             f"committed as {record.file_bytes} bytes)"
             if known
             else ""
         )
-        detail = f"{path} has sha256 {actual}, the ledger records {record.content_hash}{changed}"
+        detail = f"{where} has sha256 {actual}, the ledger records {record.content_hash}{changed}"
         return [Problem(record.symbol, record.day, ProblemKind.CONTENT_HASH_MISMATCH, detail, dataset=dataset.name)]
     if rows_differ:
         detail = f"the ledger records {record.row_count} rows, the footer of the same bytes says otherwise"
@@ -553,24 +541,24 @@ def _shallow_problems(record: Row, path: str, dataset: Dataset, st: os.stat_resu
 
 
 def _committed_problems(
-    record: Row, path: str, dataset: Dataset, *, closed: bool, deep: bool
+    record: Row, store: Store, key: str, dataset: Dataset, *, closed: bool, deep: bool
 ) -> tuple[list[Problem], bool]:
     """The problems of one committed partition, and whether its file is intact but its
     stat unknown to the ledger (to be re-recorded)."""
-    try:
-        st = os.stat(path)
-        present = stat.S_ISREG(st.st_mode)
-    except OSError:
-        present = False
-    if not present:
-        detail = f"the ledger records a committed file (sha256 {record.content_hash}) but {path} is missing"
+    st = store.stat(key)
+    if st is None:
+        detail = (
+            f"the ledger records a committed file (sha256 {record.content_hash}) but {store.location(key)} is missing"
+        )
         return [Problem(record.symbol, record.day, ProblemKind.FILE_MISSING, detail, dataset=dataset.name)], False
-    stat_known = (st.st_size, st.st_mtime_ns) == (record.file_bytes, record.file_mtime_ns)
+    stat_known = (st.size, st.mtime_ns) == (record.file_bytes, record.file_mtime_ns)
     ledger_side = _ledger_problems(record, closed=closed)
     if stat_known and not deep:
         return ledger_side, False  # the common case of every tick: the file is as committed
     file_side = (
-        _file_problems(record, path, dataset, closed=closed) if deep else _shallow_problems(record, path, dataset, st)
+        _file_problems(record, store, key, dataset, closed=closed)
+        if deep
+        else _shallow_problems(record, store, key, dataset, st)
     )
     # The file is the evidence for its own content: keep the ledger's claims only
     # where the file could not speak (unreadable, or a foreign schema).
@@ -602,23 +590,18 @@ def _committed_problems(
 # --------------------------------------------------------------------------- stray files
 
 
-def _lake_strays(
-    folder: str, names: Sequence[str], lake_root: Path, dataset: Dataset, symbol: str, day: dt.date
-) -> list[StrayFile]:
+def _lake_strays(lake: Lake, folder: str, dataset: Dataset, symbol: str, day: dt.date) -> list[StrayFile]:
     """The commit temporaries in one partition folder that no live commit owns."""
-    if len(names) == 1 and names[0] == PART_FILE_NAME:
-        return []  # the common case: the partition's file alone
-    temps = [n for n in names if is_temp_name(n)]
-    if not temps or partition_busy(lake_root, dataset, symbol, day):
+    store = lake.store
+    temps = store.temp_files(folder)
+    if not temps or lake.busy(dataset, symbol, day):
         return []
     out: list[StrayFile] = []
-    for name in sorted(temps):
-        path = Path(folder, name)
-        try:  # stat after the lock check: a file renamed meanwhile was a live commit's
-            st = os.stat(path)
-        except FileNotFoundError:
+    for key in temps:
+        st = store.stat(key)  # after the lock check: a file published meanwhile was a live commit's
+        if st is None:
             continue
-        out.append(StrayFile(path, st.st_size, _ns_time(st.st_mtime_ns), dataset.name, symbol, day))
+        out.append(StrayFile(Path(store.location(key)), st.size, _ns_time(st.mtime_ns), dataset.name, symbol, day))
     return out
 
 
@@ -634,12 +617,11 @@ def stray_cache_files(
     limit = now.timestamp() - stale_after_s
     out: list[StrayFile] = []
     for path in cache_temp_files(cache_dir, buckets):
-        try:
-            st = os.stat(path)
-        except FileNotFoundError:
+        st = local_stat(path)
+        if st is None:
             continue  # renamed into the cache or cleaned up meanwhile
-        if st.st_mtime_ns / 1e9 <= limit:
-            out.append(StrayFile(path, st.st_size, _ns_time(st.st_mtime_ns)))
+        if st.mtime_ns / 1e9 <= limit:
+            out.append(StrayFile(path, st.size, _ns_time(st.mtime_ns)))
     return out
 
 
@@ -647,7 +629,7 @@ def stray_cache_files(
 
 
 def scan(
-    lake_root: Path,
+    lake: Lake,
     ledger: Ledger,
     symbols: Sequence[str],
     start: dt.date,
@@ -662,16 +644,16 @@ def scan(
     """Check every (symbol, day) of ``symbols`` × ``start..end`` (inclusive) in every dataset.
 
     Two ledger queries for the whole range (the minute view's rows, the stream tables'
-    file states); per committed file one directory listing (stray temporary files; a
-    deep scan lists every partition folder) and one ``os.stat`` (``deep=False``; the
-    footer and hash only for a file the stat does not confirm)
-    or, with ``deep=True``, the file's sha256, its footer and its time column (and the
-    minute view's HARD columns). ``today`` is the first day that is not closed: it and
-    later days are never ``not_built`` and never lack minutes. ``vision_published(symbol,
-    day)`` is asked only for committed days with REST-built streams. ``datasets``:
-    default every dataset of ``schema.DATASETS``.
+    file states); per committed file one folder listing (stray temporary files; a deep
+    scan lists every partition folder) and one stat (``deep=False``; the footer and
+    hash only for a file the stat does not confirm) or, with ``deep=True``, the file's
+    sha256, its footer and its time column (and the minute view's HARD columns).
+    ``today`` is the first day that is not closed: it and later days are never
+    ``not_built`` and never lack minutes. ``vision_published(symbol, day)`` is asked
+    only for committed days with REST-built streams. ``datasets``: default every
+    dataset of ``schema.DATASETS``.
     """
-    lake_root = Path(lake_root)
+    store = lake.store
     symbols = tuple(dict.fromkeys(symbols))
     chosen = tuple(datasets) if datasets is not None else tuple(DATASETS.values())
     listing_dates = listing_dates or {}
@@ -693,38 +675,32 @@ def scan(
     problems: list[Problem] = []
     for symbol in symbols:
         listed_from = listing_dates.get(symbol)
-        # One validated folder per symbol and dataset; per day only strings are formatted
-        # (pathlib per partition costs more than the stat itself over years of days).
-        symbol_dirs = [(d, str(partition_path(lake_root, d, symbol, start).parent.parent)) for d in chosen]
+        # One validated folder key per symbol and dataset; per day only strings are formatted.
+        symbol_dirs = [(d, symbol_folder_key(d, symbol)) for d in chosen]
         for day in _days(start, end):
             if listed_from is not None and day < listed_from:
                 continue  # before the listing nothing is owed
             closed = day < today
+            day_iso = day.isoformat()
             minute = rows.get((MINUTE_VIEW.name, symbol, day))
             assert minute is None or isinstance(minute, PartitionRecord)
             if with_minute and (minute is not None or closed):
                 report.checked += 1
             for dataset, symbol_dir in symbol_dirs:
                 record = rows.get((dataset.name, symbol, day))
-                path = _file_of(symbol_dir, day)
+                key = day_file_key(symbol_dir, day_iso)
                 if dataset is MINUTE_VIEW:
-                    problems += _minute_row_problems(minute, symbol, day, path, closed, stale_before, today)
+                    problems += _minute_row_problems(minute, symbol, day, store, key, closed, stale_before, today)
                 committed = record is not None and record.status == "committed"
                 if committed or deep:
                     # Stray temporaries: a shallow scan lists the folders of committed files
                     # only (most stream tables of old days have none); a deep scan every folder.
-                    folder = _folder_of(symbol_dir, day)
-                    try:
-                        names = os.listdir(folder)
-                    except OSError:  # no folder (never written), or not a folder
-                        names = []
-                    if names:
-                        report.strays += _lake_strays(folder, names, lake_root, dataset, symbol, day)
+                    report.strays += _lake_strays(lake, day_folder_key(symbol_dir, day_iso), dataset, symbol, day)
                 if not committed:
                     continue
                 assert record is not None
                 report.files += 1
-                found, restat = _committed_problems(record, path, dataset, closed=closed, deep=deep)
+                found, restat = _committed_problems(record, store, key, dataset, closed=closed, deep=deep)
                 problems += found
                 if restat:
                     report.restat.append((dataset.name, symbol, day))
@@ -746,7 +722,7 @@ def scan(
 
 
 def damaged_files(
-    lake_root: Path,
+    lake: Lake,
     ledger: Ledger,
     *,
     symbols: Iterable[str] | None = None,
@@ -755,13 +731,14 @@ def damaged_files(
 ) -> list[Problem]:
     """The whole lake's committed files that are missing or not as committed, every dataset.
 
-    One lean ledger read and one ``os.stat`` per file (about 3 s for a million files);
-    only a file whose size or mtime differs from the commit's is read (footer, then
-    hash), so a touched but intact file is no problem. Rows from before the ledger kept
-    file stats are left to the windowed scan. ``symbols``/``start`` limit the answer to
-    the partition set; ``today`` (default: none) leaves later days out.
+    One lean ledger read and one stat per file (about 3 s for a million files); only a
+    file whose size or mtime differs from the commit's is read (footer, then hash), so a
+    touched but intact file is no problem. Rows from before the ledger kept file stats
+    are left to the windowed scan. ``symbols``/``start`` limit the answer to the
+    partition set; ``today`` (default: none) leaves later days out.
     """
-    root = str(Path(lake_root))
+    store = lake.store
+    stat = store.stat
     wanted = set(symbols) if symbols is not None else None
     first = start.isoformat() if start is not None else ""
     last = today.isoformat() if today is not None else "9999-12-31"
@@ -769,20 +746,16 @@ def damaged_files(
     for dataset, symbol, day, size, mtime in ledger.committed_file_stats():
         if (wanted is not None and symbol not in wanted) or not first <= day < last or dataset not in DATASETS:
             continue
-        path = os.sep.join((root, *MARKET_PREFIX, dataset, f"symbol={symbol}", f"date={day}", PART_FILE_NAME))
-        try:
-            st = os.stat(path)
-        except OSError:
-            suspects.append((dataset, symbol, dt.date.fromisoformat(day), path))
-            continue
-        if (st.st_size, st.st_mtime_ns) != (size, mtime) or not stat.S_ISREG(st.st_mode):
-            suspects.append((dataset, symbol, dt.date.fromisoformat(day), path))
+        key = file_key_of(dataset, symbol, day)
+        st = stat(key)
+        if st is None or st.size != size or st.mtime_ns != mtime:
+            suspects.append((dataset, symbol, dt.date.fromisoformat(day), key))
     problems: list[Problem] = []
-    for dataset, symbol, day, path in suspects:
+    for dataset, symbol, day, key in suspects:
         record = ledger.get_partition(dataset, symbol, day)
         if record is None or record.status != "committed":
             continue  # changed since the read: a new commit owns it now
-        found, _ = _committed_problems(record, path, DATASETS[dataset], closed=True, deep=False)
+        found, _ = _committed_problems(record, store, key, DATASETS[dataset], closed=True, deep=False)
         problems += [p for p in found if p.kind in FILE_DAMAGE]
     problems.sort(key=lambda p: p.sort_key)
     return problems
@@ -792,7 +765,8 @@ def _minute_row_problems(
     record: PartitionRecord | None,
     symbol: str,
     day: dt.date,
-    path: str,
+    store: Store,
+    key: str,
     closed: bool,
     stale_before: dt.date,
     today: dt.date,
@@ -802,7 +776,7 @@ def _minute_row_problems(
     if record is None:
         if not closed:
             return []
-        note = f"; a file exists at {path} without a ledger row" if _is_file(path) else ""
+        note = f"; a file exists at {store.location(key)} without a ledger row" if store.stat(key) is not None else ""
         return [Problem(symbol, day, ProblemKind.NOT_BUILT, f"no ledger row{note}")]
     if record.status == "not_published" and day < stale_before:
         return [
@@ -815,13 +789,3 @@ def _minute_row_problems(
             )
         ]
     return []
-
-
-def _folder_of(symbol_dir: str, day: dt.date) -> str:
-    """``partition_dir`` of (symbol, day) given the symbol's folder, as a string."""
-    return f"{symbol_dir}{os.sep}date={day.isoformat()}"
-
-
-def _file_of(symbol_dir: str, day: dt.date) -> str:
-    """``partition_path`` of (symbol, day) given the symbol's folder, as a string."""
-    return f"{_folder_of(symbol_dir, day)}{os.sep}{PART_FILE_NAME}"

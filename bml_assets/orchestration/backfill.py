@@ -34,16 +34,16 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import tempfile
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from bml_assets.domain.settings import Settings, SettingsError, validate_symbol
+from bml_assets.lake.lake import Lake
 from bml_assets.lake.ledger import Ledger, SymbolRecord, SymbolSync
+from bml_assets.storage.store import StoreNotWritable
 
 HOURS_PER_DAY = 24
 NOT_BUILT = "not_built"
@@ -106,25 +106,21 @@ def show_ranges(days: Iterable[dt.date]) -> str:
 # --------------------------------------------------------------------------- state
 
 
-def check_lake_root(lake_root: Path) -> Path:
-    """Create the lake root if needed and prove it is writable; a clear error otherwise."""
-    root = Path(lake_root).expanduser()
+def check_lake(lake: Lake) -> str:
+    """Create the lake's root if needed and prove it is writable; a clear error otherwise.
+    Returns the root's canonical location."""
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=root, prefix=".bml_write_check_", delete=True):
-            pass
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
+        return lake.store.ensure_writable()
+    except StoreNotWritable as exc:
         raise LakeRootNotWritable(
-            f"the lake root {root} is not writable ({reason}); set BML_LAKE_ROOT to a folder you can write, "
-            "or fix its permissions"
+            f"the lake root {exc.root} is not writable ({exc.reason}); set BML_LAKE_ROOT to a folder you can "
+            "write, or fix its permissions"
         ) from None
-    return root.resolve()
 
 
 @dataclass(frozen=True)
 class StateInfo:
-    lake_root: Path
+    lake_root: str
     ledger_url: str
     schema_version: int
     tables: tuple[str, ...]
@@ -133,7 +129,7 @@ class StateInfo:
 
 def init_state(settings: Settings) -> StateInfo:
     """Create the lake root and every ledger table (symbols included); idempotent."""
-    root = check_lake_root(settings.lake_root)
+    root = check_lake(Lake.at(settings.lake_root))
     ledger = Ledger(settings.state_url)
     try:
         ledger.init()
@@ -151,7 +147,7 @@ def init_state(settings: Settings) -> StateInfo:
 
 def open_ledger(settings: Settings) -> Ledger:
     """The ledger, initialised (``LedgerVersionError`` surfaces here), after checking the lake root."""
-    check_lake_root(settings.lake_root)
+    check_lake(Lake.at(settings.lake_root))
     ledger = Ledger(settings.state_url)
     ledger.init()
     return ledger
@@ -456,6 +452,10 @@ class Workspace:
         dates = {s: r.onboard_date for s, r in self.listings.items() if r.onboard_date is not None}
         return dates or None
 
+    @property
+    def lake(self) -> Lake:
+        return Lake.at(self.settings.lake_root)
+
     def close(self) -> None:
         self.ledger.close()
 
@@ -478,7 +478,7 @@ def scan_span(
     from bml_assets.lake.scan import scan
 
     return scan(
-        ws.settings.lake_root,
+        ws.lake,
         ws.ledger,
         list(symbols if symbols is not None else ws.symbols),
         start,
@@ -579,7 +579,7 @@ def sweep_strays(ws: Workspace, reports: Sequence[Any]) -> Any:
     for report in reports:
         done = sweep(
             report.strays,
-            lake_root=ws.settings.lake_root,
+            lake=ws.lake,
             now=dt.datetime.now(dt.UTC),
             ledger=ws.ledger,
             restat=report.restat,
@@ -718,13 +718,9 @@ def _run_error(result: Any) -> str:
     return f"{failures[0].step_key}: {message}"
 
 
-def _file_hash(lake_root: Path, symbol: str, day: dt.date) -> str | None:
-    from bml_assets.lake.commit import file_sha256
-    from bml_assets.lake.layout import partition_path
-
-    path = partition_path(lake_root, MINUTE_DATASET, symbol, day)
+def _file_hash(lake: Lake, symbol: str, day: dt.date) -> str | None:
     try:
-        return file_sha256(path)
+        return lake.sha256(MINUTE_DATASET, symbol, day)
     except OSError:
         return None
 
@@ -754,11 +750,11 @@ def execute_plan(plan: BackfillPlan, settings: Settings, *, tag: str | None = No
 
     bml = _resource(settings)
     job = _definitions(settings, bml, plan.symbols, plan.start).resolve_job_def(MINUTE_VIEW_JOB)
-    ledger = bml.ledger()
+    lake, ledger = bml.lake(), bml.ledger()
     tags = {BACKFILL_TAG: tag or f"{plan.start.isoformat()}..{plan.end.isoformat()}"}
     with dagster_instance() as instance:
         for target in plan.partitions:
-            before = _file_hash(settings.lake_root, target.symbol, target.day)
+            before = _file_hash(lake, target.symbol, target.day)
             began = time.monotonic()
             error = None
             try:
@@ -775,7 +771,7 @@ def execute_plan(plan: BackfillPlan, settings: Settings, *, tag: str | None = No
                 day=target.day,
                 ok=ok,
                 status=after.status if after is not None else "missing",
-                rewritten=_file_hash(settings.lake_root, target.symbol, target.day) not in (before, None),
+                rewritten=_file_hash(lake, target.symbol, target.day) not in (before, None),
                 seconds=time.monotonic() - began,
                 error="interrupted" if interrupted else error,
             )

@@ -13,6 +13,7 @@ assets and the ledger decide that; here a missing file is just ``NotPublished``)
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -28,6 +29,7 @@ from urllib.parse import urlsplit
 from bml_assets.domain.settings import validate_symbol
 from bml_assets.domain.streams import DAILY_STREAMS, KLINE_STREAMS, MONTHLY_STREAMS, Stream
 from bml_assets.sources.http import DownloadResult, HttpClient, HttpError, redact_url
+from bml_assets.storage.store import file_sha256, fsync_dir
 
 # USD-M futures live under this path of the Vision host.
 USDM_PATH = "data/futures/um"
@@ -146,28 +148,6 @@ def parse_checksum(text: str | bytes, *, url: str) -> str:
     return digest.lower()
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    # Makes a rename durable; not possible (nor needed) on every platform.
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 # --- client -----------------------------------------------------------------
 
 
@@ -267,7 +247,10 @@ class VisionClient:
             raise
         fetched_at = datetime.now(UTC)
         self._write_sidecar(entry, shown, expected, result.bytes, fetched_at)
-        _fsync_dir(entry)
+        # Makes the renames durable; a lost entry is only downloaded again, so a platform
+        # that cannot fsync a folder is no error here.
+        with contextlib.suppress(OSError):
+            fsync_dir(entry)
         return VisionFile(shown, final, expected, result.bytes, False, fetched_at)
 
     def checksum(self, url: str) -> str:
@@ -335,7 +318,7 @@ class VisionClient:
         path = entry / f"{sha256}.zip"
         if not path.is_file():
             return None
-        if self.verify_cache_hits and _sha256_file(path) != sha256:
+        if self.verify_cache_hits and file_sha256(path) != sha256:
             # Damaged cache entry (disk, manual edit): drop it and download again.
             path.unlink(missing_ok=True)
             (entry / f"{sha256}.json").unlink(missing_ok=True)

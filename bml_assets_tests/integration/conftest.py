@@ -14,6 +14,7 @@ from bml_assets.definitions import MINUTE_VIEW_JOB, build_definitions
 from bml_assets.defs.resources import BmlResource
 from bml_assets.domain.partitions import partition_key
 from bml_assets.domain.settings import Settings
+from bml_assets.lake.lake import Lake as BmlLake
 from bml_assets.lake.ledger import Ledger
 from bml_assets.replay.market import MarketConfig, SyntheticMarket
 from bml_assets.replay.server import ReplayServer
@@ -76,6 +77,11 @@ class Lake:
     @property
     def ledger(self) -> Ledger:
         return Ledger(self.settings.state_url)
+
+    @property
+    def lake(self) -> BmlLake:
+        """The product's lake object over ``root`` (its store and locks)."""
+        return BmlLake.at(self.root)
 
     def materialize(self, symbol: str, day: dt.date) -> ExecuteInProcessResult:
         job = self.defs.resolve_job_def(MINUTE_VIEW_JOB)

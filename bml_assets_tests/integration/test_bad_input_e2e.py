@@ -13,7 +13,6 @@ import pytest
 from dagster import DagsterInstance
 
 from bml_assets.domain.schema import KLINES, TRADE_FLOW, Dataset
-from bml_assets.lake.layout import partition_path
 from bml_assets.replay.faults import FaultRule
 from bml_assets.replay.server import ReplayServer
 
@@ -160,7 +159,7 @@ def _serve(tmp_path: Path, path: str, csv_text: str) -> Path:
 
 def _partition(lake: Lake, dataset: Dataset) -> tuple[bytes, object]:
     return (
-        partition_path(lake.root, dataset, "BTCUSDT", DAY).read_bytes(),
+        Path(lake.lake.location(dataset, "BTCUSDT", DAY)).read_bytes(),
         lake.ledger.get_partition(dataset.name, "BTCUSDT", DAY),
     )
 

@@ -24,11 +24,11 @@ from pathlib import Path
 
 import pytest
 
-from bml_assets.lake.commit import file_sha256
 from bml_assets.lake.ledger import Ledger
 from bml_assets.replay.clock import MarketClock
 from bml_assets.replay.market import MarketConfig, SyntheticMarket
 from bml_assets.replay.server import ReplayServer
+from bml_assets.storage.store import file_sha256
 
 CLOCK_AT = dt.datetime(2024, 6, 3, 10, 30, 20, tzinfo=dt.UTC)
 ETH_LISTING = dt.date(2024, 2, 20)

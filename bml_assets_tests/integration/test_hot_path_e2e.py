@@ -366,7 +366,7 @@ def test_a_damaged_stream_file_of_the_live_day_is_fetched_again_by_the_next_poll
     with open(klines, "r+b") as f:
         f.truncate(5000)
     trade_flow.unlink()
-    found = scan(hot.root, hot.ledger, ["BTCUSDT"], HOT_DAY, HOT_DAY, today=HOT_DAY, deep=False)
+    found = scan(hot.bml.lake(), hot.ledger, ["BTCUSDT"], HOT_DAY, HOT_DAY, today=HOT_DAY, deep=False)
     assert [(p.dataset, str(p.kind)) for p in found.problems] == [
         ("trade_flow_1m", "file_missing"),
         ("klines_1m", "unreadable"),
@@ -378,4 +378,4 @@ def test_a_damaged_stream_file_of_the_live_day_is_fetched_again_by_the_next_poll
     after = pq.read_table(klines)
     assert after.num_rows > before.num_rows and after.slice(0, before.num_rows).equals(before)
     assert trade_flow.is_file()
-    assert scan(hot.root, hot.ledger, ["BTCUSDT"], HOT_DAY, HOT_DAY, today=HOT_DAY).clean
+    assert scan(hot.bml.lake(), hot.ledger, ["BTCUSDT"], HOT_DAY, HOT_DAY, today=HOT_DAY).clean

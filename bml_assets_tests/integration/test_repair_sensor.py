@@ -33,7 +33,8 @@ from bml_assets.defs.resources import BmlResource
 from bml_assets.domain.partitions import partition_key
 from bml_assets.domain.schema import DATASETS, HOT_SNAPSHOTS, KLINES, MINUTE_VIEW, TRADE_FLOW
 from bml_assets.lake.commit import commit_table
-from bml_assets.lake.layout import partition_path, relative_partition_path
+from bml_assets.lake.lake import Lake
+from bml_assets.lake.layout import file_key
 from bml_assets.lake.ledger import Ledger, partitions_table
 from bml_assets.lake.scan import SCHEMA_HASHES, scan
 from bml_assets_tests.unit.lake._helpers import minute_table, no_validation
@@ -49,6 +50,11 @@ TICK_LIMIT_S = 10.0
 STREAM_DAYS = 62  # the last two windows also hold the nine stream tables
 STREAM_FIRST = DAYS - STREAM_DAYS
 MARKER_MTIME_NS = 1_735_689_600_123_456_789  # 2025-01-01, set on every marker and recorded in its row
+
+
+def partition_path(root: Path, dataset: str, symbol: str, day: dt.date) -> Path:
+    """Where the local lake at ``root`` keeps a partition's file."""
+    return Path(Lake.at(root).location(dataset, symbol, day))
 
 
 def day_ms(day: dt.date) -> int:
@@ -143,7 +149,7 @@ def _rows() -> Iterator[tuple[Any, ...]]:
                     dataset,
                     symbol,
                     day.isoformat(),
-                    relative_partition_path(dataset, symbol, day).as_posix(),
+                    file_key(dataset, symbol, day),
                     day_ms(day),
                     day_ms(day) + 1439 * 60_000,
                     SCHEMA_HASHES[dataset],
@@ -263,7 +269,7 @@ def make_sensor(**kw: Any):
 
 def test_the_full_ledger_only_scan_finds_exactly_the_planted_problems(big: BigLake) -> None:
     began = time.perf_counter()
-    report = scan(big.root, Ledger(big.url), SYMBOLS, START, LAST, today=TODAY, deep=False)
+    report = scan(Lake.at(big.root), Ledger(big.url), SYMBOLS, START, LAST, today=TODAY, deep=False)
     elapsed = time.perf_counter() - began
     print(
         f"\nshallow scan of {report.checked} partitions, {report.files} files: {elapsed:.2f} s "
@@ -434,7 +440,7 @@ def test_an_incomplete_partition_is_retried_with_a_bounded_backoff(tmp_path: Pat
     def build() -> dt.datetime:
         commit_table(
             minute_table(day),
-            lake_root=root,
+            lake=bml.lake(),
             ledger=ledger,
             dataset=MINUTE_VIEW,
             symbol="BTCUSDT",

@@ -27,13 +27,13 @@ from bml_assets.cli import main
 from bml_assets.defs.assets.streams import DayContext
 from bml_assets.domain.schema import KLINES
 from bml_assets.domain.settings import Settings
-from bml_assets.lake.commit import file_sha256
 from bml_assets.lake.ledger import Ledger, PartitionRecord
 from bml_assets.orchestration.backfill import MAX_RUN_ATTEMPTS, hot_pass
 from bml_assets.replay.clock import MarketClock
 from bml_assets.replay.faults import FaultRule
 from bml_assets.replay.market import MarketConfig, SyntheticMarket
 from bml_assets.replay.server import ReplayServer
+from bml_assets.storage.store import file_sha256
 
 HOT_DAY = dt.date(2024, 6, 3)
 CLOCK_AT = dt.datetime(2024, 6, 3, 10, 30, 20, tzinfo=dt.UTC)

@@ -9,20 +9,21 @@ import datetime as dt
 import hashlib
 import os
 from dataclasses import replace
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from dagster import RunRequest, build_sensor_context
+from dagster import AssetKey, RunRequest, build_sensor_context, materialize
 
 from bml_assets.definitions import MINUTE_VIEW_JOB
 from bml_assets.defs.repair import REPAIR_TAG, build_repair_sensor, build_scan_job, repair_targets
 from bml_assets.defs.resources import BmlResource
 from bml_assets.domain.partitions import partition_key
-from bml_assets.domain.schema import MINUTE_VIEW, schema_hash
-from bml_assets.lake.commit import encode_parquet, file_sha256
-from bml_assets.lake.layout import partition_path
+from bml_assets.domain.schema import BOOK_TICKER, MINUTE_VIEW, schema_hash
+from bml_assets.lake.commit import encode_parquet
 from bml_assets.lake.scan import ScanReport, scan
+from bml_assets.storage.store import file_sha256
 
 from .conftest import DAY, DOWNTIME_DAY, SYMBOLS, Lake
 
@@ -37,7 +38,7 @@ def minute(day: dt.date, m: int) -> str:
 
 
 def run_scan(lake: Lake, *, deep: bool = True) -> ScanReport:
-    return scan(lake.root, lake.ledger, SYMBOLS, D1, D3, today=TODAY, deep=deep)
+    return scan(lake.lake, lake.ledger, SYMBOLS, D1, D3, today=TODAY, deep=deep)
 
 
 def found(report: ScanReport) -> list[tuple[str, str, str]]:
@@ -181,10 +182,10 @@ def test_a_stale_schema_hash_in_the_ledger_alone_is_repaired_by_a_rebuild(lake: 
     record = lake.ledger.get_partition(MINUTE_VIEW, "BTCUSDT", D1)
     assert record is not None
     lake.ledger.commit_partition(replace(record, schema_hash="0" * 16), expected_content_hash=record.content_hash)
-    report = scan(lake.root, lake.ledger, ["BTCUSDT"], D1, D1, today=TODAY)
+    report = scan(lake.lake, lake.ledger, ["BTCUSDT"], D1, D1, today=TODAY)
     assert found(report) == [("BTCUSDT", "2024-03-01", "schema_outdated")]
     assert lake.materialize("BTCUSDT", D1).success
-    assert scan(lake.root, lake.ledger, ["BTCUSDT"], D1, D1, today=TODAY).clean
+    assert scan(lake.lake, lake.ledger, ["BTCUSDT"], D1, D1, today=TODAY).clean
 
 
 def test_the_repair_sensor_rebuilds_a_damaged_file_of_any_table_within_two_ticks(lake: Lake) -> None:
@@ -199,7 +200,7 @@ def test_the_repair_sensor_rebuilds_a_damaged_file_of_any_table_within_two_ticks
         if r.status == "committed"
     }
     assert {d for d, _, _ in before} >= {"minute", "klines_1m", "trade_flow_1m", "funding_settlements"}
-    files = {key: partition_path(lake.root, key[0], key[1], key[2]) for key in before}
+    files = {key: Path(lake.lake.location(key[0], key[1], key[2])) for key in before}
 
     klines = files[("klines_1m", "BTCUSDT", D1)]
     with open(klines, "r+b") as f:
@@ -216,7 +217,7 @@ def test_the_repair_sensor_rebuilds_a_damaged_file_of_any_table_within_two_ticks
         os.utime(path, ns=(stamp, stamp))
 
     def two_days(deep: bool) -> ScanReport:
-        return scan(lake.root, ledger, SYMBOLS, D1, D2, today=D3, deep=deep)
+        return scan(lake.lake, ledger, SYMBOLS, D1, D2, today=D3, deep=deep)
 
     shallow = two_days(False)
     assert [(p.dataset, p.symbol, p.day.isoformat(), str(p.kind)) for p in shallow.problems] == [
@@ -261,3 +262,64 @@ def test_the_repair_sensor_rebuilds_a_damaged_file_of_any_table_within_two_ticks
     assert not stray.exists() and not old_download.exists()
     assert new_download.exists()  # young: it may be a live download's
     assert two_days(False).clean and two_days(True).clean
+
+
+def test_a_stream_file_of_an_older_schema_still_feeds_the_minute_view_until_the_repair_rebuilds_it(
+    lake: Lake,
+) -> None:
+    """A book_ticker_1m file written before its nullable ``snapshot_count`` existed (and the
+    ledger row that writer left): the IO manager loads it (NULL there) for the minute view,
+    the scan reports it outdated, and the repair sensor's rebuild rewrites it in the current schema."""
+    assert lake.materialize("BTCUSDT", D1).success
+    ledger = lake.ledger
+    view = ledger.get_partition(MINUTE_VIEW, "BTCUSDT", D1)
+    book = ledger.get_partition(BOOK_TICKER, "BTCUSDT", D1)
+    assert view is not None and book is not None
+    path = Path(lake.lake.location(BOOK_TICKER, "BTCUSDT", D1))
+    current_bytes = path.read_bytes()
+    old = pq.ParquetFile(path).read().drop_columns(["snapshot_count"])
+    old_bytes = encode_parquet(old)
+    path.write_bytes(old_bytes)
+    st = lake.lake.stat(BOOK_TICKER, "BTCUSDT", D1)
+    assert st is not None
+    ledger.commit_partition(
+        replace(
+            book,
+            content_hash=hashlib.sha256(old_bytes).hexdigest(),
+            schema_hash=schema_hash(old.schema),
+            file_bytes=st.size,
+            file_mtime_ns=st.mtime_ns,
+        ),
+        expected_content_hash=book.content_hash,
+    )
+
+    def problems() -> list[tuple[str, str]]:
+        report = scan(lake.lake, ledger, ["BTCUSDT"], D1, D1, today=D2)
+        return [(p.dataset, str(p.kind)) for p in report.problems]
+
+    assert problems() == [(BOOK_TICKER.name, "schema_outdated")]
+
+    # The minute view alone, its inputs loaded from the lake by the IO manager: the old file
+    # reads (the view does not use snapshot_count), so the day's view is the same bytes.
+    result = materialize(
+        list(lake.defs.assets or ()),
+        selection=[AssetKey("minute_view")],
+        partition_key=partition_key("BTCUSDT", D1),
+        instance=lake.instance,
+        resources=dict(lake.defs.resources or {}),
+    )
+    assert result.success
+    rebuilt_view = ledger.get_partition(MINUTE_VIEW, "BTCUSDT", D1)
+    assert rebuilt_view is not None and rebuilt_view.content_hash == view.content_hash
+    assert path.read_bytes() == old_bytes  # the stream table was only read
+
+    # The repair sensor asks for the day; its rebuild writes the stream file in the current schema.
+    sensor = build_repair_sensor(("BTCUSDT",), D1, job_name=MINUTE_VIEW_JOB, today=lambda _bml: D2, clock=lambda: NOW)
+    with build_sensor_context(instance=lake.instance, resources={"bml": lake.defs.resources["bml"]}) as context:
+        requests = [r for r in sensor(context) if isinstance(r, RunRequest)]
+    assert [(r.partition_key, r.tags[REPAIR_TAG]) for r in requests] == [
+        (partition_key("BTCUSDT", D1), "schema_outdated")
+    ]
+    assert lake.materialize("BTCUSDT", D1).success
+    assert path.read_bytes() == current_bytes
+    assert problems() == []

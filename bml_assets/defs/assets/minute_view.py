@@ -10,6 +10,7 @@ commit (the IO manager enforces the blocking rules before the rename).
 
 import datetime as dt
 from collections.abc import Iterator, Mapping
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -61,7 +62,6 @@ from bml_assets.features.hot_snapshots import book_from_snapshots, open_interest
 from bml_assets.features.metrics import combine_observations
 from bml_assets.features.minute_view import build_minute_view
 from bml_assets.features.timegrid import day_bounds_ms, ms_to_datetime
-from bml_assets.lake.ledger import Ledger, WatermarkConflict
 from bml_assets.lake.partition_data import PartitionData
 from bml_assets.lake.scan import scan
 from bml_assets.quality import ALL_RULES, BLOCKING_RULES, Evidence, Outcome, describe_failures, to_frame
@@ -225,30 +225,23 @@ def build_day(
     )
 
 
-def advance_watermark(ledger: Ledger, sd: SymbolDay, grid_end: dt.datetime | None) -> dt.datetime | None:
-    """Move the symbol's watermark to the day's last committed grid minute, when that
-    continues it (no hole between the old watermark and this day). Returns the new one."""
+def watermark_target(sd: SymbolDay, grid_end: dt.datetime | None) -> dt.datetime | None:
+    """The day's last committed grid minute: where its commit may move the symbol's watermark
+    (the ledger moves it only when that continues it, in the commit's transaction). None
+    when the grid is empty."""
     day_start = dt.datetime.combine(sd.day, dt.time(), dt.UTC)
     last = (grid_end or day_start + dt.timedelta(days=1)) - dt.timedelta(minutes=1)
-    if last < day_start:
-        return None
-    current = ledger.get_watermark(sd.symbol)
-    if current is not None and (current >= last or current < day_start - dt.timedelta(minutes=1)):
-        return None
-    try:
-        return ledger.advance_watermark(sd.symbol, last, expected=current)
-    except WatermarkConflict:
-        return None  # another writer moved it first; the next run continues from there
+    return last if last >= day_start else None
 
 
 def lake_scan_result(bml: BmlResource, grid_ends: Mapping[SymbolDay, dt.datetime | None]) -> AssetCheckResult:
     """The consistency scan (``lake/scan.py``) of the partitions this run committed."""
-    settings, ledger = bml.settings(), bml.ledger()
+    lake, ledger = bml.lake(), bml.ledger()
     problems: list[dict[str, Any]] = []
     for sd, grid_end in grid_ends.items():
         # A day still forming is checked as "today": its later minutes are not missing yet.
         today = sd.day if grid_end is not None else sd.day + dt.timedelta(days=1)
-        report = scan(settings.lake_root, ledger, [sd.symbol], sd.day, sd.day, today=today, deep=True)
+        report = scan(lake, ledger, [sd.symbol], sd.day, sd.day, today=today, deep=True)
         problems += report.to_rows()
     return AssetCheckResult(
         check_name=LAKE_SCAN_CHECK,
@@ -326,6 +319,9 @@ def build_minute_view_asset(partitions_def: PartitionsDefinition) -> AssetsDefin
             if _unavailable_day(sd, inputs) is None and _is_live_source(inputs):
                 grid_end = live_grid_end(sd, inputs, ctx.now())
             data = build_day(sd, inputs, max_ffill_minutes=max_ffill, grid_end=grid_end)
+            if data.table is not None:
+                # The IO manager's commit moves the watermark, in the ledger transaction of the row.
+                data = replace(data, watermark=watermark_target(sd, grid_end))
             out[sd.key] = data
             if data.table is None:
                 context.log.warning(f"[{i}/{len(partitions)}] minute view {sd}: {data.status} — {data.message}")
@@ -379,11 +375,6 @@ def build_minute_view_asset(partitions_def: PartitionsDefinition) -> AssetsDefin
             )
         yield Output(out)
         yield lake_scan_result(bml, grid_ends)
-        # The IO manager has committed every partition: the watermark may move over them.
-        for sd, grid_end in grid_ends.items():
-            moved = advance_watermark(bml.ledger(), sd, grid_end)
-            if moved is not None:
-                context.log.info(f"watermark {sd.symbol} → {moved.isoformat()}")
         for rule in ALL_RULES:
             if not outcomes[rule.name]:
                 yield AssetCheckResult(

@@ -64,7 +64,7 @@ from bml_assets.domain.schema import (
 from bml_assets.domain.streams import Stream
 from bml_assets.features import coverage
 from bml_assets.features.timegrid import MINUTE_MS, day_bounds_ms, ms_to_datetime
-from bml_assets.lake.commit import PartitionNotFound, PartitionUnreadable, SchemaMismatch, read_partition
+from bml_assets.lake.lake import PartitionNotFound, PartitionUnreadable, SchemaMismatch
 from bml_assets.lake.ledger import SymbolRecord
 from bml_assets.lake.partition_data import PartitionData
 from bml_assets.sources.rest import REST_POOL, HttpError, RestBanned, RestClient, RestError
@@ -179,7 +179,7 @@ class DayContext:
         record = self.bml.ledger().get_partition(dataset.name, sd.symbol, sd.day)
         if record is None or record.status != "committed":
             return None
-        table = read_partition(self.bml.settings().lake_root, dataset, sd.symbol, sd.day)
+        table = self.bml.lake().read(dataset, sd.symbol, sd.day)
         return PartitionData(table, record.provenance)
 
     def existing(self, dataset: Dataset, sd: SymbolDay) -> pa.Table | None:
@@ -188,7 +188,9 @@ class DayContext:
 
         A file that is gone or damaged (the scan reports it) is no cursor: the day is
         fetched again from the start and replaces it. Except a past day's hot snapshots:
-        polled live, they exist nowhere else, so that error stands (a human decides)."""
+        polled live, they exist nowhere else, so that error stands (a human decides). A
+        file of an older schema that only lacks nullable columns is a cursor (they read
+        as NULL): the commit of the extended table rewrites it in the current schema."""
         record = self.bml.ledger().get_partition(dataset.name, sd.symbol, sd.day)
         self.bases[(dataset.name, sd)] = record.content_hash if record is not None else None
         if record is None or record.status != "committed":
@@ -196,7 +198,7 @@ class DayContext:
         if any(isinstance(p, Mapping) and p.get("status") == "vision" for p in record.provenance.values()):
             return None  # a complete Vision table is replaced, never extended from REST
         try:
-            return read_partition(self.bml.settings().lake_root, dataset, sd.symbol, sd.day)
+            return self.bml.lake().read(dataset, sd.symbol, sd.day)
         except (PartitionNotFound, PartitionUnreadable, SchemaMismatch):
             if dataset is HOT_SNAPSHOTS and sd.day != self.now().today:
                 raise

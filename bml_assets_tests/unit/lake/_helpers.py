@@ -10,7 +10,6 @@ import os
 import time
 from collections.abc import Sequence
 from datetime import UTC, date, datetime
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -63,6 +62,7 @@ def commit_worker(lake_root: str, url: str, worker: int, commits: int, start: An
     """Commit ``commits`` distinct tables to one partition, logging the time spent inside the lock."""
     from bml_assets.domain.schema import KLINES
     from bml_assets.lake.commit import commit_table
+    from bml_assets.lake.lake import Lake
     from bml_assets.lake.ledger import Ledger
 
     def timed_validate(table: pa.Table) -> None:
@@ -85,7 +85,7 @@ def commit_worker(lake_root: str, url: str, worker: int, commits: int, start: An
             table = make_table(KLINES, rows=5, base=1000.0 * worker + i)
             r = commit_table(
                 table,
-                lake_root=Path(lake_root),
+                lake=Lake.at(lake_root),
                 ledger=ledger,
                 dataset=KLINES,
                 symbol="BTCUSDT",

@@ -9,7 +9,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,31 +21,26 @@ from bml_assets.domain.schema import KLINES, MINUTE_VIEW, schema_hash
 from bml_assets.lake import commit as commit_module
 from bml_assets.lake.commit import (
     CommitIncomplete,
-    LockTimeout,
-    PartitionNotFound,
-    PartitionUnreadable,
-    SchemaMismatch,
     UnavailableButCommitted,
     commit_table,
     encode_parquet,
-    partition_busy,
-    partition_lock,
-    read_partition,
     record_unavailable,
     refresh_file_stat,
     sweep_temp_files,
     verify_partition,
 )
-from bml_assets.lake.layout import partition_path
+from bml_assets.lake.lake import Lake, PartitionNotFound, PartitionUnreadable, SchemaMismatch
 from bml_assets.lake.ledger import CommitConflict, Ledger, PartitionRecord
-from bml_assets_tests.unit.lake._helpers import DAY, commit_worker, make_table, no_validation
+from bml_assets.storage import store as store_module
+from bml_assets.storage.locks import LockTimeout
+from bml_assets_tests.unit.lake._helpers import DAY, commit_worker, make_table, minute_table, no_validation
 
 PROVENANCE = {"klines": [{"url": "https://x/BTCUSDT-1m-2024-03-05.zip", "sha256": "a" * 64, "bytes": 9, "rows": 3}]}
 
 
 @pytest.fixture
-def lake(tmp_path: Path) -> Path:
-    return tmp_path / "lake"
+def lake(tmp_path: Path) -> Lake:
+    return Lake.at(tmp_path / "lake")
 
 
 @pytest.fixture
@@ -54,31 +49,31 @@ def ledger(url: str) -> Iterator[Ledger]:
         yield led
 
 
-def _commit(lake: Path, ledger: Ledger, table: pa.Table, **kw: Any) -> commit_module.CommitResult:
+def _commit(lake: Lake, ledger: Ledger, table: pa.Table, **kw: Any) -> commit_module.CommitResult:
     kw.setdefault("dataset", KLINES)
     kw.setdefault("validate", no_validation)
     kw.setdefault("provenance", PROVENANCE)
-    return commit_table(table, lake_root=lake, ledger=ledger, symbol="BTCUSDT", day=DAY, **kw)
+    return commit_table(table, lake=lake, ledger=ledger, symbol="BTCUSDT", day=DAY, **kw)
 
 
 def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _temps(lake: Path) -> list[Path]:
-    return sorted(lake.rglob("*.tmp"))
+def _temps(lake: Lake) -> list[Path]:
+    return sorted(Path(lake.root).rglob("*.tmp"))
 
 
-def _target(lake: Path) -> Path:
-    return lake / "futures/um/klines_1m/symbol=BTCUSDT/date=2024-03-05/part.parquet"
+def _target(lake: Lake) -> Path:
+    return Path(lake.root) / "futures/um/klines_1m/symbol=BTCUSDT/date=2024-03-05/part.parquet"
 
 
-def test_commit_writes_the_file_and_the_ledger_row(lake: Path, ledger: Ledger) -> None:
+def test_commit_writes_the_file_and_the_ledger_row(lake: Lake, ledger: Ledger) -> None:
     table = make_table(MINUTE_VIEW, rows=3)
     gaps = [{"minute": "2024-03-05T00:03:00Z", "missing": ["klines"], "reason": "exchange downtime"}]
     result = _commit(lake, ledger, table, dataset=MINUTE_VIEW, source_gaps=gaps, message="from vision")
-    target = lake / "futures/um/minute/symbol=BTCUSDT/date=2024-03-05/part.parquet"
-    assert result.path == target and target.is_file()
+    target = Path(lake.root) / "futures/um/minute/symbol=BTCUSDT/date=2024-03-05/part.parquet"
+    assert result.path == str(target) and target.is_file()
     assert result.content_hash == _sha(target)
     assert (result.row_count, result.rewritten, result.previous_content_hash) == (3, True, None)
 
@@ -96,7 +91,7 @@ def test_commit_writes_the_file_and_the_ledger_row(lake: Path, ledger: Ledger) -
     assert row.committed_at.tzinfo is not None
     assert _temps(lake) == []
 
-    back = read_partition(lake, MINUTE_VIEW, "BTCUSDT", DAY)
+    back = lake.read(MINUTE_VIEW, "BTCUSDT", DAY)
     assert back.equals(table) and back.schema.equals(MINUTE_VIEW.arrow_schema)
     assert back.column_names == MINUTE_VIEW.column_names  # no hive symbol/date columns added
     assert verify_partition(lake, ledger, MINUTE_VIEW, "BTCUSDT", DAY).consistent
@@ -127,7 +122,7 @@ def test_parquet_bytes_are_the_same_in_another_interpreter() -> None:
     assert other.stdout.strip() == hashlib.sha256(encode_parquet(make_table(KLINES, rows=50))).hexdigest()
 
 
-def test_same_table_twice_is_not_rewritten(lake: Path, ledger: Ledger) -> None:
+def test_same_table_twice_is_not_rewritten(lake: Lake, ledger: Ledger) -> None:
     table = make_table(KLINES)
     first = _commit(lake, ledger, table)
     inode = _target(lake).stat().st_ino
@@ -147,7 +142,7 @@ def test_same_table_twice_is_not_rewritten(lake: Path, ledger: Ledger) -> None:
     assert ledger.get_partition(KLINES, "BTCUSDT", DAY) == after  # nothing changed: the row was left as is
 
 
-def test_a_new_table_replaces_the_file_from_the_ledger_hash(lake: Path, ledger: Ledger) -> None:
+def test_a_new_table_replaces_the_file_from_the_ledger_hash(lake: Lake, ledger: Ledger) -> None:
     first = _commit(lake, ledger, make_table(KLINES, base=1.0))
     second = _commit(lake, ledger, make_table(KLINES, rows=4, base=2.0))
     assert second.rewritten and second.previous_content_hash == first.content_hash
@@ -157,7 +152,7 @@ def test_a_new_table_replaces_the_file_from_the_ledger_hash(lake: Path, ledger: 
 
 
 @pytest.fixture
-def committed(lake: Path, ledger: Ledger) -> tuple[bytes, PartitionRecord]:
+def committed(lake: Lake, ledger: Ledger) -> tuple[bytes, PartitionRecord]:
     """A partition committed once; returns the file's bytes and the ledger row."""
     _commit(lake, ledger, make_table(KLINES, base=1.0))
     row = ledger.get_partition(KLINES, "BTCUSDT", DAY)
@@ -165,14 +160,14 @@ def committed(lake: Path, ledger: Ledger) -> tuple[bytes, PartitionRecord]:
     return _target(lake).read_bytes(), row
 
 
-def _assert_untouched(lake: Path, ledger: Ledger, committed: tuple[bytes, PartitionRecord]) -> None:
+def _assert_untouched(lake: Lake, ledger: Ledger, committed: tuple[bytes, PartitionRecord]) -> None:
     data, row = committed
     assert _target(lake).read_bytes() == data
     assert ledger.get_partition(KLINES, "BTCUSDT", DAY) == row
     assert _temps(lake) == []
 
 
-def test_failing_validate_leaves_everything_untouched(lake: Path, ledger: Ledger, committed: Any) -> None:
+def test_failing_validate_leaves_everything_untouched(lake: Lake, ledger: Ledger, committed: Any) -> None:
     seen: list[int] = []
 
     def refuse(table: pa.Table) -> None:
@@ -185,7 +180,7 @@ def test_failing_validate_leaves_everything_untouched(lake: Path, ledger: Ledger
     _assert_untouched(lake, ledger, committed)
 
 
-def test_failing_validate_on_a_new_partition_creates_nothing(lake: Path, ledger: Ledger) -> None:
+def test_failing_validate_on_a_new_partition_creates_nothing(lake: Lake, ledger: Ledger) -> None:
     def refuse(table: pa.Table) -> None:
         raise ValueError("no")
 
@@ -195,7 +190,7 @@ def test_failing_validate_on_a_new_partition_creates_nothing(lake: Path, ledger:
     assert ledger.get_partition(KLINES, "BTCUSDT", DAY) is None
 
 
-def test_schema_mismatch_lists_the_differences_and_touches_nothing(lake: Path, ledger: Ledger, committed: Any) -> None:
+def test_schema_mismatch_lists_the_differences_and_touches_nothing(lake: Lake, ledger: Ledger, committed: Any) -> None:
     table = make_table(KLINES, base=2.0)
     wrong = (
         table.drop_columns(["quote_volume"])
@@ -221,7 +216,7 @@ def test_schema_mismatch_lists_the_differences_and_touches_nothing(lake: Path, l
     _assert_untouched(lake, ledger, committed)
 
 
-def test_nullability_is_ignored_but_nulls_in_the_time_column_are_not(lake: Path, ledger: Ledger) -> None:
+def test_nullability_is_ignored_but_nulls_in_the_time_column_are_not(lake: Lake, ledger: Ledger) -> None:
     table = make_table(KLINES)
     loose = pa.Table.from_arrays(table.columns, schema=pa.schema([f.with_nullable(True) for f in table.schema]))
     result = _commit(lake, ledger, loose)
@@ -233,31 +228,31 @@ def test_nullability_is_ignored_but_nulls_in_the_time_column_are_not(lake: Path,
 
 
 def test_crash_before_the_rename_keeps_the_old_file(
-    lake: Path, ledger: Ledger, committed: Any, monkeypatch: pytest.MonkeyPatch
+    lake: Lake, ledger: Ledger, committed: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def broken_replace(src: Any, dst: Any) -> None:
         assert Path(src).is_file() and Path(src).name.startswith(".part.parquet.")
         raise OSError(5, "simulated I/O error")
 
-    monkeypatch.setattr(commit_module.os, "replace", broken_replace)
+    monkeypatch.setattr(store_module.os, "replace", broken_replace)
     with pytest.raises(OSError, match="simulated I/O error"):
         _commit(lake, ledger, make_table(KLINES, base=2.0))
     _assert_untouched(lake, ledger, committed)
 
 
 def test_crash_while_writing_the_temporary_file_keeps_the_old_file(
-    lake: Path, ledger: Ledger, committed: Any, monkeypatch: pytest.MonkeyPatch
+    lake: Lake, ledger: Ledger, committed: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def broken_fsync(fd: int) -> None:
         raise OSError(28, "simulated disk full")
 
-    monkeypatch.setattr(commit_module.os, "fsync", broken_fsync)
+    monkeypatch.setattr(store_module.os, "fsync", broken_fsync)
     with pytest.raises(OSError, match="disk full"):
         _commit(lake, ledger, make_table(KLINES, base=2.0))
     _assert_untouched(lake, ledger, committed)
 
 
-def test_temporary_files_of_dead_writers_are_swept(lake: Path, ledger: Ledger, committed: Any) -> None:
+def test_temporary_files_of_dead_writers_are_swept(lake: Lake, ledger: Ledger, committed: Any) -> None:
     stale = _target(lake).with_name(".part.parquet." + "f" * 32 + ".tmp")
     stale.write_bytes(b"half a file")
     _commit(lake, ledger, make_table(KLINES, base=2.0))
@@ -265,7 +260,7 @@ def test_temporary_files_of_dead_writers_are_swept(lake: Path, ledger: Ledger, c
 
 
 def test_crash_after_the_rename_then_a_rerun_repairs_the_ledger(
-    lake: Path, ledger: Ledger, committed: Any, monkeypatch: pytest.MonkeyPatch
+    lake: Lake, ledger: Ledger, committed: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _, old_row = committed
     new_table = make_table(KLINES, base=2.0)
@@ -282,7 +277,7 @@ def test_crash_after_the_rename_then_a_rerun_repairs_the_ledger(
     assert "re-run the commit" in str(info.value)
     # The new file is complete and in place; the ledger still describes the old one.
     assert _sha(_target(lake)) == new_hash
-    assert read_partition(lake, KLINES, "BTCUSDT", DAY).equals(new_table)
+    assert lake.read(KLINES, "BTCUSDT", DAY).equals(new_table)
     assert ledger.get_partition(KLINES, "BTCUSDT", DAY) == old_row
     assert _temps(lake) == []
     check = verify_partition(lake, ledger, KLINES, "BTCUSDT", DAY)
@@ -298,7 +293,7 @@ def test_crash_after_the_rename_then_a_rerun_repairs_the_ledger(
 
 
 def test_rerun_with_the_old_table_after_a_post_rename_crash_restores_the_old_file(
-    lake: Path, ledger: Ledger, committed: Any, monkeypatch: pytest.MonkeyPatch
+    lake: Lake, ledger: Ledger, committed: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     old_bytes, old_row = committed
 
@@ -317,7 +312,7 @@ def test_rerun_with_the_old_table_after_a_post_rename_crash_restores_the_old_fil
 
 
 def test_first_commit_crashing_after_the_rename_is_repaired_too(
-    lake: Path, ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+    lake: Lake, ledger: Ledger, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def conflict(record: PartitionRecord, *, expected_content_hash: str | None) -> None:
         raise CommitConflict("klines_1m/BTCUSDT/2024-03-05", None, "x", row_exists=True)
@@ -332,8 +327,8 @@ def test_first_commit_crashing_after_the_rename_is_repaired_too(
     assert verify_partition(lake, ledger, KLINES, "BTCUSDT", DAY).consistent
 
 
-def test_lock_timeout_names_the_partition(lake: Path, ledger: Ledger) -> None:
-    with partition_lock(lake, KLINES, "BTCUSDT", DAY):
+def test_lock_timeout_names_the_partition(lake: Lake, ledger: Ledger) -> None:
+    with lake.lock(KLINES, "BTCUSDT", DAY):
         with pytest.raises(
             LockTimeout, match=r"klines_1m/BTCUSDT/2024-03-05: another writer held the lock .*2024-03-05\.lock"
         ):
@@ -342,15 +337,15 @@ def test_lock_timeout_names_the_partition(lake: Path, ledger: Ledger) -> None:
     assert _commit(lake, ledger, make_table(KLINES), lock_timeout=0.1).rewritten  # released
 
 
-def test_non_json_provenance_fails_before_any_write(lake: Path, ledger: Ledger) -> None:
+def test_non_json_provenance_fails_before_any_write(lake: Lake, ledger: Ledger) -> None:
     with pytest.raises(ValueError, match="provenance must be plain JSON"):
         _commit(lake, ledger, make_table(KLINES), provenance={"day": date(2024, 3, 5)})
     assert not _target(lake).parent.exists()
 
 
-def test_record_unavailable_then_commit_then_refuse(lake: Path, ledger: Ledger) -> None:
+def test_record_unavailable_then_commit_then_refuse(lake: Lake, ledger: Ledger) -> None:
     record_unavailable(
-        lake_root=lake,
+        lake=lake,
         ledger=ledger,
         dataset=KLINES,
         symbol="BTCUSDT",
@@ -378,7 +373,7 @@ def test_record_unavailable_then_commit_then_refuse(lake: Path, ledger: Ledger) 
 
     with pytest.raises(UnavailableButCommitted, match=r"refusing to record it as not_listed .*file is kept"):
         record_unavailable(
-            lake_root=lake,
+            lake=lake,
             ledger=ledger,
             dataset=KLINES,
             symbol="BTCUSDT",
@@ -391,10 +386,10 @@ def test_record_unavailable_then_commit_then_refuse(lake: Path, ledger: Ledger) 
     assert ledger.get_partition(KLINES, "BTCUSDT", DAY) == committed_row
 
 
-def test_record_unavailable_replaces_a_row_whose_file_is_gone(lake: Path, ledger: Ledger, committed: Any) -> None:
+def test_record_unavailable_replaces_a_row_whose_file_is_gone(lake: Lake, ledger: Ledger, committed: Any) -> None:
     _target(lake).unlink()
     record_unavailable(
-        lake_root=lake,
+        lake=lake,
         ledger=ledger,
         dataset=KLINES,
         symbol="BTCUSDT",
@@ -407,10 +402,10 @@ def test_record_unavailable_replaces_a_row_whose_file_is_gone(lake: Path, ledger
     assert row is not None and (row.status, row.content_hash) == ("not_listed", None)
 
 
-def test_record_unavailable_refuses_other_statuses(lake: Path, ledger: Ledger) -> None:
+def test_record_unavailable_refuses_other_statuses(lake: Lake, ledger: Ledger) -> None:
     with pytest.raises(ValueError, match="status must be one of not_listed, not_published"):
         record_unavailable(
-            lake_root=lake,
+            lake=lake,
             ledger=ledger,
             dataset=KLINES,
             symbol="BTCUSDT",
@@ -421,28 +416,58 @@ def test_record_unavailable_refuses_other_statuses(lake: Path, ledger: Ledger) -
         )
 
 
-def test_read_partition_errors_name_the_path(lake: Path) -> None:
-    path = partition_path(lake, KLINES, "BTCUSDT", DAY)
+def test_read_partition_errors_name_the_path(lake: Lake) -> None:
+    path = Path(lake.location(KLINES, "BTCUSDT", DAY))
     with pytest.raises(PartitionNotFound, match=f"no committed file at {path}"):
-        read_partition(lake, KLINES, "BTCUSDT", DAY)
+        lake.read(KLINES, "BTCUSDT", DAY)
     path.parent.mkdir(parents=True)
     path.write_bytes(b"not parquet")
     with pytest.raises(PartitionUnreadable, match=f"cannot read {path} as parquet"):
-        read_partition(lake, KLINES, "BTCUSDT", DAY)
-    pq.write_table(make_table(KLINES).drop_columns(["count"]), path)
+        lake.read(KLINES, "BTCUSDT", DAY)
+    # Any difference but absent nullable columns is refused, naming the file.
+    table = make_table(KLINES)
+    pq.write_table(table.set_column(7, "count", table.column("count").cast(pa.float64())), path)
+    with pytest.raises(SchemaMismatch, match=f"the file {path} .*column 'count' has type double, expected int64"):
+        lake.read(KLINES, "BTCUSDT", DAY)
+    pq.write_table(table.drop_columns(["timestamp"]), path)  # the time column is not nullable
+    with pytest.raises(SchemaMismatch, match="missing columns: timestamp"):
+        lake.read(KLINES, "BTCUSDT", DAY)
+    pq.write_table(table.append_column("extra", pa.array([1.0, 2.0, 3.0])), path)
+    with pytest.raises(SchemaMismatch, match="unexpected columns: extra"):
+        lake.read(KLINES, "BTCUSDT", DAY)
+    pq.write_table(table.drop_columns(["count"]), path)
+    assert lake.read(KLINES, "BTCUSDT", DAY, check_schema=False).num_columns == 9
+
+
+def test_a_file_lacking_only_nullable_columns_reads_them_as_null(lake: Lake) -> None:
+    path = Path(lake.location(KLINES, "BTCUSDT", DAY))
+    path.parent.mkdir(parents=True)
+    table = make_table(KLINES, rows=3)
+    # Written before "count" (inside) and "taker_buy_quote_volume" (the last) were added.
+    pq.write_table(table.drop_columns(["count", "taker_buy_quote_volume"]), path)
+    back = lake.read(KLINES, "BTCUSDT", DAY)
+    assert back.schema.equals(KLINES.arrow_schema) and back.column_names == KLINES.column_names
+    assert back.column("count").to_pylist() == [None, None, None]
+    assert back.column("taker_buy_quote_volume").to_pylist() == [None, None, None]
+    assert back.column("open").to_pylist() == [100.0, 101.0, 102.0]
+    assert back.drop_columns(["count", "taker_buy_quote_volume"]).equals(
+        table.drop_columns(["count", "taker_buy_quote_volume"])
+    )
+    # Present columns in another order are another layout, not an older one.
+    old = table.drop_columns(["count"])
+    pq.write_table(old.select(["timestamp", "high", "open", *old.column_names[3:]]), path)
     with pytest.raises(SchemaMismatch, match="missing columns: count"):
-        read_partition(lake, KLINES, "BTCUSDT", DAY)
-    assert read_partition(lake, KLINES, "BTCUSDT", DAY, check_schema=False).num_columns == 9
+        lake.read(KLINES, "BTCUSDT", DAY)
 
 
-def test_two_processes_committing_one_partition_are_serialised(lake: Path, ledger: Ledger, tmp_path: Path) -> None:
+def test_two_processes_committing_one_partition_are_serialised(lake: Lake, ledger: Ledger, tmp_path: Path) -> None:
     ledger.init()
     ctx = multiprocessing.get_context("spawn")
     start, out = ctx.Event(), ctx.Queue()
     log = tmp_path / "critical_sections.log"
     commits = 4
     workers = [
-        ctx.Process(target=commit_worker, args=(str(lake), ledger.url, w, commits, start, str(log), out))
+        ctx.Process(target=commit_worker, args=(lake.root, ledger.url, w, commits, start, str(log), out))
         for w in (1, 2)
     ]
     for w in workers:
@@ -468,7 +493,7 @@ def test_two_processes_committing_one_partition_are_serialised(lake: Path, ledge
     assert os.listdir(_target(lake).parent) == ["part.parquet"]
 
 
-def test_an_update_built_on_a_stale_base_never_overwrites_a_newer_commit(lake: Path, ledger: Ledger) -> None:
+def test_an_update_built_on_a_stale_base_never_overwrites_a_newer_commit(lake: Lake, ledger: Ledger) -> None:
     base = _commit(lake, ledger, make_table(KLINES, rows=10))
     newer = _commit(lake, ledger, make_table(KLINES, rows=12), based_on=base.content_hash)
     before = _target(lake).read_bytes()
@@ -479,7 +504,7 @@ def test_an_update_built_on_a_stale_base_never_overwrites_a_newer_commit(lake: P
     assert _temps(lake) == []
 
 
-def test_the_ledger_records_the_files_size_and_mtime_and_refreshes_them(lake: Path, ledger: Ledger) -> None:
+def test_the_ledger_records_the_files_size_and_mtime_and_refreshes_them(lake: Lake, ledger: Ledger) -> None:
     _commit(lake, ledger, make_table(KLINES, rows=3))
     st = os.stat(_target(lake))
     row = ledger.get_partition(KLINES, "BTCUSDT", DAY)
@@ -491,7 +516,7 @@ def test_the_ledger_records_the_files_size_and_mtime_and_refreshes_them(lake: Pa
     assert row is not None and row.file_mtime_ns == st.st_mtime_ns + 5_000_000_000
 
 
-def test_incomplete_builds_count_builds_in_a_row_missing_the_same_streams(lake: Path, ledger: Ledger) -> None:
+def test_incomplete_builds_count_builds_in_a_row_missing_the_same_streams(lake: Lake, ledger: Ledger) -> None:
     agg = [{"stream": "aggTrades", "reason": "Vision 404, REST refused"}]
     premium = [{"stream": "premiumIndexKlines", "reason": "Vision 404"}]
     counts = []
@@ -503,32 +528,32 @@ def test_incomplete_builds_count_builds_in_a_row_missing_the_same_streams(lake: 
     assert counts == [1, 2, 3, 1, 0, 1]
 
 
-def test_sweeping_temporary_files_waits_for_no_live_writer(lake: Path, ledger: Ledger, committed: Any) -> None:
+def test_sweeping_temporary_files_waits_for_no_live_writer(lake: Lake, ledger: Ledger, committed: Any) -> None:
     stale = _target(lake).with_name(".part.parquet." + "e" * 32 + ".tmp")
     stale.write_bytes(b"half a file")
     other = _target(lake).with_name("notes.txt")  # not a commit's temporary: never touched
     other.write_text("kept")
-    assert partition_busy(lake, KLINES, "BTCUSDT", DAY) is False
-    with partition_lock(lake, KLINES, "BTCUSDT", DAY):
+    assert lake.busy(KLINES, "BTCUSDT", DAY) is False
+    with lake.lock(KLINES, "BTCUSDT", DAY):
         # A writer holds the lock: the file may be its own, so it stays.
-        assert partition_busy(lake, KLINES, "BTCUSDT", DAY) is True
+        assert lake.busy(KLINES, "BTCUSDT", DAY) is True
         assert sweep_temp_files(lake, KLINES, "BTCUSDT", DAY) is None
         assert stale.exists()
     assert sweep_temp_files(lake, KLINES, "BTCUSDT", DAY) == [stale]
     assert not stale.exists() and other.read_text() == "kept"
     assert sweep_temp_files(lake, KLINES, "BTCUSDT", DAY) == []
     # A partition never written has no lock file; asking creates none.
-    assert partition_busy(lake, KLINES, "ETHUSDT", DAY) is False
-    assert not (lake / "_state/locks/klines_1m/ETHUSDT").exists()
+    assert lake.busy(KLINES, "ETHUSDT", DAY) is False
+    assert not (Path(lake.root) / "_state/locks/klines_1m/ETHUSDT").exists()
 
 
-def test_refresh_file_stat_re_records_only_unchanged_bytes(lake: Path, ledger: Ledger, committed: Any) -> None:
+def test_refresh_file_stat_re_records_only_unchanged_bytes(lake: Lake, ledger: Ledger, committed: Any) -> None:
     data, row = committed
     target = _target(lake)
     st = os.stat(target)
     assert refresh_file_stat(lake, ledger, KLINES, "BTCUSDT", DAY) is False  # nothing to do
     os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns + 7_000_000_000))  # touched: same bytes
-    with partition_lock(lake, KLINES, "BTCUSDT", DAY):
+    with lake.lock(KLINES, "BTCUSDT", DAY):
         assert refresh_file_stat(lake, ledger, KLINES, "BTCUSDT", DAY) is False  # busy: left for later
     assert refresh_file_stat(lake, ledger, KLINES, "BTCUSDT", DAY) is True
     after = ledger.get_partition(KLINES, "BTCUSDT", DAY)
@@ -540,3 +565,68 @@ def test_refresh_file_stat_re_records_only_unchanged_bytes(lake: Path, ledger: L
     assert ledger.get_partition(KLINES, "BTCUSDT", DAY) == after
     target.unlink()
     assert refresh_file_stat(lake, ledger, KLINES, "BTCUSDT", DAY) is False
+
+
+# --------------------------------------------------------------------------- the watermark moves with the minute view's commit
+
+
+def _at(hh: int, mm: int) -> datetime:
+    return datetime(DAY.year, DAY.month, DAY.day, hh, mm, tzinfo=UTC)
+
+
+def _view(lake: Lake, ledger: Ledger, minutes: Any, **kw: Any) -> commit_module.CommitResult:
+    kw.setdefault("validate", no_validation)
+    return _commit(lake, ledger, minute_table(DAY, minutes), dataset=MINUTE_VIEW, **kw)
+
+
+def test_the_minute_views_commit_moves_the_watermark(lake: Lake, ledger: Ledger) -> None:
+    first = _view(lake, ledger, range(600), watermark=_at(9, 59))
+    assert (first.rewritten, first.watermark) == (True, _at(9, 59))
+    assert ledger.get_watermark("BTCUSDT") == _at(9, 59)
+    later = _view(lake, ledger, range(630), watermark=_at(10, 29))
+    assert later.watermark == _at(10, 29) == ledger.get_watermark("BTCUSDT")
+    # The same bytes again with a watermark already there: nothing moves, nothing is written.
+    row = ledger.get_partition(MINUTE_VIEW, "BTCUSDT", DAY)
+    again = _view(lake, ledger, range(630), watermark=_at(10, 29))
+    assert (again.rewritten, again.watermark) == (False, None)
+    assert ledger.get_partition(MINUTE_VIEW, "BTCUSDT", DAY) == row
+
+
+def test_unchanged_bytes_still_move_a_watermark_left_behind(lake: Lake, ledger: Ledger) -> None:
+    _view(lake, ledger, range(600))  # committed without moving it (e.g. it lost a race)
+    row = ledger.get_partition(MINUTE_VIEW, "BTCUSDT", DAY)
+    assert ledger.get_watermark("BTCUSDT") is None
+    same = _view(lake, ledger, range(600), watermark=_at(9, 59))
+    assert (same.rewritten, same.watermark) == (False, _at(9, 59))
+    assert ledger.get_partition(MINUTE_VIEW, "BTCUSDT", DAY) == row  # the row was left as it was
+
+
+def test_the_watermark_never_passes_a_minute_that_is_neither_a_row_nor_a_source_gap(lake: Lake, ledger: Ledger) -> None:
+    holed = [m for m in range(600) if m != 300]
+    with pytest.raises(
+        ValueError, match=r"minute 2024-03-05T05:00:00\+00:00 is neither a row nor a confirmed source gap"
+    ):
+        _view(lake, ledger, holed, watermark=_at(9, 59))
+    assert not Path(lake.location(MINUTE_VIEW, "BTCUSDT", DAY)).exists()
+    assert ledger.get_partition(MINUTE_VIEW, "BTCUSDT", DAY) is None and ledger.get_watermark("BTCUSDT") is None
+    gap = [{"minute": "2024-03-05T05:00:00+00:00", "missing": ["klines"], "reason": "absent from every source"}]
+    assert _view(lake, ledger, holed, watermark=_at(9, 59), source_gaps=gap).watermark == _at(9, 59)
+    with pytest.raises(ValueError, match="is not a minute of 2024-03-05"):
+        _view(lake, ledger, holed, watermark=_at(9, 59) + timedelta(days=1), source_gaps=gap)
+    with pytest.raises(ValueError, match="only a minute view commit moves the watermark"):
+        _commit(lake, ledger, make_table(KLINES), watermark=_at(0, 2))
+    assert ledger.get_watermark("BTCUSDT") == _at(9, 59)
+
+
+def test_a_ledger_failure_after_the_publication_moves_no_watermark(
+    lake: Lake, ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def lost_connection(record: PartitionRecord, **kw: Any) -> None:
+        raise ConnectionError("ledger unreachable")
+
+    monkeypatch.setattr(ledger, "commit_partition_and_watermark", lost_connection)
+    with pytest.raises(CommitIncomplete):
+        _view(lake, ledger, range(600), watermark=_at(9, 59))
+    monkeypatch.undo()
+    assert ledger.get_watermark("BTCUSDT") is None
+    assert _view(lake, ledger, range(600), watermark=_at(9, 59)).watermark == _at(9, 59)  # the re-run

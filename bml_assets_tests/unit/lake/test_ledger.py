@@ -8,6 +8,7 @@ from __future__ import annotations
 import multiprocessing
 import sqlite3
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -288,6 +289,50 @@ def test_watermark_cas_and_never_backwards(ledger: Ledger) -> None:
     with pytest.raises(ValueError, match="start of a minute"):
         ledger.advance_watermark("BTCUSDT", m1 + timedelta(seconds=30), expected=m1)
     assert ledger.get_watermark("BTCUSDT") == m1
+
+
+def test_a_commit_moves_the_watermark_in_its_transaction_and_only_contiguously(ledger: Ledger) -> None:
+    def at(day: date, hh: int, mm: int) -> datetime:
+        return datetime(day.year, day.month, day.day, hh, mm, tzinfo=UTC)
+
+    def view(content_hash: str, day: date = DAY) -> PartitionRecord:
+        return _committed(content_hash, dataset="minute", day=day)
+
+    day2, day4 = DAY + timedelta(days=1), DAY + timedelta(days=3)
+    commit = ledger.commit_partition_and_watermark
+    assert commit(view(H0), expected_content_hash=None, watermark=at(DAY, 10, 0)) == at(DAY, 10, 0)
+    assert ledger.get_watermark("BTCUSDT") == at(DAY, 10, 0)
+    assert commit(view(H1), expected_content_hash=H0, watermark=at(DAY, 10, 5)) == at(DAY, 10, 5)
+    # Not backwards, not past a day never committed; the row is committed either way.
+    assert commit(view(H2), expected_content_hash=H1, watermark=at(DAY, 10, 3)) is None
+    assert commit(view(H0, day4), expected_content_hash=None, watermark=at(day4, 23, 59)) is None
+    assert ledger.get_watermark("BTCUSDT") == at(DAY, 10, 5)
+    assert [(r.day, r.content_hash) for r in ledger.partitions("minute")] == [(DAY, H2), (day4, H0)]
+    # From the day's last minute into the next day: contiguous.
+    assert commit(view(H0), expected_content_hash=H2, watermark=at(DAY, 23, 59)) == at(DAY, 23, 59)
+    assert commit(view(H1, day2), expected_content_hash=None, watermark=at(day2, 0, 30)) == at(day2, 0, 30)
+
+    # A lost CAS moves neither the row nor the watermark.
+    with pytest.raises(CommitConflict):
+        commit(view(H2, day2), expected_content_hash=H0, watermark=at(day2, 1, 0))
+    assert ledger.get_watermark("BTCUSDT") == at(day2, 0, 30)
+    assert ledger.get_partition("minute", "BTCUSDT", day2) == view(H1, day2)
+    # A watermark outside the row's day is refused before anything is written.
+    with pytest.raises(ValueError, match="is not a minute of that day"):
+        commit(view(H2, day2), expected_content_hash=H1, watermark=at(DAY, 12, 0))
+    assert ledger.get_partition("minute", "BTCUSDT", day2) == view(H1, day2)
+
+    # Same bytes: the row is only checked (not rewritten), the watermark moves.
+    unchanged = replace(view(H1, day2), committed_at=COMMITTED_AT + timedelta(hours=1))
+    assert commit(unchanged, expected_content_hash=H1, watermark=at(day2, 0, 45), row_unchanged=True) == at(day2, 0, 45)
+    assert ledger.get_partition("minute", "BTCUSDT", day2) == view(H1, day2)
+    with pytest.raises(CommitConflict, match=f"expected the ledger to hold content_hash {H2}"):
+        commit(unchanged, expected_content_hash=H2, watermark=at(day2, 1, 0), row_unchanged=True)
+    assert ledger.get_watermark("BTCUSDT") == at(day2, 0, 45)
+    # Another symbol's watermark starts on its own.
+    eth = replace(view(H0), symbol="ETHUSDT")
+    assert commit(eth, expected_content_hash=None, watermark=at(DAY, 0, 0)) == at(DAY, 0, 0)
+    assert ledger.watermarks() == {"BTCUSDT": at(day2, 0, 45), "ETHUSDT": at(DAY, 0, 0)}
 
 
 def test_concurrent_cas_from_processes_exactly_one_wins(url: str) -> None:

@@ -26,8 +26,8 @@ from bml_assets.defs.repair import (
 )
 from bml_assets.domain.schema import DATASETS, HOT_SNAPSHOTS, KLINES, MINUTE_VIEW, TRADE_FLOW, Dataset, schema_hash
 from bml_assets.lake import scan as scan_module
-from bml_assets.lake.commit import commit_table, encode_parquet, partition_lock, record_unavailable
-from bml_assets.lake.layout import partition_path
+from bml_assets.lake.commit import commit_table, encode_parquet, record_unavailable
+from bml_assets.lake.lake import Lake as BmlLake
 from bml_assets.lake.ledger import Ledger
 from bml_assets.lake.scan import ProblemKind, ScanReport, scan, stray_cache_files
 from bml_assets.quality import enforce_blocking
@@ -62,7 +62,7 @@ def stream_table(dataset: Dataset, day: dt.date, rows: int = 1440) -> pa.Table:
 def commit_stream(root: Path, ledger: Ledger, dataset: Dataset, symbol: str, day: dt.date, **kw: Any) -> None:
     commit_table(
         kw.pop("table", None) or stream_table(dataset, day),
-        lake_root=root,
+        lake=BmlLake.at(root),
         ledger=ledger,
         dataset=dataset,
         symbol=symbol,
@@ -76,7 +76,7 @@ def commit_stream(root: Path, ledger: Ledger, dataset: Dataset, symbol: str, day
 def commit(root: Path, ledger: Ledger, symbol: str, day: dt.date, table: pa.Table, **kw: Any) -> None:
     commit_table(
         table,
-        lake_root=root,
+        lake=BmlLake.at(root),
         ledger=ledger,
         dataset=MINUTE_VIEW,
         symbol=symbol,
@@ -91,7 +91,7 @@ def plant(root: Path, ledger: Ledger, symbol: str, day: dt.date, table: pa.Table
     """Write ``table`` as the partition's file, bypassing the commit's validation; with
     ``ledger_too`` also record its hash, so only the planted content is wrong."""
     data = encode_parquet(table)
-    partition_path(root, MINUTE_VIEW, symbol, day).write_bytes(data)
+    Path(BmlLake.at(root).location(MINUTE_VIEW, symbol, day)).write_bytes(data)
     if ledger_too:
         old = ledger.get_partition(MINUTE_VIEW, symbol, day)
         assert old is not None
@@ -110,14 +110,15 @@ def plant(root: Path, ledger: Ledger, symbol: str, day: dt.date, table: pa.Table
 class Lake:
     def __init__(self, root: Path) -> None:
         self.root = root
+        self.lake = BmlLake.at(root)
         self.ledger = Ledger(f"sqlite:///{root / '_state' / 'ledger.sqlite'}")
 
     def path(self, symbol: str, day: dt.date, dataset: Dataset = MINUTE_VIEW) -> Path:
-        return partition_path(self.root, dataset, symbol, day)
+        return Path(self.lake.location(dataset, symbol, day))
 
     def scan(self, start: dt.date = D1, end: dt.date = D3, **kw: Any) -> ScanReport:
         kw.setdefault("today", TODAY)
-        return scan(self.root, self.ledger, kw.pop("symbols", SYMBOLS), start, end, **kw)
+        return scan(self.lake, self.ledger, kw.pop("symbols", SYMBOLS), start, end, **kw)
 
     def both(self, **kw: Any) -> tuple[ScanReport, ScanReport]:
         return self.scan(deep=True, **kw), self.scan(deep=False, **kw)
@@ -393,7 +394,7 @@ def test_not_published_is_stale_after_a_week_and_not_listed_is_fine(lake: Lake) 
     old, recent, unlisted = dt.date(2024, 2, 20), dt.date(2024, 2, 27), dt.date(2024, 2, 21)
     for day, status in ((old, "not_published"), (recent, "not_published"), (unlisted, "not_listed")):
         record_unavailable(
-            lake_root=lake.root,
+            lake=lake.lake,
             ledger=lake.ledger,
             dataset=MINUTE_VIEW,
             symbol="ETHUSDT",
@@ -445,13 +446,6 @@ def test_report_rows_counts_targets_and_markdown(lake: Lake) -> None:
     assert len(table.splitlines()) == 2 + 5 and "| ETHUSDT | 2024-03-04 | not_built | no ledger row |  |" in table
     md = scan_metadata(report)
     assert md["clean"] is False and md["partitions_to_repair"] == 4 and md["problems"] == 5
-
-
-def test_the_scan_looks_where_the_layout_puts_files(tmp_path: Path) -> None:
-    from bml_assets.lake import scan as scan_module
-
-    symbol_dir = str(partition_path(tmp_path, MINUTE_VIEW, "BTCUSDT", D1).parent.parent)
-    assert scan_module._file_of(symbol_dir, D2) == str(partition_path(tmp_path, MINUTE_VIEW, "BTCUSDT", D2))
 
 
 def test_vision_published_asks_for_the_klines_checksum() -> None:
@@ -563,12 +557,12 @@ def test_a_touched_file_is_not_a_problem_and_the_sweep_re_records_its_stat(
     deep, shallow = lake.both()
     assert deep.clean and shallow.clean
     assert shallow.restat == deep.restat == [(KLINES.name, "ETHUSDT", D1)]
-    done = sweep(shallow.strays, lake_root=lake.root, now=NOW, ledger=lake.ledger, restat=shallow.restat)
+    done = sweep(shallow.strays, lake=lake.lake, now=NOW, ledger=lake.ledger, restat=shallow.restat)
     assert done.restated == [(KLINES.name, "ETHUSDT", D1)] and done.removed == []
     row = lake.ledger.get_partition(KLINES, "ETHUSDT", D1)
     assert row is not None and row.file_mtime_ns == st.st_mtime_ns + 3_000_000_000
     # Now the stat matches again: no footer, no hash.
-    monkeypatch.setattr(scan_module, "file_sha256", lambda p: pytest.fail(f"hashed {p}"))
+    monkeypatch.setattr(lake.lake.store, "sha256", lambda key: pytest.fail(f"hashed {key}"))
     monkeypatch.setattr(scan_module.pq, "read_metadata", lambda p: pytest.fail(f"read the footer of {p}"))
     report = lake.scan(deep=False)
     assert report.clean and report.restat == []
@@ -590,7 +584,7 @@ def test_a_row_without_size_and_mtime_falls_back_to_the_footer(lake: Lake, monke
         return real(path)
 
     monkeypatch.setattr(scan_module.pq, "read_metadata", reading)
-    monkeypatch.setattr(scan_module, "file_sha256", lambda p: pytest.fail(f"hashed {p}"))
+    monkeypatch.setattr(lake.lake.store, "sha256", lambda key: pytest.fail(f"hashed {key}"))
     report = lake.scan(deep=False)
     assert report.clean
     assert sorted(read) == sorted([str(lake.path("BTCUSDT", D2)), str(lake.path("ETHUSDT", D2, TRADE_FLOW))])
@@ -760,7 +754,7 @@ def test_stray_commit_temporaries_are_reported_in_every_dataset_and_swept_under_
     unbuilt.mkdir(parents=True)
     unbuilt_temp = _temp(unbuilt, 3)
     live = _temp(lake.path("BTCUSDT", D2, KLINES).parent, 4)
-    with partition_lock(lake.root, KLINES, "BTCUSDT", D2):
+    with lake.lake.lock(KLINES, "BTCUSDT", D2):
         # A writer holds that partition's lock: its temporary file is its own, not stray.
         shallow = lake.scan(deep=False)
         deep = lake.scan(dt.date(2024, 2, 29), D3, deep=True)
@@ -781,7 +775,7 @@ def test_stray_commit_temporaries_are_reported_in_every_dataset_and_swept_under_
         # The writer's file was never reported, so the sweep cannot touch it; were it listed,
         # the busy lock would leave it too.
         listed = [*deep.strays, scan_module.StrayFile(live, 19, NOW, KLINES.name, "BTCUSDT", D2)]
-        done = sweep(listed, lake_root=lake.root, now=NOW)
+        done = sweep(listed, lake=lake.lake, now=NOW)
         assert sorted(done.removed) == sorted([unbuilt_temp, minute_temp, stream_temp])
         assert done.left == [live] and live.exists()
     assert [f.path for f in lake.scan(deep=False).strays] == [live]  # its writer died with the lock
@@ -811,7 +805,7 @@ def test_stale_vision_cache_temporaries_are_swept_and_fresh_ones_left(tmp_path: 
     assert [f.path for f in stray_cache_files(cache, now=NOW, buckets=["ab"])] == sorted([old_download, old_sidecar])
     # Written again after the scan (a live download after all): left.
     os.utime(old_sidecar, ns=(int(NOW.timestamp() * 1e9),) * 2)
-    done = sweep(found, lake_root=tmp_path / "lake", now=NOW)
+    done = sweep(found, lake=BmlLake.at(tmp_path / "lake"), now=NOW)
     assert sorted(done.removed) == sorted([old_download, elsewhere]) and done.left == [old_sidecar]
     assert sorted(p.name for p in entry.iterdir()) == sorted([fresh.name, old_sidecar.name, "d" * 64 + ".zip"])
     assert stray_cache_files(tmp_path / "nowhere", now=NOW) == []
