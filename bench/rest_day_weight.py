@@ -36,6 +36,7 @@ from bml_assets.definitions import MINUTE_VIEW_JOB, build_definitions
 from bml_assets.defs.assets.streams import BAND_TAG
 from bml_assets.defs.resources import BmlResource
 from bml_assets.demo import QUIET
+from bml_assets.domain.minutes import MINUTES_PER_DAY
 from bml_assets.domain.partitions import partition_key
 from bml_assets.domain.settings import Settings
 from bml_assets.lake.ledger import Ledger
@@ -48,7 +49,6 @@ from bml_assets.sources.rest import RestClient
 
 REPO = Path(__file__).resolve().parent.parent
 SYMBOL = "BTCUSDT"
-MINUTES_PER_DAY = 1440
 HIST_ROWS_PER_DAY = MINUTES_PER_DAY // 5  # 288 five-minute snapshots
 
 

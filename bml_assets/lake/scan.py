@@ -72,16 +72,22 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from bml_assets.defs.io_manager import provisional_streams
+from bml_assets.domain.minutes import (
+    DAY_MS,
+    MINUTE_MS,
+    MINUTES_PER_DAY,
+    datetime_to_ms,
+    day_bounds_ms,
+    day_start_ms,
+    ms_to_datetime,
+)
+from bml_assets.domain.provenance import provisional_streams
 from bml_assets.domain.schema import DATASETS, HARD_COLUMNS, MINUTE_VIEW, Dataset, schema_hash
 from bml_assets.lake.commit import file_sha256, partition_busy, schema_differences
 from bml_assets.lake.layout import MARKET_PREFIX, PART_FILE_NAME, is_temp_name, partition_path
 from bml_assets.lake.ledger import FileState, Ledger, PartitionRecord
 from bml_assets.sources.vision import cache_temp_files
 
-MINUTES_PER_DAY: Final = 1440
-MINUTE_MS: Final = 60_000
-DAY_MS: Final = MINUTES_PER_DAY * MINUTE_MS
 MAX_LISTED_MINUTES: Final = 50
 """Minutes listed per problem; the detail gives the full count."""
 STALE_NOT_PUBLISHED_DAYS: Final = 7
@@ -233,13 +239,9 @@ class ScanReport:
 # --------------------------------------------------------------------------- helpers
 
 
-def _day_start_ms(day: dt.date) -> int:
-    return int(dt.datetime.combine(day, dt.time(), dt.UTC).timestamp() * 1000)
-
-
 def minute_iso(ms: int) -> str:
     """``2024-03-02T10:00:00+00:00``, the form the minute view's source gaps use."""
-    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat()
+    return ms_to_datetime(ms).isoformat()
 
 
 def _listed(values: Sequence[int] | np.ndarray) -> tuple[str, ...]:
@@ -256,7 +258,7 @@ def _ns_time(ns: int) -> dt.datetime:
 
 def source_gap_minutes(record: PartitionRecord) -> set[int]:
     """The confirmed source-gap minutes (epoch ms) of a ledger row that fall in its day."""
-    start = _day_start_ms(record.day)
+    start = day_start_ms(record.day)
     out: set[int] = set()
     for gap in record.source_gaps:
         value = gap.get("minute") if isinstance(gap, Mapping) else None
@@ -268,7 +270,7 @@ def source_gap_minutes(record: PartitionRecord) -> set[int]:
             continue
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=dt.UTC)
-        ms = int(moment.timestamp() * 1000)
+        ms = datetime_to_ms(moment)
         if start <= ms < start + DAY_MS and ms % MINUTE_MS == 0:
             out.add(ms)
     return out
@@ -308,7 +310,7 @@ def _ledger_problems(record: Row, *, closed: bool) -> list[Problem]:
         p.append(_incomplete_problem(record))
     if not isinstance(record, PartitionRecord):
         return p  # a stream table: the checks below are the minute view's (whose rows are read in full)
-    start = _day_start_ms(day)
+    start = day_start_ms(day)
     outside = [
         f"{name} {minute_iso(v)}"
         for name, v in (("min_ts", record.min_ts), ("max_ts", record.max_ts))
@@ -423,7 +425,7 @@ def _content_problems(sym: str, day: dt.date, table: pa.Table, gaps: set[int], *
     ts = np.asarray(pc.fill_null(column.cast(pa.int64()), 0).to_numpy(zero_copy_only=False), dtype=np.int64)
     valid = ~np.asarray(column.is_null().to_numpy(zero_copy_only=False), dtype=bool)
     ts_valid = ts[valid]
-    start, end = _day_start_ms(day), _day_start_ms(day) + DAY_MS
+    start, end = day_bounds_ms(day)
 
     disorder: list[str] = []
     bad: list[int] = []
