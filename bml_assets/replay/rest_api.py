@@ -70,11 +70,10 @@ from typing import Any
 
 import numpy as np
 
+from bml_assets.domain.minutes import DAY_MS, HOUR_MS, MINUTE_MS
 from bml_assets.replay.clock import MarketClock
 from bml_assets.replay.market import (
-    DAY_MS,
     FUNDING_INTERVAL_HOURS,
-    MINUTE_MS,
     Stream,
     SyntheticMarket,
     day_ms,
@@ -84,7 +83,6 @@ from bml_assets.replay.vision_files import CsvColumn, format_column
 REST_PREFIXES: tuple[str, ...] = ("/fapi/", "/futures/data/")
 DEFAULT_WEIGHT_LIMIT = 2400
 DEFAULT_FUNDING_LIMIT = 500
-HOUR_MS = 3_600_000
 FIVE_MIN_MS = 5 * MINUTE_MS
 HIST_DAYS = 30
 FUNDING_INTERVAL_MS = FUNDING_INTERVAL_HOURS * HOUR_MS
