@@ -213,7 +213,8 @@ class Column:
 
     @property
     def slow(self) -> bool:
-        """A slow series (SPEC §5): as-of filled from the latest observation, within the ffill bound."""
+        """Filled as-of from the latest observation, within the ffill bound: SPEC §5's slow
+        series but 48-50, which are formulas of the filled ones."""
         return bool(self.asof)
 
 
@@ -893,7 +894,7 @@ HARD_DATASETS: tuple[Dataset, ...] = tuple(STREAM_DATASETS[s] for s in HARD_STRE
 PROVENANCE_STREAMS: tuple[Stream, ...] = tuple(s for s in Stream if any(c.source is s for c in MINUTE_COLUMNS))
 """The streams every minute-view partition names a source for (SPEC §6 "source provenance")."""
 SLOW_COLUMNS: tuple[str, ...] = _names(lambda c: c.slow)
-"""The slow series filled as-of from their observations (SPEC §5), book first, then metrics."""
+"""The columns filled as-of from their observations (SPEC §5 slow series), book first, then metrics."""
 BOOK_COLUMNS: dict[str, str] = {c.name: c.asof for c in MINUTE_COLUMNS if c.slow and c.source is Stream.BOOK_TICKER}
 """Minute-view book column -> the ``BOOK_TICKER`` column of the minute's last snapshot that fills it as-of."""
 METRICS_COLUMNS: dict[str, str] = {c.name: c.asof for c in MINUTE_COLUMNS if c.slow and c.source is Stream.METRICS}
@@ -921,7 +922,7 @@ def column_table_markdown() -> str:
     ]
     for i, c in enumerate(MINUTE_COLUMNS, start=1):
         source = c.source or "live"
-        slow = " (slow series)" if c.slow else ""
+        slow = f" (as-of {STREAM_DATASETS[c.source].name}.{c.asof})" if c.slow and c.source else ""
         lines.append(f"| {i} | `{c.name}` | {c.type} | {c.klass} | {source} | {c.unit} | {c.fill}{slow} | {c.domain} |")
     return "\n".join(lines)
 
