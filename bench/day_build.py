@@ -399,7 +399,7 @@ def child_ours(root: Path, dump: Path | None, profile: bool) -> None:
                 symbol=sd.symbol,
                 day=sd.day,
                 validate=timed_validator,
-                provenance=data.provenance,
+                provenance=data.provenance.to_json(),
                 source_gaps=data.source_gaps,
             )
         meter.add("commit", _minus(took, inner))
@@ -416,7 +416,7 @@ def child_ours(root: Path, dump: Path | None, profile: bool) -> None:
                         day=sd.day,
                         status=part.status,  # type: ignore[arg-type]
                         message=part.message or part.status,
-                        provenance=part.provenance,
+                        provenance=part.provenance.to_json(),
                     )
                     continue
                 commit_table(
@@ -428,7 +428,7 @@ def child_ours(root: Path, dump: Path | None, profile: bool) -> None:
                     symbol=sd.symbol,
                     day=sd.day,
                     validate=_validator(DATASETS[d.name], sd),
-                    provenance=part.provenance,
+                    provenance=part.provenance.to_json(),
                     source_gaps=part.source_gaps,
                 )
                 read_partition(lake, DATASETS[d.name], sd.symbol, sd.day)
