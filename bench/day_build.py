@@ -400,7 +400,7 @@ def child_ours(root: Path, dump: Path | None, profile: bool) -> None:
                 symbol=sd.symbol,
                 day=sd.day,
                 validate=timed_validator,
-                provenance=data.provenance,
+                provenance=data.provenance.to_json(),
                 source_gaps=data.source_gaps,
             )
         meter.add("commit", _minus(took, inner))
@@ -417,7 +417,7 @@ def child_ours(root: Path, dump: Path | None, profile: bool) -> None:
                         day=sd.day,
                         status=part.status,  # type: ignore[arg-type]
                         message=part.message or part.status,
-                        provenance=part.provenance,
+                        provenance=part.provenance.to_json(),
                     )
                     continue
                 commit_table(
@@ -429,7 +429,7 @@ def child_ours(root: Path, dump: Path | None, profile: bool) -> None:
                     symbol=sd.symbol,
                     day=sd.day,
                     validate=_validator(DATASETS[d.name], sd),
-                    provenance=part.provenance,
+                    provenance=part.provenance.to_json(),
                     source_gaps=part.source_gaps,
                 )
                 lake.read(DATASETS[d.name], sd.symbol, sd.day)

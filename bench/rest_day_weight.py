@@ -36,7 +36,9 @@ from bml_assets.definitions import MINUTE_VIEW_JOB, build_definitions
 from bml_assets.defs.assets.streams import BAND_TAG
 from bml_assets.defs.resources import BmlResource
 from bml_assets.demo import QUIET
+from bml_assets.domain.minutes import MINUTES_PER_DAY
 from bml_assets.domain.partitions import partition_key
+from bml_assets.domain.provenance import Provenance
 from bml_assets.domain.settings import Settings
 from bml_assets.lake.ledger import Ledger
 from bml_assets.replay.clock import MarketClock
@@ -49,7 +51,6 @@ from bml_assets.sources.rest import RestClient
 
 REPO = Path(__file__).resolve().parent.parent
 SYMBOL = "BTCUSDT"
-MINUTES_PER_DAY = 1440
 HIST_ROWS_PER_DAY = MINUTES_PER_DAY // 5  # 288 five-minute snapshots
 
 
@@ -210,7 +211,8 @@ def report(
     least = minimum(agg_trades, max_ffill_minutes)
     least_req = sum(r for r, _, _ in least.values())
     least_weight = sum(w for _, w, _ in least.values())
-    sources = ", ".join(f"{k}={v.get('status')}" for k, v in sorted(provenance.items()) if isinstance(v, dict))
+    typed = Provenance.of(provenance)
+    sources = ", ".join(f"{k}={typed.status_of(k)}" for k in sorted(typed))
 
     lines = [
         f"## REST weight of one past day — {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC",

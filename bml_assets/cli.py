@@ -141,7 +141,7 @@ def _progress(iterable: Any = None, **kw: Any) -> Any:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
-    """bml — the Binance Minute Lake: a verified 58-column 1-minute view of USD-M perpetuals."""
+    """bml — the Binance Minute Lake: a verified 1-minute view of USD-M perpetuals."""
     # Dagster's beta/preview notices about the project's own definitions are not for terminal users.
     warnings.filterwarnings("ignore", message=r".*is currently in (beta|preview)")
 
@@ -254,7 +254,7 @@ def demo(
 
 @main.command()
 def columns() -> None:
-    """Print the 58 columns of the minute view (from the schema registry)."""
+    """Print the columns of the minute view (from the schema registry)."""
     from bml_assets.domain.schema import column_table_markdown
 
     click.echo(column_table_markdown())

@@ -23,15 +23,14 @@ from dagster import ConfigurableIOManager, InputContext, MetadataValue, OutputCo
 
 from bml_assets.defs.resources import BmlResource
 from bml_assets.domain.partitions import SymbolDay, parse_partition_key
+from bml_assets.domain.provenance import Provenance, provisional_streams
 from bml_assets.domain.schema import DATASETS, MINUTE_VIEW, Dataset
-from bml_assets.domain.streams import Stream
 from bml_assets.lake.commit import NOT_BASED, commit_table, record_unavailable
 from bml_assets.lake.ledger import PartitionRecord
 from bml_assets.lake.partition_data import PartitionData
 from bml_assets.quality import RowLocator, enforce_blocking
 
 DATASET_METADATA_KEY = "bml/dataset"
-VISION_STREAMS = frozenset(s.value for s in Stream)
 
 
 def dataset_of(metadata: Mapping[str, Any] | None, what: str) -> Dataset:
@@ -40,20 +39,6 @@ def dataset_of(metadata: Mapping[str, Any] | None, what: str) -> Dataset:
         raise ValueError(f"{what} has no '{DATASET_METADATA_KEY}' metadata: the lake does not know where it lives")
     value = name.value if hasattr(name, "value") else name
     return DATASETS[str(value)]
-
-
-def provenance_sources(provenance: Mapping[str, Any], stream: str | None = None) -> str | None:
-    """The sources a partition's provenance names — Vision file URLs, the REST host —
-    of one stream (or of all), for error texts."""
-    entries = [provenance.get(stream)] if stream is not None else list(provenance.values())
-    names: list[str] = []
-    for p in entries:
-        if not isinstance(p, Mapping):
-            continue
-        names += [str(f["url"]) for f in p.get("files", ()) if isinstance(f, Mapping) and "url" in f]
-        if p.get("base_url"):
-            names.append(f"REST {p['base_url']}")
-    return ", ".join(dict.fromkeys(names)) or None
 
 
 def row_locator(dataset: Dataset, data: PartitionData | None) -> RowLocator | None:
@@ -71,8 +56,12 @@ def row_locator(dataset: Dataset, data: PartitionData | None) -> RowLocator | No
             return found
         if dataset is MINUTE_VIEW:
             first = column.split("/")[0]
-            return provenance_sources(provenance, dataset.column(first).source if first in names else None)
-        return provenance_sources(provenance)
+            if first not in names:
+                return provenance.sources()
+            source = dataset.column(first).source
+            # A LIVE column's source is the live collector, which the provenance does not name.
+            return provenance.sources(source) if source is not None else None
+        return provenance.sources()
 
     return locate
 
@@ -84,53 +73,14 @@ def _validator(dataset: Dataset, sd: SymbolDay, data: PartitionData | None = Non
     return lambda table: enforce_blocking(table, sd.day, label=label, dataset=dataset, locate=locate)
 
 
-def provisional_streams(provenance: Mapping[str, Any]) -> list[str]:
-    """Vision streams a partition took from REST: provisional until Vision publishes them."""
-    return sorted(
-        s for s, p in provenance.items() if s in VISION_STREAMS and isinstance(p, Mapping) and p.get("status") == "rest"
-    )
-
-
-def _promotion_note(previous: PartitionRecord | None, provenance: Mapping[str, Any]) -> str | None:
+def _promotion_note(previous: PartitionRecord | None, provenance: Provenance) -> str | None:
     """The ledger's record of a promotion: streams that were REST-built and now come from Vision."""
     if previous is None or previous.status != "committed":
         return None
-    promoted = [
-        s
-        for s in provisional_streams(previous.provenance)
-        if isinstance(provenance.get(s), Mapping) and provenance[s].get("status") == "vision"
-    ]
+    promoted = [s for s in provisional_streams(previous.provenance) if provenance.is_vision(s)]
     if not promoted:
         return None
     return f"promoted from REST to Vision: {', '.join(promoted)} (previous content hash {previous.content_hash})"
-
-
-def stream_sources(provenance: Mapping[str, Any]) -> dict[str, str]:
-    """Per stream, which source filled it or why nothing did (SPEC §8), in one line each."""
-    out: dict[str, str] = {}
-    for stream, p in sorted(provenance.items()):
-        if not isinstance(p, Mapping):
-            continue
-        text = str(p.get("status"))
-        if "repaired" in p:
-            text += f", completed from {p['repaired'].get('source')} ({p['repaired'].get('minutes')} minutes)"
-        if p.get("incomplete"):
-            text += f"; incomplete: {p['incomplete']}"
-        elif p.get("status") not in ("vision", "rest", "polled", "live") and p.get("reason"):
-            text += f": {p['reason']}"
-        out[stream] = text
-    return out
-
-
-def rest_weight(provenance: Mapping[str, Any]) -> int:
-    """The REST weight the streams' fills and repairs cost, as their provenance records it."""
-    total = 0
-    for p in provenance.values():
-        if isinstance(p, Mapping):
-            total += int(p.get("rest_weight") or 0)
-            if isinstance(p.get("repaired"), Mapping):
-                total += int(p["repaired"].get("rest_weight") or 0)
-    return total
 
 
 def _null_counts(table: pa.Table) -> dict[str, int]:
@@ -170,7 +120,7 @@ class LakeIOManager(ConfigurableIOManager):
                     day=sd.day,
                     status=data.status,
                     message=data.message or data.status,
-                    provenance=data.provenance,
+                    provenance=data.provenance.to_json(),
                 )
                 summary[sd.key] = {"status": data.status, "message": data.message}
                 context.log.warning(f"{dataset.name} {sd}: {data.status} — {data.message}")
@@ -184,7 +134,7 @@ class LakeIOManager(ConfigurableIOManager):
                 symbol=sd.symbol,
                 day=sd.day,
                 validate=_validator(dataset, sd, data),
-                provenance=data.provenance,
+                provenance=data.provenance.to_json(),
                 source_gaps=data.source_gaps,
                 missing_streams=data.missing_streams,
                 based_on=data.base_content_hash if data.incremental else NOT_BASED,
@@ -230,9 +180,9 @@ class LakeIOManager(ConfigurableIOManager):
                 md["null_count_per_column"] = MetadataValue.json(_null_counts(data.table))
             else:
                 md["message"] = str(data.message)
-            md["provenance"] = MetadataValue.json(json.loads(json.dumps(data.provenance, default=str)))
-            md["sources"] = MetadataValue.json(stream_sources(data.provenance))
-            weight = rest_weight(data.provenance)
+            md["provenance"] = MetadataValue.json(json.loads(json.dumps(data.provenance.to_json(), default=str)))
+            md["sources"] = MetadataValue.json(data.provenance.summaries())
+            weight = data.provenance.rest_weight()
             if weight:
                 md["rest_weight"] = weight
             if data.table is not None:

@@ -31,12 +31,12 @@ from dagster import (
 
 from bml_assets.defs.assets.rest_days import ExchangeNow
 from bml_assets.defs.assets.streams import BAND_TAG, HOT_BAND, NOT_BEFORE_TAG, PROMOTION_TAG
-from bml_assets.defs.io_manager import provisional_streams
 from bml_assets.defs.resources import BmlResource
+from bml_assets.domain.minutes import MINUTE_MS, datetime_to_ms, day_start, ms_to_datetime
 from bml_assets.domain.partitions import partition_key
+from bml_assets.domain.provenance import provisional_streams
 from bml_assets.domain.schema import MINUTE_VIEW
 from bml_assets.domain.streams import DAILY_STREAMS, Stream
-from bml_assets.features.timegrid import ms_to_datetime
 from bml_assets.sources.vision import NotPublished, VisionClient
 
 HOT_POLL_INTERVAL_S = 5
@@ -52,11 +52,11 @@ def hot_targets(bml: BmlResource, symbols: tuple[str, ...], now: ExchangeNow) ->
     """Per symbol, the day whose next minute after the watermark is committable now."""
     ledger = bml.ledger()
     targets: dict[str, dt.date] = {}
-    today_start = dt.datetime.combine(now.today, dt.time(), dt.UTC)
+    today_start = day_start(now.today)
     for symbol in symbols:
         watermark = ledger.get_watermark(symbol)
         following = today_start if watermark is None else watermark + dt.timedelta(minutes=1)
-        if following.timestamp() * 1000 < now.closed_end_ms:
+        if datetime_to_ms(following) < now.closed_end_ms:
             targets[symbol] = following.date()
     return targets
 
@@ -94,7 +94,7 @@ def build_hot_poll_sensor(symbols: tuple[str, ...], *, job_name: str) -> SensorD
                 partition_key=partition_key(symbol, day),
                 tags={
                     BAND_TAG: HOT_BAND if day == now.today else "catch-up",
-                    NOT_BEFORE_TAG: str(now.closed_end_ms + lag * 60_000),
+                    NOT_BEFORE_TAG: str(now.closed_end_ms + lag * MINUTE_MS),
                     # ahead of repairs and backfills in the run queue
                     "dagster/priority": str(HOT_RUN_PRIORITY),
                 },

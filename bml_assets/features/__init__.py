@@ -4,6 +4,7 @@ One module per job: ``klines`` (the four 1m kline streams), ``trade_flow`` (aggT
 per minute), ``book`` (bookTicker per minute), ``metrics`` (5-minute snapshots as
 observations), ``funding`` (settlements and the funding step functions),
 ``slow_series`` (the as-of join with its forward-fill bound), ``minute_view`` (the
-58-column assembly), ``coverage`` (how much of its day a stream table covers, and
-filling it from a second source) and ``timegrid`` (minute arithmetic they share). No I/O, no Dagster.
+minute view's assembly), ``coverage`` (how much of its day a stream table covers, and
+filling it from a second source) and ``timegrid`` (the Arrow/numpy time helpers they share;
+the minute arithmetic itself is ``domain/minutes.py``). No I/O, no Dagster.
 """

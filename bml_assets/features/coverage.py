@@ -18,13 +18,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from bml_assets.features.timegrid import day_bounds_ms, minute_grid_ms, to_ms
-
-MINUTES_PER_DAY = 1440
+from bml_assets.domain.minutes import day_bounds_ms
+from bml_assets.features.timegrid import minute_grid_ms, to_ms
 
 
 def missing_minutes(table: pa.Table, day: dt.date) -> np.ndarray:
-    """The minutes (epoch ms, ascending) of ``day``'s 1440 that have no row in ``table``."""
+    """The minutes (epoch ms, ascending) of ``day``'s ``MINUTES_PER_DAY`` that have no row in ``table``."""
     grid = minute_grid_ms(*day_bounds_ms(day))
     return grid[~np.isin(grid, to_ms(table.column("timestamp")))]
 

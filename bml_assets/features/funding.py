@@ -15,9 +15,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from bml_assets.domain import schema
-from bml_assets.features.timegrid import MINUTE_MS, day_bounds_ms, floor_minute, ms_to_timestamps, to_ms
-
-HOUR_MS = 60 * MINUTE_MS
+from bml_assets.domain.minutes import HOUR_MS, MINUTE_MS, day_bounds_ms
+from bml_assets.features.timegrid import floor_minute, ms_to_timestamps, to_ms
 
 
 def funding_settlements(raw: pa.Table) -> pa.Table:

@@ -21,8 +21,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from bml_assets.domain import schema
+from bml_assets.domain.minutes import day_bounds_ms
 from bml_assets.features.book import book_ticker_minutes
-from bml_assets.features.timegrid import day_bounds_ms, floor_minute, ms_to_timestamps
+from bml_assets.features.timegrid import floor_minute, ms_to_timestamps
 
 PREDICTED_FUNDING_SCHEMA = pa.schema(
     [pa.field("timestamp", schema.TIMESTAMP, nullable=False), pa.field("predicted_funding", schema.F64)]

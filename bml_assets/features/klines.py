@@ -15,20 +15,8 @@ import numpy as np
 import pyarrow as pa
 
 from bml_assets.domain import schema
-from bml_assets.features.timegrid import (
-    OutsideDayError,
-    check_inside_day,
-    column_numpy,
-    describe_ms,
-    ms_to_timestamps,
-)
-
-KLINE_DATASETS: tuple[schema.Dataset, ...] = (
-    schema.KLINES,
-    schema.MARK_PRICE_KLINES,
-    schema.INDEX_PRICE_KLINES,
-    schema.PREMIUM_INDEX_KLINES,
-)
+from bml_assets.domain.minutes import describe_ms
+from bml_assets.features.timegrid import OutsideDayError, check_inside_day, column_numpy, ms_to_timestamps
 
 
 class KlineOutsideDay(OutsideDayError):
@@ -43,7 +31,7 @@ def kline_table(raw: pa.Table, day: dt.date, dataset: schema.Dataset, *, source:
     ``KlineOutsideDay`` names ``source``, the 1-based row and the time. A minute present
     twice (the parser de-duplicates, so this means a broken input) is a ``ValueError``.
     """
-    if dataset not in KLINE_DATASETS:
+    if dataset not in schema.KLINE_DATASETS:
         raise ValueError(f"{dataset.name} is not a klines dataset")
     open_time = column_numpy(raw, "open_time", np.int64, source=source)
     check_inside_day(open_time, day, source=source, what="open_time", error=KlineOutsideDay, minute_aligned=True)

@@ -1,8 +1,8 @@
 """5-minute metrics snapshots (open interest, long/short ratios) as observations (``schema.METRICS``).
 
 What belongs here: normalising each metrics row to the instant its snapshot was taken
-(the label convention changed with the files of 2026-06-25, SPEC §4), mapping the CSV
-columns to the minute view's names (columns 44-47), and combining several files into one
+(the label convention changed with the files of 2026-06-25, SPEC §4), which CSV column
+each ``schema.METRICS`` column is read from, and combining several files into one
 sorted, unique observation series. What stays out: the as-of join onto minutes
 (``slow_series.py``) and the derived ratios 48-50 (``minute_view.py``).
 """
@@ -16,16 +16,17 @@ import numpy as np
 import pyarrow as pa
 
 from bml_assets.domain import schema
+from bml_assets.domain.minutes import MINUTE_MS
 from bml_assets.domain.streams import METRICS_NEW_LABELS_FIRST_DAY
-from bml_assets.features.timegrid import MINUTE_MS, ms_to_timestamps, to_ms
+from bml_assets.features.timegrid import ms_to_timestamps, to_ms
 
 METRICS_LABEL_CHANGE = METRICS_NEW_LABELS_FIRST_DAY  # the exchange fact lives with the Vision client
 """First file date whose row labelled T holds the snapshot taken at T + 5 min."""
 
 LABEL_SHIFT_MS = 5 * MINUTE_MS
 
-# minute-view column <- metrics CSV column
-METRICS_COLUMNS: dict[str, str] = {
+# ``schema.METRICS`` column <- the metrics CSV column it is read from
+CSV_COLUMNS: dict[str, str] = {
     "oi_contracts": "sum_open_interest",
     "oi_value_usdt": "sum_open_interest_value",
     "top_trader_ls_ratio_acct": "count_toptrader_long_short_ratio",
@@ -46,7 +47,7 @@ def metrics_observations(raw: pa.Table, file_day: dt.date) -> pa.Table:
     Empty cells stay NULL; the as-of join treats them as "not observed".
     """
     observed = to_ms(raw.column("create_time")) + label_shift_ms(file_day)
-    values = {name: raw.column(csv_name).cast(pa.float64()) for name, csv_name in METRICS_COLUMNS.items()}
+    values = {c.name: raw.column(CSV_COLUMNS[c.name]).cast(c.type) for c in schema.METRICS.value_columns}
     return _sorted_unique(observed, values)
 
 
@@ -59,8 +60,8 @@ def combine_observations(tables: Iterable[pa.Table]) -> pa.Table:
     if not parts:
         return schema.METRICS.arrow_schema.empty_table()
     combined = pa.concat_tables(parts)
-    observed = to_ms(combined.column("observation_time"))
-    return _sorted_unique(observed, {name: combined.column(name) for name in METRICS_COLUMNS})
+    observed = to_ms(combined.column(schema.METRICS.time_column))
+    return _sorted_unique(observed, {c.name: combined.column(c.name) for c in schema.METRICS.value_columns})
 
 
 def _sorted_unique(observed: np.ndarray, values: dict[str, pa.ChunkedArray]) -> pa.Table:
@@ -70,5 +71,5 @@ def _sorted_unique(observed: np.ndarray, values: dict[str, pa.ChunkedArray]) -> 
     keep = np.ones(len(ordered), dtype=bool)
     keep[:-1] = ordered[1:] != ordered[:-1]
     take = pa.array(order[keep])
-    arrays = [ms_to_timestamps(ordered[keep])] + [values[name].take(take) for name in METRICS_COLUMNS]
+    arrays = [ms_to_timestamps(ordered[keep])] + [values[c.name].take(take) for c in schema.METRICS.value_columns]
     return pa.Table.from_arrays(arrays, schema=schema.METRICS.arrow_schema)

@@ -1,12 +1,14 @@
-"""Assembly of the canonical 58-column minute view of one (symbol, day) (SPEC §5).
+"""Assembly of the canonical minute view of one (symbol, day) (SPEC §5).
 
-What belongs here: which minutes become rows (present in all three HARD streams) and
+What belongs here: which minutes become rows (present in every HARD stream) and
 which are source gaps; the joins of the per-stream tables onto those minutes; the
 formulas the view computes from klines (vwap, average trade size, net taker volume,
 taker-buy ratio) and from the filled metrics (columns 48-50); the NULL/0 rules of
-minutes a stream does not cover; the warnings of the forward-fill bound. What stays
-out: the per-stream aggregation (``klines``, ``trade_flow``, ``book``, ``metrics``,
-``funding``), the as-of mechanics (``slow_series``), I/O and Dagster.
+minutes a stream does not cover; the warnings of the forward-fill bound. Which
+columns a stream table fills (copied, as-of filled, 0 in a quiet minute) is read from
+the registry (``domain/schema.py``), never listed here. What stays out: the per-stream
+aggregation (``klines``, ``trade_flow``, ``book``, ``metrics``, ``funding``), the as-of
+mechanics (``slow_series``), I/O and Dagster.
 
 Each step is a function ``frame -> frame`` on a pandas frame indexed by the minute
 start in epoch ms (nullable ``Float64``/``Int64`` columns), chained with ``.pipe``.
@@ -22,43 +24,11 @@ import pandas as pd
 import pyarrow as pa
 
 from bml_assets.domain import schema
+from bml_assets.domain.minutes import MINUTE_MS, datetime_to_ms, day_bounds_ms, describe_ms, ms_to_datetime
+from bml_assets.domain.streams import Stream
 from bml_assets.features.funding import funding_rate_at, next_funding_time_at
 from bml_assets.features.slow_series import asof_fill
-from bml_assets.features.timegrid import (
-    MINUTE_MS,
-    day_bounds_ms,
-    describe_ms,
-    minute_grid_ms,
-    ms_to_datetime,
-    ms_to_timestamps,
-    to_ms,
-)
-
-HARD_STREAMS: tuple[schema.Dataset, ...] = (schema.KLINES, schema.MARK_PRICE_KLINES, schema.INDEX_PRICE_KLINES)
-
-TRADE_FLOW_COLUMNS: tuple[str, ...] = (
-    "max_trade_size_btc",
-    "count_buy_trades",
-    "count_sell_trades",
-    "vol_buy_whale_btc",
-    "vol_sell_whale_btc",
-    "vol_buy_retail_btc",
-    "vol_sell_retail_btc",
-    "whale_trade_count",
-    "realized_vol_1m",
-)
-"""Trade-flow columns that are 0 in a minute without trades (``transact_time`` is NULL there)."""
-
-# minute-view column <- the book minute's mean, and <- its last snapshot (for the as-of fill)
-BOOK_COLUMNS: dict[str, str] = {
-    "avg_spread_usdt": "last_spread_usdt",
-    "bid_ask_imbalance": "last_bid_ask_imbalance",
-    "avg_bid_depth": "last_bid_qty",
-    "avg_ask_depth": "last_ask_qty",
-    "spread_pct": "last_spread_pct",
-}
-
-METRICS_COLUMNS: tuple[str, ...] = ("oi_contracts", "oi_value_usdt", "top_trader_ls_ratio_acct", "global_ls_ratio_acct")
+from bml_assets.features.timegrid import minute_grid_ms, ms_to_timestamps, to_ms
 
 _PANDAS_TYPES = {pa.float64(): pd.Float64Dtype(), pa.int64(): pd.Int64Dtype()}
 
@@ -66,7 +36,7 @@ _PANDAS_TYPES = {pa.float64(): pd.Float64Dtype(), pa.int64(): pd.Int64Dtype()}
 @dataclass(frozen=True)
 class SourceGap:
     """A minute of the day that is not a row: ``missing`` names the HARD streams
-    (``schema`` dataset names) that lack it — all three when no source has it."""
+    (``schema`` dataset names) that lack it — all of them when no source has it."""
 
     minute: dt.datetime
     missing: tuple[str, ...]
@@ -100,21 +70,22 @@ def build_minute_view(
     """Build the minute view of ``day`` from per-stream tables in their ``schema`` shapes.
 
     ``None`` means the stream is not available for the day: allowed for every stream but
-    the three HARD ones. ``book`` and ``metrics`` may also hold rows from before the day
+    the HARD ones (``schema.HARD_DATASETS``). ``book`` and ``metrics`` may also hold rows from before the day
     (they seed its first minutes); ``funding`` should hold ``settlements_for_day``.
     ``grid_end`` (exclusive, minute-aligned) limits the grid for a day still in progress;
     it defaults to the end of the day. ``predicted_funding`` (``timestamp``,
     ``predicted_funding``: the hot poller's last polled rate per minute) fills column 57
     for the minutes that have a poll; the other LIVE columns stay NULL.
     """
-    hard_tables = {"klines": klines, "mark": mark, "index": index}
-    for argument, table in hard_tables.items():
+    given = {schema.KLINES.name: klines, schema.MARK_PRICE_KLINES.name: mark, schema.INDEX_PRICE_KLINES.name: index}
+    hard: dict[str, pa.Table] = {}
+    for dataset in schema.HARD_DATASETS:
+        table = given.get(dataset.name)
         if table is None:
-            raise ValueError(f"build_minute_view: {argument} is required (HARD stream), got None")
+            raise ValueError(f"build_minute_view: {dataset.name} is required (HARD stream), got None")
+        hard[dataset.name] = table
     grid = _minute_grid(day, grid_end)
-    rows, source_gaps = committed_minutes(
-        grid, {ds.name: table for ds, table in zip(HARD_STREAMS, hard_tables.values(), strict=True)}, day
-    )
+    rows, source_gaps = committed_minutes(grid, hard, day)
     warnings: list[str] = []
     frame = (
         pd.DataFrame(index=pd.Index(rows, name="minute_ms"))
@@ -156,7 +127,7 @@ def _minute_grid(day: dt.date, grid_end: dt.datetime | None) -> np.ndarray:
     if grid_end is not None:
         if grid_end.tzinfo is None:
             raise ValueError(f"grid_end must be timezone-aware, got {grid_end!r}")
-        requested = int(grid_end.timestamp() * 1000)
+        requested = datetime_to_ms(grid_end)
         if requested % MINUTE_MS or not start <= requested <= end:
             raise ValueError(f"grid_end {grid_end.isoformat()} is not a whole minute within {day.isoformat()}")
         end = requested
@@ -223,24 +194,27 @@ def _with_price_klines(
 
 
 def _with_trade_flow(frame: pd.DataFrame, trade_flow: pa.Table | None) -> pd.DataFrame:
-    """Columns 2, 19, 23-24, 26-31: from the minute's trades, 0 (``transact_time`` NULL)
-    for a minute without trades, all NULL without an aggTrades file."""
+    """The columns copied from the minute's trades (``schema.TRADE_FLOW_COLUMNS``): 0 in a
+    minute without trades where the column says so (``transact_time`` is NULL there), all
+    NULL without an aggTrades file."""
+    names = schema.TRADE_FLOW_COLUMNS
     if trade_flow is None:
-        return _nulls(frame, ["transact_time", *TRADE_FLOW_COLUMNS])
+        return _nulls(frame, names)
     flow = _by_minute(trade_flow, schema.TRADE_FLOW).reindex(frame.index)
-    return frame.assign(
-        transact_time=flow["transact_time"],
-        **{name: flow[name].fillna(0) for name in TRADE_FLOW_COLUMNS},
-    )
+    quiet_zero = {name for name in names if schema.MINUTE_VIEW.column(name).zero_when_quiet}
+    return frame.assign(**{name: flow[name].fillna(0) if name in quiet_zero else flow[name] for name in names})
 
 
 def _with_book(
     frame: pd.DataFrame, book: pa.Table | None, *, max_ffill_minutes: int, warnings: list[str]
 ) -> pd.DataFrame:
-    """Column 14 and 38-42: the minute's own snapshots where it has some, else 38-42
-    as-of filled from the last snapshot of an earlier minute; all NULL without bookTicker."""
+    """The bookTicker columns: the minute's own snapshots where it has some; else the slow
+    ones (``schema.BOOK_COLUMNS``) as-of filled from the last snapshot of an earlier minute,
+    the others NULL; all NULL without bookTicker."""
+    names = schema.STREAM_COLUMNS[Stream.BOOK_TICKER]
+    slow = schema.BOOK_COLUMNS
     if book is None:
-        return _nulls(frame, ["micro_price_close", *BOOK_COLUMNS])
+        return _nulls(frame, names)
     minutes = _by_minute(book, schema.BOOK_TICKER)
     own = minutes.reindex(frame.index)
     has_snapshot = frame.index.isin(minutes.index)
@@ -248,31 +222,31 @@ def _with_book(
     fill = asof_fill(
         without,
         book.column("timestamp"),
-        {name: book.column(last) for name, last in BOOK_COLUMNS.items()},
+        {name: book.column(last) for name, last in slow.items()},
         max_ffill_minutes=max_ffill_minutes,
     )
     warnings.extend(fill.warnings())
-    filled = {name: _series(fill.columns[name], pd.Index(without)).reindex(frame.index) for name in BOOK_COLUMNS}
+    filled = {name: _series(fill.columns[name], pd.Index(without)).reindex(frame.index) for name in slow}
     return frame.assign(
-        micro_price_close=own["micro_price_close"],
-        **{name: own[name].where(has_snapshot, filled[name]) for name in BOOK_COLUMNS},
+        **{name: own[name].where(has_snapshot, filled[name]) if name in slow else own[name] for name in names}
     )
 
 
 def _with_metrics(
     frame: pd.DataFrame, metrics: pa.Table | None, *, max_ffill_minutes: int, warnings: list[str]
 ) -> pd.DataFrame:
-    """Columns 44-47 as-of filled from the observations; 48-50 derived from them."""
+    """The slow metrics columns (``schema.METRICS_COLUMNS``, 44-47) as-of filled from the
+    observations; 48-50 derived from them."""
     if metrics is None:
         metrics = schema.METRICS.arrow_schema.empty_table()
     fill = asof_fill(
         frame.index.to_numpy(),
-        metrics.column("observation_time"),
-        {name: metrics.column(name) for name in METRICS_COLUMNS},
+        metrics.column(schema.METRICS.time_column),
+        {name: metrics.column(observed) for name, observed in schema.METRICS_COLUMNS.items()},
         max_ffill_minutes=max_ffill_minutes,
     )
     warnings.extend(fill.warnings())
-    filled = {name: _series(fill.columns[name], frame.index) for name in METRICS_COLUMNS}
+    filled = {name: _series(fill.columns[name], frame.index) for name in schema.METRICS_COLUMNS}
     top = filled["top_trader_ls_ratio_acct"]
     return frame.assign(
         **filled,
@@ -319,8 +293,13 @@ def _to_minute_table(frame: pd.DataFrame) -> pa.Table:
     for column in schema.MINUTE_COLUMNS:
         if column.name == "timestamp":
             arrays.append(ms_to_timestamps(frame.index.to_numpy()))
-        elif column.klass is schema.ColumnClass.LIVE and column.name not in frame:
+        elif column.name in frame:
+            arrays.append(pa.array(frame[column.name], type=column.type))
+        elif column.klass is schema.ColumnClass.LIVE:
             arrays.append(pa.nulls(n, column.type))
         else:
-            arrays.append(pa.array(frame[column.name], type=column.type))
+            raise ValueError(
+                f"minute view: {column.name} is a {column.klass} column of the registry, "
+                "but nothing here computes it (add its formula or its source to features/minute_view.py)"
+            )
     return pa.Table.from_arrays(arrays, schema=schema.MINUTE_SCHEMA)

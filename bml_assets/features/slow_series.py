@@ -22,7 +22,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from bml_assets.features.timegrid import MINUTE_MS, ArrayLike, floor_minute, to_ms
+from bml_assets.domain.minutes import MINUTE_MS
+from bml_assets.features.timegrid import ArrayLike, floor_minute, to_ms
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,12 @@
-"""Minute arithmetic shared by the feature modules.
+"""Arrow and numpy helpers on time columns, shared by the feature modules.
 
-What belongs here: the UTC day and minute grid in epoch milliseconds, the
-conversions between Arrow timestamp columns and int64 milliseconds, reading a
-required column as a numpy array, and the "row outside its day" error the
-per-stream transforms raise. What stays out: any formula of a column (each
-stream's module owns its own) and any I/O.
+What belongs here: the minute grid of a span as a numpy array, flooring arrays of
+instants to their minutes, the conversions between Arrow timestamp columns and
+int64 milliseconds, reading a required column as a numpy array, sortedness and run
+starts of key arrays, and the "row outside its day" error the per-stream transforms
+raise. What stays out: the minute arithmetic on plain numbers and datetimes and its
+constants (``domain/minutes.py``), any formula of a column (each stream's module
+owns its own) and any I/O.
 
 All times inside ``features/`` are int64 milliseconds since the epoch, UTC; a
 minute is named by its start. Arrow tables carry ``timestamp[ms, tz=UTC]``.
@@ -18,10 +20,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from bml_assets.domain.minutes import MINUTE_MS, day_bounds_ms, describe_ms
 from bml_assets.domain.schema import TIMESTAMP
-
-MINUTE_MS = 60_000
-DAY_MS = 24 * 60 * MINUTE_MS
 
 ArrayLike = pa.Array | pa.ChunkedArray | np.ndarray
 
@@ -40,34 +40,10 @@ class OutsideDayError(ValueError):
         self.detail = detail or message
 
 
-def day_start_ms(day: dt.date) -> int:
-    """Epoch milliseconds of ``day`` 00:00 UTC."""
-    return int(dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC).timestamp()) * 1000
-
-
-def day_bounds_ms(day: dt.date) -> tuple[int, int]:
-    """``[start, end)`` of ``day`` in epoch milliseconds."""
-    start = day_start_ms(day)
-    return start, start + DAY_MS
-
-
 def floor_minute(ms: np.ndarray) -> np.ndarray:
-    """Start of the minute each millisecond instant falls in."""
+    """Start of the minute each millisecond instant falls in (an array; one instant:
+    ``minutes.floor_minute_ms``)."""
     return ms - np.mod(ms, MINUTE_MS)
-
-
-def ms_to_datetime(ms: int) -> dt.datetime:
-    """An epoch-millisecond instant as an aware UTC datetime."""
-    return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC)
-
-
-def describe_ms(ms: int) -> str:
-    """``2024-01-02T03:04:05.678Z (1704164645678)``, for error messages."""
-    try:
-        text = ms_to_datetime(ms).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    except (OverflowError, OSError, ValueError):
-        text = "out of range"
-    return f"{text} ({ms})"
 
 
 def minute_grid_ms(start_ms: int, end_ms: int) -> np.ndarray:

@@ -16,6 +16,8 @@ from typing import Any, Literal
 
 import pyarrow as pa
 
+from bml_assets.domain.provenance import Provenance
+
 Status = Literal["committed", "not_listed", "not_published"]
 
 
@@ -32,7 +34,8 @@ class PartitionData:
     """
 
     table: pa.Table | None
-    provenance: Mapping[str, Any]
+    # Given as a ``Provenance`` or in its JSON form (the ledger's), held as a ``Provenance``.
+    provenance: Provenance
     status: Status = "committed"
     message: str | None = None
     source_gaps: Sequence[Mapping[str, Any]] = ()
@@ -51,6 +54,7 @@ class PartitionData:
     locate: Callable[[dt.datetime, str], str | None] | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "provenance", Provenance.of(self.provenance))
         if (self.table is None) != (self.status != "committed"):
             raise ValueError(f"PartitionData: status {self.status!r} does not match table presence")
 
@@ -60,6 +64,9 @@ class PartitionData:
 
     @classmethod
     def unavailable(
-        cls, status: Literal["not_listed", "not_published"], message: str, provenance: Mapping[str, Any]
+        cls,
+        status: Literal["not_listed", "not_published"],
+        message: str,
+        provenance: Provenance | Mapping[str, Any],
     ) -> PartitionData:
-        return cls(table=None, provenance=provenance, status=status, message=message)
+        return cls(table=None, provenance=Provenance.of(provenance), status=status, message=message)

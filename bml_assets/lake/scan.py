@@ -71,7 +71,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from bml_assets.defs.io_manager import provisional_streams
+from bml_assets.domain.minutes import (
+    DAY_MS,
+    MINUTE_MS,
+    MINUTES_PER_DAY,
+    day_bounds_ms,
+    day_start_ms,
+    ms_to_datetime,
+)
+from bml_assets.domain.provenance import provisional_streams
 from bml_assets.domain.schema import DATASETS, HARD_COLUMNS, MINUTE_VIEW, Dataset, schema_hash
 from bml_assets.lake.commit import gap_minutes
 from bml_assets.lake.lake import Lake, absent_nullable_columns, schema_differences
@@ -80,9 +88,6 @@ from bml_assets.lake.ledger import FileState, Ledger, PartitionRecord
 from bml_assets.sources.vision import cache_temp_files
 from bml_assets.storage.store import ObjectStat, Store, local_stat
 
-MINUTES_PER_DAY: Final = 1440
-MINUTE_MS: Final = 60_000
-DAY_MS: Final = MINUTES_PER_DAY * MINUTE_MS
 MAX_LISTED_MINUTES: Final = 50
 """Minutes listed per problem; the detail gives the full count."""
 STALE_NOT_PUBLISHED_DAYS: Final = 7
@@ -234,13 +239,9 @@ class ScanReport:
 # --------------------------------------------------------------------------- helpers
 
 
-def _day_start_ms(day: dt.date) -> int:
-    return int(dt.datetime.combine(day, dt.time(), dt.UTC).timestamp() * 1000)
-
-
 def minute_iso(ms: int) -> str:
     """``2024-03-02T10:00:00+00:00``, the form the minute view's source gaps use."""
-    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat()
+    return ms_to_datetime(ms).isoformat()
 
 
 def _listed(values: Sequence[int] | np.ndarray) -> tuple[str, ...]:
@@ -287,7 +288,7 @@ def _ledger_problems(record: Row, *, closed: bool) -> list[Problem]:
         p.append(_incomplete_problem(record))
     if not isinstance(record, PartitionRecord):
         return p  # a stream table: the checks below are the minute view's (whose rows are read in full)
-    start = _day_start_ms(day)
+    start = day_start_ms(day)
     outside = [
         f"{name} {minute_iso(v)}"
         for name, v in (("min_ts", record.min_ts), ("max_ts", record.max_ts))
@@ -410,7 +411,7 @@ def _content_problems(sym: str, day: dt.date, table: pa.Table, gaps: set[int], *
     ts = np.asarray(pc.fill_null(column.cast(pa.int64()), 0).to_numpy(zero_copy_only=False), dtype=np.int64)
     valid = ~np.asarray(column.is_null().to_numpy(zero_copy_only=False), dtype=bool)
     ts_valid = ts[valid]
-    start, end = _day_start_ms(day), _day_start_ms(day) + DAY_MS
+    start, end = day_bounds_ms(day)
 
     disorder: list[str] = []
     bad: list[int] = []

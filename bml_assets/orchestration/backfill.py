@@ -40,6 +40,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from bml_assets.domain.minutes import day_of_ms
+from bml_assets.domain.provenance import provisional_streams
+from bml_assets.domain.schema import MINUTE_VIEW
 from bml_assets.domain.settings import Settings, SettingsError, validate_symbol
 from bml_assets.lake.lake import Lake
 from bml_assets.lake.ledger import Ledger, SymbolRecord, SymbolSync
@@ -53,7 +56,7 @@ BACKFILL_TAG = "bml/backfill"
 # Per-partition warnings (e.g. "no hot snapshots for a past day") would bury the progress:
 # the command reports failures itself; the full logs are in the run (DAGSTER_HOME).
 RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
-MINUTE_DATASET = "minute"
+MINUTE_DATASET = MINUTE_VIEW.name
 # Runs of one partition when each loses a commit race (see the module docstring).
 MAX_RUN_ATTEMPTS = 3
 
@@ -163,7 +166,7 @@ def _ms_date(value: Any) -> dt.date | None:
         return None
     if ms <= 0:
         return None
-    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).date()
+    return day_of_ms(ms)
 
 
 # exchangeInfo gives perpetuals a deliveryDate far in the future (2100-12-25): not a delisting.
@@ -864,8 +867,6 @@ def hot_pass(settings: Settings, symbols: Sequence[str] | None = None) -> Iterat
 def watermark_report(settings: Settings, symbol: str | None = None) -> list[dict[str, Any]]:
     """Per symbol (``BML_SYMBOLS`` plus any the ledger knows, or just ``symbol``): the watermark,
     committed partitions, first/last committed day, provisional (REST-built) and not-listed days."""
-    from bml_assets.defs.io_manager import provisional_streams
-
     ledger = open_ledger(settings)
     try:
         rows = ledger.partitions(dataset=MINUTE_DATASET)

@@ -37,6 +37,7 @@ from datetime import UTC, date, datetime, timedelta
 import numpy as np
 import pyarrow as pa
 
+from bml_assets.domain.minutes import DAY_MS, HOUR_MS, MINUTE_MS, MINUTES_PER_DAY
 from bml_assets.domain.settings import SYMBOL_PATTERN
 from bml_assets.domain.streams import METRICS_NEW_LABELS_FIRST_DAY, Stream
 from bml_assets.replay.columns import CsvColumn, table_of
@@ -98,9 +99,6 @@ METRICS_COLUMNS: tuple[str, ...] = (
 )
 FUNDING_COLUMNS: tuple[str, ...] = ("calc_time", "funding_interval_hours", "last_funding_rate")
 
-MINUTE_MS = 60_000
-DAY_MS = 86_400_000
-MINUTES_PER_DAY = 1440
 FUNDING_INTERVAL_HOURS = 8
 _EPOCH = date(1970, 1, 1)
 
@@ -760,7 +758,7 @@ class SyntheticMarket:
     def _funding_columns(self, symbol: str, month: date) -> tuple[CsvColumn, ...]:
         start = max(month, self.listing_date(symbol))
         end = next_month(month)
-        step = FUNDING_INTERVAL_HOURS * 3_600_000
+        step = FUNDING_INTERVAL_HOURS * HOUR_MS
         instants = np.arange(day_ms(start), day_ms(end), step, dtype=np.int64)
         keys = self._keys(symbol, "funding")
         # calc_time lands 0–10 ms after the settlement instant, as on Vision.

@@ -33,6 +33,7 @@ from urllib.parse import urlencode, urlsplit
 import pyarrow as pa
 import requests
 
+from bml_assets.domain.minutes import HOUR_MS, MINUTE_MS, floor_minute_ms
 from bml_assets.domain.schema import METRICS
 from bml_assets.domain.settings import validate_symbol
 from bml_assets.domain.streams import Stream
@@ -357,10 +358,10 @@ class RestClient:
         path, key = limits.KLINE_PATHS[stream], limits.KLINE_SYMBOL_PARAM[stream]
         schema = output_schema(stream)
         rows: dict[int, tuple[list[Any], str]] = {}
-        window_start = start_ms - start_ms % limits.MINUTE_MS
+        window_start = floor_minute_ms(start_ms)
         while window_start < end_ms:
-            minutes = min(limits.KLINES_MAX_LIMIT, -(-(end_ms - window_start) // limits.MINUTE_MS))
-            window_end = window_start + minutes * limits.MINUTE_MS
+            minutes = min(limits.KLINES_MAX_LIMIT, -(-(end_ms - window_start) // MINUTE_MS))
+            window_end = window_start + minutes * MINUTE_MS
             params = {
                 key: symbol,
                 "interval": "1m",
@@ -422,7 +423,7 @@ class RestClient:
         limit = limits.FUNDING_RATE_MAX_LIMIT
         rates: dict[int, float] = {}
         urls: dict[int, str] = {}
-        page_start = start_ms - limits.DEFAULT_FUNDING_INTERVAL_HOURS * limits.HOUR_MS - limits.MINUTE_MS
+        page_start = start_ms - limits.DEFAULT_FUNDING_INTERVAL_HOURS * HOUR_MS - MINUTE_MS
         while page_start < end_ms:
             params = {"symbol": symbol, "startTime": page_start, "endTime": end_ms - 1, "limit": limit}
             data, url = self._get(limits.FUNDING_RATE_PATH, params)
@@ -444,7 +445,7 @@ class RestClient:
             if start_ms <= t < end_ms:
                 hours = limits.DEFAULT_FUNDING_INTERVAL_HOURS
                 if previous is not None:
-                    hours = max(1, round((t - previous) / limits.HOUR_MS))
+                    hours = max(1, round((t - previous) / HOUR_MS))
                 columns["calc_time"].append(t)
                 columns["funding_interval_hours"].append(hours)
                 columns["last_funding_rate"].append(rates[t])

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Final
 
+from bml_assets.domain.minutes import DAY_MS, HOUR_MS, MINUTE_MS
 from bml_assets.domain.streams import Stream
 
 # --- paths --------------------------------------------------------------------
@@ -93,9 +94,6 @@ AGG_TRADES_MAX_LIMIT: Final = 1000
 FUNDING_RATE_MAX_LIMIT: Final = 1000
 HIST_MAX_LIMIT: Final = 500
 
-MINUTE_MS: Final = 60_000
-HOUR_MS: Final = 3_600_000
-DAY_MS: Final = 86_400_000
 # aggTrades: endTime - startTime must be under one hour.
 AGG_TRADES_MAX_WINDOW_MS: Final = HOUR_MS - 1
 # The 5-minute history endpoints serve the latest 30 days only.

@@ -268,7 +268,7 @@ def test_a_rest_built_day_is_promoted_when_vision_publishes_it(hot: HotLake) -> 
 
 
 def test_a_hot_polled_day_is_promoted_and_its_snapshots_are_not_provisional(hot: HotLake) -> None:
-    from bml_assets.defs.io_manager import provisional_streams
+    from bml_assets.domain.provenance import provisional_streams
 
     assert hot.poll().success
     record = hot.ledger.get_partition("minute", "BTCUSDT", HOT_DAY)

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from bml_assets.domain.minutes import MINUTE_MS
 from bml_assets.domain.streams import Stream
 from bml_assets.replay.clock import MarketClock
 from bml_assets.replay.faults import FaultRule
@@ -73,13 +74,13 @@ def _client(base_url: str, state_url: str, max_ban_wait_s: float = 0.0) -> RestC
 def _one_kline_request(client: RestClient, rng: random.Random) -> None:
     stream = rng.choice(list(limits.KLINE_PATHS))
     minutes = rng.choice(KLINE_MINUTES)
-    client.klines(stream, SYMBOL, DAY_MS, DAY_MS + minutes * limits.MINUTE_MS)
+    client.klines(stream, SYMBOL, DAY_MS, DAY_MS + minutes * MINUTE_MS)
 
 
 def _one_agg_trades_request(client: RestClient, rng: random.Random) -> None:
     # One minute by time window: a single page (weight 20), never paged further.
-    start = DAY_MS + rng.randrange(1440) * limits.MINUTE_MS
-    client.agg_trades(SYMBOL, start_ms=start, end_ms=start + limits.MINUTE_MS)
+    start = DAY_MS + rng.randrange(1440) * MINUTE_MS
+    client.agg_trades(SYMBOL, start_ms=start, end_ms=start + MINUTE_MS)
 
 
 def _hammer(base_url: str, state_url: str, seed: int, ready: Any, go: Any, out: Any) -> None:
@@ -90,7 +91,7 @@ def _hammer(base_url: str, state_url: str, seed: int, ready: Any, go: Any, out: 
     stop_at = time.time() + HAMMER_S
     # Every weight class once first: a loaded machine may fit few requests in HAMMER_S.
     for minutes in KLINE_MINUTES:
-        client.klines(rng.choice(list(limits.KLINE_PATHS)), SYMBOL, DAY_MS, DAY_MS + minutes * limits.MINUTE_MS)
+        client.klines(rng.choice(list(limits.KLINE_PATHS)), SYMBOL, DAY_MS, DAY_MS + minutes * MINUTE_MS)
     _one_agg_trades_request(client, rng)
     while time.time() < stop_at:
         if rng.random() < 0.35:
@@ -107,7 +108,7 @@ def _banned_first(base_url: str, state_url: str, ready: Any, go: Any, out: Any) 
     ready.put("A")
     go.wait(60)
     try:
-        client.klines(Stream.KLINES, SYMBOL, DAY_MS, DAY_MS + 60 * limits.MINUTE_MS)
+        client.klines(Stream.KLINES, SYMBOL, DAY_MS, DAY_MS + 60 * MINUTE_MS)
         out.put(("A", "ok", None, None, client.requests_sent))
     except RestBanned as exc:
         out.put(("A", "banned", exc.until_ms, str(exc), client.requests_sent))
@@ -121,11 +122,11 @@ def _after_the_ban(base_url: str, state_url: str, ready: Any, go: Any, out: Any)
     ready.put("B")
     go.wait(60)
     try:
-        refusing.klines(Stream.KLINES, SYMBOL, DAY_MS, DAY_MS + 60 * limits.MINUTE_MS)
+        refusing.klines(Stream.KLINES, SYMBOL, DAY_MS, DAY_MS + 60 * MINUTE_MS)
         out.put(("B0", "ok", None, None, refusing.requests_sent, time.time()))
     except RestBanned as exc:
         out.put(("B0", "banned", exc.until_ms, str(exc), refusing.requests_sent, time.time()))
-    table = waiting.klines(Stream.KLINES, SYMBOL, DAY_MS, DAY_MS + 60 * limits.MINUTE_MS)
+    table = waiting.klines(Stream.KLINES, SYMBOL, DAY_MS, DAY_MS + 60 * MINUTE_MS)
     out.put(("B10", "ok", table.num_rows, None, waiting.requests_sent, time.time()))
     refusing.close()
     waiting.close()

@@ -1,4 +1,4 @@
-"""The canonical asset: the 58-column minute view of one symbol × UTC day.
+"""The canonical asset: the minute view of one symbol × UTC day.
 
 What belongs here: loading the per-stream tables of the run's partitions,
 deciding what an unavailable HARD stream means for the day, calling the pure
@@ -33,7 +33,6 @@ from dagster import (
 )
 
 from bml_assets.defs.assets.rest_days import GAP_CONFIRM_MINUTES, ExchangeNow
-from bml_assets.defs.assets.streams import HARD_STREAMS as HARD_STREAM_NAMES
 from bml_assets.defs.assets.streams import (
     IO_MANAGER_KEY,
     MAX_PARTITIONS_PER_RUN,
@@ -42,12 +41,16 @@ from bml_assets.defs.assets.streams import (
     run_partitions,
 )
 from bml_assets.defs.checks import check_result, check_specs
-from bml_assets.defs.io_manager import DATASET_METADATA_KEY, rest_weight, row_locator
+from bml_assets.defs.io_manager import DATASET_METADATA_KEY, row_locator
 from bml_assets.defs.resources import BmlResource
+from bml_assets.domain.minutes import MINUTE_MS, datetime_to_ms, day_bounds_ms, ms_to_datetime
 from bml_assets.domain.partitions import SymbolDay
+from bml_assets.domain.provenance import Provenance
 from bml_assets.domain.schema import (
     BOOK_TICKER,
+    DATASETS,
     FUNDING,
+    HARD_DATASETS,
     HOT_SNAPSHOTS,
     INDEX_PRICE_KLINES,
     KLINES,
@@ -61,7 +64,6 @@ from bml_assets.domain.streams import Stream
 from bml_assets.features.hot_snapshots import book_from_snapshots, open_interest_observations, predicted_funding_minutes
 from bml_assets.features.metrics import combine_observations
 from bml_assets.features.minute_view import build_minute_view
-from bml_assets.features.timegrid import day_bounds_ms, ms_to_datetime
 from bml_assets.lake.partition_data import PartitionData
 from bml_assets.lake.scan import scan
 from bml_assets.quality import ALL_RULES, BLOCKING_RULES, Evidence, Outcome, describe_failures, to_frame
@@ -71,13 +73,12 @@ GROUP = "minute"
 # Every stream table is an input, named (and keyed) by its dataset name.
 UPSTREAMS = tuple(spec.dataset for spec in STREAM_ASSETS)
 LAKE_SCAN_CHECK = "lake_scan_clean"
-MINUTE_MS = 60_000
 
 
-def _provenance(inputs: Mapping[str, PartitionData]) -> dict[str, Any]:
-    merged: dict[str, Any] = {}
+def _provenance(inputs: Mapping[str, PartitionData]) -> Provenance:
+    merged = Provenance()
     for data in inputs.values():
-        merged.update(data.provenance)
+        merged = merged | data.provenance
     return merged
 
 
@@ -86,30 +87,22 @@ def missing_streams(inputs: Mapping[str, PartitionData]) -> list[dict[str, str]]
     input stream whose provenance carries an ``incomplete`` reason (``streams.py``)."""
     return sorted(
         (
-            {"stream": stream, "reason": str(p["incomplete"])}
+            {"stream": stream, "reason": reason}
             for data in inputs.values()
-            for stream, p in data.provenance.items()
-            if isinstance(p, Mapping) and p.get("incomplete")
+            for stream, reason in data.provenance.incomplete().items()
         ),
         key=lambda m: m["stream"],
     )
 
 
-# The Vision stream of each HARD dataset, to say where a source-gap minute was looked for.
-_HARD_STREAM_KEYS = {
-    KLINES.name: Stream.KLINES.value,
-    MARK_PRICE_KLINES.name: Stream.MARK_PRICE_KLINES.value,
-    INDEX_PRICE_KLINES.name: Stream.INDEX_PRICE_KLINES.value,
-}
-
-
-def _gap_reason(missing: tuple[str, ...], provenance: Mapping[str, Any]) -> str:
-    if len(missing) == len(_HARD_STREAM_KEYS):
+def _gap_reason(missing: tuple[str, ...], provenance: Provenance) -> str:
+    if len(missing) == len(HARD_DATASETS):
         return "absent from every source"
 
     def looked_in(name: str) -> str:
-        p = provenance.get(_HARD_STREAM_KEYS[name], {})
-        rest = isinstance(p, Mapping) and (p.get("status") == "rest" or "repaired" in p)
+        stream = DATASETS[name].stream
+        p = provenance.get(stream) if stream is not None else None
+        rest = p is not None and (p.is_rest or p.repaired is not None)
         return f"{name} ({'Vision and REST' if rest else 'its source'})"
 
     return "absent from " + ", ".join(looked_in(name) for name in missing)
@@ -117,12 +110,12 @@ def _gap_reason(missing: tuple[str, ...], provenance: Mapping[str, Any]) -> str:
 
 def _unavailable_day(sd: SymbolDay, inputs: Mapping[str, PartitionData]) -> PartitionData | None:
     """The day has no minute view when a HARD stream has no file; say why, or fail loudly."""
-    hard = {d.name: inputs[d.name] for d in (KLINES, MARK_PRICE_KLINES, INDEX_PRICE_KLINES)}
+    hard = {d.name: inputs[d.name] for d in HARD_DATASETS}
     missing = {name: d for name, d in hard.items() if not d.available}
     if not missing:
         return None
     if len(missing) == len(hard):
-        first = hard[KLINES.name]
+        first = hard[HARD_DATASETS[0].name]
         status = "not_listed" if all(d.status == "not_listed" for d in hard.values()) else "not_published"
         return PartitionData.unavailable(status, first.message or status, _provenance(inputs))  # type: ignore[arg-type]
     if any(d.status == "not_published" for d in missing.values()):
@@ -139,11 +132,7 @@ def _unavailable_day(sd: SymbolDay, inputs: Mapping[str, PartitionData]) -> Part
 
 def _is_live_source(inputs: Mapping[str, PartitionData]) -> bool:
     """True when a HARD stream came from REST: the day may still be forming."""
-    return any(
-        isinstance(p, dict) and p.get("status") == "rest"
-        for name in HARD_STREAM_NAMES
-        for p in inputs[name].provenance.values()
-    )
+    return any(inputs[d.name].provenance.is_rest(stream) for d in HARD_DATASETS for stream in inputs[d.name].provenance)
 
 
 def live_grid_end(sd: SymbolDay, inputs: Mapping[str, PartitionData], now: ExchangeNow) -> dt.datetime | None:
@@ -156,13 +145,13 @@ def live_grid_end(sd: SymbolDay, inputs: Mapping[str, PartitionData], now: Excha
     end = now.end_ms(sd.day)
     # Never past what the stream steps fetched: in a multi-process run they may have
     # read the clock earlier than this step.
-    for name in HARD_STREAM_NAMES:
-        for p in inputs[name].provenance.values():
-            if isinstance(p, Mapping) and p.get("status") == "rest" and p.get("through"):
-                end = min(end, int(dt.datetime.fromisoformat(p["through"]).timestamp() * 1000))
+    for d in HARD_DATASETS:
+        for p in inputs[d.name].provenance.values():
+            if p.is_rest and p.through is not None:
+                end = min(end, datetime_to_ms(p.through))
     present: np.ndarray | None = None
-    for name in HARD_STREAM_NAMES:
-        table = inputs[name].table
+    for d in HARD_DATASETS:
+        table = inputs[d.name].table
         assert table is not None
         ms = pc.cast(table.column("timestamp"), pa.int64()).to_numpy()
         present = ms if present is None else np.intersect1d(present, ms)
@@ -253,10 +242,9 @@ def lake_scan_result(bml: BmlResource, grid_ends: Mapping[SymbolDay, dt.datetime
 def replaced_rest_view(ctx: DayContext, sd: SymbolDay, data: PartitionData) -> pd.DataFrame | None:
     """The committed REST-built view this build replaces with Vision klines (a promotion)."""
     record = ctx.bml.ledger().get_partition(MINUTE_VIEW.name, sd.symbol, sd.day)
-    klines_now = data.provenance.get(Stream.KLINES.value, {})
-    if record is None or record.status != "committed" or klines_now.get("status") != "vision":
+    if record is None or record.status != "committed" or not data.provenance.is_vision(Stream.KLINES):
         return None
-    if record.provenance.get(Stream.KLINES.value, {}).get("status") != "rest":
+    if not Provenance.of(record.provenance).is_rest(Stream.KLINES):
         return None
     previous = ctx.existing(MINUTE_VIEW, sd)
     return to_frame(previous) if previous is not None else None
@@ -287,7 +275,8 @@ def build_minute_view_asset(partitions_def: PartitionsDefinition) -> AssetsDefin
 
     @asset(
         name=ASSET_NAME,
-        description="The canonical 58-column 1-minute view (SPEC §5), one parquet file per symbol × UTC day.",
+        description=f"The canonical {len(MINUTE_VIEW.columns)}-column 1-minute view (SPEC §5), "
+        "one parquet file per symbol × UTC day.",
         partitions_def=partitions_def,
         io_manager_key=IO_MANAGER_KEY,
         metadata={DATASET_METADATA_KEY: MINUTE_VIEW.name},
@@ -337,7 +326,7 @@ def build_minute_view_asset(partitions_def: PartitionsDefinition) -> AssetsDefin
             for rule in ALL_RULES:
                 outcomes[rule.name][sd.key] = rule.run(ev)
             incomplete = ", ".join(m["stream"] for m in data.missing_streams)
-            weight = rest_weight(data.provenance)
+            weight = data.provenance.rest_weight()
             context.log.info(
                 f"[{i}/{len(partitions)}] minute view {sd}: {data.table.num_rows} rows, "
                 f"{len(data.source_gaps)} source-gap minutes"

@@ -18,20 +18,29 @@ lake holds, so nothing is lost or doubled.
 
 import datetime as dt
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from bml_assets.domain.minutes import (
+    DAY_MS,
+    HOUR_MS,
+    MINUTE_MS,
+    datetime_to_ms,
+    day_bounds_ms,
+    floor_minute_ms,
+    ms_to_datetime,
+)
 from bml_assets.domain.partitions import SymbolDay
+from bml_assets.domain.provenance import StreamProvenance, StreamStatus
 from bml_assets.domain.schema import AGG_TRADE_ROWS, METRICS, TRADE_FLOW, Dataset
 from bml_assets.domain.streams import Stream
 from bml_assets.features.coverage import merge_minutes
 from bml_assets.features.funding import funding_settlements, settlements_for_day
 from bml_assets.features.hot_snapshots import append_snapshots, snapshot_row
 from bml_assets.features.klines import kline_table
-from bml_assets.features.timegrid import DAY_MS, day_bounds_ms, floor_minute, ms_to_datetime, to_ms
+from bml_assets.features.timegrid import floor_minute, to_ms
 from bml_assets.features.trade_flow import trade_flow
 from bml_assets.lake.partition_data import PartitionData
 from bml_assets.quality import BadSourceRows, RowLocator, check_source_rows
@@ -39,13 +48,13 @@ from bml_assets.sources import rest_limits
 from bml_assets.sources.rest import OutsideHistoryWindow, RestClient, request_urls_of
 from bml_assets.sources.rest_limits import HIST_MAX_AGE_MS
 
-MINUTE_MS = 60_000
-POLLED = "polled"
+# The provenance entry of the polled snapshots (not an exchange stream).
+SNAPSHOTS = "snapshots"
 # A minute missing while later ones exist is asked for again by every poll for this
 # long after it closed (plus the safety lag), then recorded as a source gap.
 GAP_CONFIRM_MINUTES = 3
 # Settlements are 8 h apart at most: a day plus one interval before it finds the last one.
-FUNDING_LOOKBACK_MS = 32 * 3_600_000
+FUNDING_LOOKBACK_MS = 32 * HOUR_MS
 
 
 @dataclass(frozen=True)
@@ -63,20 +72,15 @@ class ExchangeNow:
     def closed_end_ms(self) -> int:
         """Minutes starting before this instant are closed and past the safety lag:
         minute M qualifies when M + 60 s + lag ≤ now."""
-        return (self.now_ms - self.lag_minutes * MINUTE_MS) // MINUTE_MS * MINUTE_MS
+        return floor_minute_ms(self.now_ms - self.lag_minutes * MINUTE_MS)
 
     def end_ms(self, day: dt.date) -> int:
         """The exclusive end of what can be committed for ``day`` now."""
         return min(day_bounds_ms(day)[1], self.closed_end_ms)
 
 
-def _rest(rest: RestClient, end_ms: int, rows: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {
-        "status": "rest",
-        "base_url": rest.base_url,
-        "through": ms_to_datetime(end_ms).isoformat(),
-        "rows": rows,
-    } | (extra or {})
+def _rest(rest: RestClient, end_ms: int, rows: int, status: StreamStatus = StreamStatus.REST) -> StreamProvenance:
+    return StreamProvenance(status, base_url=rest.base_url, through=ms_to_datetime(end_ms), rows=rows)
 
 
 def _answer_of(raw: pa.Table, row: int) -> str:
@@ -90,7 +94,7 @@ def request_rows(raw: pa.Table, time_column: str) -> RowLocator:
     minutes = floor_minute(to_ms(raw.column(time_column))) if raw.num_rows else np.zeros(0, dtype=np.int64)
 
     def locate(minute: dt.datetime, _column: str) -> str | None:
-        hits = np.flatnonzero(minutes == int(minute.timestamp() * 1000) // MINUTE_MS * MINUTE_MS)
+        hits = np.flatnonzero(minutes == floor_minute_ms(datetime_to_ms(minute)))
         return _answer_of(raw, int(hits[0])) if len(hits) else None
 
     return locate
@@ -208,7 +212,9 @@ def metrics_day(rest: RestClient, sd: SymbolDay, now: ExchangeNow, *, max_ffill_
     except OutsideHistoryWindow as err:
         message = f"REST keeps 5-minute metrics for 30 days only: {err}"
         return PartitionData.unavailable(
-            "not_published", message, {Stream.METRICS.value: {"status": "not_published", "reason": message}}
+            "not_published",
+            message,
+            {Stream.METRICS.value: StreamProvenance(StreamStatus.NOT_PUBLISHED, reason=message)},
         )
     # Only snapshots taken before what is committable: no look-ahead into later minutes.
     locate = request_rows(table, METRICS.time_column)
@@ -235,10 +241,10 @@ def hot_snapshot_day(rest: RestClient, sd: SymbolDay, now: ExchangeNow, existing
     """
     if sd.day != now.today:
         if existing is not None:
-            return PartitionData(existing, {"snapshots": {"status": POLLED, "rows": existing.num_rows}})
+            return PartitionData(existing, {SNAPSHOTS: StreamProvenance(StreamStatus.POLLED, rows=existing.num_rows)})
         message = f"no snapshots for {sd}: they are polled only while the day is live"
         return PartitionData.unavailable(
-            "not_published", message, {"snapshots": {"status": "not_published", "reason": message}}
+            "not_published", message, {SNAPSHOTS: StreamProvenance(StreamStatus.NOT_PUBLISHED, reason=message)}
         )
     row = snapshot_row(rest.premium_index(sd.symbol), rest.open_interest(sd.symbol), rest.book_ticker(sd.symbol))
     start, end = day_bounds_ms(sd.day)
@@ -259,6 +265,6 @@ def hot_snapshot_day(rest: RestClient, sd: SymbolDay, now: ExchangeNow, existing
     # no such history to promote them to).
     return PartitionData(
         table,
-        {"snapshots": _rest(rest, now.now_ms, table.num_rows) | {"status": POLLED}},
+        {SNAPSHOTS: _rest(rest, now.now_ms, table.num_rows, StreamStatus.POLLED)},
         locate=lambda minute, column: f"answers of GET {polled}",
     )

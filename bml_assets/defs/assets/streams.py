@@ -16,12 +16,13 @@ snapshots asset (premiumIndex / openInterest / bookTicker polled while a day is
 live). What stays out: the Vision and REST day builders themselves
 (``vision_days.py``, ``rest_days.py``), HTTP and formulas (``features/``).
 
-Provenance of a stream (its ledger row, then the minute view's): ``status`` is
-``vision`` / ``rest`` / ``polled`` / ``not_published`` / ``not_listed``, or
-``missing`` for a fillable stream that could not be filled; a REST fill of a Vision
-hole names the Vision URL and HTTP status and the REST weight it cost; a Vision
-table completed from REST says so under ``repaired``; ``incomplete`` (the reason)
-marks what the partition still lacks and some source could fill.
+Provenance of a stream (its ledger row, then the minute view's; typed in
+``domain/provenance.py``): ``status`` is ``vision`` / ``rest`` / ``polled`` /
+``not_published`` / ``not_listed``, or ``missing`` for a fillable stream that could
+not be filled; a REST fill of a Vision hole names the Vision URL and HTTP status and
+the REST weight it cost; a Vision table completed from REST says so under
+``repaired``; ``incomplete`` (the reason) marks what the partition still lacks and
+some source could fill.
 
 "Today" is the exchange's today (REST server time), never this machine's clock,
 so a replayed market with its own clock is served exactly like the real one.
@@ -48,10 +49,13 @@ from bml_assets.defs.assets.rest_days import ExchangeNow
 from bml_assets.defs.assets.vision_days import StreamFetcher
 from bml_assets.defs.io_manager import DATASET_METADATA_KEY
 from bml_assets.defs.resources import BmlResource
+from bml_assets.domain.minutes import MINUTE_MS, MINUTES_PER_DAY, datetime_to_ms, day_bounds_ms, ms_to_datetime
 from bml_assets.domain.partitions import SymbolDay, parse_partition_key
+from bml_assets.domain.provenance import Provenance, Repair, StreamProvenance, StreamStatus
 from bml_assets.domain.schema import (
     BOOK_TICKER,
     FUNDING,
+    HARD_DATASETS,
     HOT_SNAPSHOTS,
     INDEX_PRICE_KLINES,
     KLINES,
@@ -63,7 +67,6 @@ from bml_assets.domain.schema import (
 )
 from bml_assets.domain.streams import Stream
 from bml_assets.features import coverage
-from bml_assets.features.timegrid import MINUTE_MS, day_bounds_ms, ms_to_datetime
 from bml_assets.lake.lake import PartitionNotFound, PartitionUnreadable, SchemaMismatch
 from bml_assets.lake.ledger import SymbolRecord
 from bml_assets.lake.partition_data import PartitionData
@@ -80,6 +83,8 @@ GROUP = "sources"
 # Days of one symbol per run in a backfill: big enough to amortise process start-up,
 # small enough that a failure costs little.
 MAX_PARTITIONS_PER_RUN = 30
+# The provenance entry of a listing verdict from the synced universe (not a stream).
+EXCHANGE_INFO = "exchangeInfo"
 # Run tags set by the sensors: the band of a hot-poll run ("hot" skips Vision, which
 # never has today; "catch-up" is a day after the watermark) and a Vision promotion.
 BAND_TAG = "bml/band"
@@ -92,7 +97,6 @@ MAX_NOT_BEFORE_WAIT_S = 30.0
 # One clock reading per run, shared by its steps in this process: every stream of a
 # run is cut at the same minute.
 _RUN_CLOCKS: dict[str, ExchangeNow] = {}
-HARD_STREAMS = (KLINES.name, MARK_PRICE_KLINES.name, INDEX_PRICE_KLINES.name)
 # A Vision file holding less than this share of what the day should have (1440 minutes
 # for a kline file; the trades the klines count, for aggTrades) is suspect: it is
 # downloaded once more before REST is asked for what it lacks.
@@ -100,7 +104,6 @@ SUSPECT_COVERAGE = 0.9
 # What a REST fill can still fail with after the client's own retries: a fillable
 # BACKFILL stream is then missing (the partition incomplete), not the run failed.
 FILL_ERRORS = (HttpError, RestError, RestBanned)
-MISSING = "missing"
 
 
 class StreamFillFailed(RuntimeError):
@@ -148,7 +151,7 @@ class DayContext:
         if self.exchange_clock:
             now_ms = self._exchange_time_not_before()
         else:
-            now_ms = int(dt.datetime.now(dt.UTC).timestamp() * 1000)
+            now_ms = datetime_to_ms(dt.datetime.now(dt.UTC))
         if len(_RUN_CLOCKS) > 64:  # a long in-process backfill: forget finished runs
             _RUN_CLOCKS.clear()
         now = _RUN_CLOCKS[self.run_id] = ExchangeNow(now_ms, self.bml.settings().safety_lag_minutes)
@@ -195,7 +198,7 @@ class DayContext:
         self.bases[(dataset.name, sd)] = record.content_hash if record is not None else None
         if record is None or record.status != "committed":
             return None
-        if any(isinstance(p, Mapping) and p.get("status") == "vision" for p in record.provenance.values()):
+        if Provenance.of(record.provenance).any_vision():
             return None  # a complete Vision table is replaced, never extended from REST
         try:
             return self.bml.lake().read(dataset, sd.symbol, sd.day)
@@ -217,7 +220,9 @@ def listing_verdict(ctx: DayContext, sd: SymbolDay) -> PartitionData | None:
         reason = f"{sd.symbol} is not listed on {sd.day}: it stopped trading after {record.delist_date} (exchangeInfo)"
     else:
         return None
-    return PartitionData.unavailable("not_listed", reason, {"exchangeInfo": {"status": "not_listed", "reason": reason}})
+    return PartitionData.unavailable(
+        "not_listed", reason, {EXCHANGE_INFO: StreamProvenance(StreamStatus.NOT_LISTED, reason=reason)}
+    )
 
 
 def choose(
@@ -267,8 +272,7 @@ def _fill_vision_hole(
     committed table if there is one, else it is missing with the reason (the minute
     view is committed without it, incomplete)."""
     stream, entry = next(iter(missed.provenance.items()))
-    why = f"Vision has no file (HTTP {entry.get('http_status')} at {entry.get('url')})"
-    vision_miss = {"vision_url": entry.get("url"), "vision_http_status": entry.get("http_status")}
+    why = f"Vision has no file (HTTP {entry.http_status} at {entry.url})"
     before = ctx.rest_weight_spent()
     try:
         filled = rest(now)
@@ -276,42 +280,54 @@ def _fill_vision_hole(
         if isinstance(err, HttpError) and err.code == INVALID_SYMBOL_CODE:
             # Neither source knows the symbol on that day: it was not listed (or is long delisted).
             message = f"{sd.symbol} is not listed on {sd.day}: {why}, and REST does not know the symbol ({err})"
-            return PartitionData.unavailable("not_listed", message, {stream: {**entry, "reason": "not listed"}})
+            return PartitionData.unavailable("not_listed", message, {stream: replace(entry, reason="not listed")})
         reason = f"{why}; REST failed: {err}"
-        if dataset.name in HARD_STREAMS:
+        if dataset in HARD_DATASETS:
             raise StreamFillFailed(f"{dataset.name} {sd}: {reason}. Nothing was published.") from err
         kept = ctx.committed(dataset, sd)
         if kept is not None:
             return kept  # the lake keeps what an earlier build filled
         message = f"{dataset.name} {sd}: {reason}"
-        return PartitionData.unavailable(
-            "not_published", message, {stream: {"status": MISSING, **vision_miss, "incomplete": reason}}
+        missing = StreamProvenance(
+            StreamStatus.MISSING, vision_url=entry.url, vision_http_status=entry.http_status, incomplete=reason
         )
+        return PartitionData.unavailable("not_published", message, {stream: missing})
     weight = ctx.rest_weight_spent() - before
-    if dataset.name in HARD_STREAMS and (filled.table is None or filled.table.num_rows == 0):
+    if dataset in HARD_DATASETS and (filled.table is None or filled.table.num_rows == 0):
         # Vision has holes (a stream starting later than another), but REST has nothing
         # either: the symbol did not trade that day.
         message = f"{sd.symbol} is not listed on {sd.day}: {missed.message}; REST has no {stream} for it either"
-        return PartitionData.unavailable("not_listed", message, {stream: {**entry, "reason": "not listed"}})
+        return PartitionData.unavailable("not_listed", message, {stream: replace(entry, reason="not listed")})
     provenance = {
-        name: {**p, **vision_miss, "reason": f"{why}: built from REST", "rest_weight": weight}
-        if p.get("status") == "rest"
-        else {**p, **vision_miss, "reason": f"{why}; {p.get('reason')}", "fillable": False}
+        name: replace(
+            p,
+            vision_url=entry.url,
+            vision_http_status=entry.http_status,
+            reason=f"{why}: built from REST",
+            rest_weight=weight,
+        )
+        if p.is_rest
+        else replace(
+            p, vision_url=entry.url, vision_http_status=entry.http_status, reason=f"{why}; {p.reason}", fillable=False
+        )
         for name, p in filled.provenance.items()
     }
     return replace(filled, provenance=provenance)
 
 
 def _from_vision(data: PartitionData, stream: Stream) -> bool:
-    entry = data.provenance.get(stream.value)
-    return data.table is not None and isinstance(entry, Mapping) and entry.get("status") == "vision"
+    return data.table is not None and data.provenance.is_vision(stream)
+
+
+def _first_sha256(data: PartitionData, stream: Stream) -> str | None:
+    return (data.provenance[stream].files or ())[0].sha256
 
 
 def _redownload_note(before: PartitionData, again: PartitionData, stream: Stream) -> str:
-    old = before.provenance[stream.value]["files"][0]["sha256"]
+    old = _first_sha256(before, stream)
     if again.table is None:
         return f"re-downloaded once: {again.message}; the first download (sha256 {old}) is used"
-    new = again.provenance[stream.value]["files"][0]["sha256"]
+    new = _first_sha256(again, stream)
     if new == old:
         return f"re-downloaded once, same sha256 {old}"
     return f"re-downloaded once: the host now serves sha256 {new} (was {old})"
@@ -337,40 +353,46 @@ def _kline_minutes_from_rest(
     missing = coverage.missing_minutes(data.table, sd.day)
     if not len(missing):
         return data
-    notes = [f"the Vision file holds {data.table.num_rows} of {coverage.MINUTES_PER_DAY} minutes"]
-    if data.table.num_rows < SUSPECT_COVERAGE * coverage.MINUTES_PER_DAY:
+    notes = [f"the Vision file holds {data.table.num_rows} of {MINUTES_PER_DAY} minutes"]
+    if data.table.num_rows < SUSPECT_COVERAGE * MINUTES_PER_DAY:
         data = _redownloaded(
             data, lambda: vision_days.kline_day(ctx.vision, stream, dataset, sd, refetch=True), stream, notes
         )
         assert data.table is not None
         missing = coverage.missing_minutes(data.table, sd.day)
-    entry = dict(data.provenance[stream.value])
+    entry = data.provenance[stream]
     if not len(missing):
-        return replace(data, provenance={**data.provenance, stream.value: {**entry, "redownloaded": "; ".join(notes)}})
+        return _with_entry(data, stream, replace(entry, redownloaded="; ".join(notes)))
     before = ctx.rest_weight_spent()
     try:
         rows = rest_days.kline_minutes(ctx.rest, stream, dataset, sd, missing)
     except FILL_ERRORS as err:
         reason = "; ".join(notes) + f"; REST failed for the {len(missing)} missing minutes: {err}"
-        if dataset.name in HARD_STREAMS:
+        if dataset in HARD_DATASETS:
             raise StreamFillFailed(f"{dataset.name} {sd}: {reason}. Nothing was published.") from err
-        return replace(data, provenance={**data.provenance, stream.value: {**entry, "incomplete": reason}})
+        return _with_entry(data, stream, replace(entry, incomplete=reason))
     notes.append(
         f"{len(missing)} missing minutes asked from REST: {rows.num_rows} filled, "
         f"{len(missing) - rows.num_rows} absent there too"
     )
-    entry["repaired"] = {
-        "source": "rest",
-        "base_url": ctx.rest.base_url,
-        "minutes": rows.num_rows,
-        "absent_from_rest": len(missing) - rows.num_rows,
-        "rest_weight": ctx.rest_weight_spent() - before,
-        "reason": "; ".join(notes),
-    }
+    repaired = Repair(
+        source=StreamStatus.REST.value,
+        base_url=ctx.rest.base_url,
+        minutes=rows.num_rows,
+        absent_from_rest=len(missing) - rows.num_rows,
+        rest_weight=ctx.rest_weight_spent() - before,
+        reason="; ".join(notes),
+    )
     # A refused row is named in the Vision file where it is one, else by the provenance.
     return PartitionData(
-        coverage.merge_minutes(data.table, rows), {**data.provenance, stream.value: entry}, locate=data.locate
+        coverage.merge_minutes(data.table, rows),
+        data.provenance | {stream: replace(entry, repaired=repaired)},
+        locate=data.locate,
     )
+
+
+def _with_entry(data: PartitionData, stream: Stream, entry: StreamProvenance) -> PartitionData:
+    return replace(data, provenance=data.provenance | {stream: entry})
 
 
 def _trades_from_rest(ctx: DayContext, sd: SymbolDay, data: PartitionData, klines: pa.Table) -> PartitionData:
@@ -392,9 +414,9 @@ def _trades_from_rest(ctx: DayContext, sd: SymbolDay, data: PartitionData, kline
         data = _redownloaded(data, lambda: vision_days.trade_flow_day(ctx.vision, sd, refetch=True), stream, notes)
         assert data.table is not None
         short = coverage.short_trade_minutes(data.table, klines)
-    entry = dict(data.provenance[stream.value])
+    entry = data.provenance[stream]
     if not len(short):
-        return replace(data, provenance={**data.provenance, stream.value: {**entry, "redownloaded": "; ".join(notes)}})
+        return _with_entry(data, stream, replace(entry, redownloaded="; ".join(notes)))
     before = ctx.rest_weight_spent()
     try:
         other = rest_days.trade_flow_window(ctx.rest, sd, int(short[0]), int(short[-1]) + MINUTE_MS)
@@ -408,9 +430,8 @@ def _trades_from_rest(ctx: DayContext, sd: SymbolDay, data: PartitionData, kline
         if kept is not None:
             return kept  # an earlier build completed it: the lake keeps it
         message = f"{TRADE_FLOW.name} {sd}: {reason}"
-        return PartitionData.unavailable(
-            "not_published", message, {stream.value: {**entry, "status": MISSING, "incomplete": reason}}
-        )
+        missing = replace(entry, status=StreamStatus.MISSING, incomplete=reason)
+        return PartitionData.unavailable("not_published", message, {stream: missing})
     flow, replaced = coverage.take_fuller_minutes(data.table, other, short)
     still = coverage.short_trade_minutes(flow, klines)
     span = f"{ms_to_datetime(int(short[0])):%H:%M}-{ms_to_datetime(int(short[-1])):%H:%M}"
@@ -418,15 +439,15 @@ def _trades_from_rest(ctx: DayContext, sd: SymbolDay, data: PartitionData, kline
         f"REST asked for the trades of {span} UTC: {replaced} minutes taken from REST, "
         f"{len(still)} short in every source"
     )
-    entry["repaired"] = {
-        "source": "rest",
-        "base_url": ctx.rest.base_url,
-        "minutes": replaced,
-        "short_in_every_source": len(still),
-        "rest_weight": ctx.rest_weight_spent() - before,
-        "reason": "; ".join(notes),
-    }
-    return PartitionData(flow, {**data.provenance, stream.value: entry}, locate=data.locate)
+    repaired = Repair(
+        source=StreamStatus.REST.value,
+        base_url=ctx.rest.base_url,
+        minutes=replaced,
+        short_in_every_source=len(still),
+        rest_weight=ctx.rest_weight_spent() - before,
+        reason="; ".join(notes),
+    )
+    return PartitionData(flow, data.provenance | {stream: replace(entry, repaired=repaired)}, locate=data.locate)
 
 
 def _first_trade_ms(klines: PartitionData, sd: SymbolDay) -> int | None:
@@ -472,7 +493,7 @@ def _trade_flow(ctx: DayContext, sd: SymbolDay, upstream: Upstream) -> Partition
     is (a REST fill starts there) and how many trades there were (a short file shows)."""
     klines = upstream[KLINES.name]
     if klines.status == "not_listed":
-        prov = {Stream.AGG_TRADES.value: {"status": "not_listed", "reason": f"klines: {klines.message}"}}
+        prov = {Stream.AGG_TRADES: StreamProvenance(StreamStatus.NOT_LISTED, reason=f"klines: {klines.message}")}
         return PartitionData.unavailable("not_listed", klines.message or "not listed", prov)
     data = choose(
         ctx,
@@ -597,7 +618,7 @@ def _each(
     for i, sd in enumerate(partitions, start=1):
         data = build(sd)
         rows = data.table.num_rows if data.table is not None else 0
-        source = ",".join(sorted({str(p.get("status")) for p in data.provenance.values() if isinstance(p, dict)}))
+        source = ",".join(sorted({str(data.provenance.status_of(s)) for s in data.provenance}))
         context.log.info(
             f"[{i}/{len(partitions)}] {context.asset_key.to_user_string()} {sd}: {data.status} ({source}), {rows} rows"
         )

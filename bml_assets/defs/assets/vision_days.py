@@ -14,13 +14,15 @@ asks REST), and REST.
 import datetime as dt
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from bml_assets.defs.resources import BmlResource
+from bml_assets.domain.minutes import MINUTE_MS, datetime_to_ms
 from bml_assets.domain.partitions import SymbolDay
+from bml_assets.domain.provenance import SourceFile, StreamProvenance, StreamStatus
 from bml_assets.domain.schema import (
     AGG_TRADE_ROWS,
     BOOK_TICKER,
@@ -36,7 +38,7 @@ from bml_assets.features.book import book_ticker_minutes
 from bml_assets.features.funding import funding_settlements, settlements_for_day
 from bml_assets.features.klines import kline_table
 from bml_assets.features.metrics import combine_observations, label_shift_ms, metrics_observations
-from bml_assets.features.timegrid import MINUTE_MS, OutsideDayError
+from bml_assets.features.timegrid import OutsideDayError
 from bml_assets.features.trade_flow import TradeFlowBuilder, trade_flow
 from bml_assets.lake.partition_data import PartitionData
 from bml_assets.quality import BadSourceRows, RowLocator, check_source_rows
@@ -98,14 +100,14 @@ class Fetched:
         return self.table
 
     @property
-    def provenance(self) -> dict[str, Any]:
-        return {
-            "url": self.file.url,
-            "sha256": self.file.sha256,
-            "bytes": self.file.bytes,
-            "rows": self.rows,
-            "from_cache": self.file.from_cache,
-        }
+    def provenance(self) -> SourceFile:
+        return SourceFile(
+            url=self.file.url,
+            sha256=self.file.sha256,
+            bytes=self.file.bytes,
+            rows=self.rows,
+            from_cache=self.file.from_cache,
+        )
 
 
 def check_parsed_rows(got: Fetched, rows: SourceRows, label: str) -> None:
@@ -132,7 +134,7 @@ def file_rows(files: Sequence[tuple[Fetched, int]], column: str) -> RowLocator:
     (epoch ms) lies in the minute, ``shift`` ms earlier (a metrics label), per file."""
 
     def locate(minute: dt.datetime, _column: str) -> str | None:
-        ms = int(minute.timestamp() * 1000)
+        ms = datetime_to_ms(minute)
         for got, shift in files:
             row = data_row_of(
                 got.file.path,
@@ -191,12 +193,12 @@ class StreamFetcher:
         return self.parse(self._vision.fetch_monthly(stream, symbol, year, month), stream)
 
 
-def _vision(files: list[Fetched]) -> dict[str, Any]:
-    return {"status": "vision", "files": [f.provenance for f in files]}
+def _vision(files: list[Fetched]) -> StreamProvenance:
+    return StreamProvenance(StreamStatus.VISION, files=tuple(f.provenance for f in files))
 
 
-def _missing(err: NotPublished, reason: str) -> dict[str, Any]:
-    return {"status": "not_published", "url": err.url, "http_status": err.status, "reason": reason}
+def _missing(err: NotPublished, reason: str) -> StreamProvenance:
+    return StreamProvenance(StreamStatus.NOT_PUBLISHED, url=err.url, http_status=err.status, reason=reason)
 
 
 def _not_available(stream: Stream, sd: SymbolDay, err: NotPublished) -> PartitionData:
@@ -245,7 +247,7 @@ def trade_flow_day(fetch: StreamFetcher, sd: SymbolDay, *, refetch: bool = False
 def book_ticker_day(fetch: StreamFetcher, sd: SymbolDay) -> PartitionData:
     if sd.day > BOOK_TICKER_LAST_DAY:
         message = f"Vision stopped publishing bookTicker after {BOOK_TICKER_LAST_DAY}; book columns are NULL for {sd}"
-        prov = {"status": "not_published", "reason": f"bookTicker ends {BOOK_TICKER_LAST_DAY}"}
+        prov = StreamProvenance(StreamStatus.NOT_PUBLISHED, reason=f"bookTicker ends {BOOK_TICKER_LAST_DAY}")
         return PartitionData.unavailable("not_published", message, {Stream.BOOK_TICKER.value: prov})
     try:
         got = fetch.daily(Stream.BOOK_TICKER, sd)

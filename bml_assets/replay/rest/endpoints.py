@@ -63,13 +63,12 @@ from typing import Any
 
 import numpy as np
 
+from bml_assets.domain.minutes import DAY_MS, HOUR_MS, MINUTE_MS
 from bml_assets.domain.streams import Stream
 from bml_assets.replay.clock import MarketClock
 from bml_assets.replay.columns import CsvColumn, fmt_units, format_column
 from bml_assets.replay.market import (
-    DAY_MS,
     FUNDING_INTERVAL_HOURS,
-    MINUTE_MS,
     SyntheticMarket,
     day_ms,
     next_month,
@@ -78,7 +77,6 @@ from bml_assets.replay.rest.limits import DEFAULT_WEIGHT_LIMIT
 from bml_assets.replay.rest.paths import FUNDING_RATE_PATH, KLINE_PATHS
 from bml_assets.replay.rest.responses import BinanceError, RestResponse, invalid_symbol
 
-HOUR_MS = 3_600_000
 FIVE_MIN_MS = 5 * MINUTE_MS
 HIST_DAYS = 30
 FUNDING_INTERVAL_MS = FUNDING_INTERVAL_HOURS * HOUR_MS

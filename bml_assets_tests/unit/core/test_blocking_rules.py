@@ -168,11 +168,11 @@ def test_good_tables_pass(dataset: schema.Dataset) -> None:
 
 def test_the_minute_view_keeps_its_check_names_and_gets_one_rule_per_domain() -> None:
     names = [r.name for r in BLOCKING_RULES]
-    assert names[:3] == ["schema_58_columns", "timestamps_unique_sorted_in_day", "hard_columns_not_null"]
+    assert names[:3] == ["schema_columns", "timestamps_unique_sorted_in_day", "hard_columns_not_null"]
     assert names[-1] == "ohlc_consistent"
     assert {"prices_positive_finite", "quantities_non_negative_finite", "counts_non_negative"} <= set(names)
     assert [r.name for r in blocking_rules(schema.KLINES)] == [
-        "schema_10_columns",
+        "schema_columns",
         "timestamps_unique_sorted_in_day",
         "prices_positive_finite",
         "quantities_non_negative_finite",
@@ -293,7 +293,7 @@ def test_seeded_tables_may_reach_before_the_day_but_not_outside_2017_2100() -> N
 
 def test_a_wrong_arrow_schema_names_the_column() -> None:
     wrong = table(schema.FUNDING).set_column(2, "funding_interval_hours", pa.array([8.0, 8.0]))
-    with pytest.raises(BlockingCheckFailed, match=r"schema_3_columns.*#3 expected funding_interval_hours:int64"):
+    with pytest.raises(BlockingCheckFailed, match=r"schema_columns.*#3 expected funding_interval_hours:int64"):
         enforce_blocking(wrong, DAY, label="x", dataset=schema.FUNDING)
 
 

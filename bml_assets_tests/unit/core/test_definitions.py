@@ -29,7 +29,7 @@ def test_definitions_load_with_asset_keys_and_checks() -> None:
     }
     checks = {k.name for k in graph.asset_check_keys if k.asset_key == AssetKey("minute_view")}
     assert {
-        "schema_58_columns",
+        "schema_columns",
         "hard_columns_not_null",
         "ohlc_consistent",
         "timestamps_unique_sorted_in_day",
