@@ -47,7 +47,6 @@ re-records the size and mtime of a file whose bytes are still the committed ones
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import json
 from collections.abc import Callable, Mapping, Sequence
@@ -61,15 +60,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from bml_assets.domain.minutes import DAY_MS, MINUTE_MS, datetime_to_ms, day_start_ms
 from bml_assets.domain.schema import MINUTE_VIEW, Dataset, schema_hash
 from bml_assets.lake.lake import DEFAULT_LOCK_TIMEOUT_S, Lake, LakeError, SchemaMismatch, schema_differences
 from bml_assets.lake.layout import file_key, folder_key, partition_label
 from bml_assets.lake.ledger import UNAVAILABLE_STATUSES, CommitConflict, Ledger, PartitionRecord
 from bml_assets.storage.locks import LockTimeout
 from bml_assets.storage.store import ABSENT, ObjectStat, PublishIncomplete, Staged
-
-MINUTE_MS: Final = 60_000
-DAY_MS: Final = 1440 * MINUTE_MS
 
 # Fixed encoder settings: the same table must always give the same bytes (and
 # hence the same content hash) with a given pyarrow version. A different
@@ -190,14 +187,10 @@ def _time_bounds(table: pa.Table, dataset: Dataset) -> tuple[int | None, int | N
     return bounds["min"].as_py() * mul // div, bounds["max"].as_py() * mul // div
 
 
-def _day_start_ms(day: date) -> int:
-    return int(datetime.combine(day, dt.time(), UTC).timestamp() * 1000)
-
-
 def gap_minutes(day: date, source_gaps: Sequence[Mapping[str, Any]]) -> set[int]:
     """The confirmed source-gap minutes (epoch ms) of ``source_gaps`` that fall in ``day``
     (entries ``{"minute": ISO, ...}``; anything else is ignored)."""
-    start = _day_start_ms(day)
+    start = day_start_ms(day)
     out: set[int] = set()
     for gap in source_gaps:
         value = gap.get("minute") if isinstance(gap, Mapping) else None
@@ -209,7 +202,7 @@ def gap_minutes(day: date, source_gaps: Sequence[Mapping[str, Any]]) -> set[int]
             continue
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=UTC)
-        ms = int(moment.timestamp() * 1000)
+        ms = datetime_to_ms(moment)
         if start <= ms < start + DAY_MS and ms % MINUTE_MS == 0:
             out.add(ms)
     return out
@@ -224,7 +217,7 @@ def _check_watermark(
         raise ValueError(f"{label}: only a minute view commit moves the watermark")
     if watermark.tzinfo is None:
         raise ValueError(f"{label}: the watermark {watermark!r} must be timezone-aware")
-    start, target = _day_start_ms(day), int(watermark.timestamp() * 1000)
+    start, target = day_start_ms(day), datetime_to_ms(watermark)
     if not start <= target < start + DAY_MS or target % MINUTE_MS:
         raise ValueError(f"{label}: the watermark {watermark.isoformat()} is not a minute of {day.isoformat()}")
     grid = np.arange(start, target + MINUTE_MS, MINUTE_MS, dtype=np.int64)
