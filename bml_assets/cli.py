@@ -1,11 +1,12 @@
 """The ``bml`` command line.
 
-What belongs here: argument parsing, progress and exit codes for the commands
-people run in a terminal; each command calls into the package (the replay
-server, the demo driving the real Dagster definitions, ``backfill.py`` for the
-state, the symbol universe, scans, backfills and the hot pass). What stays out:
-logic of its own — a command that needs some, gets it in the module that owns the
-subject.
+What belongs here: argument parsing, printing (progress bars included) and exit
+codes for the commands people run in a terminal; each command parses its options,
+calls one function of the package (``orchestration/`` for the state, the symbol
+universe, scans, backfills, the hot pass and the daemon; the replay server; the
+demo driving the real Dagster definitions) and prints what it returns or yields.
+What stays out: logic of its own — a command that needs some, gets it in the
+module that owns the subject.
 
 Exit codes: 0 when everything asked for is done and clean, 1 when work failed or
 problems remain (or the state cannot be used), 2 for usage errors (bad options,
@@ -16,13 +17,10 @@ are imported inside the commands, so ``--help`` stays quick.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 import json
-import os
-import shutil
-import signal
-import subprocess
 import sys
 import warnings
 from collections.abc import Callable
@@ -68,7 +66,7 @@ def _guarded(fn: F) -> F:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         from bml_assets.lake.ledger import LedgerVersionError
-        from bml_assets.orchestration.backfill import CommandError, UnknownSymbol
+        from bml_assets.orchestration.errors import BadRequest, CommandError
         from bml_assets.sources.http import HttpError
         from bml_assets.sources.rest import RestError
         from bml_assets.sources.rest_budget import RestBanned
@@ -77,7 +75,7 @@ def _guarded(fn: F) -> F:
             return fn(*args, **kwargs)
         except SettingsError as err:
             raise click.UsageError(f"configuration: {err}") from None
-        except UnknownSymbol as err:
+        except BadRequest as err:
             raise click.UsageError(str(err)) from None
         except CommandError as err:
             _fail(str(err))
@@ -102,15 +100,6 @@ def _symbols_option(value: str | None) -> tuple[str, ...] | None:
         raise click.BadParameter(str(err), param_hint="--symbols") from None
 
 
-def _check_range(start: dt.date, end: dt.date, today: dt.date) -> None:
-    if end < start:
-        raise click.UsageError(f"the range is reversed: --start {start.isoformat()} is after --end {end.isoformat()}")
-    if end > today:
-        raise click.UsageError(
-            f"--end {end.isoformat()} is after today ({today.isoformat()} UTC): nothing to build yet"
-        )
-
-
 def _live_bar() -> bool:
     return sys.stderr.isatty()
 
@@ -118,12 +107,11 @@ def _live_bar() -> bool:
 class _Quiet:
     """Stands in for a progress bar when stderr is not a terminal (logs, CI): one line, no redraws."""
 
-    def __init__(self, iterable: Any = None, label: str = "", **_kw: Any) -> None:
-        self._iterable = iterable
+    def __init__(self, label: str = "", **_kw: Any) -> None:
         click.echo(f"{label} …", err=True)
 
-    def __enter__(self) -> Any:
-        return self._iterable if self._iterable is not None else self
+    def __enter__(self) -> _Quiet:
+        return self
 
     def __exit__(self, *_exc: object) -> None:
         return None
@@ -132,11 +120,11 @@ class _Quiet:
         return None
 
 
-def _progress(iterable: Any = None, **kw: Any) -> Any:
+def _progress(**kw: Any) -> Any:
     """``click.progressbar`` (with ETA, on stderr) on a terminal, else a single line."""
     if not _live_bar():
-        return _Quiet(iterable, **kw)
-    return click.progressbar(iterable, show_eta=True, file=sys.stderr, **kw)
+        return _Quiet(**kw)
+    return click.progressbar(show_eta=True, file=sys.stderr, **kw)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -267,7 +255,7 @@ def columns() -> None:
 @_guarded
 def init_state() -> None:
     """Create the lake root and the ledger tables (idempotent); print where they are."""
-    from bml_assets.orchestration.backfill import init_state as create
+    from bml_assets.orchestration.state import init_state as create
 
     info = create(_settings())
     click.echo(f"lake root: {info.lake_root}")
@@ -291,7 +279,7 @@ def symbols_sync() -> None:
     a symbol that stopped trading stops at its last trading day when exchangeInfo
     gives it.
     """
-    from bml_assets.orchestration.backfill import sync_symbols
+    from bml_assets.orchestration.symbols import sync_symbols
     from bml_assets.sources.http import redact_url
 
     settings = _settings()
@@ -305,9 +293,9 @@ def symbols_sync() -> None:
         f"ledger {result.ledger_url}: {result.sync.added} added, {result.sync.changed} changed, "
         f"{result.sync.unchanged} unchanged"
     )
-    absent = [s for s in settings.symbols if s not in result.symbols]
-    if absent:
-        click.echo(f"warning: BML_SYMBOLS lists {', '.join(absent)}, which exchangeInfo does not list", err=True)
+    if result.unlisted_configured:
+        names = ", ".join(result.unlisted_configured)
+        click.echo(f"warning: BML_SYMBOLS lists {names}, which exchangeInfo does not list", err=True)
 
 
 # --------------------------------------------------------------------------- hot band
@@ -322,15 +310,13 @@ def _when(moment: dt.datetime | None) -> str:
 @_guarded
 def run_once(symbols_text: str | None) -> None:
     """One hot-poll pass: per symbol, commit the minutes closed since its watermark (exchange clock)."""
-    from bml_assets.orchestration.backfill import hot_pass, open_workspace
+    from bml_assets.orchestration.hot import hot_pass
 
-    settings = _settings()
-    ws = open_workspace(settings, _symbols_option(symbols_text))
-    ws.close()
+    outcomes = hot_pass(_settings(), _symbols_option(symbols_text))
     failed = 0
     click.echo(f"{'symbol':<12} {'day':<10} {'band':<8} {'watermark before':<17} -> after")
     try:
-        for o in hot_pass(settings, ws.symbols):
+        for o in outcomes:
             day = o.day.isoformat() if o.day else "-"
             note = "" if o.day else "  (nothing new is committable yet)"
             click.echo(f"{o.symbol:<12} {day:<10} {o.band or '-':<8} {_when(o.before):<17} -> {_when(o.after)}{note}")
@@ -355,57 +341,14 @@ def run_once(symbols_text: str | None) -> None:
 @_guarded
 def run_daemon(host: str, port: int, workspace: Path | None) -> None:
     """Run `dagster dev` (web UI + daemon: schedules and sensors) with this environment; Ctrl-C stops it."""
-    from bml_assets.lake.lake import Lake
-    from bml_assets.orchestration.backfill import check_lake
+    from bml_assets.orchestration import daemon
 
-    settings = _settings()  # a bad BML_* value is reported here, not by a code server later
-    check_lake(Lake.at(settings.lake_root))
-    dagster = Path(sys.executable).with_name("dagster")
-    executable = str(dagster) if dagster.is_file() else shutil.which("dagster")
-    if executable is None:
-        _fail("the `dagster` command is not installed next to this Python; pip install dagster dagster-webserver")
-    command = [str(executable), "dev", "--host", host, "--port", str(port)]
-    found = workspace or next(
-        (p for p in (Path("workspace.yaml"), Path(__file__).resolve().parent.parent / "workspace.yaml") if p.is_file()),
-        None,
-    )
-    command += ["-w", str(found.resolve())] if found else ["-m", "bml_assets.definitions"]
-    if not os.environ.get("DAGSTER_HOME"):
-        click.echo(
-            "note: DAGSTER_HOME is not set: runs and sensor state go to a temporary folder; set it (and copy "
-            "dagster.yaml there) to keep them",
-            err=True,
-        )
-    click.echo(f"starting: {' '.join(command)}  (UI on http://{host}:{port}; Ctrl-C stops)", err=True)
-    # Its own process group, so a Ctrl-C reaches dagster once: forwarded from here. The
-    # handlers are installed before the start: a signal ignored here (a background job of a
-    # script) would otherwise stay ignored in dagster too, and it could not be stopped.
-    children: list[subprocess.Popen[bytes]] = []
-    received: list[int] = []
-
-    def forward(signum: int, _frame: Any) -> None:
-        received.append(signum)
-        if children and children[0].poll() is None:
-            children[0].send_signal(signum)
-
-    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        children.append(subprocess.Popen(command, env=os.environ.copy(), process_group=0))
-        if received:  # asked to stop while it was starting
-            children[0].send_signal(received[-1])
-        code = children[0].wait()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        for child in children:
-            if child.poll() is None:
-                child.terminate()
-                try:
-                    child.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    child.kill()
-    # dagster dev exits non-zero when interrupted; an asked-for stop is a clean end.
-    sys.exit(0 if code in (0, -signal.SIGINT, -signal.SIGTERM, 130, 143) else 1)
+    # A bad BML_* value is reported here, not by a code server later.
+    launch = daemon.daemon_launch(_settings(), host, port, workspace)
+    for note in launch.notes:
+        click.echo(note, err=True)
+    click.echo(f"starting: {' '.join(launch.command)}  (UI on http://{host}:{port}; Ctrl-C stops)", err=True)
+    sys.exit(daemon.run_daemon(launch))
 
 
 # --------------------------------------------------------------------------- watermark and scan
@@ -417,7 +360,8 @@ def run_daemon(host: str, port: int, workspace: Path | None) -> None:
 @_guarded
 def show_watermark(symbol: str | None, as_json: bool) -> None:
     """Per symbol: watermark, committed partitions, first/last day, provisional and not-listed days."""
-    from bml_assets.orchestration.backfill import show_ranges, watermark_report
+    from bml_assets.orchestration.plan import show_ranges
+    from bml_assets.orchestration.state import watermark_report
 
     if symbol is not None:
         try:
@@ -450,6 +394,54 @@ def _problem_table(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _scan_json(found: Any) -> str:
+    report, swept = found.report, found.swept
+    payload = {
+        "start": found.start.isoformat(),
+        "end": found.end.isoformat(),
+        "today": found.today.isoformat(),
+        "symbols": list(found.symbols),
+        "deep": found.deep,
+        "checked": report.checked,
+        "files_checked": report.files,
+        "clean": report.clean,
+        "by_kind": report.by_kind(),
+        "problems": report.to_rows(),
+        "stray_files": [f.to_row() for f in report.strays],
+        "stale_file_stats": len(report.restat),
+    }
+    if swept is not None:
+        payload["swept"] = {
+            "removed": [str(p) for p in swept.removed],
+            "left": [str(p) for p in swept.left],
+            "restated": len(swept.restated),
+        }
+    return json.dumps(payload, indent=2, default=str)
+
+
+def _scan_lines(found: Any) -> list[str]:
+    from bml_assets.orchestration.scans import problem_rows
+
+    report, swept = found.report, found.swept
+    span = f"{found.start.isoformat()}..{found.end.isoformat()}, {', '.join(found.symbols)}"
+    lines = []
+    if swept is not None and (swept.removed or swept.left or swept.restated):
+        lines.append(swept.summary())
+    lines += [
+        f"stray temporary file ({f.where}): {f.path} ({f.bytes} bytes, modified {f.mtime:%Y-%m-%d %H:%M}Z)"
+        for f in report.strays
+    ]
+    if report.strays and swept is None:
+        lines.append("run `bml scan --sweep` to remove them")
+    if report.clean:
+        lines.append(f"clean: {report.checked} partition(s) checked ({report.files} files), no problems ({span})")
+    elif report.problems:
+        kinds = ", ".join(f"{k} {n}" for k, n in report.by_kind().items())
+        lines += _problem_table(problem_rows(report))
+        lines.append(f"{len(report.problems)} problem(s) in {report.checked} partition(s) checked ({span}): {kinds}")
+    return lines
+
+
 @main.command()
 @click.option("--start", callback=_date, required=True, help="First day (YYYY-MM-DD or an ISO timestamp).")
 @click.option("--end", callback=_date, required=True, help="Last day, inclusive.")
@@ -477,56 +469,12 @@ def scan(start: dt.date, end: dt.date, symbols_text: str | None, as_json: bool, 
     HARD columns, incomplete partitions (a fillable stream still missing, with the reason). Exit 0
     when clean, 1 when problems or stray files remain.
     """
-    from bml_assets.orchestration import backfill as bf
+    from bml_assets.orchestration.scans import scan_range
 
-    today = bf.utc_today()
-    _check_range(start, end, today)
-    ws = bf.open_workspace(_settings(), _symbols_option(symbols_text))
-    try:
-        report = bf.listed_scan(ws, start, end, deep=not shallow)
-        report.strays += bf.cache_strays(ws)
-        swept = bf.sweep_strays(ws, [report]) if sweep else None
-    finally:
-        ws.close()
-    if as_json:
-        payload = {
-            "start": start.isoformat(),
-            "end": end.isoformat(),
-            "today": today.isoformat(),
-            "symbols": list(ws.symbols),
-            "deep": not shallow,
-            "checked": report.checked,
-            "files_checked": report.files,
-            "clean": report.clean,
-            "by_kind": report.by_kind(),
-            "problems": report.to_rows(),
-            "stray_files": [f.to_row() for f in report.strays],
-            "stale_file_stats": len(report.restat),
-        }
-        if swept is not None:
-            payload["swept"] = {
-                "removed": [str(p) for p in swept.removed],
-                "left": [str(p) for p in swept.left],
-                "restated": len(swept.restated),
-            }
-        click.echo(json.dumps(payload, indent=2, default=str))
-    else:
-        span = f"{start.isoformat()}..{end.isoformat()}, {', '.join(ws.symbols)}"
-        if swept is not None and (swept.removed or swept.left or swept.restated):
-            click.echo(swept.summary())
-        for f in report.strays:
-            click.echo(
-                f"stray temporary file ({f.where}): {f.path} ({f.bytes} bytes, modified {f.mtime:%Y-%m-%d %H:%M}Z)"
-            )
-        if report.strays and swept is None:
-            click.echo("run `bml scan --sweep` to remove them")
-        if report.clean:
-            click.echo(f"clean: {report.checked} partition(s) checked ({report.files} files), no problems ({span})")
-        elif report.problems:
-            click.echo("\n".join(_problem_table(bf.problem_rows(report))))
-            kinds = ", ".join(f"{k} {n}" for k, n in report.by_kind().items())
-            click.echo(f"{len(report.problems)} problem(s) in {report.checked} partition(s) checked ({span}): {kinds}")
-    sys.exit(0 if report.clean else 1)
+    found = scan_range(_settings(), start, end, _symbols_option(symbols_text), deep=not shallow, sweep=sweep)
+    for line in [_scan_json(found)] if as_json else _scan_lines(found):
+        click.echo(line)
+    sys.exit(0 if found.clean else 1)
 
 
 # --------------------------------------------------------------------------- backfills
@@ -558,6 +506,86 @@ def _backfill_options(fn: F) -> F:
     return fn
 
 
+def _span_label(span: tuple[dt.date, dt.date] | None) -> str:
+    return f"{span[0].isoformat()}..{span[1].isoformat()}" if span else ""
+
+
+def _outcome_label(outcome: Any) -> str:
+    return f"{outcome.symbol} {outcome.day.isoformat()}" if outcome else ""
+
+
+class _BackfillScreen:
+    """Shows a backfill's events: notes, the plan and the summary on stdout; the scan's and the
+    build's progress on stderr (a bar on a terminal; else one line, and a line per partition)."""
+
+    def __init__(self) -> None:
+        self._bar_scope = contextlib.ExitStack()
+        self._bar: Any = None
+        self.exit_code = 0
+
+    def __enter__(self) -> _BackfillScreen:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._bar_scope.close()
+
+    def show(self, event: Any) -> None:
+        from bml_assets.orchestration import backfill as bf
+
+        shown = {
+            bf.Scanning: self._scanning,
+            bf.Scanned: self._scanned,
+            bf.Building: self._building,
+            bf.PartitionOutcome: self._built,
+            bf.Interrupted: self._interrupted,
+            bf.Finished: self._finished,
+        }
+        shown.get(type(event), self._lines)(event)
+
+    def _open(self, **kw: Any) -> None:
+        self._bar_scope.close()
+        self._bar = self._bar_scope.enter_context(_progress(**kw))
+
+    def _scanning(self, event: Any) -> None:
+        count = len(event.spans)
+        self._open(length=count, label=f"scanning {count} chunk(s)", item_show_func=_span_label)
+
+    def _scanned(self, event: Any) -> None:
+        self._bar.update(1, event.span)
+
+    def _building(self, event: Any) -> None:
+        count = len(event.plan.partitions)
+        self._open(length=count, label=f"building {count} partition(s)", show_pos=True, item_show_func=_outcome_label)
+
+    def _built(self, outcome: Any) -> None:
+        self._bar.update(1, outcome)
+        if not _live_bar():
+            state = "ok" if outcome.ok else "FAILED"
+            what = "written" if outcome.rewritten else "unchanged"
+            click.echo(
+                f"  {outcome.symbol:<12} {outcome.day.isoformat()}  {state:<6} "
+                f"{outcome.status:<13} {what:<9} {outcome.seconds:5.1f} s"
+            )
+
+    def _interrupted(self, event: Any) -> None:
+        click.echo(
+            f"\ninterrupted after {event.done} of {event.planned} partition(s): what was committed "
+            "stays; run the same command again to go on",
+            err=True,
+        )
+        self.exit_code = 130
+
+    def _lines(self, event: Any) -> None:
+        """A note or the plan: text for stdout, after the progress bar before it."""
+        self._bar_scope.close()
+        for line in event.lines():
+            click.echo(line)
+
+    def _finished(self, event: Any) -> None:
+        self._lines(event)
+        self.exit_code = 0 if event.clean else 1
+
+
 def _run_backfill(
     start: dt.date,
     end: dt.date,
@@ -566,95 +594,21 @@ def _run_backfill(
     dry_run: bool,
     chunk_days: int,
 ) -> None:
-    from bml_assets.orchestration import backfill as bf
+    from bml_assets.orchestration.backfill import run_backfill
 
-    _check_range(start, end, bf.utc_today())
-    settings = _settings()
-    ws = bf.open_workspace(settings, _symbols_option(symbols_text))
-    try:
-        if not ws.universe:
-            click.echo(
-                "note: the symbol universe is not synced (`bml symbols sync`): listing dates are unknown, "
-                "days before a listing are found out by the build and recorded as not listed"
-            )
-        scan_symbols, notes = bf.symbols_in_range(ws, start, end)
-        for note in notes:
-            click.echo(note)
-        if not scan_symbols:
-            sys.exit(0)
-
-        spans = bf.chunks(start, end, chunk_days)
-        reports = []
-        with _progress(spans, label=f"scanning {len(spans)} chunk(s)", item_show_func=_span_label) as bar:
-            for a, b in bar:
-                reports.append(bf.scan_span(ws, a, b, symbols=scan_symbols))
-        if not dry_run:
-            # Stray temporary files of killed writers: swept before building (always; see README).
-            reports[0].strays += bf.cache_strays(ws)
-            swept = bf.sweep_strays(ws, reports)
-            if swept.removed or swept.left or swept.restated:
-                click.echo(swept.summary())
-        plan = bf.plan_backfill(
-            bf.targets_from_reports(reports),
-            start=start,
-            end=end,
-            symbols=scan_symbols,
-            listings=ws.listings,
-            max_missing_hours=max_missing_hours,
-            chunk_days=chunk_days,
-        )
-        if dry_run:
-            click.echo("\n".join(plan.lines()))
-            sys.exit(0 if not plan.partitions and not bf.unplanned_problems(ws, reports, plan) else 1)
-        lines = plan.lines()
-        click.echo(lines[0])
-        for line in lines[1:]:
-            if not line.startswith("  "):  # the partition list is for --dry-run
-                click.echo(line)
-        outcomes = []
-        if plan.partitions:
-            with _progress(
-                length=len(plan.partitions),
-                label=f"building {len(plan.partitions)} partition(s)",
-                show_pos=True,
-                item_show_func=_outcome_label,
-            ) as bar:
-                try:
-                    for outcome in bf.execute_plan(plan, settings):
-                        outcomes.append(outcome)
-                        bar.update(1, outcome)
-                        if not _live_bar():
-                            state = "ok" if outcome.ok else "FAILED"
-                            what = "written" if outcome.rewritten else "unchanged"
-                            click.echo(
-                                f"  {outcome.symbol:<12} {outcome.day.isoformat()}  {state:<6} "
-                                f"{outcome.status:<13} {what:<9} {outcome.seconds:5.1f} s"
-                            )
-                except KeyboardInterrupt:
-                    done = sum(o.ok for o in outcomes)
-                    click.echo(
-                        f"\ninterrupted after {done} of {len(plan.partitions)} partition(s): what was committed "
-                        "stays; run the same command again to go on",
-                        err=True,
-                    )
-                    sys.exit(130)
-        final = bf.scan_span(ws, start, end, symbols=scan_symbols)
-        remaining = bf.remaining_problems(ws, [final])
-    finally:
-        ws.close()
-    click.echo("\n".join(bf.summary_lines(outcomes, remaining)))
-    if plan.cap_reached:
-        click.echo(f"cap reached: {len(plan.left_out)} partition(s) were left for a later run (--max-missing-hours)")
-    failed = any(not o.ok for o in outcomes)
-    sys.exit(1 if failed or remaining else 0)
-
-
-def _span_label(span: tuple[dt.date, dt.date] | None) -> str:
-    return f"{span[0].isoformat()}..{span[1].isoformat()}" if span else ""
-
-
-def _outcome_label(outcome: Any) -> str:
-    return f"{outcome.symbol} {outcome.day.isoformat()}" if outcome else ""
+    events = run_backfill(
+        _settings(),
+        start,
+        end,
+        symbols=_symbols_option(symbols_text),
+        max_missing_hours=max_missing_hours,
+        chunk_days=chunk_days,
+        dry_run=dry_run,
+    )
+    with _BackfillScreen() as screen:
+        for event in events:
+            screen.show(event)
+    sys.exit(screen.exit_code)
 
 
 @main.command("backfill-range")
@@ -691,7 +645,7 @@ def backfill_years(
     years: int, symbols_text: str | None, max_missing_hours: int | None, dry_run: bool, chunk_days: int
 ) -> None:
     """backfill-range from N years before yesterday to yesterday."""
-    from bml_assets.orchestration.backfill import years_back
+    from bml_assets.orchestration.plan import years_back
 
     start, end = years_back(years)
     click.echo(f"range: {start.isoformat()}..{end.isoformat()}")

@@ -1,0 +1,15 @@
+"""Orchestration: what the ``bml`` commands do, below the CLI and above the Dagster layer.
+
+- ``runner``: the one in-process run helper (a job of the real definitions per partition,
+  the retry of a lost commit race, a failed run as one line);
+- ``plan``: ranges, targets from scan reports, the backfill plan;
+- ``backfill``: executing a plan and the scan → plan → execute → rescan loop, as events;
+- ``hot``: the hot pass (``run-once``);
+- ``scans``: a range's scan, its problems on listed days, the sweep of stray files;
+- ``state``: the lake root, the ledger, the symbols asked for, the watermark report;
+- ``symbols``: the symbol universe (``exchangeInfo``) and the listing rules;
+- ``daemon``: ``dagster dev`` as a child process;
+- ``errors``: the problems a command reports to its user.
+
+Nothing here parses arguments or prints: that is ``cli.py``'s.
+"""

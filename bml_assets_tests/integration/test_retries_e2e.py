@@ -4,7 +4,7 @@
   backoff; past the last attempt the pass fails naming the URL and the body, and the
   lake stays as it was (the replay server's ``malformed_json`` fault).
 - Two writers racing on one partition: the hot pass that loses the compare-and-swap
-  re-reads what the winner committed and runs again (``backfill.MAX_RUN_ATTEMPTS``).
+  re-reads what the winner committed and runs again (``runner.MAX_RUN_ATTEMPTS``).
   The race is forced, not timed: ``DayContext.existing`` (the hot band's incremental
   base) is wrapped so that, right after the losing run has read its base, a whole
   second ``run-once`` pass — the winner — commits the same partition.
@@ -28,7 +28,8 @@ from bml_assets.defs.assets.streams import DayContext
 from bml_assets.domain.schema import KLINES
 from bml_assets.domain.settings import Settings
 from bml_assets.lake.ledger import Ledger, PartitionRecord
-from bml_assets.orchestration.backfill import MAX_RUN_ATTEMPTS, hot_pass
+from bml_assets.orchestration.hot import hot_pass
+from bml_assets.orchestration.runner import MAX_RUN_ATTEMPTS
 from bml_assets.replay.clock import MarketClock
 from bml_assets.replay.faults import FaultRule
 from bml_assets.replay.market import MarketConfig, SyntheticMarket

@@ -1,4 +1,4 @@
-"""backfill.py's planning: targets from a scan, listing days skipped, order, the hours cap, the dry-run text."""
+"""orchestration's planning: targets from a scan, listing days skipped, order, the hours cap, the dry-run text."""
 
 from __future__ import annotations
 
@@ -10,23 +10,21 @@ import pytest
 from bml_assets.domain.settings import Settings
 from bml_assets.lake.ledger import Ledger, SymbolRecord
 from bml_assets.lake.scan import Problem, ProblemKind, ScanReport
-from bml_assets.orchestration.backfill import (
+from bml_assets.orchestration.errors import UnknownSymbol
+from bml_assets.orchestration.plan import (
     BackfillPlan,
     Target,
-    UnknownSymbol,
-    Workspace,
     chunks,
     day_ranges,
-    listed_span,
-    perpetual_symbols,
     plan_backfill,
-    remaining_problems,
-    resolve_symbols,
     symbols_in_range,
     targets_from_reports,
     unplanned_problems,
     years_back,
 )
+from bml_assets.orchestration.scans import remaining_problems
+from bml_assets.orchestration.state import Workspace, resolve_symbols
+from bml_assets.orchestration.symbols import listed_span, perpetual_symbols
 
 D = dt.date(2024, 3, 1)
 BTC, ETH = "BTCUSDT", "ETHUSDT"

@@ -1,0 +1,74 @@
+"""The hot pass (``bml run-once``): per symbol, commit the minutes closed since its watermark.
+
+What belongs here: one pass over the symbols at the exchange's clock: which day
+each symbol's next committable minute falls on (``hot_targets``), then ``HOT_JOB``
+for that partition through the run helper (``runner.py``; band ``hot`` for today,
+``catch-up`` for a past day), and each symbol's watermark before and after.
+
+What stays out: the choice of targets and the exchange's clock (``defs/sensors.py``,
+``defs/assets``), how a run is executed and retried (``runner.py``), and printing
+(``cli.py``). The hot poll sensor does the same continuously under the daemon.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from bml_assets.domain.settings import Settings
+from bml_assets.lake.ledger import Ledger
+from bml_assets.orchestration.runner import bml_resource, in_process
+from bml_assets.orchestration.state import open_workspace
+
+
+@dataclass(frozen=True)
+class HotOutcome:
+    symbol: str
+    day: dt.date | None  # None: nothing committable yet
+    band: str | None
+    before: dt.datetime | None
+    after: dt.datetime | None
+    ok: bool
+    error: str | None = None
+    runs: int = 1  # more than one: earlier runs lost a commit race and were run again
+
+
+def hot_pass(settings: Settings, symbols: Sequence[str] | None = None) -> Iterator[HotOutcome]:
+    """One hot-poll pass over ``symbols`` (default ``BML_SYMBOLS``), an outcome per symbol.
+
+    The lake root, the ledger and the symbols are checked at the call (``CommandError``,
+    ``LedgerVersionError``), the runs happen as the outcomes are taken. A run that lost a
+    commit race is run again (``runner.MAX_RUN_ATTEMPTS``); a run the process's interrupt
+    ended raises ``KeyboardInterrupt``. A failed symbol does not stop the others.
+    """
+    ws = open_workspace(settings, symbols)
+    ws.close()
+    return _hot_runs(settings, ws.symbols)
+
+
+def _hot_runs(settings: Settings, symbols: tuple[str, ...]) -> Iterator[HotOutcome]:
+    from bml_assets.definitions import HOT_JOB
+    from bml_assets.defs.assets.rest_days import ExchangeNow
+    from bml_assets.defs.assets.streams import BAND_TAG, HOT_BAND
+    from bml_assets.defs.sensors import hot_targets
+
+    bml = bml_resource(settings)
+    now = ExchangeNow(bml.rest().server_time_ms(), settings.safety_lag_minutes)
+    targets = hot_targets(bml, symbols, now)
+    first_day = min([now.today, *targets.values()])
+    with (
+        Ledger(settings.state_url) as ledger,
+        in_process(settings, HOT_JOB, symbols=symbols, first_day=first_day, resource=bml) as runner,
+    ):
+        for symbol in symbols:
+            before = ledger.get_watermark(symbol)
+            day = targets.get(symbol)
+            if day is None:
+                yield HotOutcome(symbol, None, None, before, before, True)
+                continue
+            band = HOT_BAND if day == now.today else "catch-up"
+            run = runner.run(symbol, day, {BAND_TAG: band})
+            if run.interrupted:
+                raise KeyboardInterrupt
+            yield HotOutcome(symbol, day, band, before, ledger.get_watermark(symbol), run.ok, run.error, run.runs)
