@@ -1,0 +1,86 @@
+"""orchestration/runner.py's in-process run helper on a tiny real Dagster job: a run that only lost
+commit races is run again (at most MAX_RUN_ATTEMPTS runs), any other failure is not, a failure reads
+as its step and innermost cause, an interrupt is told apart, and an exception becomes a failed outcome."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+
+import pytest
+from dagster import DagsterInstance, StaticPartitionsDefinition, job, op
+from dagster._core.errors import DagsterExecutionInterruptedError
+
+from bml_assets.domain.partitions import partition_key
+from bml_assets.lake.ledger import CommitConflict
+from bml_assets.orchestration.runner import MAX_RUN_ATTEMPTS, InProcessRunner, RunOutcome
+
+BTC = "BTCUSDT"
+DAY = dt.date(2024, 3, 1)
+TAGS = {"bml/backfill": "2024-03-01..2024-03-01"}
+
+
+def conflict() -> CommitConflict:
+    return CommitConflict(f"minute/{BTC}/{DAY}", "aaa", "bbb", row_exists=True)
+
+
+def failing_job(errors: list[BaseException | None]):
+    """A job for the one partition (BTCUSDT, 2024-03-01) whose n-th run raises ``errors[n]`` (None: succeeds)."""
+
+    @op
+    def build_day() -> None:
+        error = errors.pop(0)
+        if error is not None:
+            raise error
+
+    @job(partitions_def=StaticPartitionsDefinition([partition_key(BTC, DAY)]))
+    def day_job() -> None:
+        build_day()
+
+    return day_job
+
+
+@pytest.fixture
+def instance() -> Iterator[DagsterInstance]:
+    with DagsterInstance.ephemeral() as instance:
+        yield instance
+
+
+def test_a_run_that_lost_commit_races_is_run_again_until_it_succeeds(instance: DagsterInstance) -> None:
+    outcome = InProcessRunner(failing_job([conflict(), conflict(), None]), instance).run(BTC, DAY, TAGS)
+    assert outcome == RunOutcome(ok=True, runs=3)
+    runs = instance.get_runs()
+    assert len(runs) == 3
+    assert all(r.tags["bml/backfill"] == TAGS["bml/backfill"] for r in runs)
+    assert {r.tags["dagster/partition"] for r in runs} == {"2024-03-01|BTCUSDT"}
+
+
+def test_runs_stop_at_max_attempts_and_the_failure_names_the_step_and_the_innermost_cause(
+    instance: DagsterInstance,
+) -> None:
+    outcome = InProcessRunner(failing_job([conflict()] * 5), instance).run(BTC, DAY, TAGS)
+    assert MAX_RUN_ATTEMPTS == 3
+    assert (outcome.ok, outcome.runs, outcome.interrupted) == (False, 3, False)
+    # Dagster's message of the innermost error names its class, then the message.
+    assert outcome.error == f"build_day: bml_assets.lake.ledger.CommitConflict: {conflict()}"
+    assert len(instance.get_runs()) == 3
+
+
+def test_a_failure_other_than_a_lost_race_is_not_run_again(instance: DagsterInstance) -> None:
+    errors: list[BaseException | None] = [ValueError("bad row 7 in BTCUSDT-aggTrades-2024-03-01.csv"), None]
+    outcome = InProcessRunner(failing_job(errors), instance).run(BTC, DAY, TAGS)
+    assert outcome == RunOutcome(False, 1, "build_day: ValueError: bad row 7 in BTCUSDT-aggTrades-2024-03-01.csv")
+    assert errors == [None]  # the second run never happened
+
+
+def test_an_interrupted_step_is_told_apart(instance: DagsterInstance) -> None:
+    outcome = InProcessRunner(failing_job([DagsterExecutionInterruptedError()]), instance).run(BTC, DAY, TAGS)
+    assert (outcome.ok, outcome.runs, outcome.interrupted) == (False, 1, True)
+
+
+def test_an_exception_of_the_run_itself_is_a_failed_outcome(instance: DagsterInstance) -> None:
+    # ETHUSDT's key is not in the job's partition set: Dagster raises before any step runs.
+    outcome = InProcessRunner(failing_job([None]), instance).run("ETHUSDT", DAY, TAGS)
+    assert (outcome.ok, outcome.runs, outcome.interrupted) == (False, 1, False)
+    assert outcome.error == "DagsterUnknownPartitionError: Could not find a partition with key `2024-03-01|ETHUSDT`."
+    assert instance.get_runs() == []
