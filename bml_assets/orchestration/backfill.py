@@ -43,7 +43,7 @@ from typing import Any
 from bml_assets.domain.minutes import day_of_ms
 from bml_assets.domain.provenance import provisional_streams
 from bml_assets.domain.schema import MINUTE_VIEW
-from bml_assets.domain.settings import Settings, SettingsError, validate_symbol
+from bml_assets.domain.settings import Settings, validate_symbol
 from bml_assets.lake.lake import Lake
 from bml_assets.lake.ledger import Ledger, SymbolRecord, SymbolSync
 from bml_assets.storage.store import StoreNotWritable
@@ -630,33 +630,7 @@ def dagster_instance() -> Iterator[Any]:
             yield instance
 
 
-def _resource(settings: Settings):
-    from bml_assets.defs.resources import BmlResource
-
-    # A resource's fields are part of the job snapshot the Dagster instance stores
-    # (DAGSTER_HOME), and a URL may hold a password: a URL the environment already
-    # gives (the CLI's case) is left for the resource to read from there.
-    try:
-        env: Settings | None = Settings.from_env()
-    except SettingsError:
-        env = None
-
-    def unless_in_env(name: str) -> str | None:
-        value = getattr(settings, name)
-        return None if env is not None and getattr(env, name) == value else value
-
-    return BmlResource(
-        lake_root=str(settings.lake_root),
-        state_url=unless_in_env("state_url"),
-        vision_base_url=unless_in_env("vision_base_url"),
-        rest_base_url=unless_in_env("rest_base_url"),
-        max_ffill_minutes=settings.max_ffill_minutes,
-        safety_lag_minutes=settings.safety_lag_minutes,
-        vision_max_csv_bytes=settings.vision_max_csv_bytes,
-    )
-
-
-def _definitions(settings: Settings, bml: Any, symbols: Iterable[str], first_day: dt.date):
+def _definitions(settings: Settings, symbols: Iterable[str], first_day: dt.date):
     """The real definitions, with a partition set that covers ``symbols`` from ``first_day``."""
     from bml_assets.definitions import build_definitions
 
@@ -664,7 +638,7 @@ def _definitions(settings: Settings, bml: Any, symbols: Iterable[str], first_day
         symbols=tuple(dict.fromkeys([*settings.symbols, *symbols])),
         start_date=min(settings.start_date, first_day),
     )
-    return build_definitions(wide, bml=bml)
+    return build_definitions(wide)
 
 
 def _interrupted(result: Any) -> bool:
@@ -751,9 +725,8 @@ def execute_plan(plan: BackfillPlan, settings: Settings, *, tag: str | None = No
     from bml_assets.definitions import MINUTE_VIEW_JOB
     from bml_assets.domain.partitions import partition_key
 
-    bml = _resource(settings)
-    job = _definitions(settings, bml, plan.symbols, plan.start).resolve_job_def(MINUTE_VIEW_JOB)
-    lake, ledger = bml.lake(), bml.ledger()
+    job = _definitions(settings, plan.symbols, plan.start).resolve_job_def(MINUTE_VIEW_JOB)
+    lake, ledger = Lake.at(settings.lake_root), Ledger(settings.state_url)
     tags = {BACKFILL_TAG: tag or f"{plan.start.isoformat()}..{plan.end.isoformat()}"}
     with dagster_instance() as instance:
         for target in plan.partitions:
@@ -828,20 +801,23 @@ def hot_pass(settings: Settings, symbols: Sequence[str] | None = None) -> Iterat
     """One hot-poll pass: per symbol, ``hot_targets`` at the exchange's clock, then ``HOT_JOB``
     in-process for that partition (band ``hot`` for today, ``catch-up`` for a past day),
     run again if it lost a commit race to another writer (``MAX_RUN_ATTEMPTS``)."""
+    from bml_assets.build.clock import ExchangeNow
     from bml_assets.definitions import HOT_JOB
-    from bml_assets.defs.assets.rest_days import ExchangeNow
     from bml_assets.defs.assets.streams import BAND_TAG, HOT_BAND
     from bml_assets.defs.sensors import hot_targets
     from bml_assets.domain.partitions import partition_key
+    from bml_assets.sources.rest import RestClient
 
-    open_ledger(settings).close()
+    ledger = open_ledger(settings)
     symbols = tuple(symbols or settings.symbols)
-    bml = _resource(settings)
-    ledger = bml.ledger()
-    now = ExchangeNow(bml.rest().server_time_ms(), settings.safety_lag_minutes)
-    targets = hot_targets(bml, symbols, now)
+    rest = RestClient(settings.rest_base_url, state_url=settings.state_url, weight_budget=settings.rest_weight_budget)
+    try:
+        now = ExchangeNow(rest.server_time_ms(), settings.safety_lag_minutes)
+    finally:
+        rest.close()
+    targets = hot_targets(ledger, symbols, now)
     first_day = min([now.today, *targets.values()])
-    job = _definitions(settings, bml, symbols, first_day).resolve_job_def(HOT_JOB)
+    job = _definitions(settings, symbols, first_day).resolve_job_def(HOT_JOB)
     with dagster_instance() as instance:
         for symbol in symbols:
             before = ledger.get_watermark(symbol)
