@@ -40,7 +40,6 @@ from typing import Any
 from dagster import DagsterInstance, JobDefinition, execute_job, reconstructable
 
 from bml_assets.definitions import MINUTE_VIEW_JOB, build_definitions
-from bml_assets.defs.resources import BmlResource
 from bml_assets.domain.partitions import partition_key
 from bml_assets.domain.schema import MINUTE_VIEW
 from bml_assets.domain.settings import Settings
@@ -62,7 +61,7 @@ QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
 def bench_job() -> JobDefinition:
     """The real ``minute_view_job``, built from ``BML_*`` as the code location loads it.
     Module level, so the multiprocess executor's step processes can reconstruct it."""
-    return build_definitions(Settings.from_env(), bml=BmlResource()).resolve_job_def(MINUTE_VIEW_JOB)
+    return build_definitions(Settings.from_env()).resolve_job_def(MINUTE_VIEW_JOB)
 
 
 def _env(lake: Path, base_url: str, symbols: tuple[str, ...], start: dt.date) -> None:

@@ -232,9 +232,11 @@ def child_ours(root: Path, dump: Path | None, profile: bool) -> None:
     """The day build with the product's functions, as the asset layer calls them."""
     import pyarrow.parquet as pq
 
-    from bml_assets.defs.assets import rest_days, vision_days
-    from bml_assets.defs.assets.minute_view import UPSTREAMS, build_day, evidence_for
-    from bml_assets.defs.assets.vision_days import StreamFetcher
+    from bml_assets.build import rest_days, vision_days
+    from bml_assets.build.clock import ExchangeNow
+    from bml_assets.build.minute_view import UPSTREAMS, build_day, evidence_for
+    from bml_assets.build.partition_data import PartitionData
+    from bml_assets.build.vision_days import StreamFetcher
     from bml_assets.defs.io_manager import _validator
     from bml_assets.domain.partitions import SymbolDay
     from bml_assets.domain.schema import (
@@ -250,11 +252,11 @@ def child_ours(root: Path, dump: Path | None, profile: bool) -> None:
         PREMIUM_INDEX_KLINES,
         TRADE_FLOW,
     )
+    from bml_assets.domain.settings import DEFAULT_VISION_MAX_CSV_BYTES
     from bml_assets.domain.streams import Stream
     from bml_assets.lake.commit import commit_table, record_unavailable
     from bml_assets.lake.lake import Lake
     from bml_assets.lake.ledger import Ledger
-    from bml_assets.lake.partition_data import PartitionData
     from bml_assets.quality import ALL_RULES, enforce_blocking
     from bml_assets.sources.vision import NotPublished, VisionFile, daily_url, monthly_url
 
@@ -291,14 +293,6 @@ def child_ours(root: Path, dump: Path | None, profile: bool) -> None:
 
         def fetch_monthly(self, stream: Stream, symbol: str, year: int, month: int) -> VisionFile:
             return self._local(monthly_url(VISION_BASE, stream, symbol, year, month))
-
-    class LocalFetcher(StreamFetcher):
-        """``StreamFetcher`` with a local Vision client: its parse, ledger record and
-        streaming are the product's."""
-
-        def __init__(self) -> None:  # no BmlResource: no download, no network
-            self._vision = LocalVision()
-            self._ledger = ledger
 
     # The parse is timed where the asset layer calls it: the CSV readers as
     # ``vision_days`` imported them (a whole-file read, or record batches when the
@@ -337,8 +331,10 @@ def child_ours(root: Path, dump: Path | None, profile: bool) -> None:
 
         vision_days.iter_vision_csv_batches = timed_batches
 
-    fetch = LocalFetcher()
-    now = rest_days.ExchangeNow(int(time.time() * 1000), 1)
+    # The product's fetcher over a local Vision client (no download, no network): its parse,
+    # ledger record and streaming are the product's.
+    fetch = StreamFetcher(LocalVision(), ledger, max_csv_bytes=DEFAULT_VISION_MAX_CSV_BYTES)  # type: ignore[arg-type]
+    now = ExchangeNow(int(time.time() * 1000), 1)
     base_rss = _rss_mb()
     gc.collect()
 

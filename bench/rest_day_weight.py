@@ -34,7 +34,6 @@ from dagster import DagsterInstance
 
 from bml_assets.definitions import MINUTE_VIEW_JOB, build_definitions
 from bml_assets.defs.assets.streams import BAND_TAG
-from bml_assets.defs.resources import BmlResource
 from bml_assets.demo import QUIET
 from bml_assets.domain.minutes import MINUTES_PER_DAY
 from bml_assets.domain.partitions import partition_key
@@ -71,7 +70,6 @@ def main() -> None:
     warnings.filterwarnings("ignore", module="dagster")
     time_callers = trace_server_time()
 
-    os.environ["BML_REST_WEIGHT_BUDGET"] = str(args.weight_budget)
     work = Path(tempfile.mkdtemp(prefix="bml_rest_day_"))
     market = SyntheticMarket(MarketConfig(trades_per_day=args.trades_per_day))
     clock = MarketClock.fixed(dt.datetime.combine(day + dt.timedelta(days=1), dt.time(12), dt.UTC))
@@ -82,14 +80,15 @@ def main() -> None:
         ):
             server.faults.add(FaultRule("missing", f"{day.isoformat()}.zip"))  # Vision has not published D
             root = work / "lake"
-            bml = BmlResource(
-                lake_root=str(root),
-                state_url=f"sqlite:///{root}/_state/ledger.sqlite",
+            settings = Settings(
+                symbols=(SYMBOL,),
+                start_date=dt.date(2024, 1, 1),
+                lake_root=root,
                 vision_base_url=server.base_url,
                 rest_base_url=server.base_url,
+                rest_weight_budget=args.weight_budget,
             )
-            settings = Settings(symbols=(SYMBOL,), start_date=dt.date(2024, 1, 1), lake_root=root)
-            defs = build_definitions(settings, bml=bml)
+            defs = build_definitions(settings)
             started = time.perf_counter()
             result = defs.resolve_job_def(MINUTE_VIEW_JOB).execute_in_process(
                 partition_key=partition_key(SYMBOL, day),
@@ -101,11 +100,11 @@ def main() -> None:
             wall_s = time.perf_counter() - started
             if not result.success:
                 raise SystemExit(f"the run failed: {[e.message for e in result.all_events if e.is_failure]}")
-            record = Ledger(bml.settings().state_url).get_partition("minute", SYMBOL, day)
+            record = Ledger(settings.state_url).get_partition("minute", SYMBOL, day)
             provenance = record.provenance if record is not None else {}
             log = server.rest_log
             agg_trades = market.agg_trades(SYMBOL, day).num_rows
-            max_ffill = bml.settings().max_ffill_minutes
+            max_ffill = settings.max_ffill_minutes
         report(log, day, args, agg_trades, max_ffill, wall_s, provenance, time_callers)
     finally:
         if not args.keep:

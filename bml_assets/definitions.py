@@ -1,9 +1,11 @@
 """The one entry point of the code location: assets, checks, resources and jobs.
 
 What belongs here: assembling the Definitions from the factories of the other
-modules. What stays out: everything else. The environment is read when Dagster
-loads the definitions (the ``@definitions`` function), not when this module is
+modules, with the resources ``resources_for`` makes from one ``Settings``. What
+stays out: everything else. The environment is read once, when Dagster loads the
+definitions (the ``@definitions`` function ``defs``), not when this module is
 imported: the partition set depends on ``BML_SYMBOLS`` and ``BML_START_DATE``.
+Tests, the demo and the CLI pass their own ``Settings`` to ``build_definitions``.
 """
 
 from __future__ import annotations
@@ -17,23 +19,24 @@ from bml_assets.defs.assets.streams import IO_MANAGER_KEY, build_stream_assets
 from bml_assets.defs.io_manager import LakeIOManager
 from bml_assets.defs.partitions import build_partitions_def
 from bml_assets.defs.repair import build_repair_sensor, build_scan_job
-from bml_assets.defs.resources import BmlResource
+from bml_assets.defs.resources import resources_for
 from bml_assets.defs.sensors import build_hot_poll_sensor, build_vision_promotion_sensor
 from bml_assets.domain.settings import Settings
+from bml_assets.lake.ledger import Ledger
 
 MINUTE_VIEW_JOB = "minute_view_job"
 HOT_JOB = "hot_minute_job"
 
 
-def synced_listing_dates(bml: BmlResource) -> dict[str, dt.date]:
+def synced_listing_dates(ledger: Ledger) -> dict[str, dt.date]:
     """Onboard days from the synced universe (``bml symbols sync``): earlier days are not work."""
-    return {s: r.onboard_date for s, r in bml.ledger().symbols().items() if r.onboard_date is not None}
+    return {s: r.onboard_date for s, r in ledger.symbols().items() if r.onboard_date is not None}
 
 
-def build_definitions(settings: Settings, *, bml: BmlResource | None = None) -> Definitions:
-    """The code location for ``settings``; ``bml`` overrides the resource (tests, the demo)."""
+def build_definitions(settings: Settings) -> Definitions:
+    """The code location for ``settings``: its partitions, assets, jobs, sensors and resources."""
     partitions_def = build_partitions_def(settings)
-    bml = bml or BmlResource()
+    resources = resources_for(settings)
     assets = [*build_stream_assets(partitions_def), build_minute_view_asset(partitions_def)]
     minute_view_job = define_asset_job(
         MINUTE_VIEW_JOB,
@@ -66,7 +69,10 @@ def build_definitions(settings: Settings, *, bml: BmlResource | None = None) -> 
                 settings.symbols, settings.start_date, job_name=MINUTE_VIEW_JOB, listing_dates=synced_listing_dates
             ),
         ],
-        resources={"bml": bml, IO_MANAGER_KEY: LakeIOManager(bml=bml)},
+        resources={
+            **resources.by_key(),
+            IO_MANAGER_KEY: LakeIOManager(lake=resources.lake, ledger=resources.ledger),
+        },
     )
 
 

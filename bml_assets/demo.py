@@ -15,7 +15,6 @@ from pathlib import Path
 from dagster import DagsterInstance
 
 from bml_assets.definitions import MINUTE_VIEW_JOB, build_definitions
-from bml_assets.defs.resources import BmlResource
 from bml_assets.domain.partitions import partition_key
 from bml_assets.domain.schema import MINUTE_VIEW
 from bml_assets.domain.settings import Settings
@@ -62,16 +61,11 @@ def run_demo(
         settings = Settings.from_env().with_(
             symbols=symbols, start_date=min(days), lake_root=lake_root, state_url="", vision_base_url=vision_base_url
         )
-        # The replay server answers REST too: nothing in the demo reaches the internet.
-        rest_base_url = server.base_url if server is not None else None
-        bml = BmlResource(
-            lake_root=str(lake_root),
-            state_url=settings.state_url,
-            vision_base_url=vision_base_url,
-            rest_base_url=rest_base_url,
-        )
-        defs = build_definitions(settings, bml=bml)
-        job = defs.resolve_job_def(MINUTE_VIEW_JOB)
+        if server is not None:
+            # The replay server answers REST too: nothing in the demo reaches the internet.
+            settings = settings.with_(rest_base_url=server.base_url)
+        job = build_definitions(settings).resolve_job_def(MINUTE_VIEW_JOB)
+        ledger, lake = Ledger(settings.state_url), Lake.at(settings.lake_root)
         reports: list[PartitionReport] = []
         with DagsterInstance.ephemeral() as instance:
             for symbol in symbols:
@@ -81,7 +75,7 @@ def run_demo(
                     result = job.execute_in_process(
                         partition_key=key, instance=instance, raise_on_error=False, run_config=QUIET
                     )
-                    reports.append(_report(key, result, bml.ledger(), bml.lake(), symbol, day))
+                    reports.append(_report(key, result, ledger, lake, symbol, day))
         return reports
     finally:
         if server is not None:

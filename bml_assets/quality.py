@@ -6,9 +6,11 @@ table's blocking rules from its declaration in the column registry — names and
 types in order, the time column unique and sorted (on whole minutes, inside the
 day, as declared), HARD columns not NULL (the minute view), OHLC consistency, one
 rule per value domain — as pandera schemas (tables are ≤ 1440 rows per day);
-``enforce_blocking``, which the IO manager calls before the rename (a Dagster
-blocking check runs only after the write) and whose error names the rule, the
-value, the minute and where the row came from; ``check_source_rows``, the same
+``judge_blocking``, which runs them once on a table and keeps the outcomes as a
+``BlockingVerdict`` bound to that very table; ``enforce_blocking``, which the IO
+manager calls before the rename (a Dagster blocking check runs only after the
+write), judging the table unless a verdict about it is at hand, and whose error
+names the rule, the value, the minute and where the row came from; ``check_source_rows``, the same
 domain declarations checked vectorised with pyarrow on raw source rows that are
 aggregated before they are stored (a day of aggTrades holds up to ~7 M rows); the
 minute view's reported rules. What stays out: the declarations themselves
@@ -675,6 +677,46 @@ class BlockingCheckFailed(ValueError):
         super().__init__(f"{label}: not committed — {describe_failures(self.outcomes, locate)}")
 
 
+@dataclass(frozen=True, eq=False)
+class BlockingVerdict:
+    """The blocking rules of ``dataset`` judged on exactly ``table`` (held by identity) as a
+    table of ``day``. The minute view's asset judges its table once, with its checks, and
+    hands the verdict to the commit; any other table is judged there (``enforce_blocking``)."""
+
+    dataset: Dataset
+    day: dt.date
+    table: pa.Table
+    outcomes: tuple[Outcome, ...]
+
+    @property
+    def failed(self) -> list[Outcome]:
+        return [o for o in self.outcomes if not o.passed]
+
+    @property
+    def passed(self) -> bool:
+        return not self.failed
+
+    def covers(self, table: pa.Table, day: dt.date, dataset: Dataset) -> bool:
+        """Whether this verdict is about ``table`` itself (not an equal copy), as ``dataset`` on ``day``."""
+        return self.table is table and self.day == day and self.dataset is dataset
+
+
+def judge_blocking(table: pa.Table, evidence: Evidence, dataset: Dataset = MINUTE_VIEW) -> BlockingVerdict:
+    """Run every blocking rule of ``dataset`` once on ``table``; ``evidence`` holds its frame
+    (``to_frame(table)``) and day. A wrong arrow schema is judged first, alone: pandera would
+    be comparing something else."""
+    rules = blocking_rules(dataset)
+    expected_schema = dataset.arrow_schema
+    if table.schema.remove_metadata() != expected_schema.remove_metadata():
+        expected = [f"{f.name}:{f.type}" for f in expected_schema]
+        got = [f"{f.name}:{f.type}" for f in table.schema]
+        diff = [f"#{i + 1} expected {e} got {g}" for i, (e, g) in enumerate(zip(expected, got, strict=False)) if e != g]
+        value = ", ".join(diff[:5]) or f"{len(got)} columns instead of {len(expected)}"
+        failure = pd.DataFrame({"minute": [None], "column": ["schema"], "value": [value]})
+        return BlockingVerdict(dataset, evidence.day, table, (Outcome(rules[0], False, failure),))
+    return BlockingVerdict(dataset, evidence.day, table, tuple(r.run(evidence) for r in rules))
+
+
 def enforce_blocking(
     table: pa.Table,
     day: dt.date,
@@ -682,23 +724,18 @@ def enforce_blocking(
     label: str,
     dataset: Dataset = MINUTE_VIEW,
     locate: RowLocator | None = None,
+    verdict: BlockingVerdict | None = None,
 ) -> None:
     """Raise ``BlockingCheckFailed`` unless every blocking rule of ``dataset`` holds
-    (called before the rename). ``locate`` names where a failing row came from."""
-    rules = blocking_rules(dataset)
-    expected_schema = dataset.arrow_schema
-    if table.schema.remove_metadata() != expected_schema.remove_metadata():
-        # The arrow schema itself is wrong: pandera would be comparing something else.
-        expected = [f"{f.name}:{f.type}" for f in expected_schema]
-        got = [f"{f.name}:{f.type}" for f in table.schema]
-        diff = [f"#{i + 1} expected {e} got {g}" for i, (e, g) in enumerate(zip(expected, got, strict=False)) if e != g]
-        value = ", ".join(diff[:5]) or f"{len(got)} columns instead of {len(expected)}"
-        failure = pd.DataFrame({"minute": [None], "column": ["schema"], "value": [value]})
-        raise BlockingCheckFailed(label, [Outcome(rules[0], False, failure)])
-    evidence = Evidence(day=day, frame=to_frame(table), closed_day=True, time_column=dataset.time_column)
-    failed = [o for o in (r.run(evidence) for r in rules) if not o.passed]
-    if failed:
-        raise BlockingCheckFailed(label, failed, locate)
+    (called before the rename). ``locate`` names where a failing row came from.
+
+    ``verdict``: the rules already judged on this very table (the minute view's asset);
+    a verdict about any other table, day or dataset is ignored and the rules run here."""
+    if verdict is None or not verdict.covers(table, day, dataset):
+        evidence = Evidence(day=day, frame=to_frame(table), closed_day=True, time_column=dataset.time_column)
+        verdict = judge_blocking(table, evidence, dataset)
+    if not verdict.passed:
+        raise BlockingCheckFailed(label, verdict.failed, locate)
 
 
 def evaluate(evidence: Evidence) -> list[Outcome]:

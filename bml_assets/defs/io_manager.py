@@ -4,7 +4,8 @@ What belongs here: translating between Dagster (partition keys, output metadata)
 and the lake (``commit.py``, ``ledger.py``): one ``commit_table`` or
 ``record_unavailable`` per partition of the run — a single-run backfill over a
 range hands over many — with each dataset's blocking rules as the commit's
-validator (their errors name where a failing row came from), the fillable streams
+validator (their errors name where a failing row came from; a table whose builder
+judged them already, the minute view's, is not judged twice), the fillable streams
 a partition lacks (SPEC §8), the output metadata (sources per stream, what is
 missing, the REST weight of the fills), and loading upstream partitions back as
 ``PartitionData``. What stays out: the commit protocol itself, validation rules
@@ -21,13 +22,13 @@ from typing import Any
 import pyarrow as pa
 from dagster import ConfigurableIOManager, InputContext, MetadataValue, OutputContext
 
-from bml_assets.defs.resources import BmlResource
+from bml_assets.build.partition_data import PartitionData
+from bml_assets.defs.resources import LakeResource, LedgerResource
 from bml_assets.domain.partitions import SymbolDay, parse_partition_key
 from bml_assets.domain.provenance import Provenance, provisional_streams
 from bml_assets.domain.schema import DATASETS, MINUTE_VIEW, Dataset
 from bml_assets.lake.commit import NOT_BASED, commit_table, record_unavailable
 from bml_assets.lake.ledger import PartitionRecord
-from bml_assets.lake.partition_data import PartitionData
 from bml_assets.quality import RowLocator, enforce_blocking
 
 DATASET_METADATA_KEY = "bml/dataset"
@@ -67,10 +68,13 @@ def row_locator(dataset: Dataset, data: PartitionData | None) -> RowLocator | No
 
 
 def _validator(dataset: Dataset, sd: SymbolDay, data: PartitionData | None = None) -> Callable[[pa.Table], None]:
-    """The dataset's blocking rules (``checks.blocking_rules``), run by the commit before the rename."""
+    """The dataset's blocking rules (``quality.blocking_rules``), run by the commit before the
+    rename — unless ``data`` carries a verdict about that very table (the minute view's asset
+    judged it with its checks): they run once per table, and every table is judged."""
     label = f"minute view {sd}" if dataset is MINUTE_VIEW else f"{dataset.name} {sd}"
     locate = row_locator(dataset, data)
-    return lambda table: enforce_blocking(table, sd.day, label=label, dataset=dataset, locate=locate)
+    verdict = data.blocking if data is not None else None
+    return lambda table: enforce_blocking(table, sd.day, label=label, dataset=dataset, locate=locate, verdict=verdict)
 
 
 def _promotion_note(previous: PartitionRecord | None, provenance: Provenance) -> str | None:
@@ -91,7 +95,8 @@ class LakeIOManager(ConfigurableIOManager):
     """Atomic parquet partitions in the lake at ``BML_LAKE_ROOT``, recorded in the ledger (the
     minute view's commit moves the symbol's watermark in the same transaction)."""
 
-    bml: BmlResource
+    lake: LakeResource
+    ledger: LedgerResource
 
     def _partitions(self, context: OutputContext | InputContext) -> list[SymbolDay]:
         if not context.has_asset_partitions:
@@ -100,7 +105,7 @@ class LakeIOManager(ConfigurableIOManager):
 
     def handle_output(self, context: OutputContext, obj: Mapping[str, PartitionData]) -> None:
         dataset = dataset_of(context.definition_metadata, context.asset_key.to_user_string())
-        lake, ledger = self.bml.lake(), self.bml.ledger()
+        lake, ledger = self.lake.lake(), self.ledger.ledger()
         by_key = {parse_partition_key(k): v for k, v in obj.items()}
         expected = self._partitions(context)
         if set(by_key) != set(expected):
@@ -201,13 +206,13 @@ class LakeIOManager(ConfigurableIOManager):
             context.upstream_output.definition_metadata if context.upstream_output else None,
             context.asset_key.to_user_string(),
         )
-        settings, lake, ledger = self.bml.settings(), self.bml.lake(), self.bml.ledger()
+        lake, ledger = self.lake.lake(), self.ledger.ledger()
         loaded: dict[str, PartitionData] = {}
         for sd in self._partitions(context):
             record = ledger.get_partition(dataset.name, sd.symbol, sd.day)
             if record is None:
                 raise ValueError(
-                    f"{dataset.name} {sd} is not in the ledger ({settings.state_url}); "
+                    f"{dataset.name} {sd} is not in the ledger ({self.ledger.state_url}); "
                     f"materialize {context.asset_key.to_user_string()} for partition {sd.key} first"
                 )
             if record.status != "committed":

@@ -89,7 +89,8 @@ from dagster import (
     sensor,
 )
 
-from bml_assets.defs.resources import BmlResource
+from bml_assets.build.clock import ExchangeNow
+from bml_assets.defs.resources import LakeResource, LedgerResource, RestResource, VisionResource
 from bml_assets.domain.partitions import partition_key
 from bml_assets.domain.schema import DATASETS, HOT_SNAPSHOTS
 from bml_assets.domain.streams import Stream
@@ -137,14 +138,14 @@ MAX_RESTATS_PER_TICK: Final = 200
 CACHE_BUCKETS: Final = tuple(f"{i:02x}" for i in range(256))
 """First-level folders of the Vision cache (``sources.vision.VisionClient``)."""
 
-TodayFn = Callable[[BmlResource], dt.date]
+TodayFn = Callable[[RestResource], dt.date]
 ClockFn = Callable[[], dt.datetime]
-ListingDates = Mapping[str, dt.date] | Callable[[BmlResource], Mapping[str, dt.date]]
+ListingDates = Mapping[str, dt.date] | Callable[[Ledger], Mapping[str, dt.date]]
 """First trading day per symbol: fixed, or read per evaluation (e.g. from the ledger's symbol table)."""
 
 
-def _listing(listing_dates: ListingDates | None, bml: BmlResource) -> Mapping[str, dt.date] | None:
-    return listing_dates(bml) if callable(listing_dates) else listing_dates
+def _listing(listing_dates: ListingDates | None, ledger: Ledger) -> Mapping[str, dt.date] | None:
+    return listing_dates(ledger) if callable(listing_dates) else listing_dates
 
 
 def incomplete_retry_at(problem: Problem) -> dt.datetime | None:
@@ -235,13 +236,11 @@ def sweep(
     return done
 
 
-def exchange_today(bml: BmlResource) -> dt.date:
+def exchange_today(rest: RestResource) -> dt.date:
     """Today (UTC) by the exchange's clock, as the other sensors see it; the local
     clock when the exchange cannot be asked (the scan then judges by the host)."""
-    from bml_assets.defs.assets.rest_days import ExchangeNow  # the assets package is heavy; import when used
-
     try:
-        return ExchangeNow(bml.rest().server_time_ms(), 0).today
+        return ExchangeNow(rest.client().server_time_ms(), 0).today
     except Exception:
         return dt.datetime.now(dt.UTC).date()
 
@@ -347,7 +346,7 @@ def build_repair_sensor(
 
     ``today`` (tests) replaces the exchange's clock; ``clock`` (tests) this host's, which
     judges the incomplete backoff (``committed_at`` is the host's too) and the age of
-    Vision cache files; ``listing_dates`` (a mapping, or a callable of the resource asked
+    Vision cache files; ``listing_dates`` (a mapping, or a callable of the ledger asked
     once per tick) spares the days before a symbol's listing.
     """
     if max_runs_per_tick < 1 or window_days < 1:
@@ -366,8 +365,14 @@ def build_repair_sensor(
             f"{max_runs_per_tick} per tick; incomplete ones with a backoff), and sweeps stray temporary files."
         ),
     )
-    def repair_sensor(context: SensorEvaluationContext, bml: BmlResource):
-        yesterday = today_of(bml) - dt.timedelta(days=1)
+    def repair_sensor(
+        context: SensorEvaluationContext,
+        lake: LakeResource,
+        ledger: LedgerResource,
+        vision: VisionResource,
+        rest: RestResource,
+    ):
+        yesterday = today_of(rest) - dt.timedelta(days=1)
         if yesterday < start:
             context.update_cursor(RepairCursor(start).dump())
             yield SkipReason(f"no closed day since {start.isoformat()} yet")
@@ -377,26 +382,26 @@ def build_repair_sensor(
             cursor = RepairCursor(start, "", cursor.sweep + 1)
         window_start, after, sweep_no = cursor.day, cursor.after, cursor.sweep
         window_end = min(window_start + dt.timedelta(days=window_days - 1), yesterday)
-        settings = bml.settings()
+        the_lake, the_ledger = lake.lake(), ledger.ledger()
         now = now_of()
         report = scan(
-            bml.lake(),
-            bml.ledger(),
+            the_lake,
+            the_ledger,
             symbols,
             window_start,
             window_end,
             today=yesterday + dt.timedelta(days=1),
             deep=False,
-            listing_dates=_listing(listing_dates, bml),
+            listing_dates=_listing(listing_dates, the_ledger),
         )
         cache_strays = stray_cache_files(
-            settings.cache_dir, now=now, buckets=window_buckets(start, yesterday, window_start, window_days)
+            Path(vision.cache_dir), now=now, buckets=window_buckets(start, yesterday, window_start, window_days)
         )
         swept = sweep(
             [*report.strays, *cache_strays],
-            lake=bml.lake(),
+            lake=the_lake,
             now=now,
-            ledger=bml.ledger(),
+            ledger=the_ledger,
             restat=report.restat,
             max_restats=MAX_RESTATS_PER_TICK,
         )
@@ -407,7 +412,7 @@ def build_repair_sensor(
         # the next tick, not when the walk reaches its window.
         damaged: dict[str, list[Problem]] = {}
         for problem in damaged_files(
-            bml.lake(), bml.ledger(), symbols=symbols, start=start, today=yesterday + dt.timedelta(days=1)
+            the_lake, the_ledger, symbols=symbols, start=start, today=yesterday + dt.timedelta(days=1)
         ):
             if _due(problem, now):
                 damaged.setdefault(f"{problem.day.isoformat()}|{problem.symbol}", []).append(problem)
@@ -558,14 +563,21 @@ def build_scan_job(
         out=Out(Nothing),
         description="Consistency scan of every dataset: ledger against files, per symbol × day; stray files.",
     )
-    def scan_lake(context: OpExecutionContext, config: ScanConfig, bml: BmlResource):
-        now = dt.date.fromisoformat(config.today) if config.today else today_of(bml)
+    def scan_lake(
+        context: OpExecutionContext,
+        config: ScanConfig,
+        lake: LakeResource,
+        ledger: LedgerResource,
+        vision: VisionResource,
+        rest: RestResource,
+    ):
+        now = dt.date.fromisoformat(config.today) if config.today else today_of(rest)
         first = dt.date.fromisoformat(config.start) if config.start else start
         last = dt.date.fromisoformat(config.end) if config.end else now - dt.timedelta(days=1)
         chosen = tuple(config.symbols) if config.symbols else symbols
         vision_published = None
         if config.check_vision:
-            ask = vision_klines_published(bml.vision())
+            ask = vision_klines_published(vision.client())
 
             def vision_published(symbol: str, day: dt.date) -> bool:
                 try:
@@ -574,23 +586,23 @@ def build_scan_job(
                     context.log.warning(f"cannot ask Vision about {symbol} {day}: {exc}")
                     return False
 
-        settings = bml.settings()
+        the_lake, the_ledger = lake.lake(), ledger.ledger()
         report = scan(
-            bml.lake(),
-            bml.ledger(),
+            the_lake,
+            the_ledger,
             chosen,
             first,
             last,
             today=now,
             vision_published=vision_published,
             deep=config.deep,
-            listing_dates=_listing(listing_dates, bml),
+            listing_dates=_listing(listing_dates, the_ledger),
         )
         moment = _host_now()
-        report.strays += stray_cache_files(settings.cache_dir, now=moment)
+        report.strays += stray_cache_files(Path(vision.cache_dir), now=moment)
         swept = None
         if config.sweep:
-            swept = sweep(report.strays, lake=bml.lake(), now=moment, ledger=bml.ledger(), restat=report.restat)
+            swept = sweep(report.strays, lake=the_lake, now=moment, ledger=the_ledger, restat=report.restat)
             context.log.info(swept.summary())
             report.strays = [f for f in report.strays if f.path in swept.left]
         context.log.info(

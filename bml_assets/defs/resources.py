@@ -1,97 +1,174 @@
-"""Dagster resources: the one way assets and the IO manager reach configuration,
-the lake, the ledger and Binance Vision.
+"""Dagster resources: one typed ``ConfigurableResource`` per external thing, built from one ``Settings``.
 
-What belongs here: ``BmlResource``, a ``ConfigurableResource`` whose fields
-override the ``BML_*`` environment (SPEC §3) and which builds the lake (its store
-and locks), the ledger and the Vision client lazily, once per process. What stays
-out: the meaning of the settings (``settings.py``) and how the clients work
-(``sources/``, ``lake/``, ``storage/``).
+What belongs here: ``LedgerResource`` (the state database), ``LakeResource`` (the
+lake's root), ``VisionResource`` (Binance Vision and the verified-zip cache),
+``RestResource`` (the REST API and its shared weight budget), ``BuildResource``
+(the knobs of a day's build: safety lag, forward-fill bound), ``UrlCredentials``
+and ``resources_for(settings)``, the one function that makes them all from a
+``Settings``. Each builds its client lazily, once per resource instance (Dagster
+makes a fresh instance per run). What stays out: reading the environment
+(``domain/settings.py``; ``definitions.defs`` calls it once) and how the clients
+work (``sources/``, ``lake/``).
 
-The environment is read when a run first asks for ``settings()``, never at
-import time; explicit fields (tests, the demo) win over the environment. Explicit
-fields are stored with every run by a persistent Dagster instance (its job
-snapshot): a base URL with a password belongs in the environment, not in a field.
+Secrets. A persistent Dagster instance (``DAGSTER_HOME``) stores every resource's
+config with each run (in the job snapshot, as the config's defaults), and a base or
+state URL may carry a user and password (``http://user:pw@mirror``). So the URL
+fields hold the URL *redacted* (``http://***@mirror``) and the real one stays in the
+process: a ``UrlCredentials`` built from the same ``Settings``, given to each
+resource as a ``ResourceDependency`` — a plain Python object, never config, so
+never stored. When the client is built, a field that is the redacted form of the
+process's URL gets that URL back; a field set to another URL (the launchpad) is
+used as it is, and a redacted one the process has no credentials for is an error.
+
+No ``from __future__ import annotations``: Dagster reads ``ResourceDependency``
+annotations when a resource is made.
 """
 
-from __future__ import annotations
-
-import os
+from dataclasses import dataclass, fields
 from pathlib import Path
 
-from dagster import ConfigurableResource
+from dagster import ConfigurableResource, ResourceDependency
 from pydantic import PrivateAttr
 
-from bml_assets.domain.settings import Settings
+from bml_assets.domain.settings import URL_FIELDS, Settings
 from bml_assets.lake.lake import Lake
 from bml_assets.lake.ledger import Ledger
+from bml_assets.sources.http import REDACTED_USERINFO, redact_url
 from bml_assets.sources.rest import RestClient
 from bml_assets.sources.vision import VisionClient
 
 
-class BmlResource(ConfigurableResource):
-    """Settings, lake, ledger and Vision client. Unset fields fall back to ``BML_*``."""
+class UrlCredentials:
+    """The process's URLs as ``Settings`` has them, credentials included: looked up by
+    their redacted form when a client is built. Never config: its repr shows no URL."""
 
-    lake_root: str | None = None
-    state_url: str | None = None
-    vision_base_url: str | None = None
-    rest_base_url: str | None = None
-    max_ffill_minutes: int | None = None
-    safety_lag_minutes: int | None = None
-    vision_max_csv_bytes: int | None = None
+    def __init__(self, settings: Settings) -> None:
+        self._urls = {name: getattr(settings, name) for name in URL_FIELDS}
 
-    _settings: Settings | None = PrivateAttr(default=None)
-    _lake: Lake | None = PrivateAttr(default=None)
+    def url(self, shown: str, setting: str) -> str:
+        """The URL to connect to for the field value ``shown`` of the ``setting`` (e.g.
+        ``rest_base_url``): the process's own URL when ``shown`` is its redacted form."""
+        own = self._urls[setting]
+        if shown == redact_url(own):
+            return own
+        if REDACTED_USERINFO in shown:
+            raise ValueError(
+                f"{shown} needs the credentials of BML_{setting.upper()}, and this process has them "
+                f"for {redact_url(own)} only: set BML_{setting.upper()} with the user and password"
+            )
+        return shown
+
+    def __repr__(self) -> str:
+        return "UrlCredentials(***)"
+
+
+class LedgerResource(ConfigurableResource):
+    """The ledger (SPEC §7) in the state database at ``state_url`` (redacted)."""
+
+    state_url: str
+    credentials: ResourceDependency[UrlCredentials]
+
     _ledger: Ledger | None = PrivateAttr(default=None)
-    _vision: VisionClient | None = PrivateAttr(default=None)
-    _rest: RestClient | None = PrivateAttr(default=None)
-
-    def settings(self) -> Settings:
-        if self._settings is None:
-            base = Settings.from_env()
-            changes: dict[str, object] = {}
-            if self.lake_root:
-                changes["lake_root"] = Path(self.lake_root)
-                if not self.state_url and not _state_url_from_env():
-                    changes["state_url"] = ""  # re-derive beside the new lake root
-            if self.state_url:
-                changes["state_url"] = self.state_url
-            if self.vision_base_url:
-                changes["vision_base_url"] = self.vision_base_url.rstrip("/")
-            if self.rest_base_url:
-                changes["rest_base_url"] = self.rest_base_url.rstrip("/")
-            if self.max_ffill_minutes is not None:
-                changes["max_ffill_minutes"] = self.max_ffill_minutes
-            if self.safety_lag_minutes is not None:
-                changes["safety_lag_minutes"] = self.safety_lag_minutes
-            if self.vision_max_csv_bytes is not None:
-                changes["vision_max_csv_bytes"] = self.vision_max_csv_bytes
-            self._settings = base.with_(**changes) if changes else base
-        return self._settings
-
-    def lake(self) -> Lake:
-        """The lake at ``lake_root``: its store and partition locks."""
-        if self._lake is None:
-            self._lake = Lake.at(self.settings().lake_root)
-        return self._lake
 
     def ledger(self) -> Ledger:
         if self._ledger is None:
-            self._ledger = Ledger(self.settings().state_url)
+            self._ledger = Ledger(self.credentials.url(self.state_url, "state_url"))
         return self._ledger
 
-    def vision(self) -> VisionClient:
-        if self._vision is None:
-            s = self.settings()
-            self._vision = VisionClient(s.vision_base_url, s.cache_dir)
-        return self._vision
 
-    def rest(self) -> RestClient:
-        """The REST client; its weight budget is shared through the state database."""
-        if self._rest is None:
-            s = self.settings()
-            self._rest = RestClient(s.rest_base_url, state_url=s.state_url, weight_budget=s.rest_weight_budget)
-        return self._rest
+class LakeResource(ConfigurableResource):
+    """The lake at ``root``: its store and partition locks."""
+
+    root: str
+
+    _lake: Lake | None = PrivateAttr(default=None)
+
+    def lake(self) -> Lake:
+        if self._lake is None:
+            self._lake = Lake.at(Path(self.root))
+        return self._lake
 
 
-def _state_url_from_env() -> bool:
-    return bool(os.environ.get("BML_STATE_URL", "").strip())
+class VisionResource(ConfigurableResource):
+    """Binance Vision at ``base_url`` (redacted), its verified zips cached in ``cache_dir``;
+    ``max_csv_bytes``: the most CSV one zip may unpack to (``BML_VISION_MAX_CSV_BYTES``)."""
+
+    base_url: str
+    cache_dir: str
+    max_csv_bytes: int
+    credentials: ResourceDependency[UrlCredentials]
+
+    _client: VisionClient | None = PrivateAttr(default=None)
+
+    def client(self) -> VisionClient:
+        if self._client is None:
+            self._client = VisionClient(self.credentials.url(self.base_url, "vision_base_url"), Path(self.cache_dir))
+        return self._client
+
+
+class RestResource(ConfigurableResource):
+    """The REST API at ``base_url`` (redacted); its weight budget (``weight_budget`` per
+    rolling minute) is shared by every process through the state database at ``state_url``."""
+
+    base_url: str
+    state_url: str
+    weight_budget: int
+    credentials: ResourceDependency[UrlCredentials]
+
+    _client: RestClient | None = PrivateAttr(default=None)
+
+    def client(self) -> RestClient:
+        if self._client is None:
+            self._client = RestClient(
+                self.credentials.url(self.base_url, "rest_base_url"),
+                state_url=self.credentials.url(self.state_url, "state_url"),
+                weight_budget=self.weight_budget,
+            )
+        return self._client
+
+
+class BuildResource(ConfigurableResource):
+    """The knobs of a day's build: ``safety_lag_minutes`` (a minute is committable that long
+    after it closed) and ``max_ffill_minutes`` (how far a slow series is carried forward)."""
+
+    safety_lag_minutes: int
+    max_ffill_minutes: int
+
+
+@dataclass(frozen=True)
+class Resources:
+    """The resources of the code location; their Dagster keys are these field names."""
+
+    ledger: LedgerResource
+    lake: LakeResource
+    vision: VisionResource
+    rest: RestResource
+    build: BuildResource
+
+    def by_key(self) -> dict[str, ConfigurableResource]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def resources_for(settings: Settings) -> Resources:
+    """Every resource, all from ``settings``: the one place they are made."""
+    credentials = UrlCredentials(settings)
+    state_url = redact_url(settings.state_url)
+    return Resources(
+        ledger=LedgerResource(state_url=state_url, credentials=credentials),
+        lake=LakeResource(root=str(settings.lake_root)),
+        vision=VisionResource(
+            base_url=redact_url(settings.vision_base_url),
+            cache_dir=str(settings.cache_dir),
+            max_csv_bytes=settings.vision_max_csv_bytes,
+            credentials=credentials,
+        ),
+        rest=RestResource(
+            base_url=redact_url(settings.rest_base_url),
+            state_url=state_url,
+            weight_budget=settings.rest_weight_budget,
+            credentials=credentials,
+        ),
+        build=BuildResource(
+            safety_lag_minutes=settings.safety_lag_minutes, max_ffill_minutes=settings.max_ffill_minutes
+        ),
+    )

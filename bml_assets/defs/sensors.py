@@ -2,7 +2,10 @@
 
 What belongs here: when runs are requested and with which deterministic run
 keys and cursors. What stays out: what a run does (the assets) and how the
-exchange is reached (``resources.py``).
+exchange is reached (``resources.py``, ``build/``).
+
+No ``from __future__ import annotations``: Dagster reads the resource parameters'
+annotations at definition time.
 
 - ``hot_poll_sensor``: every few seconds, per symbol, asks the exchange's clock
   which minutes are closed plus the safety lag; when a minute past the symbol's
@@ -29,14 +32,15 @@ from dagster import (
     sensor,
 )
 
-from bml_assets.defs.assets.rest_days import ExchangeNow
+from bml_assets.build.clock import ExchangeNow
 from bml_assets.defs.assets.streams import BAND_TAG, HOT_BAND, NOT_BEFORE_TAG, PROMOTION_TAG
-from bml_assets.defs.resources import BmlResource
+from bml_assets.defs.resources import BuildResource, LedgerResource, RestResource, VisionResource
 from bml_assets.domain.minutes import MINUTE_MS, datetime_to_ms, day_start, ms_to_datetime
 from bml_assets.domain.partitions import partition_key
 from bml_assets.domain.provenance import provisional_streams
 from bml_assets.domain.schema import MINUTE_VIEW
 from bml_assets.domain.streams import DAILY_STREAMS, Stream
+from bml_assets.lake.ledger import Ledger
 from bml_assets.sources.vision import NotPublished, VisionClient
 
 HOT_POLL_INTERVAL_S = 5
@@ -48,9 +52,8 @@ PROMOTION_INTERVAL_S = 300
 PROMOTIONS_PER_TICK = 5
 
 
-def hot_targets(bml: BmlResource, symbols: tuple[str, ...], now: ExchangeNow) -> dict[str, dt.date]:
+def hot_targets(ledger: Ledger, symbols: tuple[str, ...], now: ExchangeNow) -> dict[str, dt.date]:
     """Per symbol, the day whose next minute after the watermark is committable now."""
-    ledger = bml.ledger()
     targets: dict[str, dt.date] = {}
     today_start = day_start(now.today)
     for symbol in symbols:
@@ -77,13 +80,15 @@ def build_hot_poll_sensor(symbols: tuple[str, ...], *, job_name: str) -> SensorD
         default_status=DefaultSensorStatus.RUNNING,
         description="Keeps today's partitions current: one run per symbol when a new minute is committable.",
     )
-    def hot_poll_sensor(context: SensorEvaluationContext, bml: BmlResource):
-        lag = bml.settings().safety_lag_minutes
+    def hot_poll_sensor(
+        context: SensorEvaluationContext, ledger: LedgerResource, rest: RestResource, build: BuildResource
+    ):
+        lag = build.safety_lag_minutes
         # What will be committable a launch-lead from now: the run waits for it.
-        now = ExchangeNow(bml.rest().server_time_ms() + HOT_LAUNCH_LEAD_MS, lag)
+        now = ExchangeNow(rest.client().server_time_ms() + HOT_LAUNCH_LEAD_MS, lag)
         cursor: dict[str, int] = json.loads(context.cursor) if context.cursor else {}
         requested = False
-        for symbol, day in hot_targets(bml, symbols, now).items():
+        for symbol, day in hot_targets(ledger.ledger(), symbols, now).items():
             if cursor.get(symbol) == now.closed_end_ms:
                 continue  # already asked for everything committable now
             if _run_in_flight(context, partition_key(symbol, day)):
@@ -133,12 +138,13 @@ def build_vision_promotion_sensor(*, job_name: str) -> SensorDefinition:
         default_status=DefaultSensorStatus.RUNNING,
         description="Rebuilds REST-built (provisional) days from Vision once Vision publishes them.",
     )
-    def vision_promotion_sensor(context: SensorEvaluationContext, bml: BmlResource):
-        ledger, vision = bml.ledger(), bml.vision()
-        today = ExchangeNow(bml.rest().server_time_ms(), 0).today
+    def vision_promotion_sensor(
+        context: SensorEvaluationContext, ledger: LedgerResource, vision: VisionResource, rest: RestResource
+    ):
+        today = ExchangeNow(rest.client().server_time_ms(), 0).today
         candidates = [
             r
-            for r in ledger.partitions(dataset=MINUTE_VIEW.name, status="committed")
+            for r in ledger.ledger().partitions(dataset=MINUTE_VIEW.name, status="committed")
             if r.day < today and provisional_streams(r.provenance)
         ]
         candidates.sort(key=lambda r: (r.day, r.symbol))
@@ -150,7 +156,9 @@ def build_vision_promotion_sensor(*, job_name: str) -> SensorDefinition:
         for record in ordered[:PROMOTIONS_PER_TICK]:
             checked += 1
             context.update_cursor(f"{record.day}|{record.symbol}")
-            published = _published_on_vision(vision, record.symbol, record.day, provisional_streams(record.provenance))
+            published = _published_on_vision(
+                vision.client(), record.symbol, record.day, provisional_streams(record.provenance)
+            )
             if not published:
                 continue
             yield RunRequest(

@@ -1,10 +1,13 @@
 """Typed configuration from the environment (SPEC §3): the one settings object.
 
-What belongs here: the ``BML_*`` variables, their defaults, their parsing and
-validation (symbols are part of paths, so they are checked here), and nothing
-else. Reading happens only when ``Settings.from_env()`` is called, never at
-import time; Dagster code reaches settings through the ``BmlSettings`` resource
-(``resources.py``), the CLI and the demo through ``from_env()``.
+What belongs here: the ``BML_*`` variables, their defaults (declared once, as the
+field defaults of ``Settings``), their parsing and validation (symbols are part of
+paths, so they are checked here), and nothing else. Reading happens only when
+``Settings.from_env()`` is called, never at import time, and nothing else in the
+package reads the environment for ``BML_*``: the Dagster code location calls it once
+when Dagster loads the definitions (``definitions.defs``) and builds its resources
+from the result (``defs/resources.py``); the CLI and the demo call it once for their
+own process.
 """
 
 from __future__ import annotations
@@ -12,9 +15,10 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
+from typing import Any
 
 from dotenv import dotenv_values
 
@@ -28,22 +32,8 @@ SYMBOL_PATTERN = re.compile(r"^[A-Z0-9]{2,20}$")
 # refuses a zip bomb (a 16 MB zip unpacking to 2 GB) long before it fills memory or
 # disk. A genuine file over it is reported with this variable's name.
 DEFAULT_VISION_MAX_CSV_BYTES = 1536 << 20
-
-DEFAULTS: dict[str, str] = {
-    "BML_SYMBOLS": "BTCUSDT",
-    "BML_START_DATE": "2020-01-01",
-    "BML_LAKE_ROOT": "./lake",
-    "BML_STATE_URL": "",  # derived from the lake root when empty
-    "BML_VISION_BASE_URL": "https://data.binance.vision",
-    "BML_REST_BASE_URL": "https://fapi.binance.com",
-    "BML_WS_BASE_URL": "wss://fstream.binance.com",
-    "BML_SAFETY_LAG_MINUTES": "1",
-    "BML_MAX_FFILL_MINUTES": "60",
-    "BML_REST_WEIGHT_BUDGET": "1800",
-    "BML_VISION_MAX_CSV_BYTES": str(DEFAULT_VISION_MAX_CSV_BYTES),
-}
 # Fields that may hold credentials (``http://user:password@mirror``): shown redacted.
-_URL_FIELDS = frozenset({"state_url", "vision_base_url", "rest_base_url", "ws_base_url"})
+URL_FIELDS = frozenset({"state_url", "vision_base_url", "rest_base_url", "ws_base_url"})
 
 
 class SettingsError(ValueError):
@@ -68,34 +58,57 @@ def parse_symbols(text: str, *, variable: str = "BML_SYMBOLS") -> tuple[str, ...
     return symbols
 
 
-def _int(env: Mapping[str, str], name: str, minimum: int) -> int:
-    raw = env[name]
+def _date(raw: str, name: str) -> dt.date:
     try:
-        value = int(raw)
+        return dt.date.fromisoformat(raw.strip())
     except ValueError:
-        raise SettingsError(f"{name}={raw!r} is not a whole number") from None
-    if value < minimum:
-        raise SettingsError(f"{name}={value} must be at least {minimum}")
-    return value
+        raise SettingsError(f"{name}={raw!r} is not a date like 2020-01-01") from None
 
 
-def _url(env: Mapping[str, str], name: str, schemes: tuple[str, ...]) -> str:
-    raw = env[name].strip().rstrip("/")
-    if not raw.startswith(tuple(f"{s}://" for s in schemes)):
-        shown = redact_url(raw)
-        raise SettingsError(f"{name}={shown!r} must start with one of {', '.join(s + '://' for s in schemes)}")
-    return raw
+def _whole(minimum: int) -> Callable[[str, str], int]:
+    def parse(raw: str, name: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise SettingsError(f"{name}={raw!r} is not a whole number") from None
+        if value < minimum:
+            raise SettingsError(f"{name}={value} must be at least {minimum}")
+        return value
+
+    return parse
+
+
+def _url(*schemes: str) -> Callable[[str, str], str]:
+    def parse(raw: str, name: str) -> str:
+        value = raw.strip().rstrip("/")
+        if not value.startswith(tuple(f"{s}://" for s in schemes)):
+            raise SettingsError(
+                f"{name}={redact_url(value)!r} must start with one of {', '.join(s + '://' for s in schemes)}"
+            )
+        return value
+
+    return parse
+
+
+def variable(field_name: str) -> str:
+    """The environment variable of a ``Settings`` field: ``lake_root`` → ``BML_LAKE_ROOT``."""
+    return f"BML_{field_name.upper()}"
 
 
 @dataclass(frozen=True)
 class Settings:
+    """The ``BML_*`` configuration; each field's default is the SPEC §3 default of its
+    variable (``variable(name)``)."""
+
     symbols: tuple[str, ...] = ("BTCUSDT",)
     start_date: dt.date = dt.date(2020, 1, 1)
     lake_root: Path = Path("lake")
+    # The ledger's SQLAlchemy URL; empty: ``{lake_root}/_state/ledger.sqlite``.
     state_url: str = ""
-    vision_base_url: str = DEFAULTS["BML_VISION_BASE_URL"]
-    rest_base_url: str = DEFAULTS["BML_REST_BASE_URL"]
-    ws_base_url: str = DEFAULTS["BML_WS_BASE_URL"]
+    vision_base_url: str = "https://data.binance.vision"
+    rest_base_url: str = "https://fapi.binance.com"
+    # For the live WebSocket collector (issue 10): parsed and validated now, read by nothing yet.
+    ws_base_url: str = "wss://fstream.binance.com"
     safety_lag_minutes: int = 1
     max_ffill_minutes: int = 60
     rest_weight_budget: int = 1800
@@ -106,7 +119,7 @@ class Settings:
         shown = []
         for f in fields(self):
             value = getattr(self, f.name)
-            shown.append(f"{f.name}={(redact_url(value) if f.name in _URL_FIELDS else value)!r}")
+            shown.append(f"{f.name}={(redact_url(value) if f.name in URL_FIELDS else value)!r}")
         return f"Settings({', '.join(shown)})"
 
     def __post_init__(self) -> None:
@@ -118,30 +131,19 @@ class Settings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *, dotenv_path: str | Path | None = ".env") -> Settings:
         """Read ``BML_*`` from ``environ`` (default ``os.environ``), then a ``.env`` file
-        for what the environment does not set, then the SPEC defaults."""
-        env: dict[str, str] = dict(DEFAULTS)
+        for what the environment does not set; a variable set nowhere keeps its field's default."""
+        env: dict[str, str] = {}
         if dotenv_path is not None and Path(dotenv_path).is_file():
             env.update({k: v for k, v in dotenv_values(dotenv_path).items() if k.startswith("BML_") and v is not None})
         source = os.environ if environ is None else environ
         env.update({k: v for k, v in source.items() if k.startswith("BML_")})
-        try:
-            start = dt.date.fromisoformat(env["BML_START_DATE"].strip())
-        except ValueError:
-            raise SettingsError(f"BML_START_DATE={env['BML_START_DATE']!r} is not a date like 2020-01-01") from None
-        lake_root = Path(env["BML_LAKE_ROOT"].strip() or "./lake")
-        return cls(
-            symbols=parse_symbols(env["BML_SYMBOLS"]),
-            start_date=start,
-            lake_root=lake_root,
-            state_url=env["BML_STATE_URL"].strip(),
-            vision_base_url=_url(env, "BML_VISION_BASE_URL", ("http", "https")),
-            rest_base_url=_url(env, "BML_REST_BASE_URL", ("http", "https")),
-            ws_base_url=_url(env, "BML_WS_BASE_URL", ("ws", "wss")),
-            safety_lag_minutes=_int(env, "BML_SAFETY_LAG_MINUTES", 0),
-            max_ffill_minutes=_int(env, "BML_MAX_FFILL_MINUTES", 0),
-            rest_weight_budget=_int(env, "BML_REST_WEIGHT_BUDGET", 1),
-            vision_max_csv_bytes=_int(env, "BML_VISION_MAX_CSV_BYTES", 1),
-        )
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(variable(f.name))
+            if raw is None or (f.name in _EMPTY_IS_UNSET and not raw.strip()):
+                continue
+            values[f.name] = _PARSERS[f.name](raw, variable(f.name))
+        return cls(**values)
 
     def with_(self, **changes: object) -> Settings:
         return replace(self, **changes)  # type: ignore[arg-type]
@@ -150,3 +152,21 @@ class Settings:
     def cache_dir(self) -> Path:
         """Verified Vision zips, keyed by URL and sha256 (see sources/vision.py)."""
         return self.lake_root / "_cache" / "vision"
+
+
+# How each variable's text becomes its field's value (and what it may be).
+_PARSERS: dict[str, Callable[[str, str], Any]] = {
+    "symbols": lambda raw, name: parse_symbols(raw, variable=name),
+    "start_date": _date,
+    "lake_root": lambda raw, name: Path(raw.strip()),
+    "state_url": lambda raw, name: raw.strip(),
+    "vision_base_url": _url("http", "https"),
+    "rest_base_url": _url("http", "https"),
+    "ws_base_url": _url("ws", "wss"),
+    "safety_lag_minutes": _whole(0),
+    "max_ffill_minutes": _whole(0),
+    "rest_weight_budget": _whole(1),
+    "vision_max_csv_bytes": _whole(1),
+}
+# Set but empty, these keep their default (the lake in ./lake, the ledger inside it).
+_EMPTY_IS_UNSET = frozenset({"lake_root", "state_url"})

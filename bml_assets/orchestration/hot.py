@@ -16,10 +16,12 @@ import datetime as dt
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+from bml_assets.build.clock import ExchangeNow
 from bml_assets.domain.settings import Settings
 from bml_assets.lake.ledger import Ledger
-from bml_assets.orchestration.runner import bml_resource, in_process
+from bml_assets.orchestration.runner import in_process
 from bml_assets.orchestration.state import open_workspace
+from bml_assets.sources.rest import RestClient
 
 
 @dataclass(frozen=True)
@@ -49,17 +51,20 @@ def hot_pass(settings: Settings, symbols: Sequence[str] | None = None) -> Iterat
 
 def _hot_runs(settings: Settings, symbols: tuple[str, ...]) -> Iterator[HotOutcome]:
     from bml_assets.definitions import HOT_JOB
-    from bml_assets.defs.assets.rest_days import ExchangeNow
     from bml_assets.defs.assets.streams import BAND_TAG, HOT_BAND
     from bml_assets.defs.sensors import hot_targets
 
-    bml = bml_resource(settings)
-    now = ExchangeNow(bml.rest().server_time_ms(), settings.safety_lag_minutes)
-    targets = hot_targets(bml, symbols, now)
+    rest = RestClient(settings.rest_base_url, state_url=settings.state_url, weight_budget=settings.rest_weight_budget)
+    try:
+        now = ExchangeNow(rest.server_time_ms(), settings.safety_lag_minutes)
+    finally:
+        rest.close()
+    with Ledger(settings.state_url) as ledger:
+        targets = hot_targets(ledger, symbols, now)
     first_day = min([now.today, *targets.values()])
     with (
         Ledger(settings.state_url) as ledger,
-        in_process(settings, HOT_JOB, symbols=symbols, first_day=first_day, resource=bml) as runner,
+        in_process(settings, HOT_JOB, symbols=symbols, first_day=first_day) as runner,
     ):
         for symbol in symbols:
             before = ledger.get_watermark(symbol)

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from bml_assets.domain.partitions import partition_key
-from bml_assets.domain.settings import Settings, SettingsError
+from bml_assets.domain.settings import Settings
 
 # Per-partition warnings (e.g. "no hot snapshots for a past day") would bury the progress:
 # the commands report failures themselves; the full logs are in the run (DAGSTER_HOME).
@@ -69,34 +69,7 @@ def dagster_instance() -> Iterator[Any]:
             yield instance
 
 
-def bml_resource(settings: Settings):
-    """The Dagster resource the runs get, for ``settings``."""
-    from bml_assets.defs.resources import BmlResource
-
-    # A resource's fields are part of the job snapshot the Dagster instance stores
-    # (DAGSTER_HOME), and a URL may hold a password: a URL the environment already
-    # gives (the CLI's case) is left for the resource to read from there.
-    try:
-        env: Settings | None = Settings.from_env()
-    except SettingsError:
-        env = None
-
-    def unless_in_env(name: str) -> str | None:
-        value = getattr(settings, name)
-        return None if env is not None and getattr(env, name) == value else value
-
-    return BmlResource(
-        lake_root=str(settings.lake_root),
-        state_url=unless_in_env("state_url"),
-        vision_base_url=unless_in_env("vision_base_url"),
-        rest_base_url=unless_in_env("rest_base_url"),
-        max_ffill_minutes=settings.max_ffill_minutes,
-        safety_lag_minutes=settings.safety_lag_minutes,
-        vision_max_csv_bytes=settings.vision_max_csv_bytes,
-    )
-
-
-def _definitions(settings: Settings, bml: Any, symbols: Iterable[str], first_day: dt.date):
+def _definitions(settings: Settings, symbols: Iterable[str], first_day: dt.date):
     """The real definitions, with a partition set that covers ``symbols`` from ``first_day``."""
     from bml_assets.definitions import build_definitions
 
@@ -104,7 +77,7 @@ def _definitions(settings: Settings, bml: Any, symbols: Iterable[str], first_day
         symbols=tuple(dict.fromkeys([*settings.symbols, *symbols])),
         start_date=min(settings.start_date, first_day),
     )
-    return build_definitions(wide, bml=bml)
+    return build_definitions(wide)
 
 
 def _failures(result: Any) -> list[Any]:
@@ -183,11 +156,10 @@ class InProcessRunner:
 
 @contextmanager
 def in_process(
-    settings: Settings, job_name: str, *, symbols: Iterable[str], first_day: dt.date, resource: Any = None
+    settings: Settings, job_name: str, *, symbols: Iterable[str], first_day: dt.date
 ) -> Iterator[InProcessRunner]:
     """A runner of the real definitions' ``job_name`` for ``symbols`` from ``first_day``, in
-    ``dagster_instance()``; ``resource``: the one the caller already made (``bml_resource``)."""
-    bml = resource if resource is not None else bml_resource(settings)
-    job = _definitions(settings, bml, symbols, first_day).resolve_job_def(job_name)
+    ``dagster_instance()``; the definitions' resources are built from ``settings``."""
+    job = _definitions(settings, symbols, first_day).resolve_job_def(job_name)
     with dagster_instance() as instance:
         yield InProcessRunner(job, instance)

@@ -11,7 +11,6 @@ import pytest
 from dagster import DagsterInstance, Definitions, ExecuteInProcessResult
 
 from bml_assets.definitions import MINUTE_VIEW_JOB, build_definitions
-from bml_assets.defs.resources import BmlResource
 from bml_assets.domain.partitions import partition_key
 from bml_assets.domain.settings import Settings
 from bml_assets.lake.lake import Lake as BmlLake
@@ -93,20 +92,18 @@ class Lake:
         return self.root / "futures" / "um" / "minute" / f"symbol={symbol}" / f"date={day.isoformat()}" / "part.parquet"
 
 
-def make_lake(root: Path, vision_base_url: str, instance: DagsterInstance, **resource_fields: object) -> Lake:
-    """``resource_fields``: more ``BmlResource`` fields (e.g. ``vision_max_csv_bytes``)."""
-    settings = Settings(
-        symbols=SYMBOLS, start_date=dt.date(2019, 1, 1), lake_root=root, vision_base_url=vision_base_url
-    )
+def make_lake(root: Path, vision_base_url: str, instance: DagsterInstance, **settings_fields: object) -> Lake:
+    """``settings_fields``: more ``Settings`` fields (e.g. ``vision_max_csv_bytes``)."""
     # The replay server answers REST too (repairs of missing Vision files go there).
-    bml = BmlResource(
-        lake_root=str(root),
-        state_url=settings.state_url,
+    settings = Settings(
+        symbols=SYMBOLS,
+        start_date=dt.date(2019, 1, 1),
+        lake_root=root,
         vision_base_url=vision_base_url,
         rest_base_url=vision_base_url,
-        **resource_fields,  # type: ignore[arg-type]
+        **settings_fields,  # type: ignore[arg-type]
     )
-    return Lake(root, settings, build_definitions(settings, bml=bml), instance)
+    return Lake(root, settings, build_definitions(settings), instance)
 
 
 @pytest.fixture

@@ -20,10 +20,11 @@ from dagster import DagsterInstance, ExecuteInProcessResult, build_sensor_contex
 
 from bml_assets.definitions import HOT_JOB, MINUTE_VIEW_JOB, build_definitions
 from bml_assets.defs.assets.streams import BAND_TAG, HOT_BAND, NOT_BEFORE_TAG
-from bml_assets.defs.resources import BmlResource
+from bml_assets.defs.resources import Resources, resources_for
 from bml_assets.demo import QUIET
 from bml_assets.domain.partitions import partition_key
 from bml_assets.domain.settings import Settings
+from bml_assets.lake.lake import Lake
 from bml_assets.lake.ledger import Ledger
 from bml_assets.replay.clock import MarketClock
 from bml_assets.replay.faults import FaultRule
@@ -47,18 +48,24 @@ class HotLake:
     root: Path
     server: ReplayServer
     clock: MarketClock
-    bml: BmlResource
+    settings: Settings
     instance: DagsterInstance
     market: SyntheticMarket
 
     @property
     def ledger(self) -> Ledger:
-        return Ledger(self.bml.settings().state_url)
+        return Ledger(self.settings.state_url)
+
+    @property
+    def lake(self) -> Lake:
+        return Lake.at(self.root)
+
+    def resources(self) -> Resources:
+        return resources_for(self.settings)
 
     @property
     def defs(self):
-        settings = Settings(symbols=("BTCUSDT",), start_date=dt.date(2024, 1, 1), lake_root=self.root)
-        return build_definitions(settings, bml=self.bml)
+        return build_definitions(self.settings)
 
     def run(self, job: str, day: dt.date, tags: dict[str, str] | None = None) -> ExecuteInProcessResult:
         return self.defs.resolve_job_def(job).execute_in_process(
@@ -77,6 +84,18 @@ class HotLake:
         return pq.read_table(path)
 
 
+def hot_settings(root: Path, base_url: str, **fields: object) -> Settings:
+    """A lake at ``root`` served by the replay server at ``base_url`` (Vision and REST)."""
+    return Settings(
+        symbols=("BTCUSDT",),
+        start_date=dt.date(2024, 1, 1),
+        lake_root=root,
+        vision_base_url=base_url,
+        rest_base_url=base_url,
+        **fields,  # type: ignore[arg-type]
+    )
+
+
 @pytest.fixture
 def hot(tmp_path: Path) -> Iterator[HotLake]:
     market = SyntheticMarket(
@@ -85,14 +104,8 @@ def hot(tmp_path: Path) -> Iterator[HotLake]:
     clock = MarketClock.fixed(at(10, 30, 20))
     with ReplayServer(market=market, clock=clock) as server, DagsterInstance.ephemeral() as instance:
         root = tmp_path / "lake"
-        bml = BmlResource(
-            lake_root=str(root),
-            state_url=f"sqlite:///{root}/_state/ledger.sqlite",
-            vision_base_url=server.base_url,
-            rest_base_url=server.base_url,
-            safety_lag_minutes=1,
-        )
-        yield HotLake(root, server, clock, bml, instance, market)
+        settings = hot_settings(root, server.base_url, safety_lag_minutes=1)
+        yield HotLake(root, server, clock, settings, instance, market)
 
 
 def test_hot_poll_commits_closed_minutes_only_and_advances_the_watermark(hot: HotLake) -> None:
@@ -121,12 +134,7 @@ def test_rest_built_minutes_equal_the_vision_built_day(hot: HotLake, tmp_path: P
         tmp_path / "vision_lake",
         hot.server,
         hot.clock,
-        BmlResource(
-            lake_root=str(tmp_path / "vision_lake"),
-            state_url=f"sqlite:///{tmp_path}/vision_lake/_state/ledger.sqlite",
-            vision_base_url=hot.server.base_url,
-            rest_base_url=hot.server.base_url,
-        ),
+        hot_settings(tmp_path / "vision_lake", hot.server.base_url),
         hot.instance,
         hot.market,
     )
@@ -234,7 +242,7 @@ def test_a_past_day_from_rest_never_uses_the_current_snapshot(hot: HotLake) -> N
     snap = hot.market.metrics("BTCUSDT", past).to_pandas().set_index("snapshot_time")
     day_start = int(dt.datetime.combine(past, dt.time(), dt.UTC).timestamp() * 1000)
     assert view["oi_contracts"].iloc[-1] == snap.loc[day_start + 1435 * 60_000, "sum_open_interest"]
-    now_oi = hot.bml.rest().open_interest("BTCUSDT")["openInterest"]
+    now_oi = hot.resources().rest.client().open_interest("BTCUSDT")["openInterest"]
     assert float(now_oi) not in set(view["oi_contracts"].dropna())
 
 
@@ -247,7 +255,7 @@ def test_a_rest_built_day_is_promoted_when_vision_publishes_it(hot: HotLake) -> 
     hot.server.faults.clear()  # Vision now publishes the day
     defs = hot.defs
     sensor = defs.resolve_sensor_def("vision_promotion_sensor")
-    with build_sensor_context(instance=hot.instance, resources={"bml": hot.bml}, definitions=defs) as context:
+    with build_sensor_context(instance=hot.instance, resources=hot.resources().by_key(), definitions=defs) as context:
         requests = list(sensor(context))
     run_requests = [r for r in requests if hasattr(r, "partition_key")]
     assert [r.partition_key for r in run_requests] == [partition_key("BTCUSDT", past)]
@@ -277,7 +285,7 @@ def test_a_hot_polled_day_is_promoted_and_its_snapshots_are_not_provisional(hot:
     hot.clock.set(at(1, 0, 0, day=T + dt.timedelta(days=2)))  # Vision now has HOT_DAY
     defs = hot.defs
     sensor = defs.resolve_sensor_def("vision_promotion_sensor")
-    with build_sensor_context(instance=hot.instance, resources={"bml": hot.bml}, definitions=defs) as context:
+    with build_sensor_context(instance=hot.instance, resources=hot.resources().by_key(), definitions=defs) as context:
         requests = [r for r in sensor(context) if hasattr(r, "partition_key")]
     assert [r.partition_key for r in requests] == [partition_key("BTCUSDT", HOT_DAY)]
 
@@ -320,7 +328,7 @@ def test_hot_poll_sensor_requests_each_committable_minute_once(hot: HotLake) -> 
 
     def evaluate(cursor: str | None) -> tuple[list, str | None]:
         with build_sensor_context(
-            instance=hot.instance, resources={"bml": hot.bml}, definitions=defs, cursor=cursor
+            instance=hot.instance, resources=hot.resources().by_key(), definitions=defs, cursor=cursor
         ) as context:
             out = list(sensor(context))
             return [r for r in out if hasattr(r, "run_key")], context.cursor
@@ -366,7 +374,7 @@ def test_a_damaged_stream_file_of_the_live_day_is_fetched_again_by_the_next_poll
     with open(klines, "r+b") as f:
         f.truncate(5000)
     trade_flow.unlink()
-    found = scan(hot.bml.lake(), hot.ledger, ["BTCUSDT"], HOT_DAY, HOT_DAY, today=HOT_DAY, deep=False)
+    found = scan(hot.lake, hot.ledger, ["BTCUSDT"], HOT_DAY, HOT_DAY, today=HOT_DAY, deep=False)
     assert [(p.dataset, str(p.kind)) for p in found.problems] == [
         ("trade_flow_1m", "file_missing"),
         ("klines_1m", "unreadable"),
@@ -378,4 +386,4 @@ def test_a_damaged_stream_file_of_the_live_day_is_fetched_again_by_the_next_poll
     after = pq.read_table(klines)
     assert after.num_rows > before.num_rows and after.slice(0, before.num_rows).equals(before)
     assert trade_flow.is_file()
-    assert scan(hot.bml.lake(), hot.ledger, ["BTCUSDT"], HOT_DAY, HOT_DAY, today=HOT_DAY).clean
+    assert scan(hot.lake, hot.ledger, ["BTCUSDT"], HOT_DAY, HOT_DAY, today=HOT_DAY).clean

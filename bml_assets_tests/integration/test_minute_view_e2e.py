@@ -11,7 +11,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from bml_assets.domain.schema import MINUTE_SCHEMA
+from bml_assets import quality
+from bml_assets.build import minute_view
+from bml_assets.domain.schema import MINUTE_SCHEMA, MINUTE_VIEW
 
 from .conftest import DAY, DOWNTIME_DAY, LISTING, Lake
 
@@ -39,6 +41,26 @@ def test_partition_lands_at_spec_path_with_1440_rows_and_passing_checks(lake: La
     assert len(record.provenance["klines"]["files"][0]["sha256"]) == 64
     assert record.provenance["fundingRate"]["status"] == "vision"
     assert len(record.provenance["fundingRate"]["files"]) == 2  # the 1st: February seeds it
+
+
+def test_each_table_of_a_build_is_judged_by_its_blocking_rules_once(
+    lake: Lake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The minute view's asset judges its table (with its checks) and the commit trusts that
+    verdict; every stream table is judged by its commit."""
+    judged: list[str] = []
+    original = quality.judge_blocking
+
+    def counted(table, evidence, dataset=MINUTE_VIEW):  # type: ignore[no-untyped-def]
+        judged.append(dataset.name)
+        return original(table, evidence, dataset)
+
+    monkeypatch.setattr(quality, "judge_blocking", counted)
+    monkeypatch.setattr(minute_view, "judge_blocking", counted)
+    assert lake.materialize("BTCUSDT", DAY).success
+    committed = {r.dataset for r in lake.ledger.partitions(status="committed")}
+    assert MINUTE_VIEW.name in committed and len(committed) > 1
+    assert sorted(judged) == sorted(committed)
 
 
 def test_rematerializing_gives_the_same_content_hash(lake: Lake) -> None:

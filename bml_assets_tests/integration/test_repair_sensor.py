@@ -29,9 +29,10 @@ from dagster import DagsterInstance, RunRequest, SkipReason, build_sensor_contex
 from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
 
 from bml_assets.defs.repair import FOUND_BY_FILE_CHECK, FOUND_BY_WALK, REPAIR_FOUND_TAG, REPAIR_TAG, build_repair_sensor
-from bml_assets.defs.resources import BmlResource
+from bml_assets.defs.resources import resources_for
 from bml_assets.domain.partitions import partition_key
 from bml_assets.domain.schema import DATASETS, HOT_SNAPSHOTS, KLINES, MINUTE_VIEW, TRADE_FLOW
+from bml_assets.domain.settings import Settings
 from bml_assets.lake.commit import commit_table
 from bml_assets.lake.lake import Lake
 from bml_assets.lake.layout import file_key
@@ -121,8 +122,8 @@ class BigLake:
     url: str
     build_s: float
 
-    def bml(self) -> BmlResource:
-        return BmlResource(lake_root=str(self.root), state_url=self.url)
+    def resources(self) -> dict[str, Any]:
+        return resources_for(Settings(lake_root=self.root, state_url=self.url)).by_key()
 
 
 INSERT = (
@@ -255,7 +256,7 @@ def evaluate(
     sensor: Any, big: BigLake, instance: DagsterInstance, cursor: str | None
 ) -> tuple[list[Any], str | None, float]:
     began = time.perf_counter()
-    with build_sensor_context(instance=instance, resources={"bml": big.bml()}, cursor=cursor) as context:
+    with build_sensor_context(instance=instance, resources=big.resources(), cursor=cursor) as context:
         out = list(sensor(context))
         elapsed = time.perf_counter() - began
         return out, context.cursor, elapsed
@@ -263,7 +264,7 @@ def evaluate(
 
 def make_sensor(**kw: Any):
     return build_repair_sensor(
-        SYMBOLS, START, job_name="minute_view_job", max_runs_per_tick=MAX_RUNS, today=lambda _bml: TODAY, **kw
+        SYMBOLS, START, job_name="minute_view_job", max_runs_per_tick=MAX_RUNS, today=lambda _rest: TODAY, **kw
     )
 
 
@@ -407,7 +408,7 @@ def test_a_partition_with_a_run_in_flight_is_left_to_it(big: BigLake) -> None:
 
 
 def test_nothing_before_the_first_closed_day(big: BigLake) -> None:
-    sensor = build_repair_sensor(SYMBOLS, START, job_name="minute_view_job", today=lambda _bml: START)
+    sensor = build_repair_sensor(SYMBOLS, START, job_name="minute_view_job", today=lambda _rest: START)
     with DagsterInstance.ephemeral() as instance:
         out, _, _ = evaluate(sensor, big, instance, None)
     assert [type(r) for r in out] == [SkipReason]
@@ -415,10 +416,10 @@ def test_nothing_before_the_first_closed_day(big: BigLake) -> None:
 
 
 def test_days_before_a_listing_are_not_requested(big: BigLake) -> None:
-    asked: list[BmlResource] = []
+    asked: list[Ledger] = []
 
-    def listing(bml: BmlResource) -> dict[str, dt.date]:
-        asked.append(bml)
+    def listing(ledger: Ledger) -> dict[str, dt.date]:
+        asked.append(ledger)
         return {SYMBOLS[0]: START + dt.timedelta(days=1)}
 
     sensor = make_sensor(listing_dates=listing)
@@ -433,14 +434,14 @@ def test_an_incomplete_partition_is_retried_with_a_bounded_backoff(tmp_path: Pat
     injected clock), with a new run key per rebuild that left it incomplete again."""
     day = dt.date(2024, 3, 1)
     root = tmp_path / "lake"
-    bml = BmlResource(lake_root=str(root), state_url=f"sqlite:///{root / '_state' / 'ledger.sqlite'}")
-    ledger = bml.ledger()
+    settings = Settings(lake_root=root)
+    ledger = Ledger(settings.state_url)
     missing = [{"stream": "metrics", "reason": "REST keeps 30 days of history"}]
 
     def build() -> dt.datetime:
         commit_table(
             minute_table(day),
-            lake=bml.lake(),
+            lake=Lake.at(root),
             ledger=ledger,
             dataset=MINUTE_VIEW,
             symbol="BTCUSDT",
@@ -458,10 +459,10 @@ def test_an_incomplete_partition_is_retried_with_a_bounded_backoff(tmp_path: Pat
             ("BTCUSDT",),
             day,
             job_name="minute_view_job",
-            today=lambda _bml: day + dt.timedelta(days=1),
+            today=lambda _rest: day + dt.timedelta(days=1),
             clock=lambda: now,
         )
-        with build_sensor_context(instance=instance, resources={"bml": bml}) as context:
+        with build_sensor_context(instance=instance, resources=resources_for(settings).by_key()) as context:
             return [r for r in sensor(context) if isinstance(r, RunRequest)]
 
     first = build()

@@ -18,7 +18,7 @@ from dagster import AssetKey, RunRequest, build_sensor_context, materialize
 
 from bml_assets.definitions import MINUTE_VIEW_JOB
 from bml_assets.defs.repair import REPAIR_TAG, build_repair_sensor, build_scan_job, repair_targets
-from bml_assets.defs.resources import BmlResource
+from bml_assets.defs.resources import resources_for
 from bml_assets.domain.partitions import partition_key
 from bml_assets.domain.schema import BOOK_TICKER, MINUTE_VIEW, schema_hash
 from bml_assets.lake.commit import encode_parquet
@@ -46,12 +46,9 @@ def found(report: ScanReport) -> list[tuple[str, str, str]]:
 
 
 def scan_job_metadata(lake: Lake) -> dict[str, object]:
-    bml = BmlResource(
-        lake_root=str(lake.root), state_url=lake.settings.state_url, vision_base_url=lake.settings.vision_base_url
-    )
     job = build_scan_job(SYMBOLS, D1)
     result = job.execute_in_process(
-        resources={"bml": bml},
+        resources=resources_for(lake.settings).by_key(),
         instance=lake.instance,
         run_config={"ops": {"scan_lake": {"config": {"end": D3.isoformat(), "today": TODAY.isoformat()}}}},
     )
@@ -133,8 +130,8 @@ def test_planted_damage_is_found_and_rebuilding_the_targets_makes_the_lake_clean
         ("BTCUSDT", "2024-03-03", "schema_outdated"),
         ("ETHUSDT", "2024-03-03", "not_built"),
     ]
-    sensor = build_repair_sensor(SYMBOLS, D1, job_name=MINUTE_VIEW_JOB, today=lambda _bml: TODAY)
-    with build_sensor_context(instance=lake.instance, resources={"bml": lake.defs.resources["bml"]}) as context:
+    sensor = build_repair_sensor(SYMBOLS, D1, job_name=MINUTE_VIEW_JOB, today=lambda _rest: TODAY)
+    with build_sensor_context(instance=lake.instance, resources=resources_for(lake.settings).by_key()) as context:
         requests = [r for r in sensor(context) if isinstance(r, RunRequest)]
     assert [(r.partition_key, r.tags[REPAIR_TAG]) for r in requests] == [
         (partition_key("BTCUSDT", D1), "file_missing"),
@@ -227,13 +224,13 @@ def test_the_repair_sensor_rebuilds_a_damaged_file_of_any_table_within_two_ticks
     ]
     assert [f.path for f in shallow.strays] == [stray]
 
-    sensor = build_repair_sensor(SYMBOLS, D1, job_name=MINUTE_VIEW_JOB, today=lambda _bml: D3, clock=lambda: NOW)
+    sensor = build_repair_sensor(SYMBOLS, D1, job_name=MINUTE_VIEW_JOB, today=lambda _rest: D3, clock=lambda: NOW)
     job = lake.defs.resolve_job_def(MINUTE_VIEW_JOB)
     cursor = None
     ticks: list[list[RunRequest]] = []
     for _ in range(2):
         with build_sensor_context(
-            instance=lake.instance, resources={"bml": lake.defs.resources["bml"]}, cursor=cursor
+            instance=lake.instance, resources=resources_for(lake.settings).by_key(), cursor=cursor
         ) as context:
             requests = [r for r in sensor(context) if isinstance(r, RunRequest)]
             cursor = context.cursor
@@ -314,8 +311,8 @@ def test_a_stream_file_of_an_older_schema_still_feeds_the_minute_view_until_the_
     assert path.read_bytes() == old_bytes  # the stream table was only read
 
     # The repair sensor asks for the day; its rebuild writes the stream file in the current schema.
-    sensor = build_repair_sensor(("BTCUSDT",), D1, job_name=MINUTE_VIEW_JOB, today=lambda _bml: D2, clock=lambda: NOW)
-    with build_sensor_context(instance=lake.instance, resources={"bml": lake.defs.resources["bml"]}) as context:
+    sensor = build_repair_sensor(("BTCUSDT",), D1, job_name=MINUTE_VIEW_JOB, today=lambda _rest: D2, clock=lambda: NOW)
+    with build_sensor_context(instance=lake.instance, resources=resources_for(lake.settings).by_key()) as context:
         requests = [r for r in sensor(context) if isinstance(r, RunRequest)]
     assert [(r.partition_key, r.tags[REPAIR_TAG]) for r in requests] == [
         (partition_key("BTCUSDT", D1), "schema_outdated")

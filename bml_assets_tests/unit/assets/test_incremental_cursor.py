@@ -10,11 +10,16 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from bml_assets.defs.assets.streams import DayContext
-from bml_assets.defs.resources import BmlResource
+from bml_assets.build.context import DayContext
+from bml_assets.build.vision_days import StreamFetcher
 from bml_assets.domain.partitions import SymbolDay
 from bml_assets.domain.schema import KLINES, schema_hash
+from bml_assets.domain.settings import Settings
 from bml_assets.lake.commit import commit_table, encode_parquet
+from bml_assets.lake.lake import Lake
+from bml_assets.lake.ledger import Ledger
+from bml_assets.sources.rest import RestClient
+from bml_assets.sources.vision import VisionClient
 from bml_assets_tests.unit.lake._helpers import DAY, make_table, no_validation
 
 SD = SymbolDay("BTCUSDT", DAY)
@@ -24,13 +29,8 @@ REST = {"klines": {"status": "rest", "through": "2024-03-05T10:00:00+00:00"}}
 def test_the_cursor_reads_a_file_of_an_older_schema_and_the_update_commits_on_it(tmp_path: Path) -> None:
     root = tmp_path / "lake"
     unreachable = "http://127.0.0.1:9"  # nothing here asks a source
-    bml = BmlResource(
-        lake_root=str(root),
-        state_url=f"sqlite:///{root / '_state' / 'ledger.sqlite'}",
-        vision_base_url=unreachable,
-        rest_base_url=unreachable,
-    )
-    lake, ledger = bml.lake(), bml.ledger()
+    settings = Settings(lake_root=root, vision_base_url=unreachable, rest_base_url=unreachable)
+    lake, ledger = Lake.at(root), Ledger(settings.state_url)
     first = make_table(KLINES, rows=600)
     commit_table(
         first,
@@ -54,7 +54,17 @@ def test_the_cursor_reads_a_file_of_an_older_schema_and_the_update_commits_on_it
         expected_content_hash=committed.content_hash,
     )
 
-    ctx = DayContext(bml, run_id="cursor-test", tags={})
+    ctx = DayContext(
+        ledger=ledger,
+        lake=lake,
+        vision=StreamFetcher(
+            VisionClient(unreachable, settings.cache_dir), ledger, max_csv_bytes=settings.vision_max_csv_bytes
+        ),
+        rest=RestClient(unreachable, state_url=settings.state_url, weight_budget=settings.rest_weight_budget),
+        run_id="cursor-test",
+        safety_lag_minutes=settings.safety_lag_minutes,
+        max_ffill_minutes=settings.max_ffill_minutes,
+    )
     cursor = ctx.existing(KLINES, SD)
     assert cursor is not None and cursor.schema.equals(KLINES.arrow_schema)
     assert cursor.num_rows == 600 and cursor.column("taker_buy_quote_volume").null_count == 600

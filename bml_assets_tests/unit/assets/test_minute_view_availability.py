@@ -6,12 +6,11 @@ import datetime as dt
 
 import pyarrow as pa
 import pytest
-from dagster import Failure
 
-from bml_assets.defs.assets.minute_view import build_day
+from bml_assets.build.minute_view import HardStreamsDisagree, build_day
+from bml_assets.build.partition_data import PartitionData
 from bml_assets.domain.partitions import SymbolDay
 from bml_assets.domain.schema import KLINES
-from bml_assets.lake.partition_data import PartitionData
 
 SD = SymbolDay("BTCUSDT", dt.date(2024, 3, 1))
 NAMES = (
@@ -56,15 +55,15 @@ def test_a_hard_stream_not_yet_published_means_not_published() -> None:
 
 
 def test_hard_streams_that_disagree_on_an_old_day_fail_loudly() -> None:
-    with pytest.raises(Failure, match="HARD streams disagree"):
+    with pytest.raises(HardStreamsDisagree, match="HARD streams disagree"):
         build_day(SD, inputs(index_price_klines_1m="not_listed"), max_ffill_minutes=60)
 
 
 def test_a_live_grid_never_reaches_past_what_the_stream_steps_fetched() -> None:
     """In a multi-process run the minute view may read a later clock than the streams did:
     minutes after their 'through' were never asked for, so they are neither rows nor gaps."""
-    from bml_assets.defs.assets.minute_view import live_grid_end
-    from bml_assets.defs.assets.rest_days import ExchangeNow
+    from bml_assets.build.clock import ExchangeNow
+    from bml_assets.build.minute_view import live_grid_end
 
     start = dt.datetime(2024, 3, 1, tzinfo=dt.UTC)
     ten = pa.table(
@@ -79,7 +78,7 @@ def test_a_live_grid_never_reaches_past_what_the_stream_steps_fetched() -> None:
 
 
 def test_the_fillable_streams_a_day_lacks_are_named_with_their_reasons() -> None:
-    from bml_assets.defs.assets.minute_view import missing_streams
+    from bml_assets.build.minute_view import missing_streams
 
     data = inputs(trade_flow_1m="not_published")
     data["trade_flow_1m"] = PartitionData.unavailable(

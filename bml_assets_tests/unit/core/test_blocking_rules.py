@@ -10,13 +10,13 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
+from bml_assets.build.partition_data import PartitionData
 from bml_assets.defs.io_manager import _validator
 from bml_assets.domain import schema
 from bml_assets.domain.partitions import SymbolDay
 from bml_assets.domain.streams import Stream
 from bml_assets.features.funding import funding_settlements
 from bml_assets.features.klines import kline_table
-from bml_assets.lake.partition_data import PartitionData
 from bml_assets.quality import (
     BLOCKING_RULES,
     BadSourceRows,

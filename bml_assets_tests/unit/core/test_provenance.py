@@ -9,6 +9,7 @@ import datetime as dt
 import pyarrow as pa
 import pytest
 
+from bml_assets.build.partition_data import PartitionData
 from bml_assets.domain.provenance import (
     Provenance,
     Repair,
@@ -17,7 +18,6 @@ from bml_assets.domain.provenance import (
     StreamStatus,
     provisional_streams,
 )
-from bml_assets.lake.partition_data import PartitionData
 from bml_assets.quality import Evidence
 
 KLINES_URL = "https://data.binance.vision/data/futures/um/daily/klines/BTCUSDT/1m/BTCUSDT-1m-2024-03-01.zip"

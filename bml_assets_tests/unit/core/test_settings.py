@@ -47,3 +47,38 @@ def test_bad_values_name_their_variable(tmp_path: Path) -> None:
         Settings.from_env({"BML_VISION_BASE_URL": "ftp://x"}, dotenv_path=absent)
     with pytest.raises(SettingsError, match="twice"):
         parse_symbols("BTCUSDT,BTCUSDT")
+
+
+def test_every_variable_is_read_and_an_unset_one_keeps_its_field_default(tmp_path: Path) -> None:
+    env = {
+        "BML_SYMBOLS": "ETHUSDT",
+        "BML_START_DATE": "2023-05-06",
+        "BML_LAKE_ROOT": "/data/lake",
+        "BML_STATE_URL": "sqlite:////data/state.sqlite",
+        "BML_VISION_BASE_URL": "http://127.0.0.1:8765/",
+        "BML_REST_BASE_URL": "http://127.0.0.1:8766",
+        "BML_WS_BASE_URL": "ws://127.0.0.1:8767",
+        "BML_SAFETY_LAG_MINUTES": "2",
+        "BML_MAX_FFILL_MINUTES": "30",
+        "BML_REST_WEIGHT_BUDGET": "900",
+        "BML_VISION_MAX_CSV_BYTES": "4096",
+    }
+    s = Settings.from_env(env, dotenv_path=tmp_path / "absent.env")
+    assert s == Settings(
+        symbols=("ETHUSDT",),
+        start_date=dt.date(2023, 5, 6),
+        lake_root=Path("/data/lake"),
+        state_url="sqlite:////data/state.sqlite",
+        vision_base_url="http://127.0.0.1:8765",
+        rest_base_url="http://127.0.0.1:8766",
+        ws_base_url="ws://127.0.0.1:8767",
+        safety_lag_minutes=2,
+        max_ffill_minutes=30,
+        rest_weight_budget=900,
+        vision_max_csv_bytes=4096,
+    )
+    # Unset, or set empty where empty means "the default" (the lake, the ledger inside it).
+    default = Settings.from_env({"BML_LAKE_ROOT": "", "BML_STATE_URL": " "}, dotenv_path=tmp_path / "absent.env")
+    assert default == Settings()
+    with pytest.raises(SettingsError, match="BML_WS_BASE_URL"):
+        Settings.from_env({"BML_WS_BASE_URL": "http://x"}, dotenv_path=tmp_path / "absent.env")

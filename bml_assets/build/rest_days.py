@@ -9,7 +9,8 @@ what is new since the last commit, and only closed minutes (closed plus
 their domains before aggregation hides them, and every table says which request
 held a row a blocking check refuses.
 What stays out: HTTP and rate limits (``sources/rest.py``), formulas
-(``features/``), and choosing between Vision and REST (``streams.py``).
+(``features/``), the clock (``clock.py``) and choosing between Vision and REST
+(``choice.py``).
 
 The incremental cursors are the committed tables themselves: the last kline
 minute, the last agg trade id, the last snapshot. A restart resumes from what the
@@ -17,12 +18,13 @@ lake holds, so nothing is lost or doubled.
 """
 
 import datetime as dt
-from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from bml_assets.build.clock import ExchangeNow
+from bml_assets.build.partition_data import PartitionData
 from bml_assets.domain.minutes import (
     DAY_MS,
     HOUR_MS,
@@ -42,7 +44,6 @@ from bml_assets.features.hot_snapshots import append_snapshots, snapshot_row
 from bml_assets.features.klines import kline_table
 from bml_assets.features.timegrid import floor_minute, to_ms
 from bml_assets.features.trade_flow import trade_flow
-from bml_assets.lake.partition_data import PartitionData
 from bml_assets.quality import BadSourceRows, RowLocator, check_source_rows
 from bml_assets.sources import rest_limits
 from bml_assets.sources.rest import OutsideHistoryWindow, RestClient, request_urls_of
@@ -55,28 +56,6 @@ SNAPSHOTS = "snapshots"
 GAP_CONFIRM_MINUTES = 3
 # Settlements are 8 h apart at most: a day plus one interval before it finds the last one.
 FUNDING_LOOKBACK_MS = 32 * HOUR_MS
-
-
-@dataclass(frozen=True)
-class ExchangeNow:
-    """The exchange's clock at the start of a run, and what it makes committable."""
-
-    now_ms: int
-    lag_minutes: int
-
-    @property
-    def today(self) -> dt.date:
-        return ms_to_datetime(self.now_ms).date()
-
-    @property
-    def closed_end_ms(self) -> int:
-        """Minutes starting before this instant are closed and past the safety lag:
-        minute M qualifies when M + 60 s + lag ≤ now."""
-        return floor_minute_ms(self.now_ms - self.lag_minutes * MINUTE_MS)
-
-    def end_ms(self, day: dt.date) -> int:
-        """The exclusive end of what can be committed for ``day`` now."""
-        return min(day_bounds_ms(day)[1], self.closed_end_ms)
 
 
 def _rest(rest: RestClient, end_ms: int, rows: int, status: StreamStatus = StreamStatus.REST) -> StreamProvenance:

@@ -7,8 +7,8 @@ published" with its URL, downloading a file again on request (one that looks
 short), checking raw rows that aggregation would hide (aggTrades, bookTicker) and
 naming any bad row — or any row a blocking check of the table refuses — at its
 data row in the file as written. What stays out: Dagster, deciding what a missing
-or short file means for the day (``streams.py`` knows the exchange's clock and
-asks REST), and REST.
+or short file means for the day (``choice.py`` and ``coverage_fills.py`` know the
+exchange's clock and ask REST), and REST.
 """
 
 import datetime as dt
@@ -19,7 +19,7 @@ from typing import TypeVar
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from bml_assets.defs.resources import BmlResource
+from bml_assets.build.partition_data import PartitionData
 from bml_assets.domain.minutes import MINUTE_MS, datetime_to_ms
 from bml_assets.domain.partitions import SymbolDay
 from bml_assets.domain.provenance import SourceFile, StreamProvenance, StreamStatus
@@ -32,7 +32,6 @@ from bml_assets.domain.schema import (
     Dataset,
     SourceRows,
 )
-from bml_assets.domain.settings import DEFAULT_VISION_MAX_CSV_BYTES
 from bml_assets.domain.streams import BOOK_TICKER_LAST_DAY, Stream
 from bml_assets.features.book import book_ticker_minutes
 from bml_assets.features.funding import funding_settlements, settlements_for_day
@@ -40,9 +39,9 @@ from bml_assets.features.klines import kline_table
 from bml_assets.features.metrics import combine_observations, label_shift_ms, metrics_observations
 from bml_assets.features.timegrid import OutsideDayError
 from bml_assets.features.trade_flow import TradeFlowBuilder, trade_flow
-from bml_assets.lake.partition_data import PartitionData
+from bml_assets.lake.ledger import Ledger
 from bml_assets.quality import BadSourceRows, RowLocator, check_source_rows
-from bml_assets.sources.vision import NotPublished, VisionError, VisionFile
+from bml_assets.sources.vision import NotPublished, VisionClient, VisionError, VisionFile
 from bml_assets.sources.vision_csv import LAYOUTS, data_row_of, iter_vision_csv_batches, read_vision_csv
 
 T = TypeVar("T")
@@ -153,15 +152,14 @@ def file_rows(files: Sequence[tuple[Fetched, int]], column: str) -> RowLocator:
 
 
 class StreamFetcher:
-    """Fetches Vision files for one run, recording every verified file in the ledger."""
+    """Fetches Vision files for one run, recording every verified file in the ledger.
 
-    # The most CSV a file may unpack to (BML_VISION_MAX_CSV_BYTES): the settings' value.
-    max_csv_bytes: int = DEFAULT_VISION_MAX_CSV_BYTES
+    ``max_csv_bytes``: the most CSV a file may unpack to (``BML_VISION_MAX_CSV_BYTES``)."""
 
-    def __init__(self, bml: BmlResource) -> None:
-        self._vision = bml.vision()
-        self._ledger = bml.ledger()
-        self.max_csv_bytes = bml.settings().vision_max_csv_bytes
+    def __init__(self, vision: VisionClient, ledger: Ledger, *, max_csv_bytes: int) -> None:
+        self._vision = vision
+        self._ledger = ledger
+        self.max_csv_bytes = max_csv_bytes
 
     def file(self, stream: Stream, sd: SymbolDay, *, refetch: bool = False) -> VisionFile:
         """The verified daily zip (raises ``NotPublished``), not parsed yet; ``refetch``

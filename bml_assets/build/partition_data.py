@@ -2,9 +2,10 @@
 
 What belongs here: the value object that travels between assets and the IO
 manager — a table (or the reason there is none), its provenance, its source
-gaps, the watermark its commit may move to, and how to find where one of its rows
-came from. What stays out: how it
-is written (``commit.py``) or recorded (``ledger.py``).
+gaps, the watermark its commit may move to, how to find where one of its rows came
+from, and the verdict of the blocking rules when its builder judged them already.
+What stays out: how it is written (``lake/commit.py``) or recorded
+(``lake/ledger.py``), and the rules (``quality.py``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any, Literal
 import pyarrow as pa
 
 from bml_assets.domain.provenance import Provenance
+from bml_assets.quality import BlockingVerdict
 
 Status = Literal["committed", "not_listed", "not_published"]
 
@@ -52,6 +54,10 @@ class PartitionData:
     # (minute, column) -> "https://…/BTCUSDT-1m-2024-01-02.zip, data row 6" (or None).
     # Asked only when a check fails; never stored.
     locate: Callable[[dt.datetime, str], str | None] | None = field(default=None, compare=False, repr=False)
+    # The blocking rules judged on ``table`` by its builder (the minute view's asset, with
+    # its checks): the commit does not judge that very table again. It is bound to the
+    # table object, so a ``replace`` with another table is judged at the commit as usual.
+    blocking: BlockingVerdict | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "provenance", Provenance.of(self.provenance))
