@@ -279,8 +279,8 @@ def symbols_sync() -> None:
     a symbol that stopped trading stops at its last trading day when exchangeInfo
     gives it.
     """
+    from bml_assets.domain.redaction import redact_url
     from bml_assets.orchestration.symbols import sync_symbols
-    from bml_assets.sources.http import redact_url
 
     settings = _settings()
     result = sync_symbols(settings)

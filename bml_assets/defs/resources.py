@@ -30,10 +30,10 @@ from pathlib import Path
 from dagster import ConfigurableResource, ResourceDependency
 from pydantic import PrivateAttr
 
+from bml_assets.domain.redaction import REDACTED_USERINFO, redact_url
 from bml_assets.domain.settings import URL_FIELDS, Settings
 from bml_assets.lake.lake import Lake
 from bml_assets.lake.ledger import Ledger
-from bml_assets.sources.http import REDACTED_USERINFO, redact_url
 from bml_assets.sources.rest import RestClient
 from bml_assets.sources.vision import VisionClient
 

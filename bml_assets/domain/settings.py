@@ -22,7 +22,7 @@ from typing import Any
 
 from dotenv import dotenv_values
 
-from bml_assets.sources.http import redact_url
+from bml_assets.domain.redaction import redact_url
 
 SYMBOL_PATTERN = re.compile(r"^[A-Z0-9]{2,20}$")
 # The most CSV bytes one Vision zip may unpack to before reading stops. The biggest

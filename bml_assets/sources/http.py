@@ -19,7 +19,6 @@ import hashlib
 import json
 import os
 import random
-import re
 import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
@@ -27,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import requests
+
+from bml_assets.domain.redaction import redact_url
 
 # Status codes the exchange uses with a specific meaning (SPEC §4, REST).
 STATUS_TOO_MANY_REQUESTS = 429  # slow down; honour Retry-After
@@ -45,21 +46,6 @@ TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
     requests.exceptions.ChunkedEncodingError,
     requests.exceptions.ContentDecodingError,
 )
-
-
-# The userinfo of every URL in a text: from "scheme://" to the last "@" before the
-# host's path, query or fragment (a password may hold a raw "@", urlsplit agrees).
-_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)(?P<userinfo>[^/?#\s]*@)")
-REDACTED_USERINFO = "***@"
-
-
-def redact_url(text: str) -> str:
-    """``text`` (a URL, or a message holding URLs) with each URL's userinfo replaced by
-    ``***``: ``http://user:pw@host/x`` → ``http://***@host/x``. The user name goes too
-    (it is often the token itself); the host, port, path and query stay, so the text
-    still says where a request went. A text without credentials is returned unchanged.
-    """
-    return _USERINFO.sub(lambda m: m["scheme"] + REDACTED_USERINFO, text)
 
 
 class HttpError(Exception):

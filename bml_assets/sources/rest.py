@@ -34,11 +34,12 @@ import pyarrow as pa
 import requests
 
 from bml_assets.domain.minutes import HOUR_MS, MINUTE_MS, floor_minute_ms
+from bml_assets.domain.redaction import redact_url
 from bml_assets.domain.schema import METRICS
 from bml_assets.domain.settings import validate_symbol
 from bml_assets.domain.streams import Stream
 from bml_assets.sources import rest_limits as limits
-from bml_assets.sources.http import STATUS_IP_BANNED, STATUS_TOO_MANY_REQUESTS, HttpClient, HttpError, redact_url
+from bml_assets.sources.http import STATUS_IP_BANNED, STATUS_TOO_MANY_REQUESTS, HttpClient, HttpError
 from bml_assets.sources.rest_budget import DEFAULT_WINDOW_S, RestBanned, WeightBudget, utc_iso
 from bml_assets.sources.vision_csv import output_schema
 

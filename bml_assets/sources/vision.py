@@ -26,9 +26,10 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from bml_assets.domain.redaction import redact_url
 from bml_assets.domain.settings import validate_symbol
 from bml_assets.domain.streams import DAILY_STREAMS, KLINE_STREAMS, MONTHLY_STREAMS, Stream
-from bml_assets.sources.http import DownloadResult, HttpClient, HttpError, redact_url
+from bml_assets.sources.http import DownloadResult, HttpClient, HttpError
 from bml_assets.storage.store import file_sha256, fsync_dir
 
 # USD-M futures live under this path of the Vision host.

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from bml_assets.domain.redaction import redact_url
 from bml_assets.domain.settings import Settings, SettingsError
 from bml_assets.sources import rest_limits as limits
-from bml_assets.sources.http import HttpClient, HttpError, redact_url
+from bml_assets.sources.http import HttpClient, HttpError
 from bml_assets.sources.rest import RestBanned, RestClient, RestError
 from bml_assets.sources.vision import NotPublished, VisionClient, VisionError
 
