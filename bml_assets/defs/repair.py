@@ -98,16 +98,15 @@ from bml_assets.lake.commit import refresh_file_stat, sweep_temp_files
 from bml_assets.lake.lake import Lake
 from bml_assets.lake.ledger import Ledger
 from bml_assets.lake.scan import (
-    VISION_TEMP_STALE_S,
     Problem,
     ProblemKind,
     ScanReport,
     StrayFile,
     damaged_files,
+    outside_strays,
     scan,
-    stray_cache_files,
 )
-from bml_assets.sources.vision import NotPublished, VisionClient
+from bml_assets.sources.vision import VISION_TEMP_STALE_S, NotPublished, VisionClient, stale_cache_files
 from bml_assets.storage.store import local_stat
 
 REPAIR_TAG: Final = "bml/repair"
@@ -394,8 +393,10 @@ def build_repair_sensor(
             deep=False,
             listing_dates=_listing(listing_dates, the_ledger),
         )
-        cache_strays = stray_cache_files(
-            Path(vision.cache_dir), now=now, buckets=window_buckets(start, yesterday, window_start, window_days)
+        cache_strays = outside_strays(
+            stale_cache_files(
+                Path(vision.cache_dir), now=now, buckets=window_buckets(start, yesterday, window_start, window_days)
+            )
         )
         swept = sweep(
             [*report.strays, *cache_strays],
@@ -599,7 +600,7 @@ def build_scan_job(
             listing_dates=_listing(listing_dates, the_ledger),
         )
         moment = _host_now()
-        report.strays += stray_cache_files(Path(vision.cache_dir), now=moment)
+        report.strays += outside_strays(stale_cache_files(Path(vision.cache_dir), now=moment))
         swept = None
         if config.sweep:
             swept = sweep(report.strays, lake=the_lake, now=moment, ledger=the_ledger, restat=report.restat)

@@ -51,8 +51,8 @@ hide such a file; deleting it is a human decision).
 
 Stray files: a commit's ``.part.parquet.<uuid>.tmp`` in a partition folder whose
 lock nobody holds (a live commit holds the lock for as long as its file exists), and
-(``stray_cache_files``) a Vision download or sidecar ``*.part`` untouched for
-``VISION_TEMP_STALE_S``. A shallow scan lists the folders of committed files, a deep
+(``outside_strays``, from ``sources.vision.stale_cache_files``) a Vision download or
+sidecar ``*.part`` the cache judges stale. A shallow scan lists the folders of committed files, a deep
 scan every partition folder (a temporary file beside no committed file, left by a
 killed first commit, is also swept by the partition's next commit).
 """
@@ -85,8 +85,7 @@ from bml_assets.lake.commit import gap_minutes
 from bml_assets.lake.lake import Lake, absent_nullable_columns, schema_differences
 from bml_assets.lake.layout import day_file_key, day_folder_key, file_key_of, symbol_folder_key
 from bml_assets.lake.ledger import FileState, Ledger, PartitionRecord
-from bml_assets.sources.vision import cache_temp_files
-from bml_assets.storage.store import ObjectStat, Store, local_stat
+from bml_assets.storage.store import ObjectStat, Store
 
 MAX_LISTED_MINUTES: Final = 50
 """Minutes listed per problem; the detail gives the full count."""
@@ -96,11 +95,6 @@ SCHEMA_HASHES: Final = {name: schema_hash(d.arrow_schema) for name, d in DATASET
 CURRENT_SCHEMA_HASH: Final = SCHEMA_HASHES[MINUTE_VIEW.name]
 TIME_COLUMN: Final = MINUTE_VIEW.time_column
 READ_COLUMNS: Final = (TIME_COLUMN, *(c for c in HARD_COLUMNS if c != TIME_COLUMN))
-VISION_TEMP_STALE_S: Final = 3600
-"""A Vision cache ``*.part`` file untouched this long belongs to no live download: a
-download writes its file at least every read timeout (30 s) and gives up after a few
-attempts with backoffs of at most 8 s, minutes in all. Age, not a lock: the cache
-takes no lock, and a name is never reused (``mkstemp``), so a stale file stays stale."""
 _DATASET_ORDER: Final = {name: i for i, name in enumerate(DATASETS)}
 # What reading a damaged file raises: besides I/O and Arrow errors, pyarrow decodes a
 # corrupt footer's strings and numbers as it goes (UnicodeDecodeError, OverflowError).
@@ -606,24 +600,10 @@ def _lake_strays(lake: Lake, folder: str, dataset: Dataset, symbol: str, day: dt
     return out
 
 
-def stray_cache_files(
-    cache_dir: Path,
-    *,
-    now: dt.datetime,
-    buckets: Iterable[str] | None = None,
-    stale_after_s: float = VISION_TEMP_STALE_S,
-) -> list[StrayFile]:
-    """The Vision cache's temporary files untouched for ``stale_after_s`` before ``now``
-    (``buckets``: only those first-level folders, see ``sources.vision.cache_temp_files``)."""
-    limit = now.timestamp() - stale_after_s
-    out: list[StrayFile] = []
-    for path in cache_temp_files(cache_dir, buckets):
-        st = local_stat(path)
-        if st is None:
-            continue  # renamed into the cache or cleaned up meanwhile
-        if st.mtime_ns / 1e9 <= limit:
-            out.append(StrayFile(path, st.size, _ns_time(st.mtime_ns)))
-    return out
+def outside_strays(files: Iterable[tuple[Path, ObjectStat]]) -> list[StrayFile]:
+    """Stray files outside the lake's partitions (e.g. the Vision cache's stale downloads,
+    ``sources.vision.stale_cache_files``), as the scan reports them."""
+    return [StrayFile(path, st.size, _ns_time(st.mtime_ns)) for path, st in files]
 
 
 # --------------------------------------------------------------------------- the scan

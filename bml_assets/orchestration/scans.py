@@ -103,10 +103,11 @@ def problem_rows(report: Any) -> list[dict[str, Any]]:
 
 
 def cache_strays(ws: Workspace) -> list[Any]:
-    """The Vision cache's stale temporary files (``lake.scan.stray_cache_files``, the whole cache)."""
-    from bml_assets.lake.scan import stray_cache_files
+    """The Vision cache's stale temporary files (the whole cache)."""
+    from bml_assets.lake.scan import outside_strays
+    from bml_assets.sources.vision import stale_cache_files
 
-    return stray_cache_files(ws.settings.cache_dir, now=dt.datetime.now(dt.UTC))
+    return outside_strays(stale_cache_files(ws.settings.cache_dir, now=dt.datetime.now(dt.UTC)))
 
 
 def sweep_strays(ws: Workspace, reports: Sequence[Any]) -> Any:

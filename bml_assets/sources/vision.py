@@ -24,13 +24,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import Final
 from urllib.parse import urlsplit
 
 from bml_assets.domain.redaction import redact_url
 from bml_assets.domain.settings import validate_symbol
 from bml_assets.domain.streams import DAILY_STREAMS, KLINE_STREAMS, MONTHLY_STREAMS, Stream
 from bml_assets.sources.http import DownloadResult, HttpClient, HttpError
-from bml_assets.storage.store import file_sha256, fsync_dir
+from bml_assets.storage.store import ObjectStat, file_sha256, fsync_dir, local_stat
 
 # USD-M futures live under this path of the Vision host.
 USDM_PATH = "data/futures/um"
@@ -351,6 +352,31 @@ class VisionClient:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+
+VISION_TEMP_STALE_S: Final = 3600
+"""A cache ``*.part`` file untouched this long belongs to no live download: a download
+writes its file at least every read timeout (30 s) and gives up after a few attempts
+with backoffs of at most 8 s, minutes in all. Age, not a lock: the cache takes no lock,
+and a name is never reused (``mkstemp``), so a stale file stays stale."""
+
+
+def stale_cache_files(
+    cache_dir: Path,
+    *,
+    now: datetime,
+    buckets: Iterable[str] | None = None,
+    stale_after_s: float = VISION_TEMP_STALE_S,
+) -> list[tuple[Path, ObjectStat]]:
+    """The cache's temporary files untouched for ``stale_after_s`` before ``now``, with
+    their stat (``buckets``: only those first-level folders, see ``cache_temp_files``)."""
+    limit = now.timestamp() - stale_after_s
+    out: list[tuple[Path, ObjectStat]] = []
+    for path in cache_temp_files(cache_dir, buckets):
+        st = local_stat(path)
+        if st is not None and st.mtime_ns / 1e9 <= limit:  # None: renamed in or cleaned up meanwhile
+            out.append((path, st))
+    return out
 
 
 def cache_temp_files(cache_dir: Path, buckets: Iterable[str] | None = None) -> list[Path]:

@@ -29,8 +29,9 @@ from bml_assets.lake import scan as scan_module
 from bml_assets.lake.commit import commit_table, encode_parquet, record_unavailable
 from bml_assets.lake.lake import Lake as BmlLake
 from bml_assets.lake.ledger import Ledger
-from bml_assets.lake.scan import ProblemKind, ScanReport, scan, stray_cache_files
+from bml_assets.lake.scan import ProblemKind, ScanReport, outside_strays, scan
 from bml_assets.quality import enforce_blocking
+from bml_assets.sources.vision import stale_cache_files
 from bml_assets_tests.unit.lake._helpers import minute_ms, minute_table
 
 SYMBOLS = ("BTCUSDT", "ETHUSDT")
@@ -799,16 +800,16 @@ def test_stale_vision_cache_temporaries_are_swept_and_fresh_ones_left(tmp_path: 
         path.write_bytes(b"partial")
         stamp = int((NOW.timestamp() - age) * 1e9)
         os.utime(path, ns=(stamp, stamp))
-    found = stray_cache_files(cache, now=NOW)
+    found = outside_strays(stale_cache_files(cache, now=NOW))
     assert [f.path for f in found] == sorted([old_download, old_sidecar, elsewhere])
     assert all(f.where == "vision cache" and f.dataset is None for f in found)
-    assert [f.path for f in stray_cache_files(cache, now=NOW, buckets=["ab"])] == sorted([old_download, old_sidecar])
+    assert [p for p, _ in stale_cache_files(cache, now=NOW, buckets=["ab"])] == sorted([old_download, old_sidecar])
     # Written again after the scan (a live download after all): left.
     os.utime(old_sidecar, ns=(int(NOW.timestamp() * 1e9),) * 2)
     done = sweep(found, lake=BmlLake.at(tmp_path / "lake"), now=NOW)
     assert sorted(done.removed) == sorted([old_download, elsewhere]) and done.left == [old_sidecar]
     assert sorted(p.name for p in entry.iterdir()) == sorted([fresh.name, old_sidecar.name, "d" * 64 + ".zip"])
-    assert stray_cache_files(tmp_path / "nowhere", now=NOW) == []
+    assert stale_cache_files(tmp_path / "nowhere", now=NOW) == []
     assert isinstance(done, Sweep) and done.summary() == (
         "swept 2 stray temporary file(s), left 1 (a live writer may own them)"
     )
