@@ -232,11 +232,11 @@ def child_ours(root: Path, dump: Path | None, profile: bool) -> None:
     """The day build with the product's functions, as the asset layer calls them."""
     import pyarrow.parquet as pq
 
-    from bml_assets.build import rest_days, vision_days
-    from bml_assets.build.clock import ExchangeNow
-    from bml_assets.build.minute_view import UPSTREAMS, build_day, evidence_for
-    from bml_assets.build.partition_data import PartitionData
-    from bml_assets.build.vision_days import StreamFetcher
+    from bml_assets.days import rest_days, vision_days
+    from bml_assets.days.clock import ExchangeNow
+    from bml_assets.days.minute_view import UPSTREAMS, build_day, evidence_for
+    from bml_assets.days.partition_data import PartitionData
+    from bml_assets.days.vision_days import StreamFetcher
     from bml_assets.defs.io_manager import _validator
     from bml_assets.domain.partitions import SymbolDay
     from bml_assets.domain.schema import (

@@ -22,7 +22,7 @@ from typing import Any
 import pyarrow as pa
 from dagster import ConfigurableIOManager, InputContext, MetadataValue, OutputContext
 
-from bml_assets.build.partition_data import PartitionData
+from bml_assets.days.partition_data import PartitionData
 from bml_assets.defs.resources import LakeResource, LedgerResource
 from bml_assets.domain.partitions import SymbolDay, parse_partition_key
 from bml_assets.domain.provenance import Provenance, provisional_streams

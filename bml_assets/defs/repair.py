@@ -89,7 +89,7 @@ from dagster import (
     sensor,
 )
 
-from bml_assets.build.clock import ExchangeNow
+from bml_assets.days.clock import ExchangeNow
 from bml_assets.defs.resources import LakeResource, LedgerResource, RestResource, VisionResource
 from bml_assets.domain.partitions import partition_key
 from bml_assets.domain.schema import DATASETS, HOT_SNAPSHOTS

@@ -2,7 +2,7 @@
 
 What belongs here: when runs are requested and with which deterministic run
 keys and cursors. What stays out: what a run does (the assets) and how the
-exchange is reached (``resources.py``, ``build/``).
+exchange is reached (``resources.py``, ``days/``).
 
 No ``from __future__ import annotations``: Dagster reads the resource parameters'
 annotations at definition time.
@@ -32,7 +32,7 @@ from dagster import (
     sensor,
 )
 
-from bml_assets.build.clock import ExchangeNow
+from bml_assets.days.clock import ExchangeNow
 from bml_assets.defs.assets.streams import BAND_TAG, HOT_BAND, NOT_BEFORE_TAG, PROMOTION_TAG
 from bml_assets.defs.resources import BuildResource, LedgerResource, RestResource, VisionResource
 from bml_assets.domain.minutes import MINUTE_MS, datetime_to_ms, day_start, ms_to_datetime

@@ -7,7 +7,7 @@ them, so the two agree minute by minute when the aggTrades are complete); the fi
 minute with a trade; and merging rows of a second source into a table: the first
 source's rows stay where it has them (for klines), or a minute is replaced only by a
 fuller one (for trade flow). What stays out: deciding when to ask a second source,
-asking it (``build/coverage_fills.py``), and the per-stream formulas (``klines``, ``trade_flow``).
+asking it (``days/coverage_fills.py``), and the per-stream formulas (``klines``, ``trade_flow``).
 """
 
 from __future__ import annotations

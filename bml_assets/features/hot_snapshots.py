@@ -4,7 +4,7 @@ What belongs here: turning the parsed premiumIndex / openInterest / bookTicker
 answers of one poll into a ``schema.HOT_SNAPSHOTS`` row, and the snapshots of a
 day into the per-stream shapes the join already understands (bookTicker minutes,
 open-interest observations) plus the per-minute predicted funding. What stays
-out: the polling itself (``build/rest_days.py``) and HTTP (``sources/rest.py``).
+out: the polling itself (``days/rest_days.py``) and HTTP (``sources/rest.py``).
 
 No look-ahead by construction: a snapshot is stamped with the exchange time of
 its answer and only ever lands in that minute (or, within the bound, later ones).

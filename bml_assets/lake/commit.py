@@ -7,7 +7,7 @@ minute view's watermark, in the same transaction), recording a partition as
 unavailable, checking a committed file against its row, sweeping the temporaries
 of dead writers and re-recording the stat of an intact file.
 
-What stays out: deciding *what* to commit (``build/``, the assets), the blocking data rules
+What stays out: deciding *what* to commit (``days/``, the assets), the blocking data rules
 (passed in as ``validate``), the ledger's SQL (``ledger.py``), keys (``layout.py``),
 how bytes are stored (``storage/store.py``) and Dagster (the IO manager is built on
 top of this module). Reading a partition back is ``Lake.read``.

@@ -16,7 +16,7 @@ import datetime as dt
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from bml_assets.build.clock import ExchangeNow
+from bml_assets.days.clock import ExchangeNow
 from bml_assets.domain.settings import Settings
 from bml_assets.lake.ledger import Ledger
 from bml_assets.orchestration.runner import in_process

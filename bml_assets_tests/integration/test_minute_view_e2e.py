@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from bml_assets import quality
-from bml_assets.build import minute_view
+from bml_assets.days import minute_view
 from bml_assets.domain.schema import MINUTE_SCHEMA, MINUTE_VIEW
 
 from .conftest import DAY, DOWNTIME_DAY, LISTING, Lake

@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from bml_assets.build.context import DayContext
 from bml_assets.cli import main
+from bml_assets.days.context import DayContext
 from bml_assets.domain.schema import KLINES
 from bml_assets.domain.settings import Settings
 from bml_assets.lake.ledger import Ledger, PartitionRecord

@@ -3,7 +3,7 @@
 What belongs here: the Dagster asset — its inputs (every stream table), its checks
 (SPEC §6's rules through the factory in ``defs/checks.py``, and the lake scan of what
 it committed) — and its body, one job per function: build and judge each partition
-of the run (``build/minute_view.py``), refuse the run when a blocking rule failed
+of the run (``days/minute_view.py``), refuse the run when a blocking rule failed
 (nothing is handed to the IO manager then), hand the tables over, report the checks.
 
 The blocking rules run once per table: here, with the reported ones, on one evidence;
@@ -11,7 +11,7 @@ the table carries that verdict (``PartitionData.blocking``) and the IO manager's
 does not judge the very same table again. Any table without a verdict about it — a
 stream table, or one that was replaced after judging — is judged by the commit before
 the rename, so a bad value is never published either way. What stays out: building
-and judging a day (``build/``), the rules (``quality.py``) and the commit (the IO
+and judging a day (``days/``), the rules (``quality.py``) and the commit (the IO
 manager).
 
 No ``from __future__ import annotations``: Dagster reads the resource parameters'
@@ -37,9 +37,9 @@ from dagster import (
     asset,
 )
 
-from bml_assets.build.context import DayContext
-from bml_assets.build.minute_view import UPSTREAMS, HardStreamsDisagree, JudgedDay, judge_day, minute_view_day
-from bml_assets.build.partition_data import PartitionData
+from bml_assets.days.context import DayContext
+from bml_assets.days.minute_view import UPSTREAMS, HardStreamsDisagree, JudgedDay, judge_day, minute_view_day
+from bml_assets.days.partition_data import PartitionData
 from bml_assets.defs.assets.streams import IO_MANAGER_KEY, MAX_PARTITIONS_PER_RUN, day_context, run_partitions
 from bml_assets.defs.checks import check_result, check_specs
 from bml_assets.defs.io_manager import DATASET_METADATA_KEY, row_locator

@@ -1,11 +1,11 @@
-"""Source-level assets: one per stream table (``build/streams.py``), per symbol × UTC day.
+"""Source-level assets: one per stream table (``days/streams.py``), per symbol × UTC day.
 
 What belongs here: the Dagster side of building the per-stream tables — one asset
 per ``StreamTable``, the run's partitions, the run tags the sensors set (the band of
 a hot-poll run, a Vision promotion, the instant a run launched early waits for) and
 ``day_context``, which makes a ``DayContext`` from the resources and those tags —
-then calling ``build/`` per partition and logging what came of it. What stays out:
-choosing sources, the day builders and the coverage fills (``build/``), and the
+then calling ``days/`` per partition and logging what came of it. What stays out:
+choosing sources, the day builders and the coverage fills (``days/``), and the
 commit (the IO manager).
 
 No ``from __future__ import annotations``: Dagster reads the resource parameters'
@@ -24,10 +24,10 @@ from dagster import (
     asset,
 )
 
-from bml_assets.build.context import DayContext
-from bml_assets.build.partition_data import PartitionData
-from bml_assets.build.streams import STREAM_TABLES, StreamTable, build_stream_day
-from bml_assets.build.vision_days import StreamFetcher
+from bml_assets.days.context import DayContext
+from bml_assets.days.partition_data import PartitionData
+from bml_assets.days.streams import STREAM_TABLES, StreamTable, build_stream_day
+from bml_assets.days.vision_days import StreamFetcher
 from bml_assets.defs.io_manager import DATASET_METADATA_KEY
 from bml_assets.defs.resources import BuildResource, LakeResource, LedgerResource, RestResource, VisionResource
 from bml_assets.domain.partitions import SymbolDay, parse_partition_key

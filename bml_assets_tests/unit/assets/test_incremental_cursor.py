@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from bml_assets.build.context import DayContext
-from bml_assets.build.vision_days import StreamFetcher
+from bml_assets.days.context import DayContext
+from bml_assets.days.vision_days import StreamFetcher
 from bml_assets.domain.partitions import SymbolDay
 from bml_assets.domain.schema import KLINES, schema_hash
 from bml_assets.domain.settings import Settings

@@ -7,8 +7,8 @@ import datetime as dt
 import pyarrow as pa
 import pytest
 
-from bml_assets.build.minute_view import HardStreamsDisagree, build_day
-from bml_assets.build.partition_data import PartitionData
+from bml_assets.days.minute_view import HardStreamsDisagree, build_day
+from bml_assets.days.partition_data import PartitionData
 from bml_assets.domain.partitions import SymbolDay
 from bml_assets.domain.schema import KLINES
 
@@ -62,8 +62,8 @@ def test_hard_streams_that_disagree_on_an_old_day_fail_loudly() -> None:
 def test_a_live_grid_never_reaches_past_what_the_stream_steps_fetched() -> None:
     """In a multi-process run the minute view may read a later clock than the streams did:
     minutes after their 'through' were never asked for, so they are neither rows nor gaps."""
-    from bml_assets.build.clock import ExchangeNow
-    from bml_assets.build.minute_view import live_grid_end
+    from bml_assets.days.clock import ExchangeNow
+    from bml_assets.days.minute_view import live_grid_end
 
     start = dt.datetime(2024, 3, 1, tzinfo=dt.UTC)
     ten = pa.table(
@@ -78,7 +78,7 @@ def test_a_live_grid_never_reaches_past_what_the_stream_steps_fetched() -> None:
 
 
 def test_the_fillable_streams_a_day_lacks_are_named_with_their_reasons() -> None:
-    from bml_assets.build.minute_view import missing_streams
+    from bml_assets.days.minute_view import missing_streams
 
     data = inputs(trade_flow_1m="not_published")
     data["trade_flow_1m"] = PartitionData.unavailable(

@@ -14,7 +14,7 @@ import pytest
 from dagster import AssetKey, build_output_context
 
 from bml_assets import quality
-from bml_assets.build.partition_data import PartitionData
+from bml_assets.days.partition_data import PartitionData
 from bml_assets.definitions import build_definitions
 from bml_assets.defs.io_manager import DATASET_METADATA_KEY, LakeIOManager
 from bml_assets.defs.partitions import build_partitions_def

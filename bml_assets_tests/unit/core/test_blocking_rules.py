@@ -10,7 +10,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from bml_assets.build.partition_data import PartitionData
+from bml_assets.days.partition_data import PartitionData
 from bml_assets.defs.io_manager import _validator
 from bml_assets.domain import schema
 from bml_assets.domain.partitions import SymbolDay

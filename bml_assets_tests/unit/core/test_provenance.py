@@ -9,7 +9,7 @@ import datetime as dt
 import pyarrow as pa
 import pytest
 
-from bml_assets.build.partition_data import PartitionData
+from bml_assets.days.partition_data import PartitionData
 from bml_assets.domain.provenance import (
     Provenance,
     Repair,

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from bml_assets.build import rest_days
-from bml_assets.build.clock import ExchangeNow
+from bml_assets.days import rest_days
+from bml_assets.days.clock import ExchangeNow
 from bml_assets.defs.io_manager import _validator
 from bml_assets.domain.partitions import SymbolDay
 from bml_assets.domain.schema import KLINES

@@ -17,9 +17,9 @@ from dataclasses import replace
 
 import pyarrow as pa
 
-from bml_assets.build import rest_days, vision_days
-from bml_assets.build.context import FILL_ERRORS, DayContext, StreamFillFailed
-from bml_assets.build.partition_data import PartitionData
+from bml_assets.days import rest_days, vision_days
+from bml_assets.days.context import FILL_ERRORS, DayContext, StreamFillFailed
+from bml_assets.days.partition_data import PartitionData
 from bml_assets.domain.minutes import MINUTE_MS, MINUTES_PER_DAY, day_bounds_ms, ms_to_datetime
 from bml_assets.domain.partitions import SymbolDay
 from bml_assets.domain.provenance import Repair, StreamProvenance, StreamStatus

@@ -24,11 +24,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from bml_assets.build.clock import ExchangeNow
-from bml_assets.build.context import DayContext
-from bml_assets.build.partition_data import PartitionData
-from bml_assets.build.rest_days import GAP_CONFIRM_MINUTES
-from bml_assets.build.streams import STREAM_TABLES
+from bml_assets.days.clock import ExchangeNow
+from bml_assets.days.context import DayContext
+from bml_assets.days.partition_data import PartitionData
+from bml_assets.days.rest_days import GAP_CONFIRM_MINUTES
+from bml_assets.days.streams import STREAM_TABLES
 from bml_assets.domain.minutes import MINUTE_MS, datetime_to_ms, day_bounds_ms, ms_to_datetime
 from bml_assets.domain.partitions import SymbolDay
 from bml_assets.domain.provenance import Provenance

@@ -15,9 +15,9 @@ from dataclasses import replace
 
 import pyarrow as pa
 
-from bml_assets.build.clock import ExchangeNow, run_clock
-from bml_assets.build.partition_data import PartitionData
-from bml_assets.build.vision_days import StreamFetcher
+from bml_assets.days.clock import ExchangeNow, run_clock
+from bml_assets.days.partition_data import PartitionData
+from bml_assets.days.vision_days import StreamFetcher
 from bml_assets.domain.partitions import SymbolDay
 from bml_assets.domain.provenance import Provenance
 from bml_assets.domain.schema import HOT_SNAPSHOTS, Dataset

@@ -19,7 +19,7 @@ from typing import TypeVar
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from bml_assets.build.partition_data import PartitionData
+from bml_assets.days.partition_data import PartitionData
 from bml_assets.domain.minutes import MINUTE_MS, datetime_to_ms
 from bml_assets.domain.partitions import SymbolDay
 from bml_assets.domain.provenance import SourceFile, StreamProvenance, StreamStatus

@@ -22,11 +22,11 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from bml_assets.build import rest_days, vision_days
-from bml_assets.build.choice import FUNDING_REST_DAYS, choose
-from bml_assets.build.context import DayContext
-from bml_assets.build.coverage_fills import first_trade_ms, from_vision, kline_minutes_from_rest, trades_from_rest
-from bml_assets.build.partition_data import PartitionData
+from bml_assets.days import rest_days, vision_days
+from bml_assets.days.choice import FUNDING_REST_DAYS, choose
+from bml_assets.days.context import DayContext
+from bml_assets.days.coverage_fills import first_trade_ms, from_vision, kline_minutes_from_rest, trades_from_rest
+from bml_assets.days.partition_data import PartitionData
 from bml_assets.domain.partitions import SymbolDay
 from bml_assets.domain.provenance import StreamProvenance, StreamStatus
 from bml_assets.domain.schema import (

@@ -23,8 +23,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from bml_assets.build.clock import ExchangeNow
-from bml_assets.build.partition_data import PartitionData
+from bml_assets.days.clock import ExchangeNow
+from bml_assets.days.partition_data import PartitionData
 from bml_assets.domain.minutes import (
     DAY_MS,
     HOUR_MS,

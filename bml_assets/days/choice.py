@@ -21,9 +21,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import replace
 
-from bml_assets.build.clock import ExchangeNow
-from bml_assets.build.context import FILL_ERRORS, DayContext, StreamFillFailed
-from bml_assets.build.partition_data import PartitionData
+from bml_assets.days.clock import ExchangeNow
+from bml_assets.days.context import FILL_ERRORS, DayContext, StreamFillFailed
+from bml_assets.days.partition_data import PartitionData
 from bml_assets.domain.partitions import SymbolDay
 from bml_assets.domain.provenance import StreamProvenance, StreamStatus
 from bml_assets.domain.schema import HARD_DATASETS, Dataset
