@@ -253,9 +253,7 @@ def _rotation_run(
                 final = dict(sent)
                 # Everything sent arrives: nothing lost at the last handover either.
                 await recorder.wait(
-                    lambda: all(
-                        (got := ids(recorder, s, k)) and got[-1] == final[s] for s, k in streams.items()
-                    ),
+                    lambda: all((got := ids(recorder, s, k)) and got[-1] == final[s] for s, k in streams.items()),
                     timeout=30,
                 )
             return recorder, server, final

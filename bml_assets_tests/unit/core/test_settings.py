@@ -99,6 +99,8 @@ def test_every_variable_is_read_and_an_unset_one_keeps_its_field_default(tmp_pat
         ("BML_LIVE_ROTATE_SECONDS", "5", "must be at least 10"),
     ],
 )
-def test_live_settings_out_of_range_name_their_variable(tmp_path: Path, variable: str, value: str, message: str) -> None:
+def test_live_settings_out_of_range_name_their_variable(
+    tmp_path: Path, variable: str, value: str, message: str
+) -> None:
     with pytest.raises(SettingsError, match=f"{variable}={value} {message}"):
         Settings.from_env({variable: value}, dotenv_path=tmp_path / "absent.env")
