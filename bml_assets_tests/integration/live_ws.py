@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ class Peer:
     ws: ServerConnection
     opened_seq: int
     closed_seq: int | None = None
+    close_code: int | None = None  # as received from the client (None: no close frame came)
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -76,6 +78,7 @@ class StreamServer:
             await ws.wait_closed()
         finally:
             peer.closed_seq = next(self._seq)
+            peer.close_code = ws.protocol.close_rcvd.code if ws.protocol.close_rcvd is not None else None
             peer.done.set()
 
     def open_peers(self) -> list[Peer]:
@@ -155,3 +158,36 @@ class Recorder:
 
 def now_ns() -> int:
     return time.time_ns()
+
+
+class ThreadedStreamServer:
+    """A ``StreamServer`` on an event loop of its own thread, for tests that run ``bml`` in a
+    subprocess: ``with ThreadedStreamServer() as server: server.call(server.ws.send(...))``."""
+
+    def __init__(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="test ws server", daemon=True)
+        self.ws: StreamServer
+
+    def call(self, coroutine: Any, timeout: float = 30) -> Any:
+        """Run ``coroutine`` on the server's loop; its result (``timeout``: an upper bound)."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
+
+    @property
+    def base_url(self) -> str:
+        return self.ws.base_url
+
+    def __enter__(self) -> ThreadedStreamServer:
+        self._thread.start()
+
+        async def start() -> StreamServer:
+            return await StreamServer().__aenter__()
+
+        self.ws = self.call(start())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.call(self.ws.__aexit__())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(30)
+        self._loop.close()
