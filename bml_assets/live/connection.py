@@ -390,6 +390,7 @@ class StreamConnection:
         """Connect, serve until a drop, back off, connect again: forever."""
         failures = 0  # failed attempts in a row
         delay = 0.0
+        dropped: tuple[int, int] | None = None  # (connection id, local ns) of the last drop
         while True:
             if delay:
                 await asyncio.sleep(delay)
@@ -408,12 +409,16 @@ class StreamConnection:
                 continue
             failures = 0
             self._connected_mono_ns = time.monotonic_ns()
-            self._report(ConnectionEventKind.CONNECTED, sock.connection_id)
+            again = (
+                "" if dropped is None else f"{(time.time_ns() - dropped[1]) / 1e9:.2f} s after #{dropped[0]} dropped"
+            )
+            self._report(ConnectionEventKind.CONNECTED, sock.connection_id, reason=again)
             last, reason = await self._serve(sock)
             self._current = None
             self._connected_mono_ns = None
             self.drops += 1
             delay = self.backoff_s(0)
+            dropped = (last.connection_id, time.time_ns())
             self._report(ConnectionEventKind.DROPPED, last.connection_id, reason=reason, retry_in_s=delay)
 
     async def _open(self) -> _Socket:
@@ -425,7 +430,6 @@ class StreamConnection:
             ping_timeout=self.ping_timeout_s,
             open_timeout=self.open_timeout_s,
             close_timeout=self.close_timeout_s,
-            proxy=None,  # the exchange is reached directly, as the REST client does
         )
         return _Socket(ws, connection_id, asyncio.get_running_loop().time())
 

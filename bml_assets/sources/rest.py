@@ -2,7 +2,9 @@
 
 What belongs here: sending each request through the shared weight budget
 (``rest_budget.py``), the exchange's rate-limit answers (429 back-off, 418 ban),
-paging each history endpoint correctly, and turning the JSON into Arrow tables in
+paging each history endpoint correctly, an answer as received with the local times
+around its request (``timed_get``: the live collector's clock offset and depth
+snapshots), and turning the JSON into Arrow tables in
 EXACTLY the layouts of the Vision parser (``vision_csv.output_schema``) or the
 ``metrics_5m`` dataset, so the same feature code consumes REST and Vision data;
 each history table remembers which request's answer held each of its rows

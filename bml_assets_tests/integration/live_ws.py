@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -53,19 +54,28 @@ class StreamServer:
         self._server: Any = None
         self.port = 0
         self.connected = asyncio.Condition()
+        self.refuse = 0  # the next this many handshakes are answered HTTP 503
+        self.refused = 0
 
     @property
     def base_url(self) -> str:
         return f"ws://127.0.0.1:{self.port}"
 
     async def __aenter__(self) -> StreamServer:
-        self._server = await serve(self._serve, "127.0.0.1", 0)
+        self._server = await serve(self._serve, "127.0.0.1", 0, process_request=self._gate)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         self._server.close()
         await self._server.wait_closed()
+
+    def _gate(self, ws: ServerConnection, request: Any) -> Any:
+        if self.refuse > 0:
+            self.refuse -= 1
+            self.refused += 1
+            return ws.respond(HTTPStatus.SERVICE_UNAVAILABLE, "busy\n")
+        return None
 
     async def _serve(self, ws: ServerConnection) -> None:
         parts = urlsplit(ws.request.path)

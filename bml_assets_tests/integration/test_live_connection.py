@@ -157,6 +157,7 @@ def test_a_server_side_close_is_reported_and_reconnected_after_the_backoff() -> 
             # It waited at least the backoff it announced (the event loop may wake a hair early).
             assert reconnected.local_ns - dropped.local_ns >= (dropped.retry_in_s - 0.01) * 1e9
             assert recorder.frames[0][1] == text
+            assert connected.reason == "" and reconnected.reason.endswith("s after #1 dropped")
 
     asyncio.run(scenario())
 
@@ -241,13 +242,14 @@ def test_a_silent_stream_is_reported_and_so_is_the_end_of_its_silence() -> None:
 
 
 def _rotation_run(
-    streams: Mapping[str, str], rotations: int, **options: Any
+    streams: Mapping[str, str], rotations: int, refuse: int = 0, **options: Any
 ) -> tuple[Recorder, StreamServer, dict[str, int]]:
     async def scenario() -> tuple[Recorder, StreamServer, dict[str, int]]:
         async with StreamServer() as server:
             recorder = Recorder()
             async with running(server.base_url, Family.PUBLIC, ("BTCUSDT",), recorder, **options):
                 await server.wait_for_peers(1)
+                server.refuse = refuse  # the successors' first handshakes
                 async with server.feed(dict(streams), every_s=0.005) as sent:
                     await recorder.wait(lambda: recorder.kinds().count(K.ROTATED) >= rotations, timeout=60)
                 final = dict(sent)
@@ -280,3 +282,23 @@ def test_rotation_opens_the_successor_first_and_loses_or_doubles_no_frame() -> N
     assert K.DROPPED not in recorder.kinds()
     started = [e for e in recorder.connection_events if e.kind is K.ROTATION_STARTED]
     assert started[0].reason == "replacing #1"
+
+
+def test_a_successor_that_cannot_open_leaves_the_old_connection_serving_and_is_tried_again() -> None:
+    streams = {"btcusdt@depth@100ms": "u", "btcusdt@bookTicker": "u"}
+    recorder, server, sent = _rotation_run(
+        streams,
+        rotations=1,
+        refuse=1,
+        rotate_after_s=0.6,
+        overlap_drain_s=0.2,
+        silence_thresholds={"depth@100ms": 60.0},
+    )
+    assert server.refused == 1
+    kinds = recorder.kinds()
+    assert kinds[:4] == [K.CONNECTED, K.ROTATION_FAILED, K.ROTATION_STARTED, K.ROTATED]
+    failed = recorder.connection_events[1]
+    assert "503" in failed.reason and failed.connection_id == 2
+    assert recorder.connection_events[3].connection_id == 3  # the next attempt took over
+    for stream, key in streams.items():  # the old one served throughout: nothing lost or doubled
+        assert ids(recorder, stream, key) == list(range(1, sent[stream] + 1)), stream
