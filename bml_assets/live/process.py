@@ -239,12 +239,18 @@ async def collect(
     loop = asyncio.get_running_loop()
     started = loop.time()
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bml-live-writer")
-    offloaded: list[Future[Any]] = []
+
+    def offloaded_done(future: Future[Any]) -> None:
+        # The handler catches what it expects (a full disk: minutes marked uncovered); what
+        # escapes is a failure of the process, reported now and in the exit code.
+        exc = None if future.cancelled() else future.exception()
+        if exc is not None:
+            summary.errors.append(f"offloaded work failed: {type(exc).__name__}: {exc}")
+            log.error("offloaded work failed", exc_info=exc)
 
     def offload(fn: Callable[..., Any], *args: Any) -> Future[Any]:
         future = writer.submit(fn, *args)
-        offloaded.append(future)
-        future.add_done_callback(lambda f: offloaded.remove(f) if f in offloaded else None)
+        future.add_done_callback(offloaded_done)
         return future
 
     clock_client = _rest_client(settings)
@@ -305,9 +311,6 @@ async def collect(
         await asyncio.to_thread(writer.shutdown, wait=True)
         for client in (clock_client, *snapshot_clients):
             client.close()
-    for future in offloaded:
-        if future.exception() is not None:
-            summary.errors.append(f"offloaded work failed: {future.exception()!r}")
     summary.duration_s = loop.time() - started
     for c in connections:
         summary.frames[c.family.value] = summary.frames.get(c.family.value, 0) + c.frames

@@ -200,3 +200,28 @@ def test_collect_stops_when_asked_and_closes_its_connections_cleanly(tmp_path: P
     assert summary.stopped_by == "stop" and summary.ok
     assert summary.frames == {"public": 0, "market": 0}
     assert [p.close_code for p in server.peers] == [1000, 1000]
+
+
+def test_offloaded_work_that_fails_is_reported_and_fails_the_run(tmp_path: Path) -> None:
+    market = SyntheticMarket(MarketConfig(seed=3, trades_per_day=200))
+
+    class FailingWrite(MinuteCounts):
+        def __init__(self, context: CollectorContext) -> None:
+            super().__init__(context.symbols)
+            self.context = context
+
+        def flush(self) -> None:
+            super().flush()
+            self.context.offload(lambda: 1 / 0)  # a commit that raised
+
+    async def main(rest_url: str) -> Any:
+        async with StreamServer() as server:
+            settings = Settings(
+                symbols=("BTCUSDT",), lake_root=tmp_path / "lake", rest_base_url=rest_url, ws_base_url=server.base_url
+            )
+            return await collect(settings, handler_factory=FailingWrite, duration_s=0.5)
+
+    with ReplayServer(market=market) as replay:
+        summary = asyncio.run(main(replay.base_url))
+    assert summary.stopped_by == "duration" and not summary.ok
+    assert summary.errors == ["offloaded work failed: ZeroDivisionError: division by zero"]
