@@ -3,13 +3,14 @@ two connections, the exchange clock, the depth snapshots, a periodic tick, and a
 
 What belongs here: cutting the symbols into shards (``BML_LIVE_SHARD_SIZE`` each, see
 ``shards``), running one ``StreamConnection`` per family and shard, the clock measured every
-minute, the snapshots asked for by the handler, ``handler.on_tick(now_exchange_ms)`` every
+minute, the snapshots asked for by the handlers, ``handler.on_tick(now_exchange_ms)`` every
 ``TICK_S`` (minutes close by the corrected clock, never the raw local one), and the end: after
-``duration_s``, or at SIGTERM / SIGINT, the connections are cancelled first, then
-``handler.flush()`` writes what the handler holds, then the work it handed to the writer
-thread is awaited. ``make_handler`` is the one place where the handler is chosen; until the
-aggregation, spool and sink are wired in, it is ``MinuteCounts``, which logs the frames per
-stream per minute.
+``duration_s``, or at SIGTERM / SIGINT, the connections are cancelled first, then each
+``handler.flush()`` writes what its handler holds, then the work they handed to the writer
+thread is awaited. Each shard has a handler of its own (a drop of a shard's connection
+concerns its symbols only), made by ``make_handler``, the one place where the handler is
+chosen; until the aggregation, spool and sink are wired in, it is ``MinuteCounts``, which
+logs the frames per stream per minute.
 
 What stays out: the WebSocket details (``connection.py``), the clock's measurement
 (``clock.py``), the snapshot's request (``snapshots.py``), what a frame means and what is
@@ -66,12 +67,14 @@ def shards(symbols: Sequence[str], size: int) -> tuple[tuple[str, ...], ...]:
 
 
 class CollectorHandler(StreamHandler, Protocol):
-    """Everything the process hands on, all called on the event loop's thread (quick, no
-    waiting I/O: blocking work goes to ``CollectorContext.offload``).
+    """Everything the process hands on about one shard, all called on the event loop's thread
+    (quick, no waiting I/O: blocking work goes to ``CollectorContext.offload``).
 
-    ``on_tick`` comes every ``TICK_S`` once the clock offset is known, with the exchange's
-    time by the corrected local clock; ``flush`` once at the end, after the connections are
-    closed, for the handler to write everything it still holds."""
+    The frames and connection events of the shard's two connections (``StreamHandler``);
+    every clock reading; the snapshots (and failures) of its symbols; ``on_tick`` every
+    ``TICK_S`` once the clock offset is known, with the exchange's time by the corrected local
+    clock; ``flush`` once at the end, after the connections are closed, for the handler to
+    write everything it still holds."""
 
     def on_clock(self, reading: ClockReading) -> None: ...
 
@@ -86,12 +89,14 @@ class CollectorHandler(StreamHandler, Protocol):
 
 @dataclass(frozen=True)
 class CollectorContext:
-    """What a handler may use: the settings, its symbols, ``request_snapshot(symbol)`` (False
-    when one is already on its way; the answer comes to ``on_snapshot``), the corrected clock,
-    and ``offload(fn, *args)``, which runs blocking work (a commit to the lake) on the one
-    writer thread, in order; the process waits for it before it ends."""
+    """What a shard's handler may use: the settings, its shard and symbols,
+    ``request_snapshot(symbol)`` (False when one is already on its way; the answer comes to
+    ``on_snapshot``), the corrected clock, and ``offload(fn, *args)``, which runs blocking work
+    (a commit to the lake) on the one writer thread shared by every shard, in order; the
+    process waits for it before it ends."""
 
     settings: Settings
+    shard: int
     symbols: tuple[str, ...]
     request_snapshot: Callable[[str], bool]
     now_exchange_ms: Callable[[], int | None]
@@ -102,7 +107,7 @@ HandlerFactory = Callable[[CollectorContext], CollectorHandler]
 
 
 def make_handler(context: CollectorContext) -> CollectorHandler:
-    """The handler of ``bml live-collect``: the one wiring point of the collector's core."""
+    """The handler of one shard of ``bml live-collect``: the one wiring point of the core."""
     return MinuteCounts(context.symbols)
 
 
@@ -185,11 +190,12 @@ class CollectorSummary:
 
 
 class _Reports:
-    """Logs and counts what the clock and the snapshots report, then hands it to the handler."""
+    """Logs and counts what the clock and the snapshots report, then hands it to the handlers
+    (a snapshot to its symbol's)."""
 
     def __init__(self, summary: CollectorSummary) -> None:
         self.summary = summary
-        self.handler: CollectorHandler | None = None  # set once made: it needs the snapshots first
+        self.by_symbol: dict[str, CollectorHandler] = {}  # filled once made: they need the snapshots first
 
     def on_clock(self, reading: ClockReading) -> None:
         self.summary.clock = reading
@@ -199,19 +205,21 @@ class _Reports:
             self.summary.clock_failures += 1
             kept = "none yet" if reading.offset_ms is None else f"{reading.offset_ms:.1f} ms kept"
             log.warning("clock offset not measured (%s): %s", kept, reading.error)
-        if self.handler is not None:
-            self.handler.on_clock(reading)
+        for handler in dict.fromkeys(self.by_symbol.values()):
+            handler.on_clock(reading)
 
     def on_snapshot(self, snapshot: DepthSnapshot) -> None:
         log.debug("depth snapshot of %s: lastUpdateId %d", snapshot.symbol, snapshot.last_update_id)
-        if self.handler is not None:
-            self.handler.on_snapshot(snapshot)
+        handler = self.by_symbol.get(snapshot.symbol)
+        if handler is not None:
+            handler.on_snapshot(snapshot)
 
     def on_snapshot_error(self, error: SnapshotError) -> None:
         again = "not again" if error.retry_in_s is None else f"again in {error.retry_in_s:.1f} s"
         log.warning("depth snapshot of %s failed (asked %s): %s", error.symbol, again, error)
-        if self.handler is not None:
-            self.handler.on_snapshot_error(error)
+        handler = self.by_symbol.get(error.symbol)
+        if handler is not None:
+            handler.on_snapshot_error(error)
 
 
 def _rest_client(settings: Settings) -> RestClient:
@@ -258,21 +266,25 @@ async def collect(
     clock = ExchangeClock(clock_client)
     reports = _Reports(summary)
     snapshots = SnapshotRequests(snapshot_clients, reports.on_snapshot, reports.on_snapshot_error)
-    context = CollectorContext(settings, chosen, snapshots.request, clock.now_exchange_ms, offload)
-    handler = reports.handler = handler_factory(context)
-    connections = [
-        StreamConnection(
-            settings.ws_base_url,
-            family,
-            group,
-            handler,
-            shard=i,
-            rotate_after_s=settings.live_rotate_seconds,
-            **(connection_options or {}),
-        )
-        for i, group in enumerate(groups)
-        for family in Family
-    ]
+    handlers: list[CollectorHandler] = []
+    connections: list[StreamConnection] = []
+    for i, group in enumerate(groups):
+        context = CollectorContext(settings, i, group, snapshots.request, clock.now_exchange_ms, offload)
+        handler = handler_factory(context)
+        handlers.append(handler)
+        reports.by_symbol.update(dict.fromkeys(group, handler))
+        connections += [
+            StreamConnection(
+                settings.ws_base_url,
+                family,
+                group,
+                handler,
+                shard=i,
+                rotate_after_s=settings.live_rotate_seconds,
+                **(connection_options or {}),
+            )
+            for family in Family
+        ]
     log.info(
         "live collector: %d symbol(s) in %d shard(s), %d connection(s) to %s",
         len(chosen),
@@ -284,7 +296,7 @@ async def collect(
     for c in connections:
         tasks[asyncio.create_task(c.run(), name=f"{c.family} shard {c.shard}")] = f"the {c.family} connection"
     tasks[asyncio.create_task(clock.keep_measuring(reports.on_clock, clock_every_s), name="clock")] = "the clock"
-    tasks[asyncio.create_task(_tick(clock, handler, tick_s), name="tick")] = "the tick"
+    tasks[asyncio.create_task(_tick(clock, handlers, tick_s), name="tick")] = "the tick"
     stopper = asyncio.create_task(stop.wait(), name="stop")
     try:
         done, _ = await asyncio.wait({stopper, *tasks}, timeout=duration_s, return_when=asyncio.FIRST_COMPLETED)
@@ -303,11 +315,12 @@ async def collect(
             task.cancel()
         await asyncio.gather(stopper, *tasks, return_exceptions=True)
         await snapshots.aclose()
-        try:
-            handler.flush()
-        except Exception as exc:
-            summary.errors.append(f"the final flush failed: {type(exc).__name__}: {exc}")
-            log.exception("the final flush failed")
+        for i, handler in enumerate(handlers):
+            try:
+                handler.flush()
+            except Exception as exc:
+                summary.errors.append(f"the final flush of shard {i} failed: {type(exc).__name__}: {exc}")
+                log.exception("the final flush of shard %d failed", i)
         await asyncio.to_thread(writer.shutdown, wait=True)
         for client in (clock_client, *snapshot_clients):
             client.close()
@@ -322,16 +335,17 @@ async def collect(
     return summary
 
 
-async def _tick(clock: ExchangeClock, handler: CollectorHandler, every_s: float) -> None:
+async def _tick(clock: ExchangeClock, handlers: Sequence[CollectorHandler], every_s: float) -> None:
     loop = asyncio.get_running_loop()
     next_at = loop.time()
     while True:
         now = clock.now_exchange_ms()
         if now is not None:
-            try:
-                handler.on_tick(now)
-            except Exception:  # one bad minute must not stop the closing of every later one
-                log.exception("the handler failed on the tick at %d", now)
+            for handler in handlers:
+                try:
+                    handler.on_tick(now)
+                except Exception:  # one bad minute must not stop the closing of every later one
+                    log.exception("the handler failed on the tick at %d", now)
         next_at += every_s
         await asyncio.sleep(max(0.0, next_at - loop.time()))
 

@@ -72,7 +72,8 @@ class Recording:
     def on_frame(self, family: Family, text: str, local_ns: int) -> None:
         self.frames.append((family, text))
         if not self.asked:
-            self.asked = [self.context.request_snapshot("BTCUSDT"), self.context.request_snapshot("BTCUSDT")]
+            symbol = self.context.symbols[0]
+            self.asked = [self.context.request_snapshot(symbol), self.context.request_snapshot(symbol)]
 
     def on_connection(self, event: ConnectionEvent) -> None:
         self.connection_events.append(event)
@@ -129,7 +130,7 @@ def test_collect_runs_the_shards_ticks_by_the_exchange_clock_and_ends_in_order(t
         async def traffic() -> None:
             await server.wait_for_peers(4)
             text = frame("ethusdt@aggTrade", e="aggTrade", E=exchange.now_ms(), a=9)
-            while not handlers or not handlers[0].frames:
+            while len(handlers) < 2 or not handlers[1].frames:
                 await server.send("ethusdt@aggTrade", text)
                 await asyncio.sleep(0.05)
 
@@ -145,8 +146,12 @@ def test_collect_runs_the_shards_ticks_by_the_exchange_clock_and_ends_in_order(t
 
     with ReplayServer(market=market, clock=exchange) as replay:
         summary, server = asyncio.run(main(replay.base_url))
-    handler = handlers[0]
     assert summary.ok and summary.stopped_by == "duration" and summary.shards == 2
+    # A handler per shard, each told about its own shard only.
+    assert [(h.context.shard, h.context.symbols) for h in handlers] == [(0, ("BTCUSDT",)), (1, ("ETHUSDT",))]
+    assert handlers[0].frames == [] and {e.symbols for e in handlers[0].connection_events} == {("BTCUSDT",)}
+    handler = handlers[1]
+    assert {e.symbols for e in handler.connection_events} == {("ETHUSDT",)}
     assert summary.symbols == ("BTCUSDT", "ETHUSDT")
     # Two shards of one symbol, each with its public and its market connection.
     assert sorted((p.path, p.streams) for p in server.peers[:4]) == [
@@ -165,15 +170,18 @@ def test_collect_runs_the_shards_ticks_by_the_exchange_clock_and_ends_in_order(t
     # The snapshot the handler asked for reached its error callback (the replay server of this
     # branch has no /fapi/v1/depth: a 404 is not asked again).
     assert handler.asked == [True, False]  # the second ask found one on its way
-    assert len(handler.snapshot_errors) == 1
-    assert handler.snapshot_errors[0].retry_in_s is None and "/fapi/v1/depth?symbol=BTCUSDT" in str(
+    assert len(handler.snapshot_errors) == 1 and handlers[0].snapshot_errors == []
+    assert handler.snapshot_errors[0].retry_in_s is None and "/fapi/v1/depth?symbol=ETHUSDT" in str(
         handler.snapshot_errors[0]
     )
-    # The end: every connection closed, then the flush, then its offloaded write done.
-    closed = [o for o in handler.order if o.startswith("closed")]
-    assert len(closed) == 4
-    assert handler.order[-1] == "flush" and all(handler.order.index(c) < len(handler.order) - 1 for c in closed)
-    assert handler.offloaded == ["bml-live-writer_0"]
+    assert handlers[0].ticks and handlers[0].clock  # every shard ticks and hears the clock
+    # The end: every connection closed, then the flushes, then their offloaded writes done.
+    for h in handlers:
+        assert sorted(o for o in h.order if o.startswith("closed")) == [
+            f"closed market {h.context.shard}",
+            f"closed public {h.context.shard}",
+        ]
+        assert h.order[-1] == "flush" and h.offloaded == ["bml-live-writer_0"]
 
 
 def test_collect_stops_when_asked_and_closes_its_connections_cleanly(tmp_path: Path) -> None:
