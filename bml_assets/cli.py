@@ -3,8 +3,9 @@
 What belongs here: argument parsing, printing (progress bars included) and exit
 codes for the commands people run in a terminal; each command parses its options,
 calls one function of the package (``orchestration/`` for the state, the symbol
-universe, scans, backfills, the hot pass and the daemon; the replay server; the
-demo driving the real Dagster definitions) and prints what it returns or yields.
+universe, scans, backfills, the hot pass and the daemon; the replay server; the live
+collector (``live/process.py``); the demo driving the real Dagster definitions) and
+prints what it returns or yields.
 What stays out: logic of its own — a command that needs some, gets it in the
 module that owns the subject.
 
@@ -338,17 +339,72 @@ def run_once(symbols_text: str | None) -> None:
     default=None,
     help="Workspace file (default: ./workspace.yaml, else the project's, else the bml_assets module).",
 )
+@click.option("--no-live", is_flag=True, help="Do not run the live collector (bml live-collect) beside it.")
 @_guarded
-def run_daemon(host: str, port: int, workspace: Path | None) -> None:
-    """Run `dagster dev` (web UI + daemon: schedules and sensors) with this environment; Ctrl-C stops it."""
+def run_daemon(host: str, port: int, workspace: Path | None, no_live: bool) -> None:
+    """Run `dagster dev` (web UI + daemon: schedules and sensors) and the live collector for
+    BML_SYMBOLS beside it, with this environment; Ctrl-C stops both."""
     from bml_assets.orchestration import daemon
 
     # A bad BML_* value is reported here, not by a code server later.
-    launch = daemon.daemon_launch(_settings(), host, port, workspace)
+    launch = daemon.daemon_launch(_settings(), host, port, workspace, live=not no_live)
     for note in launch.notes:
         click.echo(note, err=True)
     click.echo(f"starting: {' '.join(launch.command)}  (UI on http://{host}:{port}; Ctrl-C stops)", err=True)
-    sys.exit(daemon.run_daemon(launch))
+    sys.exit(daemon.run_daemon(launch, report=lambda line: click.echo(line, err=True)))
+
+
+# --------------------------------------------------------------------------- the live collector
+
+
+def _summary_lines(summary: Any) -> list[str]:
+    frames = ", ".join(f"{family} {n}" for family, n in summary.frames.items())
+    lines = [
+        f"live-collect: {len(summary.symbols)} symbol(s) ({','.join(summary.symbols)}) in {summary.shards} "
+        f"shard(s), stopped by {summary.stopped_by} after {summary.duration_s:.1f} s",
+        f"frames: {frames} ({summary.duplicates} duplicate(s) dropped in rotations)",
+        f"connections: {summary.drops} drop(s), {summary.rotations} rotation(s); silent streams: {summary.silences}",
+    ]
+    clock = summary.clock
+    if clock is None:
+        lines.append("clock: not measured")
+    elif clock.ok:
+        lines.append(f"clock: offset {clock.offset_ms:+.1f} ms (round trip {clock.round_trip_ms:.1f} ms)")
+    else:
+        kept = "none" if clock.offset_ms is None else f"{clock.offset_ms:+.1f} ms"
+        lines.append(f"clock: last measurement failed ({clock.error}); offset kept: {kept}")
+    lines.append(f"depth snapshots: {summary.snapshots} fetched, {summary.snapshot_failures} failed")
+    lines += [f"error: {e}" for e in summary.errors]
+    return lines
+
+
+@main.command("live-collect")
+@click.option("--symbols", "symbols_text", default=None, help="Comma-separated symbols (default: BML_SYMBOLS).")
+@click.option(
+    "--duration",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Stop cleanly after this many seconds (default: run until SIGTERM or Ctrl-C).",
+)
+@_guarded
+def live_collect(symbols_text: str | None, duration: float | None) -> None:
+    """Collect the exchange's live streams (BML_WS_BASE_URL) for the symbols until --duration
+    has passed or SIGTERM / Ctrl-C; either way it ends cleanly. Progress goes to stderr."""
+    import logging
+
+    from bml_assets.lake.lake import Lake
+    from bml_assets.live.process import run_collector
+    from bml_assets.orchestration.state import check_lake
+
+    settings = _settings()
+    symbols = _symbols_option(symbols_text)
+    check_lake(Lake.at(settings.lake_root))
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("websockets").setLevel(logging.WARNING)
+    summary = run_collector(settings, symbols, duration_s=duration)
+    for line in _summary_lines(summary):
+        click.echo(line)
+    sys.exit(0 if summary.ok else 1)
 
 
 # --------------------------------------------------------------------------- watermark and scan

@@ -32,6 +32,13 @@ SYMBOL_PATTERN = re.compile(r"^[A-Z0-9]{2,20}$")
 # refuses a zip bomb (a 16 MB zip unpacking to 2 GB) long before it fills memory or
 # disk. A genuine file over it is reported with this variable's name.
 DEFAULT_VISION_MAX_CSV_BYTES = 1536 << 20
+# A combined-stream connection carries at most 1024 streams; the market one has three per
+# symbol (aggTrade, markPrice@1s, forceOrder), so 341 symbols at most per shard.
+LIVE_MAX_SHARD_SIZE = 1024 // 3
+# The exchange closes a connection at 24 h; the rotation must open the next one before that,
+# and a rotation every few seconds would only churn.
+LIVE_MIN_ROTATE_SECONDS = 10
+LIVE_MAX_ROTATE_SECONDS = 24 * 3600 - 60
 # Fields that may hold credentials (``http://user:password@mirror``): shown redacted.
 URL_FIELDS = frozenset({"state_url", "vision_base_url", "rest_base_url", "ws_base_url"})
 
@@ -65,7 +72,7 @@ def _date(raw: str, name: str) -> dt.date:
         raise SettingsError(f"{name}={raw!r} is not a date like 2020-01-01") from None
 
 
-def _whole(minimum: int) -> Callable[[str, str], int]:
+def _whole(minimum: int, maximum: int | None = None) -> Callable[[str, str], int]:
     def parse(raw: str, name: str) -> int:
         try:
             value = int(raw)
@@ -73,6 +80,8 @@ def _whole(minimum: int) -> Callable[[str, str], int]:
             raise SettingsError(f"{name}={raw!r} is not a whole number") from None
         if value < minimum:
             raise SettingsError(f"{name}={value} must be at least {minimum}")
+        if maximum is not None and value > maximum:
+            raise SettingsError(f"{name}={value} must be at most {maximum}")
         return value
 
     return parse
@@ -107,12 +116,16 @@ class Settings:
     state_url: str = ""
     vision_base_url: str = "https://data.binance.vision"
     rest_base_url: str = "https://fapi.binance.com"
-    # For the live WebSocket collector (issue 10): parsed and validated now, read by nothing yet.
+    # The live collector's WebSocket host (SPEC §9): /public/stream and /market/stream below it.
     ws_base_url: str = "wss://fstream.binance.com"
     safety_lag_minutes: int = 1
     max_ffill_minutes: int = 60
     rest_weight_budget: int = 1800
     vision_max_csv_bytes: int = DEFAULT_VISION_MAX_CSV_BYTES
+    # Symbols per pair of live connections (``bml live-collect``): see LIVE_MAX_SHARD_SIZE.
+    live_shard_size: int = 50
+    # A live connection is replaced after this long: the exchange cuts it at 24 h.
+    live_rotate_seconds: int = 23 * 3600 + 50 * 60
 
     def __repr__(self) -> str:
         # A URL's password must not reach a log or a traceback through a repr.
@@ -167,6 +180,8 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "max_ffill_minutes": _whole(0),
     "rest_weight_budget": _whole(1),
     "vision_max_csv_bytes": _whole(1),
+    "live_shard_size": _whole(1, LIVE_MAX_SHARD_SIZE),
+    "live_rotate_seconds": _whole(LIVE_MIN_ROTATE_SECONDS, LIVE_MAX_ROTATE_SECONDS),
 }
 # Set but empty, these keep their default (the lake in ./lake, the ledger inside it).
 _EMPTY_IS_UNSET = frozenset({"lake_root", "state_url"})

@@ -2,7 +2,9 @@
 
 What belongs here: sending each request through the shared weight budget
 (``rest_budget.py``), the exchange's rate-limit answers (429 back-off, 418 ban),
-paging each history endpoint correctly, and turning the JSON into Arrow tables in
+paging each history endpoint correctly, an answer as received with the local times
+around its request (``timed_get``: the live collector's clock offset and depth
+snapshots), and turning the JSON into Arrow tables in
 EXACTLY the layouts of the Vision parser (``vision_csv.output_schema``) or the
 ``metrics_5m`` dataset, so the same feature code consumes REST and Vision data;
 each history table remembers which request's answer held each of its rows
@@ -27,6 +29,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import urlencode, urlsplit
 
@@ -51,6 +54,7 @@ __all__ = [
     "RestBanned",
     "RestClient",
     "RestError",
+    "TimedAnswer",
 ]
 
 REST_POOL: Final = "binance_rest"
@@ -159,6 +163,19 @@ def request_urls_of(table: pa.Table, row: int) -> list[str]:
     return [url for first, end, url in json.loads(raw) if first <= row < end]
 
 
+@dataclass(frozen=True)
+class TimedAnswer:
+    """One JSON answer: ``data`` parsed, ``text`` as received, the ``url`` asked (redacted), and
+    the local clock (``time.time_ns``) just before the answered request was sent (``sent_ns``,
+    after any wait for the budget) and just after its whole answer arrived (``received_ns``)."""
+
+    data: Any
+    text: str
+    url: str
+    sent_ns: int
+    received_ns: int
+
+
 class _MalformedBody(Exception):
     """A 2xx answer whose body is not JSON: worth another request."""
 
@@ -235,12 +252,29 @@ class RestClient:
         """The parsed JSON of ``GET path?params``, sent within the budget."""
         return self._get(path, params)[0]
 
+    def timed_get(self, path: str, params: Mapping[str, Any] | None = None) -> TimedAnswer:
+        """``GET path?params`` within the budget, with the body's text and the local times
+        around the request that answered (``TimedAnswer``): for a clock offset, whose error
+        the budget's own bookkeeping must not enter, and for a raw spool of the answer."""
+        times: list[int] = []
+        data, shown, response = self._get_response(path, params, times)
+        text = response.content.decode("utf-8", errors="replace")
+        return TimedAnswer(data, text, shown, times[0], times[1])
+
     def _get(self, path: str, params: Mapping[str, Any] | None = None) -> tuple[Any, str]:
-        """(parsed JSON, the full URL requested, redacted).
+        """(parsed JSON, the full URL requested, redacted)."""
+        data, shown, _ = self._get_response(path, params)
+        return data, shown
+
+    def _get_response(
+        self, path: str, params: Mapping[str, Any] | None = None, times: list[int] | None = None
+    ) -> tuple[Any, str, requests.Response]:
+        """(parsed JSON, the full URL requested (redacted), the response).
 
         A body that is not JSON is asked for again, up to the HTTP client's
         ``max_retries`` times with its backoff (each attempt spends weight), then
-        ``RestError`` names the URL and the body's first bytes."""
+        ``RestError`` names the URL and the body's first bytes. ``times``, when given,
+        ends as [ns just before the last request was sent, ns just after its answer arrived]."""
         weight = limits.weight_of(path, params)
         # The query is part of the URL so that every error message names it in full.
         url = self._request_base_url + path + (f"?{urlencode(params)}" if params else "")
@@ -248,21 +282,21 @@ class RestClient:
         malformed = 0
         while True:
             try:
-                response = self._send(url, path, weight)
+                response = self._send(url, path, weight, times)
             except HttpError as exc:
                 self._on_rate_limit(exc, rate_limited)  # raises unless a 429 worth another try
                 rate_limited += 1
                 continue
             shown = redact_url(response.url)
             try:
-                return self._json(response), shown
+                return self._json(response), shown, response
             except _MalformedBody as exc:
                 malformed += 1
                 if malformed > self.http.max_retries:
                     raise RestError(f"{exc} (after {malformed} attempts)", url=shown) from None
                 self.http.sleep(self.http.backoff_s(malformed - 1))
 
-    def _send(self, url: str, path: str, weight: int) -> requests.Response:
+    def _send(self, url: str, path: str, weight: int, times: list[int] | None = None) -> requests.Response:
         tickets: list[tuple[WeightBudget, int]] = []
 
         def before() -> None:
@@ -272,8 +306,12 @@ class RestClient:
             with self._count_lock:
                 self.weight_spent += weight
                 self.requests_sent += 1
+            if times is not None:  # after the budget's wait: only the request's own round trip counts
+                times[:] = [time.time_ns()]
 
         def after(response: requests.Response | None) -> None:
+            if times is not None:
+                times.append(time.time_ns())
             used = None if response is None else response.headers.get(limits.USED_WEIGHT_HEADER)
             while tickets:
                 budget, ticket = tickets.pop()

@@ -30,6 +30,7 @@ PREMIUM_INDEX_PATH: Final = "/fapi/v1/premiumIndex"
 OPEN_INTEREST_PATH: Final = "/fapi/v1/openInterest"
 FUNDING_RATE_PATH: Final = "/fapi/v1/fundingRate"
 BOOK_TICKER_PATH: Final = "/fapi/v1/ticker/bookTicker"
+DEPTH_PATH: Final = "/fapi/v1/depth"  # the order book snapshot the live collector syncs its book from
 OPEN_INTEREST_HIST_PATH: Final = "/futures/data/openInterestHist"
 TOP_LS_ACCOUNT_RATIO_PATH: Final = "/futures/data/topLongShortAccountRatio"
 GLOBAL_LS_ACCOUNT_RATIO_PATH: Final = "/futures/data/globalLongShortAccountRatio"
@@ -63,6 +64,9 @@ KLINE_WEIGHT_MAX: Final = 10
 KLINE_DEFAULT_LIMIT: Final = 500  # what the exchange assumes when no limit is sent
 
 AGG_TRADES_WEIGHT: Final = 20
+# Depth weight by the requested limit (the exchange accepts only these limits; default 500).
+DEPTH_WEIGHTS: Final[Mapping[int, int]] = {5: 2, 10: 2, 20: 2, 50: 2, 100: 5, 500: 10, 1000: 20}
+DEPTH_DEFAULT_LIMIT: Final = 500
 PREMIUM_INDEX_WEIGHT: Final = 1  # with symbol=
 OPEN_INTEREST_WEIGHT: Final = 1
 BOOK_TICKER_WEIGHT: Final = 2  # with symbol=
@@ -112,6 +116,16 @@ def kline_weight(limit: int | None) -> int:
     return KLINE_WEIGHT_MAX
 
 
+def depth_weight(limit: int | None) -> int:
+    """Weight of one ``/fapi/v1/depth`` request: 2 up to limit 50, then 5 / 10 / 20 for 100 / 500 / 1000.
+    Other limits raise ``ValueError``: the exchange refuses them."""
+    limit = DEPTH_DEFAULT_LIMIT if limit is None else int(limit)
+    try:
+        return DEPTH_WEIGHTS[limit]
+    except KeyError:
+        raise ValueError(f"depth limit {limit} is not one of {sorted(DEPTH_WEIGHTS)}") from None
+
+
 def weight_of(path: str, params: Mapping[str, Any] | None = None) -> int:
     """The request weight the exchange charges for ``GET path?params``.
 
@@ -121,6 +135,9 @@ def weight_of(path: str, params: Mapping[str, Any] | None = None) -> int:
     if path in KLINE_PATHS.values():
         limit = (params or {}).get("limit")
         return kline_weight(None if limit is None else int(limit))
+    if path == DEPTH_PATH:
+        limit = (params or {}).get("limit")
+        return depth_weight(None if limit is None else int(limit))
     try:
         return ENDPOINT_WEIGHTS[path]
     except KeyError:

@@ -30,6 +30,8 @@ from bml_assets.replay.market import MarketConfig, SyntheticMarket
 from bml_assets.replay.server import ReplayServer
 from bml_assets.storage.store import file_sha256
 
+from .live_ws import ThreadedStreamServer
+
 CLOCK_AT = dt.datetime(2024, 6, 3, 10, 30, 20, tzinfo=dt.UTC)
 ETH_LISTING = dt.date(2024, 2, 20)
 SYMBOLS = "BTCUSDT,ETHUSDT"
@@ -59,6 +61,8 @@ class Bml:
             BML_LAKE_ROOT=str(self.lake),
             BML_VISION_BASE_URL=server.base_url,
             BML_REST_BASE_URL=server.base_url,
+            # Nothing listens there: a command that opens the live streams never reaches the internet.
+            BML_WS_BASE_URL="ws://127.0.0.1:9",
             PYTHONWARNINGS="ignore",
         )
 
@@ -118,6 +122,7 @@ COMMANDS = [
     ["backfill-range"],
     ["backfill-years"],
     ["replay-server"],
+    ["live-collect"],
     ["demo"],
     ["columns"],
 ]
@@ -329,23 +334,33 @@ def _free_port() -> int:
 
 def test_run_daemon_serves_the_ui_and_stops_on_ctrl_c(bml: Bml) -> None:
     port = _free_port()
-    proc = bml.popen("run-daemon", "--port", str(port))
-    try:
-        deadline = time.monotonic() + 90
-        up = False
-        while time.monotonic() < deadline and proc.poll() is None and not up:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2) as answer:
-                    up = answer.status == 200
-            except OSError:
-                time.sleep(0.3)
-        assert up, proc.stdout.read() if proc.poll() is not None and proc.stdout else "the UI did not answer"
-        proc.send_signal(signal.SIGINT)
-        output, _ = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.terminate()  # forwarded to dagster dev
-            proc.wait(timeout=60)
+    with ThreadedStreamServer() as ws:
+        bml.env["BML_WS_BASE_URL"] = ws.base_url
+        proc = bml.popen("run-daemon", "--port", str(port))
+        try:
+            deadline = time.monotonic() + 90
+            up = False
+            while time.monotonic() < deadline and proc.poll() is None and not up:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2) as answer:
+                        up = answer.status == 200
+                except OSError:
+                    time.sleep(0.3)
+            assert up, proc.stdout.read() if proc.poll() is not None and proc.stdout else "the UI did not answer"
+            # The live collector runs beside it, for BML_SYMBOLS (one shard: two connections).
+            ws.call(ws.ws.wait_for_peers(2, timeout=90), timeout=95)
+            proc.send_signal(signal.SIGINT)
+            output, _ = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.terminate()  # forwarded to dagster dev
+                proc.wait(timeout=60)
+        peers = ws.ws.peers
     assert proc.returncode == 0, output
     assert f"--port {port}" in output and "workspace.yaml" in output
     assert "Dagster services shut down" in output
+    assert "live collector started (pid" in output and "live collector stopped (exit code 0)" in output
+    assert "ended with exit code" not in output  # it never died on its own
+    assert sorted(p.streams[0] for p in peers) == ["btcusdt@aggTrade", "btcusdt@depth@100ms"]
+    assert all("ethusdt@bookTicker" in p.streams or "ethusdt@forceOrder" in p.streams for p in peers)
+    assert [p.close_code for p in peers] == [1000, 1000]  # stopped cleanly, not killed

@@ -18,6 +18,8 @@ def test_defaults_follow_the_spec(tmp_path: Path) -> None:
     assert s.state_url == "sqlite:///lake/_state/ledger.sqlite"
     assert s.vision_base_url == "https://data.binance.vision"
     assert (s.safety_lag_minutes, s.max_ffill_minutes, s.rest_weight_budget) == (1, 60, 1800)
+    assert s.ws_base_url == "wss://fstream.binance.com"
+    assert (s.live_shard_size, s.live_rotate_seconds) == (50, 85_800)  # 23 h 50 min
 
 
 def test_environment_wins_over_dotenv(tmp_path: Path) -> None:
@@ -62,6 +64,8 @@ def test_every_variable_is_read_and_an_unset_one_keeps_its_field_default(tmp_pat
         "BML_MAX_FFILL_MINUTES": "30",
         "BML_REST_WEIGHT_BUDGET": "900",
         "BML_VISION_MAX_CSV_BYTES": "4096",
+        "BML_LIVE_SHARD_SIZE": "20",
+        "BML_LIVE_ROTATE_SECONDS": "3600",
     }
     s = Settings.from_env(env, dotenv_path=tmp_path / "absent.env")
     assert s == Settings(
@@ -76,9 +80,27 @@ def test_every_variable_is_read_and_an_unset_one_keeps_its_field_default(tmp_pat
         max_ffill_minutes=30,
         rest_weight_budget=900,
         vision_max_csv_bytes=4096,
+        live_shard_size=20,
+        live_rotate_seconds=3600,
     )
     # Unset, or set empty where empty means "the default" (the lake, the ledger inside it).
     default = Settings.from_env({"BML_LAKE_ROOT": "", "BML_STATE_URL": " "}, dotenv_path=tmp_path / "absent.env")
     assert default == Settings()
     with pytest.raises(SettingsError, match="BML_WS_BASE_URL"):
         Settings.from_env({"BML_WS_BASE_URL": "http://x"}, dotenv_path=tmp_path / "absent.env")
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("BML_LIVE_SHARD_SIZE", "0", "must be at least 1"),
+        ("BML_LIVE_SHARD_SIZE", "342", "must be at most 341"),  # 3 market streams a symbol, 1024 a connection
+        ("BML_LIVE_ROTATE_SECONDS", "86400", "must be at most 86340"),  # the exchange cuts at 24 h
+        ("BML_LIVE_ROTATE_SECONDS", "5", "must be at least 10"),
+    ],
+)
+def test_live_settings_out_of_range_name_their_variable(
+    tmp_path: Path, variable: str, value: str, message: str
+) -> None:
+    with pytest.raises(SettingsError, match=f"{variable}={value} {message}"):
+        Settings.from_env({variable: value}, dotenv_path=tmp_path / "absent.env")

@@ -31,7 +31,20 @@ def test_fixed_weights() -> None:
 
 def test_unknown_path_has_no_weight() -> None:
     with pytest.raises(KeyError, match="no request weight known"):
-        limits.weight_of("/fapi/v1/depth")
+        limits.weight_of("/fapi/v1/ticker/price")
+
+
+@pytest.mark.parametrize(
+    ("limit", "weight"), [(5, 2), (10, 2), (20, 2), (50, 2), (100, 5), (500, 10), (1000, 20), (None, 10)]
+)
+def test_depth_weight_follows_the_limit(limit: int | None, weight: int) -> None:
+    params = {} if limit is None else {"limit": str(limit)}
+    assert limits.weight_of(limits.DEPTH_PATH, params) == weight
+
+
+def test_a_depth_limit_the_exchange_refuses_has_no_weight() -> None:
+    with pytest.raises(ValueError, match="depth limit 200 is not one of"):
+        limits.weight_of(limits.DEPTH_PATH, {"limit": 200})
 
 
 def test_every_kline_stream_has_a_path_and_index_uses_pair() -> None:
