@@ -1,0 +1,1 @@
+"""The live collector (issue 10): placeholder docstring, replaced below."""
