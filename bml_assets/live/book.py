@@ -82,6 +82,7 @@ class OrderBook:
         # E of the last one applied before a break (None while synced)].
         self.periods: list[list[int | None]] = []
         self.last_applied_E: int | None = None
+        self.bridged_by: DepthUpdate | None = None  # the event that started the book (U ≤ L ≤ u)
         # Counters, for the collector's log and the tests.
         self.breaks = 0
         self.refused = 0
@@ -187,6 +188,7 @@ class OrderBook:
         self.last_u = None
         self._recent.clear()
         self.periods.append([events[0].E, None])
+        self.bridged_by = events[0]
         first = True
         for i, event in enumerate(events):
             if not first and event.pu != self.last_u:
