@@ -304,7 +304,7 @@ _PARSERS: Final = {
     "markPriceUpdate": parse_mark_price,
     "forceOrder": parse_force_order,
 }
-_ID_FIELDS: Final = ("E", "U", "u", "pu", "a", "t", "T")
+_ID_FIELDS: Final = ("lastUpdateId", "E", "U", "u", "pu", "a", "t", "T")
 
 
 def _ids(data: Any) -> str:
