@@ -163,6 +163,8 @@ class LiveCore:
         self.rows: dict[str, list[dict[str, Any]]] = {s: [] for s in names}
         self._sym = {s: _Symbol(s, OrderBook(s)) for s in names}
         self._check_at: int | None = None  # E at which the next close pass is due
+        if spool is not None:  # what was subscribed, so a rebuild from the spool covers the same
+            self._note({"bml": "session", "families": sorted(self.families), "symbols": names}, spool.started_ns)
 
     # ------------------------------------------------------------------ inputs
 

@@ -115,7 +115,11 @@ def _conn(done: Replayed, family: str) -> Hashable:
 
 def _note(core: LiveCore, done: Replayed, note: dict[str, Any], ns: int) -> None:
     kind = note.get("bml")
-    if kind == "connection":
+    if kind == "session":
+        families = [f for f in note.get("families") or () if f in FAMILIES]
+        if families:
+            core.families = frozenset(families)
+    elif kind == "connection":
         family, connection = note.get("family"), note.get("connection", 0)
         if family not in FAMILIES:
             return

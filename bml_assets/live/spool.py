@@ -18,8 +18,8 @@ no subscribed symbol (not JSON, an unknown stream) go to the folder ``_unrouted`
 Line format: the recording format of ``fixtures/real/ws/btcusdt_20240808.gz``: the local
 receive time in ns, a space, the text as received (a raw newline in it, which valid JSON
 only has as whitespace, becomes a space). Snapshot lines are the REST body as received.
-The collector's own notes — connection drops, silent streams, clock ticks — are JSON lines
-with a ``"bml"`` key, so a rebuild replays them too.
+The collector's own notes — the session (subscribed families), connection drops, silent
+streams, clock ticks — are JSON lines with a ``"bml"`` key, so a rebuild replays them too.
 
 Durability: each segment is a series of gzip members; ``flush()`` ends the current member
 and writes it (the collector flushes every second), so a killed process leaves complete
