@@ -215,9 +215,8 @@ def test_bad_frames_repeats_and_late_events_never_stop_the_core(caplog: pytest.L
     feed.beat(["BTCUSDT"], M0 - 3000, M[1] + 10_000)
     core.on_frame("public", b"garbage \xff", M[1] * NS)
     core.on_frame("public", '{"stream":"dogeusdt@bookTicker","data":{"e":"bookTicker","E":1,"u":2}}', M[1] * NS)
-    core.on_frame(
-        "market", '{"stream":"btcusdt@markPrice@1s","data":{"e":"markPriceUpdate","E":%d}}' % (M[1] + 10_500), 0
-    )
+    no_symbol = {"stream": "btcusdt@markPrice@1s", "data": {"e": "markPriceUpdate", "E": M[1] + 10_500}}
+    core.on_frame("market", json.dumps(no_symbol), 0)
     first = feed.ticker("BTCUSDT", M[1] + 11_000, 100.0, 1.0, 101.0, 1.0)
     repeat = json.dumps({"stream": "btcusdt@bookTicker", "data": {**_as_dict(first), "e": "bookTicker"}})
     assert core.on_frame("public", repeat, (M[1] + 11_010) * NS) is None
@@ -272,6 +271,6 @@ def test_ticks_close_quiet_minutes_record_the_clock_offset_and_ask_for_snapshots
 
 
 def test_a_synced_book_asks_for_a_refresh_snapshot() -> None:
-    core, feed = started(["BTCUSDT"])
+    core, _ = started(["BTCUSDT"])
     assert core.snapshots_needed((M0 + 60_000) * NS) == []
     assert core.snapshots_needed((M0 - 3500 + 30 * 60_000) * NS) == ["BTCUSDT"]
