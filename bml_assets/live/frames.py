@@ -19,8 +19,10 @@ frames quoted in ``fixtures/real/SOURCES.md`` (markPriceUpdate from crypto-msg-p
 tests, 2021; forceOrder, a 2026 ``!forceOrder@arr`` frame, marked unverified there).
 
 JSON is decoded with the standard library: orjson decodes the recording's frames 2.6x
-faster, but the whole parse + book + aggregation path gains too little for a new
-dependency (``bench/live_throughput.py`` prints both; numbers in its commit).
+faster (1.17 M vs 0.45 M frames/s), but the whole parse + book + aggregation path gains
+only 1.2x (132k vs 110k events/s on one core, ``bench/live_throughput.py``), while
+BTCUSDT's depth@0ms needs ~20 events/s and its bookTicker a few hundred: not worth a
+dependency.
 """
 
 from __future__ import annotations
@@ -319,9 +321,12 @@ def _text(raw: str | bytes) -> str:
     return raw if isinstance(raw, str) else raw.decode("utf-8", errors="replace")
 
 
+_decode = json.loads  # the frame decoder (bench/live_throughput.py swaps in orjson to compare)
+
+
 def _load_object(raw: str | bytes, what: str) -> dict[str, Any]:
     try:
-        value = json.loads(raw)
+        value = _decode(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         start = _text(raw)[:60]
         raise NotJson(f"{what} is not JSON ({exc}); it starts {start!r}") from None

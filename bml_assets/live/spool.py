@@ -52,6 +52,10 @@ HOUR_NS: Final = 3_600 * 1_000_000_000
 _NS_PER_S: Final = 1_000_000_000
 _SEGMENT: Final = re.compile(r"^(\d{8}T\d{2})Z_(\d{8}T\d{12})_(\d{10})\.gz$")
 _READ_BLOCK: Final = 1 << 20
+# zlib level 6: the recording's 27.8 MB of lines spool to 3.8 MB (level 1: 4.95 MB) at 61k
+# events/s through parse + book + aggregation + spool on one core (level 1: 86k): ample
+# either way, and the spool is kept for rebuilds, so disk wins.
+COMPRESS_LEVEL: Final = 6
 FLUSH_BYTES: Final = 1 << 20
 """A member is also ended when this many uncompressed bytes wait in it."""
 
@@ -83,7 +87,7 @@ class _Segment:
         self.path = path
         self.hour = hour
         self.file: IO[bytes] = open(path, "xb")  # never reopened, never another's
-        self.member = zlib.compressobj(6, zlib.DEFLATED, 31)
+        self.member = zlib.compressobj(COMPRESS_LEVEL, zlib.DEFLATED, 31)
         self.pending = 0  # uncompressed bytes in the open member
 
     def write(self, data: bytes) -> None:
@@ -94,7 +98,7 @@ class _Segment:
         if self.pending:
             self.file.write(self.member.flush(zlib.Z_FINISH))
             self.file.flush()
-            self.member = zlib.compressobj(6, zlib.DEFLATED, 31)
+            self.member = zlib.compressobj(COMPRESS_LEVEL, zlib.DEFLATED, 31)
             self.pending = 0
 
     def close(self) -> None:
