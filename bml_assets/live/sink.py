@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 
 from bml_assets.domain.minutes import MINUTE_MS, day_of_ms, ms_to_datetime
 from bml_assets.domain.schema import LIVE_1M
-from bml_assets.lake.commit import CommitResult, commit_table
+from bml_assets.lake.commit import NOT_BASED, CommitResult, NotBased, commit_table
 from bml_assets.lake.lake import Lake
 from bml_assets.lake.layout import partition_label
 from bml_assets.lake.ledger import CommitConflict, Ledger
@@ -94,7 +94,7 @@ class LiveSink:
         """Make ``rows`` the whole ``live_1m`` table of (symbol, day) (a rebuild)."""
         ordered = sorted((r for r in rows if day_of_ms(r[_TIME]) == day), key=lambda r: r[_TIME])
         table = rows_table(ordered)
-        result = self._commit(symbol, day, table, based_on=None, replace=True)
+        result = self._commit(symbol, day, table, based_on=NOT_BASED)
         self._days[(symbol, day)] = (table, result.content_hash)
         return result
 
@@ -128,7 +128,7 @@ class LiveSink:
             table = new if base is None else pa.concat_tables([base, new])
             table = table.take(pc.sort_indices(table, [(_TIME, "ascending")]))
             try:
-                result = self._commit(symbol, day, table, based_on=base_hash, replace=False)
+                result = self._commit(symbol, day, table, based_on=base_hash)
             except CommitConflict:
                 self._days.pop((symbol, day), None)
                 if attempt == 2:
@@ -138,11 +138,9 @@ class LiveSink:
             return result
         return None  # pragma: no cover - the loop returns or raises
 
-    def _commit(
-        self, symbol: str, day: dt.date, table: pa.Table, *, based_on: str | None, replace: bool
-    ) -> CommitResult:
+    def _commit(self, symbol: str, day: dt.date, table: pa.Table, *, based_on: str | NotBased | None) -> CommitResult:
+        """``based_on``: the content hash the table was built on (the CAS), or ``NOT_BASED`` (a rebuild)."""
         label = partition_label(LIVE_1M, symbol, day)
-        kwargs: dict[str, Any] = {} if replace else {"based_on": based_on}
         return commit_table(
             table,
             lake=self.lake,
@@ -152,5 +150,5 @@ class LiveSink:
             day=day,
             validate=lambda t: enforce_blocking(t, day, label=label, dataset=LIVE_1M),
             provenance=provenance(table),
-            **kwargs,
+            based_on=based_on,
         )
