@@ -4,8 +4,9 @@ What belongs here: argument parsing, printing (progress bars included) and exit
 codes for the commands people run in a terminal; each command parses its options,
 calls one function of the package (``orchestration/`` for the state, the symbol
 universe, scans, backfills, the hot pass and the daemon; the replay server; the live
-collector (``live/process.py``); the demo driving the real Dagster definitions) and
-prints what it returns or yields.
+collector (``live/process.py``) and the live table's rebuild from its spool
+(``live/replay.py``); the demo driving the real Dagster definitions) and prints what
+it returns or yields.
 What stays out: logic of its own — a command that needs some, gets it in the
 module that owns the subject.
 
@@ -706,6 +707,55 @@ def backfill_years(
     start, end = years_back(years)
     click.echo(f"range: {start.isoformat()}..{end.isoformat()}")
     _run_backfill(start, end, symbols_text, max_missing_hours, dry_run, chunk_days)
+
+
+# --------------------------------------------------------------------------- live collector
+
+
+@main.command("live-rebuild")
+@click.option("--symbol", required=True, help="The symbol whose spool is replayed.")
+@click.option("--date", "day", callback=_date, required=True, help="The UTC day to rebuild (YYYY-MM-DD).")
+@click.option("--dry-run", is_flag=True, help="Compute and print, commit nothing.")
+@_guarded
+def live_rebuild(symbol: str, day: dt.date, dry_run: bool) -> None:
+    """Rebuild live_1m of one symbol-day from the raw spool, through the live collector's own path.
+
+    Reads {BML_LAKE_ROOT}/_spool/live/SYMBOL/ from two hours before the day to ten minutes
+    after it, replays frames, snapshots and the collector's notes, and replaces the day's
+    live_1m table with the minutes of the day (unless --dry-run). Exit 1 when the spool
+    holds no minute of the day.
+    """
+    from bml_assets.lake.lake import Lake
+    from bml_assets.live.replay import rebuild_day
+    from bml_assets.orchestration.state import open_ledger
+
+    try:
+        symbol = parse_symbols(symbol, variable="--symbol")[0]
+    except SettingsError as err:
+        raise click.BadParameter(str(err), param_hint="--symbol") from None
+    settings = _settings()
+    ledger = open_ledger(settings)
+    try:
+        result = rebuild_day(Lake.at(settings.lake_root), ledger, symbol, day, commit=not dry_run)
+    finally:
+        ledger.close()
+    r = result.replayed
+    click.echo(
+        f"{symbol} {day.isoformat()}: spool {len(result.segments)} segment(s), {r.frames} frame(s), "
+        f"{r.snapshots} snapshot(s), {r.notes} note(s), {r.processes} process(es)"
+    )
+    for segment in result.segments:
+        if segment.truncated:
+            click.echo(f"  {segment.key}: {segment.truncated}; {segment.lines} line(s) kept", err=True)
+    click.echo(
+        f"{result.rows} minute(s): public covered {result.public_covered}, market covered {result.market_covered}"
+    )
+    if result.commit is not None:
+        click.echo(f"committed {result.commit.path} (sha256 {result.commit.content_hash[:16]}…)")
+    elif dry_run:
+        click.echo("dry run: nothing committed")
+    if not result.rows:
+        _fail(f"the spool holds no minute of {symbol} on {day.isoformat()}: nothing rebuilt")
 
 
 if __name__ == "__main__":

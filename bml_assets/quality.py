@@ -36,6 +36,7 @@ import pyarrow.compute as pc
 from bml_assets.domain.minutes import MINUTES_PER_DAY, floor_minute_ms, ms_to_datetime
 from bml_assets.domain.provenance import Provenance
 from bml_assets.domain.schema import (
+    BOOL,
     EPOCH_MS,
     F64,
     HARD_COLUMNS,
@@ -61,6 +62,7 @@ _PANDAS_DTYPES: dict[pa.DataType, Any] = {
     TIMESTAMP: pd.DatetimeTZDtype("ms", "UTC"),
     I64: pd.Int64Dtype(),
     F64: pd.Float64Dtype(),
+    BOOL: pd.BooleanDtype(),  # the live table's coverage flags
 }
 
 # Where a row came from: (minute, column) -> e.g. "https://…/BTCUSDT-1m-2024-01-02.zip,
@@ -75,7 +77,7 @@ def to_frame(table: pa.Table) -> pd.DataFrame:
     NULL): NaN is a bad value, never a missing one.
     """
     frame = table.to_pandas(
-        types_mapper={pa.int64(): pd.Int64Dtype(), pa.float64(): pd.Float64Dtype()}.get,
+        types_mapper={pa.int64(): pd.Int64Dtype(), pa.float64(): pd.Float64Dtype(), pa.bool_(): pd.BooleanDtype()}.get,
         ignore_metadata=True,
     )
     for name, column in zip(table.column_names, table.columns, strict=True):

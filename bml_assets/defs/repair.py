@@ -92,7 +92,7 @@ from dagster import (
 from bml_assets.days.clock import ExchangeNow
 from bml_assets.defs.resources import LakeResource, LedgerResource, RestResource, VisionResource
 from bml_assets.domain.partitions import partition_key
-from bml_assets.domain.schema import DATASETS, HOT_SNAPSHOTS
+from bml_assets.domain.schema import DATASETS, HOT_SNAPSHOTS, LIVE_1M
 from bml_assets.domain.streams import Stream
 from bml_assets.lake.commit import refresh_file_stat, sweep_temp_files
 from bml_assets.lake.lake import Lake
@@ -130,8 +130,9 @@ INCOMPLETE_RETRY_BASE: Final = dt.timedelta(minutes=30)
 """First retry of an incomplete partition: long enough for a REST hiccup to pass."""
 INCOMPLETE_RETRY_CAP: Final = dt.timedelta(days=1)
 """Longest wait between retries: a stream that cannot be filled today is asked again daily."""
-NOT_REBUILT_DATASETS: Final = frozenset({HOT_SNAPSHOTS.name})
-"""Datasets whose rows exist nowhere else (polled live): reported, never rebuilt."""
+NOT_REBUILT_DATASETS: Final = frozenset({HOT_SNAPSHOTS.name, LIVE_1M.name})
+"""Datasets a minute-view build does not make (polled or collected live; ``live_1m`` is rebuilt
+from its spool by ``bml live-rebuild``): reported, never rebuilt here."""
 MAX_RESTATS_PER_TICK: Final = 200
 """Re-recorded file stats per tick (a hash and a ledger write each); the rest waits."""
 CACHE_BUCKETS: Final = tuple(f"{i:02x}" for i in range(256))

@@ -1,9 +1,11 @@
 """The column registry: every table the lake stores, declared once, as data.
 
-What belongs here: the columns of the canonical minute view (SPEC §5) and of the
-per-stream tables the source assets store, each with its Arrow type, value domain
-and unit (and, for the minute view, its class, source stream, slow-series and
-quiet-minute facts, fill rule); each table's source stream and OHLC groups; the
+What belongs here: the columns of the canonical minute view (SPEC §5), of the
+per-stream tables the source assets store and of the live collector's table
+(``live_1m``, SPEC §9: its minute-view columns are declared by reference), each
+with its Arrow type, value domain and unit (and, for the minute view, its class,
+source stream, slow-series and quiet-minute facts, fill rule); each table's
+source stream and OHLC groups; the
 domains of the raw source rows that are aggregated before they are stored
 (aggTrades, bookTicker); and everything derived mechanically from those
 declarations: the pyarrow schemas, schema hashes, the docs' column table, and the
@@ -55,6 +57,7 @@ from bml_assets.domain.streams import KLINE_STREAMS, Stream
 TIMESTAMP = pa.timestamp("ms", tz="UTC")
 I64 = pa.int64()
 F64 = pa.float64()
+BOOL = pa.bool_()
 
 
 # --- value domains ------------------------------------------------------------
@@ -142,6 +145,8 @@ RATE = Domain(
     RATE_BOUND,
     f"a rate (fraction of a price): finite, in [-{RATE_BOUND:g}, {RATE_BOUND:g}]",
 )
+# Booleans (the live table's coverage flags): any non-NULL value is in the domain.
+FLAG = Domain("flags_boolean", 0, 1, "a flag: true or false")
 # Time columns (Arrow timestamps); the time rule of each table enforces them.
 MINUTE = Domain("minute_starts", EPOCH_MS_LOW, EPOCH_MS_HIGH - 1, "a minute start (UTC)", minute_aligned=True)
 INSTANT = Domain("instants", EPOCH_MS_LOW, EPOCH_MS_HIGH - 1, "an instant (UTC, ms)")
@@ -166,6 +171,7 @@ class Unit(StrEnum):
     RATIO = "ratio"  # of like amounts (long/short ratios)
     FRACTION = "fraction"  # a share, or a fraction of a price (rates, spread %, premium)
     LOG_RETURN = "log return"
+    FLAG = "flag"
 
 
 class ColumnClass(StrEnum):
@@ -812,6 +818,112 @@ HOT_SNAPSHOTS = Dataset(
 )
 
 
+# The columns of the minute view the live collector computes (SPEC §9's table), in the
+# minute view's order: LIVE 1, 3-7, 32-37, 43, 57, and the book columns 14, 38-42 that
+# it fills after 2024-03-30. The live table declares them by reference, so their names,
+# types and domains are the minute view's.
+LIVE_VIEW_COLUMNS: tuple[str, ...] = (
+    "event_time",
+    "arrival_time",
+    "latency_engine",
+    "latency_network",
+    "update_id_start",
+    "update_id_end",
+    "micro_price_close",
+    "liq_long_vol_usdt",
+    "liq_short_vol_usdt",
+    "liq_long_count",
+    "liq_short_count",
+    "liq_avg_fill_price",
+    "liq_unfilled_ratio",
+    "avg_spread_usdt",
+    "bid_ask_imbalance",
+    "avg_bid_depth",
+    "avg_ask_depth",
+    "spread_pct",
+    "price_impact_100k",
+    "predicted_funding",
+)
+# The live collector's own bookkeeping per minute (SPEC §9): which stream families
+# covered the minute, whether the local order book was synced across it, the clock,
+# and what happened on the connections.
+LIVE_FLAG_COLUMNS: tuple[str, ...] = ("public_covered", "market_covered", "book_synced")
+LIVE_EVENT_COUNT_COLUMNS: tuple[str, ...] = (
+    "depth_events",
+    "book_ticker_events",
+    "agg_trade_events",
+    "trade_events",
+    "mark_price_events",
+    "force_order_events",
+)
+"""Events of the minute per stream (by their exchange time E), duplicates left out."""
+
+
+def _live(name: str, type_: pa.DataType, domain: Domain, unit: Unit, description: str) -> Column:
+    return Column(name, type_, domain, unit, description=description)
+
+
+_LIVE_BOOKKEEPING: tuple[Column, ...] = (
+    _live(
+        "public_covered",
+        BOOL,
+        FLAG,
+        Unit.FLAG,
+        "a connection of the public family (depth, bookTicker) delivered a frame with E before the minute "
+        "and one with E after it, nothing lost in between",
+    ),
+    _live("market_covered", BOOL, FLAG, Unit.FLAG, "the same for the market family (aggTrade, markPrice, forceOrder)"),
+    _live(
+        "book_synced",
+        BOOL,
+        FLAG,
+        Unit.FLAG,
+        "the local order book was synced from before the minute to its end (update ids and price impact need it)",
+    ),
+    _live(
+        "clock_offset_ms",
+        I64,
+        DURATION_MS,
+        Unit.DURATION_MS,
+        "exchange clock minus local clock as last measured against /fapi/v1/time in the minute; NULL when not "
+        "measured (local + offset = exchange time)",
+    ),
+    _live(
+        "resyncs", I64, COUNT, Unit.COUNT, "order book resyncs started in the minute (a pu break, a refused snapshot)"
+    ),
+    _live("reconnects", I64, COUNT, Unit.COUNT, "connection drops of either family in the minute"),
+    _live("silent_streams", I64, COUNT, Unit.COUNT, "streams of the symbol reported silent during the minute"),
+    _live(
+        "late_events",
+        I64,
+        COUNT,
+        Unit.COUNT,
+        "events received while this was the oldest open minute whose own minute had already closed (left out)",
+    ),
+    _live("duplicate_events", I64, COUNT, Unit.COUNT, "events received twice (an overlapping connection) and dropped"),
+    *(
+        _live(name, I64, COUNT, Unit.COUNT, f"{stream} events of the minute (by E)")
+        for name, stream in zip(
+            LIVE_EVENT_COUNT_COLUMNS,
+            ("depthUpdate", "bookTicker", "aggTrade", "trade", "markPriceUpdate", "forceOrder"),
+            strict=True,
+        )
+    ),
+)
+
+LIVE_1M = Dataset(
+    name="live_1m",
+    description=(
+        "per-minute values of the live collector (SPEC §9): the LIVE and book columns of the minute view, "
+        "coverage per stream family, clock offset, resyncs, reconnects, silent streams and event counts; "
+        "one row per minute the collector saw"
+    ),
+    columns=_time("timestamp", MINUTE)
+    + tuple(next(c for c in MINUTE_COLUMNS if c.name == n) for n in LIVE_VIEW_COLUMNS)
+    + _LIVE_BOOKKEEPING,
+)
+
+
 @dataclass(frozen=True)
 class SourceRows:
     """Raw rows of a source stream that are aggregated before they are stored, so a
@@ -867,6 +979,7 @@ DATASETS: dict[str, Dataset] = {
         METRICS,
         FUNDING,
         HOT_SNAPSHOTS,
+        LIVE_1M,
     )
 }
 
@@ -924,6 +1037,14 @@ def column_table_markdown() -> str:
         source = c.source or "live"
         slow = f" (as-of {STREAM_DATASETS[c.source].name}.{c.asof})" if c.slow and c.source else ""
         lines.append(f"| {i} | `{c.name}` | {c.type} | {c.klass} | {source} | {c.unit} | {c.fill}{slow} | {c.domain} |")
+    return "\n".join(lines)
+
+
+def dataset_table_markdown(dataset: Dataset) -> str:
+    """The docs' column table of a stored table other than the minute view (e.g. ``live_1m``)."""
+    lines = ["| # | column | type | unit | domain | definition |", "| --- | --- | --- | --- | --- | --- |"]
+    for i, c in enumerate(dataset.columns, start=1):
+        lines.append(f"| {i} | `{c.name}` | {c.type} | {c.unit} | {c.domain} | {c.description} |")
     return "\n".join(lines)
 
 

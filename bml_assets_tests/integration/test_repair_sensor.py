@@ -5,7 +5,7 @@ and, in a small lake, the backoff of an incomplete partition by an injected cloc
 The ledger rows are inserted in bulk and each committed row gets an empty marker file
 at its real path, with the size (0) and mtime the row records: the sensor's shallow
 scan reads no file whose stat matches its row, so markers are all it needs to see
-(the ledger and the layout are real). The minute view covers all 1800 days; the nine
+(the ledger and the layout are real). The minute view covers all 1800 days; the ten
 stream tables the last two windows (62 days), so those ticks show the cost of every
 dataset.
 """
@@ -48,7 +48,7 @@ TODAY = LAST + dt.timedelta(days=1)
 CLUSTER_DAY = START + dt.timedelta(days=1000)  # 12 problems on one day: more than a tick may request
 MAX_RUNS = 10
 TICK_LIMIT_S = 10.0
-STREAM_DAYS = 62  # the last two windows also hold the nine stream tables
+STREAM_DAYS = 62  # the last two windows also hold the ten stream tables (live_1m included)
 STREAM_FIRST = DAYS - STREAM_DAYS
 MARKER_MTIME_NS = 1_735_689_600_123_456_789  # 2025-01-01, set on every marker and recorded in its row
 
@@ -278,7 +278,7 @@ def test_the_full_ledger_only_scan_finds_exactly_the_planted_problems(big: BigLa
     )
     assert report.checked == 50 * 1800
     # Every committed row: the minute view's less 8 planted as never built, not published or not listed.
-    assert report.files == 50 * 1800 - 8 + 50 * STREAM_DAYS * 9
+    assert report.files == 50 * 1800 - 8 + 50 * STREAM_DAYS * 10  # 10 stream tables, live_1m included
     hot = key_of(*HOT_SNAPSHOTS_DAMAGED)
     assert {partition_key(p.symbol, p.day): str(p.kind) for p in report.problems} == EXPECTED | {hot: "unreadable"}
     assert {(partition_key(p.symbol, p.day), p.dataset) for p in report.problems if p.dataset != MINUTE_VIEW.name} == {

@@ -29,6 +29,8 @@ def make_table(dataset: Dataset, rows: int = 3, base: float = 100.0) -> pa.Table
             arrays.append(pa.array([DAY_START_MS + 60_000 * i for i in range(rows)], dtype))
         elif pa.types.is_integer(dtype):
             arrays.append(pa.array(list(range(rows)), dtype))
+        elif pa.types.is_boolean(dtype):  # the live table's coverage flags
+            arrays.append(pa.array([i % 2 == 0 for i in range(rows)], dtype))
         else:
             arrays.append(pa.array([base + i for i in range(rows)], dtype))
     return pa.Table.from_arrays(arrays, schema=dataset.arrow_schema)
