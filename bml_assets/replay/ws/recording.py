@@ -48,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from bml_assets.replay.ws.streams import RANK, Frame, Kind, StreamName, parse_stream
+from bml_assets.replay.ws.streams import Frame, Kind, StreamName, parse_stream
 
 _STREAM_PREFIX = re.compile(r'\{"stream":"([^"\\]+)"')
 
@@ -272,9 +272,8 @@ class RecordingReplay:
             if depth is not None and depth.stream == stream.name:
                 k = depth.position[i]
                 first, last = depth.first[k], depth.last[k]
-            out.append(
-                Frame(int(self.at_ms[i]), RANK[stream.kind], i, stream.name, stream.kind, event_ms, text, first, last)
-            )
+            # Rank 0 and the line's index: frames of one millisecond go out in file order.
+            out.append(Frame(int(self.at_ms[i]), 0, i, stream.name, stream.kind, event_ms, text, first, last))
         return out
 
     # --- depth snapshots ----------------------------------------------------------------------------
