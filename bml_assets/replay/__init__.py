@@ -20,6 +20,7 @@ One job per module, bottom to top:
   real time; ``service``: the ``websockets`` server and its faults), reading
   ``market.py``, ``order_book.py`` and ``clock.py`` the way ``rest/`` does.
 - ``faults.py``: the fault rules (HTTP and WebSocket).
+- ``hosts.py``: the host names both sides answer (the guard against web pages).
 - ``server.py``: HTTP serving and routing, applying the faults, starting the
   WebSocket side beside it, ``serve()``.
 

@@ -38,7 +38,6 @@ sharing this one: ``http.server`` cannot hand an upgraded socket to an asyncio
 from __future__ import annotations
 
 import html
-import ipaddress
 import json
 import logging
 import signal
@@ -58,6 +57,7 @@ from urllib.parse import parse_qsl
 
 from bml_assets.replay.clock import MarketClock, to_ms
 from bml_assets.replay.faults import FaultDecision, FaultKind, FaultRule, FaultSet, flipped, garbage
+from bml_assets.replay.hosts import host_allowed, is_loopback_host
 from bml_assets.replay.market import MarketConfig, SyntheticMarket
 from bml_assets.replay.order_book import OrderBookModel
 from bml_assets.replay.real_files import RealFile, index_real_dir, modified_of, resolves_inside
@@ -77,7 +77,6 @@ log = logging.getLogger(__name__)
 
 CONTROL_PREFIX = "/_replay/"
 DEFAULT_CACHE_BYTES = 512 << 20
-_LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain"})
 
 
 # --- rendered files cache ------------------------------------------------------------
@@ -133,15 +132,6 @@ class _RenderCache:
 # --- the server -------------------------------------------------------------------
 
 
-def is_loopback_host(host: str) -> bool:
-    if host in _LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _not_found_body(key: str, code: str = "NoSuchKey", message: str = "The specified key does not exist.") -> bytes:
     # Vision sits on S3 and answers misses with a small XML error document; the key
     # is the request path, so it is escaped (quotes too, as S3 does).
@@ -150,14 +140,6 @@ def _not_found_body(key: str, code: str = "NoSuchKey", message: str = "The speci
         '<?xml version="1.0" encoding="UTF-8"?>\n'
         f"<Error><Code>{code}</Code><Message>{message}</Message><Key>{key}</Key></Error>"
     ).encode()
-
-
-def _host_name(header: str) -> str:
-    """The host part of a ``Host`` header (``[::1]:80`` → ``::1``)."""
-    header = header.strip().lower()
-    if header.startswith("["):
-        return header[1:].split("]", 1)[0]
-    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
 
 
 class _HTTPServer(ThreadingHTTPServer):
@@ -295,7 +277,6 @@ class ReplayServer:
             options,
             host=self.host,
             allow_public=self.allow_public,
-            is_loopback=is_loopback_host,
         )
         self._ws.start()
 
@@ -475,11 +456,7 @@ class _Handler(BaseHTTPRequestHandler):
         """Whether the ``Host`` header names this server: a loopback name or its own
         host (anything, with ``allow_public``). A page whose DNS name was rebound to
         127.0.0.1 is same-origin to the browser, so only this check stops it."""
-        host = self.headers.get("Host")
-        if self.replay.allow_public or host is None:
-            return True
-        name = _host_name(host)
-        if is_loopback_host(name) or name == self.replay.host.lower():
+        if host_allowed(self.headers.get("Host"), self.replay.host, allow_public=self.replay.allow_public):
             return True
         self._send(
             HTTPStatus.MISDIRECTED_REQUEST, b"this replay server answers loopback host names only\n", "text/plain"

@@ -55,7 +55,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import Frame as WireFrame
 from websockets.frames import Opcode
@@ -64,6 +63,7 @@ from websockets.protocol import State
 
 from bml_assets.domain.minutes import DAY_MS
 from bml_assets.replay.faults import DEFAULT_SLOW_CONSUMER_BYTES, FaultKind, FaultSet
+from bml_assets.replay.hosts import host_allowed
 from bml_assets.replay.ws.recording import RecordingReplay
 from bml_assets.replay.ws.streams import PATHS, Family, Frame, StreamName, parse_stream, requested_streams
 from bml_assets.replay.ws.synthetic import SyntheticStreams
@@ -181,7 +181,6 @@ class WsService:
         *,
         host: str = "127.0.0.1",
         allow_public: bool = False,
-        is_loopback: Callable[[str], bool] = lambda name: name in ("localhost", "127.0.0.1", "::1"),
     ) -> None:
         self.resolve = resolve
         self.now_ms = now_ms
@@ -189,7 +188,6 @@ class WsService:
         self.options = options
         self.host = host
         self.allow_public = allow_public
-        self._is_loopback = is_loopback
         self._numbers = itertools.count(1)
         self._log: list[WsLogEntry] = []
         self._log_lock = threading.Lock()
@@ -224,6 +222,8 @@ class WsService:
         if failure or self._port is None:
             self._thread.join(timeout=5)
             self._thread = None
+            if failure and isinstance(failure[0], OSError):
+                raise failure[0]  # the port is taken, the host unknown: as the HTTP side says it
             raise RuntimeError(f"the replay WebSocket server did not start: {failure[0] if failure else 'timeout'}")
 
     async def _main(self, ready: threading.Event) -> None:
@@ -281,22 +281,8 @@ class WsService:
 
     # --- handshake ----------------------------------------------------------------------------
 
-    def _host_allowed(self, headers: Headers) -> bool:
-        host = headers.get("Host")
-        if self.allow_public or host is None:
-            return True
-        host = host.strip().lower()
-        name = (
-            host[1:].split("]", 1)[0]
-            if host.startswith("[")
-            else host.rsplit(":", 1)[0]
-            if host.count(":") == 1
-            else host
-        )
-        return self._is_loopback(name) or name == self.host.lower()
-
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        if not self._host_allowed(request.headers):
+        if not host_allowed(request.headers.get("Host"), self.host, allow_public=self.allow_public):
             return connection.respond(
                 HTTPStatus.MISDIRECTED_REQUEST, "this replay server answers loopback host names only\n"
             )
