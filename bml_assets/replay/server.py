@@ -440,10 +440,12 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("X-Content-Type-Options", "nosniff")
         for name, value in (extra or {}).items():
             self.send_header(name, value)
+        # Logged before the client can see the answer: a test reading the log right
+        # after its request finds the entry.
+        self.replay._record(self.command, self._path(), status)
         self.end_headers()
         if not head:
             self.wfile.write(body)
-        self.replay._record(self.command, self._path(), status)
 
     def _send_json(self, status: int, payload: Any) -> None:
         self._send(status, json_body(payload), "application/json")
@@ -647,11 +649,11 @@ class _Handler(BaseHTTPRequestHandler):
         for name, value in extra.items():
             self.send_header(name, value)
         self.send_header("Connection", "close")
+        self.replay._record(self.command, self._path(), status)
         self.end_headers()
         self.wfile.write(body[: len(body) // 2])
         self.wfile.flush()
         self.close_connection = True
-        self.replay._record(self.command, self._path(), status)
 
     def _control(self, path: str, *, head: bool) -> None:
         if path == CONTROL_PREFIX + "faults":
