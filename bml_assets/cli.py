@@ -168,6 +168,25 @@ def main() -> None:
     "REST serves the market as of that clock and Vision publishes only days before it.",
 )
 @click.option("--clock-speed", default=1.0, show_default=True, type=float, help="Market seconds per real second.")
+@click.option(
+    "--ws-port",
+    default=None,
+    type=int,
+    help="Port of the WebSocket streams (/public/stream, /market/stream) [default: --port + 1; any free port "
+    "with --port 0].",
+)
+@click.option(
+    "--ws-recording",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Replay this '<local_ns> <json>' recording (e.g. a raw spool file) on the WebSocket side in real "
+    "market time; /fapi/v1/depth answers for its symbol from it.",
+)
+@click.option(
+    "--ws-recording-origin",
+    default=None,
+    help="UTC instant the recording's first event is moved to (default: the market clock's now at start).",
+)
 def replay_server(
     host: str,
     allow_public: bool,
@@ -178,9 +197,14 @@ def replay_server(
     real_dir: Path | None,
     clock_origin: str | None,
     clock_speed: float,
+    ws_port: int | None,
+    ws_recording: Path | None,
+    ws_recording_origin: str | None,
 ) -> None:
-    """Serve Binance Vision files and the USD-M REST API (synthetic market and/or real files) locally."""
+    """Serve Binance Vision files, the USD-M REST API and its WebSocket streams (synthetic market,
+    real files, a recording) locally."""
     from bml_assets.replay.server import is_loopback_host, serve
+    from bml_assets.replay.ws.recording import RecordingError
 
     if not allow_public and not is_loopback_host(host):
         raise click.UsageError(
@@ -188,25 +212,37 @@ def replay_server(
             "add --allow-public to expose it anyway"
         )
     symbol_list = _symbols_option(symbols)
-    origin = None
-    if clock_origin is not None:
-        try:
-            origin = dt.datetime.fromisoformat(clock_origin)
-        except ValueError:
-            raise click.BadParameter(f"{clock_origin!r} is not an ISO time like 2024-06-03T10:00:00") from None
-        origin = origin if origin.tzinfo else origin.replace(tzinfo=dt.UTC)
-    serve(
-        host,
-        port,
-        seed=seed,
-        trades_per_day=trades_per_day,
-        real_dir=real_dir,
-        listing_dates={},
-        symbols=symbol_list,
-        allow_public=allow_public,
-        clock_origin=origin,
-        clock_speed=clock_speed,
-    )
+    origin = _utc_instant(clock_origin, "--clock-origin")
+    recording_origin = _utc_instant(ws_recording_origin, "--ws-recording-origin")
+    try:
+        serve(
+            host,
+            port,
+            seed=seed,
+            trades_per_day=trades_per_day,
+            real_dir=real_dir,
+            listing_dates={},
+            symbols=symbol_list,
+            allow_public=allow_public,
+            clock_origin=origin,
+            clock_speed=clock_speed,
+            ws_port=ws_port,
+            ws_recording=ws_recording,
+            ws_recording_origin=recording_origin,
+        )
+    except RecordingError as exc:
+        raise click.BadParameter(str(exc), param_hint="--ws-recording") from None
+
+
+def _utc_instant(text: str | None, option: str) -> dt.datetime | None:
+    """An ISO instant option as an aware UTC datetime (naive means UTC)."""
+    if text is None:
+        return None
+    try:
+        moment = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not an ISO time like 2024-06-03T10:00:00", param_hint=option) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
 
 
 @main.command()

@@ -14,8 +14,10 @@ same exact-unit columns through the public accessors at the end of
 
 What stays out: which Vision files exist and what they are called (publication
 rules, header rows, row disorder: ``vision_archive.py``), CSV/zip bytes
-(``render.py``), the column type and its text (``columns.py``), REST answers
-(``rest/``), the market clock (``clock.py``), URL paths and HTTP (``server.py``).
+(``render.py``), the column type and its text (``columns.py``), the order book
+built around its trades (``order_book.py``, drawing from ``noise``), REST answers
+(``rest/``), streams (``ws/``), the market clock (``clock.py``), URL paths and
+HTTP (``server.py``).
 Nothing here reads the clock except ``today`` when the config leaves it unset, and
 nothing touches the network.
 
@@ -325,6 +327,13 @@ class SyntheticMarket:
     def _keys(self, symbol: str, purpose: str) -> tuple[int, ...]:
         return (self.config.seed, _stable_key(symbol), _stable_key(purpose))
 
+    def noise(self, symbol: str, purpose: str, values: np.ndarray) -> np.ndarray:
+        """Uniform [0, 1) numbers, one per integer of ``values`` (an instant, a slot,
+        a price…), depending only on (seed, symbol, purpose, value): what the models
+        built on the market (the order book, liquidations) draw from, so they are
+        deterministic per seed and independent of the order they are asked in."""
+        return _uniform(self._keys(_check_symbol(symbol), purpose), values)
+
     def file_rng(self, symbol: str, period: date, stream: Stream) -> np.random.Generator:
         """The generator a Vision file's row disorder draws from (``vision_archive.py``):
         a pure function of (seed, symbol, period, stream)."""
@@ -361,6 +370,13 @@ class SyntheticMarket:
         return np.exp(a0 + frac * (a1 - a0))
 
     # --- aggTrades ---------------------------------------------------------------
+
+    def live_minutes(self, symbol: str, day: date) -> np.ndarray:
+        """Mask of the 1440 minutes of ``day`` in which the exchange produces data for
+        ``symbol``: listed by then and not in downtime."""
+        if not self.is_trading(_check_symbol(symbol), day):
+            return np.zeros(MINUTES_PER_DAY, dtype=bool)
+        return self._live_minutes(symbol, day)
 
     def _live_minutes(self, symbol: str, day: date) -> np.ndarray:
         """Mask of the minutes of ``day`` that are not exchange downtime."""

@@ -1,10 +1,13 @@
 """A local HTTP server that answers like data.binance.vision and the USD-M REST
-host, with fault switches.
+host, with fault switches, and its WebSocket side beside it.
 
 What belongs here: ``ReplayServer`` (a ThreadingHTTPServer on a background thread
 serving GET/HEAD for the USD-M Vision paths and their ``.CHECKSUM``, and routing
 ``/fapi/...`` and ``/futures/data/...`` to the REST side, ``rest/``, with
-``X-MBX-USED-WEIGHT-1M`` on every REST answer), the optional shared
+``X-MBX-USED-WEIGHT-1M`` on every REST answer; starting and stopping the
+WebSocket side, ``ws/``, on a port of its own: ``ws_base_url``, over the same
+market, order book, clock and fault rules, and routing ``/fapi/v1/depth`` of a
+symbol a recording replays to that replay), the optional shared
 ``MarketClock`` (Vision's "today" and REST's "now"), choosing between a real file
 and the synthetic market for a path, the byte-bounded cache of rendered zips,
 carrying out the fault rules on the wire (also settable over HTTP at
@@ -26,15 +29,15 @@ URL layout (``vision_archive.py``), how they are rendered (``render.py``), the
 real-file index (``real_files.py``), the fault rules themselves (``faults.py``),
 what REST answers, how weight is counted and the REST log (``rest/``), the clock
 (``clock.py``), and the project's own Vision URL builder and client
-(``sources/vision.py``), which this server is a test double for. WebSocket
-streams (issue 10) go in ``ws/`` beside ``rest/``; this module would only route
-the upgrade requests to it.
+(``sources/vision.py``), which this server is a test double for, and the
+streams themselves (``ws/``). The WebSocket side has its own port rather than
+sharing this one: ``http.server`` cannot hand an upgraded socket to an asyncio
+``websockets`` server without framing of our own.
 """
 
 from __future__ import annotations
 
 import html
-import ipaddress
 import json
 import logging
 import signal
@@ -52,9 +55,11 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qsl
 
-from bml_assets.replay.clock import MarketClock
+from bml_assets.replay.clock import MarketClock, to_ms
 from bml_assets.replay.faults import FaultDecision, FaultKind, FaultRule, FaultSet, flipped, garbage
+from bml_assets.replay.hosts import host_allowed, is_loopback_host
 from bml_assets.replay.market import MarketConfig, SyntheticMarket
+from bml_assets.replay.order_book import OrderBookModel
 from bml_assets.replay.real_files import RealFile, index_real_dir, modified_of, resolves_inside
 from bml_assets.replay.render import checksum_text, zip_bytes, zip_csv
 from bml_assets.replay.rest.endpoints import RestApi
@@ -64,12 +69,14 @@ from bml_assets.replay.rest.paths import is_rest_path
 from bml_assets.replay.rest.responses import RestResponse, error_response, invalid_symbol, json_body
 from bml_assets.replay.rest.service import RestService
 from bml_assets.replay.vision_archive import CHECKSUM_SUFFIX, parse_vision_path, vision_file
+from bml_assets.replay.ws.recording import Recording, RecordingReplay
+from bml_assets.replay.ws.service import StreamCatalog, WsLogEntry, WsOptions, WsService
+from bml_assets.replay.ws.synthetic import SyntheticStreams
 
 log = logging.getLogger(__name__)
 
 CONTROL_PREFIX = "/_replay/"
 DEFAULT_CACHE_BYTES = 512 << 20
-_LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain"})
 
 
 # --- rendered files cache ------------------------------------------------------------
@@ -125,15 +132,6 @@ class _RenderCache:
 # --- the server -------------------------------------------------------------------
 
 
-def is_loopback_host(host: str) -> bool:
-    if host in _LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _not_found_body(key: str, code: str = "NoSuchKey", message: str = "The specified key does not exist.") -> bytes:
     # Vision sits on S3 and answers misses with a small XML error document; the key
     # is the request path, so it is escaped (quotes too, as S3 does).
@@ -142,14 +140,6 @@ def _not_found_body(key: str, code: str = "NoSuchKey", message: str = "The speci
         '<?xml version="1.0" encoding="UTF-8"?>\n'
         f"<Error><Code>{code}</Code><Message>{message}</Message><Key>{key}</Key></Error>"
     ).encode()
-
-
-def _host_name(header: str) -> str:
-    """The host part of a ``Host`` header (``[::1]:80`` → ``::1``)."""
-    header = header.strip().lower()
-    if header.startswith("["):
-        return header[1:].split("]", 1)[0]
-    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
 
 
 class _HTTPServer(ThreadingHTTPServer):
@@ -174,6 +164,11 @@ class ReplayServer:
     weight per fixed ``rest_window_s`` window; 429 when over, and after
     ``rest_ban_after`` 429s in a window a 418 ban of ``rest_ban_s`` seconds;
     fundingRate also ``rest_funding_limit`` requests per ``rest_funding_window_s``.
+
+    ``ws``: the WebSocket side (``ws.service.WsOptions``: its port, a recording to
+    replay, pings, limits), started and stopped with the HTTP side; None: no
+    WebSocket side. A recording is loaded here (a bad file fails now) and laid on
+    the clock when the server starts.
     """
 
     def __init__(
@@ -192,6 +187,7 @@ class ReplayServer:
         rest_ban_s: float = 120.0,
         rest_funding_limit: int = DEFAULT_FUNDING_LIMIT,
         rest_funding_window_s: float = 300.0,
+        ws: WsOptions | None = WsOptions(),  # noqa: B008 - a frozen dataclass
     ) -> None:
         if not allow_public and not is_loopback_host(host):
             raise ValueError(
@@ -224,9 +220,18 @@ class ReplayServer:
         )
         # REST needs the synthetic market; a real-files-only server answers REST with 404.
         self.rest: RestService | None = None
+        self._rest_api: RestApi | None = None
+        self.order_book: OrderBookModel | None = None
         if self.market is not None:
-            api = RestApi(self.market, clock, weight_limit=rest_weight_limit)
-            self.rest = RestService(api, limiter, clock.wall_time if clock is not None else time.time)
+            self.order_book = OrderBookModel(self.market)
+            self._rest_api = RestApi(self.market, clock, weight_limit=rest_weight_limit, order_book=self.order_book)
+            self.rest = RestService(self._rest_api, limiter, clock.wall_time if clock is not None else time.time)
+        self.ws_options = ws
+        self.recording = Recording.load(ws.recording) if ws is not None and ws.recording is not None else None
+        if self.recording is not None and self.market is None:
+            raise ValueError("a WebSocket recording needs the synthetic market: its /fapi/v1/depth is served over REST")
+        self.recording_replay: RecordingReplay | None = None
+        self._ws: WsService | None = None
 
     # --- lifecycle --------------------------------------------------------------
 
@@ -241,9 +246,44 @@ class ReplayServer:
         self._httpd = httpd
         self._thread = threading.Thread(target=httpd.serve_forever, args=(0.1,), name="bml-replay-server", daemon=True)
         self._thread.start()
+        try:
+            self._start_ws()
+        except BaseException:
+            self.stop()
+            raise
         return self
 
+    def market_now_ms(self) -> int:
+        """Market time: the clock's, else the real time."""
+        return self.clock.now_ms() if self.clock is not None else time.time_ns() // 1_000_000
+
+    def _start_ws(self) -> None:
+        options = self.ws_options
+        if options is None:
+            return
+        if self.recording is not None:
+            origin = options.recording_origin
+            origin_ms = to_ms(origin) if origin is not None else self.market_now_ms()
+            self.recording_replay = RecordingReplay(self.recording, origin_ms)
+            if self._rest_api is not None:
+                self._rest_api.depth_override = self.recording_replay.depth_answer
+        synthetic = None
+        if self.market is not None and self._rest_api is not None and self.order_book is not None:
+            synthetic = SyntheticStreams(self.market, self.order_book, self._rest_api)
+        self._ws = WsService(
+            StreamCatalog(synthetic, self.recording_replay),
+            self.market_now_ms,
+            self.faults,
+            options,
+            host=self.host,
+            allow_public=self.allow_public,
+        )
+        self._ws.start()
+
     def stop(self) -> None:
+        ws, self._ws = self._ws, None
+        if ws is not None:
+            ws.stop()
         httpd, thread = self._httpd, self._thread
         self._httpd, self._thread = None, None
         if httpd is not None:
@@ -270,6 +310,27 @@ class ReplayServer:
     def base_url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
+
+    @property
+    def ws_port(self) -> int:
+        if self._ws is None:
+            raise RuntimeError("the replay server's WebSocket side is not started")
+        return self._ws.port
+
+    @property
+    def ws_base_url(self) -> str:
+        """``BML_WS_BASE_URL`` for this server: streams are at ``{ws_base_url}/public/stream?streams=…``."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"ws://{host}:{self.ws_port}"
+
+    @property
+    def ws_log(self) -> list[WsLogEntry]:
+        """A copy of what happened to every WebSocket connection so far, in order."""
+        return self._ws.log if self._ws is not None else []
+
+    def clear_ws_log(self) -> None:
+        if self._ws is not None:
+            self._ws.clear_log()
 
     @property
     def request_log(self) -> list[tuple[str, str, int]]:
@@ -379,10 +440,12 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("X-Content-Type-Options", "nosniff")
         for name, value in (extra or {}).items():
             self.send_header(name, value)
+        # Logged before the client can see the answer: a test reading the log right
+        # after its request finds the entry.
+        self.replay._record(self.command, self._path(), status)
         self.end_headers()
         if not head:
             self.wfile.write(body)
-        self.replay._record(self.command, self._path(), status)
 
     def _send_json(self, status: int, payload: Any) -> None:
         self._send(status, json_body(payload), "application/json")
@@ -395,11 +458,7 @@ class _Handler(BaseHTTPRequestHandler):
         """Whether the ``Host`` header names this server: a loopback name or its own
         host (anything, with ``allow_public``). A page whose DNS name was rebound to
         127.0.0.1 is same-origin to the browser, so only this check stops it."""
-        host = self.headers.get("Host")
-        if self.replay.allow_public or host is None:
-            return True
-        name = _host_name(host)
-        if is_loopback_host(name) or name == self.replay.host.lower():
+        if host_allowed(self.headers.get("Host"), self.replay.host, allow_public=self.replay.allow_public):
             return True
         self._send(
             HTTPStatus.MISDIRECTED_REQUEST, b"this replay server answers loopback host names only\n", "text/plain"
@@ -590,11 +649,11 @@ class _Handler(BaseHTTPRequestHandler):
         for name, value in extra.items():
             self.send_header(name, value)
         self.send_header("Connection", "close")
+        self.replay._record(self.command, self._path(), status)
         self.end_headers()
         self.wfile.write(body[: len(body) // 2])
         self.wfile.flush()
         self.close_connection = True
-        self.replay._record(self.command, self._path(), status)
 
     def _control(self, path: str, *, head: bool) -> None:
         if path == CONTROL_PREFIX + "faults":
@@ -624,10 +683,16 @@ def serve(
     allow_public: bool = False,
     clock_origin: datetime | None = None,
     clock_speed: float = 1.0,
+    ws_port: int | None = None,
+    ws_recording: Path | str | None = None,
+    ws_recording_origin: datetime | None = None,
 ) -> None:
     """Run a replay server in the foreground until Ctrl-C (``bml replay-server``).
     With ``clock_origin``, market time starts there and runs at ``clock_speed``.
-    ``symbols``: the market's universe (default: ``MarketConfig``'s)."""
+    ``symbols``: the market's universe (default: ``MarketConfig``'s). The WebSocket
+    side listens on ``ws_port`` (None: ``port + 1``, or any free port when ``port``
+    is 0) and replays ``ws_recording`` from ``ws_recording_origin`` (default: the
+    market clock's now)."""
     config = MarketConfig(
         seed=seed,
         trades_per_day=trades_per_day,
@@ -636,7 +701,16 @@ def serve(
     )
     market = SyntheticMarket(config)
     clock = MarketClock.live(clock_origin, clock_speed) if clock_origin is not None else None
-    server = ReplayServer(market, real_dir=real_dir, host=host, port=port, allow_public=allow_public, clock=clock)
+    if ws_port is None:
+        ws_port = port + 1 if port else 0
+    ws = WsOptions(
+        port=ws_port,
+        recording=Path(ws_recording) if ws_recording is not None else None,
+        recording_origin=ws_recording_origin,
+    )
+    server = ReplayServer(
+        market, real_dir=real_dir, host=host, port=port, allow_public=allow_public, clock=clock, ws=ws
+    )
     server.start()
     if threading.current_thread() is threading.main_thread():
         # A service manager stops with SIGTERM: stop as cleanly as on Ctrl-C.
@@ -648,6 +722,14 @@ def serve(
         print(f"export BML_VISION_BASE_URL={server.base_url}", flush=True)
         print(f"export BML_REST_BASE_URL={server.base_url}", flush=True)
         print(f"synthetic market symbols: {','.join(market.universe())}", flush=True)
+        print(f"export BML_WS_BASE_URL={server.ws_base_url}", flush=True)
+        replay = server.recording_replay
+        if replay is not None:
+            symbols_text = ",".join(sorted(replay.symbols))
+            print(
+                f"replaying {replay.recording.path} ({symbols_text}) from market time {replay.origin_ms}",
+                flush=True,
+            )
         if clock is not None:
             print(f"market clock: {clock!r}", flush=True)
         print("Ctrl-C stops it.", flush=True)

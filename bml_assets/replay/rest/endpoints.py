@@ -2,14 +2,15 @@
 
 What belongs here: ``RestApi`` (a GET path and its query parameters → status,
 headers and a JSON body, at the market clock's ``now``): exchangeInfo, time, ping,
-the four kline families, aggTrades, premiumIndex, openInterest, bookTicker,
+the four kline families, aggTrades, depth, premiumIndex, openInterest, bookTicker,
 fundingRate and the three ``/futures/data`` histories, their parameter checks
 and Binance error codes, the per-day caches of the market's arrays, and the JSON
 text of exact units.
 
 What stays out: the market's truth (``market.py``; every number served here is
 taken from the same exact-unit arrays the Vision files are rendered from, so a
-closed minute on REST and on Vision agree to the digit), the clock (``clock.py``),
+closed minute on REST and on Vision agree to the digit), its order book
+(``order_book.py``, which the WebSocket depth streams read too), the clock (``clock.py``),
 request weights and rate limits (``limits.py``), admitting and logging a request
 (``service.py``, ``log.py``), HTTP plumbing and fault switches (``server.py``).
 
@@ -37,6 +38,11 @@ facts relied on):
   (-1128); ``startTime`` alone means ``[startTime, startTime + 1 h)``,
   ``endTime`` alone ``(endTime − 1 h, endTime]``; both must satisfy
   ``endTime − startTime < 1 h`` (else -1127).
+* ``depth``: the synthetic book at ``now`` (``order_book.py`` says how its
+  ``lastUpdateId`` sits in the stream's ids), or, for a symbol a recording is
+  replayed for, what the recording's replay answers (``depth_override``, set by
+  the server). ``limit`` is one of 5, 10, 20, 50, 100, 500, 1000 (default 500),
+  anything else -1130; ``E`` is ``now``, ``T`` the last update's transaction time.
 * ``symbol`` is mandatory on every per-symbol endpoint (the exchange's
   all-symbols forms of premiumIndex, bookTicker and fundingRate are not served).
   A symbol is unknown (-1121, HTTP 400 ``{"code":-1121,"msg":"Invalid symbol."}``)
@@ -73,6 +79,7 @@ from bml_assets.replay.market import (
     day_ms,
     next_month,
 )
+from bml_assets.replay.order_book import OrderBookModel
 from bml_assets.replay.rest.limits import DEFAULT_WEIGHT_LIMIT
 from bml_assets.replay.rest.paths import FUNDING_RATE_PATH, KLINE_PATHS
 from bml_assets.replay.rest.responses import BinanceError, RestResponse, invalid_symbol
@@ -83,6 +90,12 @@ FUNDING_INTERVAL_MS = FUNDING_INTERVAL_HOURS * HOUR_MS
 # A perpetual's deliveryDate in exchangeInfo (2100-12-25).
 _PERPETUAL_DELIVERY_MS = 4133404800000
 _INTEREST_RATE = "0.00010000"
+DEPTH_PATH = "/fapi/v1/depth"
+DEPTH_LIMITS = (5, 10, 20, 50, 100, 500, 1000)
+
+# (symbol, now ms, limit) → the depth answer of a symbol served from elsewhere (a
+# replayed recording), or None to answer from the synthetic book.
+DepthOverride = Callable[[str, int, int], dict[str, Any] | None]
 
 _HIST_PATHS: dict[str, str | None] = {
     "/futures/data/openInterestHist": None,
@@ -221,10 +234,14 @@ class RestApi:
         *,
         weight_limit: int = DEFAULT_WEIGHT_LIMIT,
         trade_cache_days: int = 8,
+        order_book: OrderBookModel | None = None,
+        depth_override: DepthOverride | None = None,
     ) -> None:
         self.market = market
         self.clock = clock
         self.weight_limit = weight_limit
+        self.order_book = order_book if order_book is not None else OrderBookModel(market)
+        self.depth_override = depth_override
         self._trades = _Lru(trade_cache_days)
         self._kline_days = _Lru(64)
         self._book_days = _Lru(8)
@@ -235,6 +252,7 @@ class RestApi:
             "/fapi/v1/time": lambda p, now: {"serverTime": now},
             "/fapi/v1/exchangeInfo": self._exchange_info,
             "/fapi/v1/aggTrades": self._agg_trades,
+            DEPTH_PATH: self._depth,
             "/fapi/v1/premiumIndex": self._premium_index,
             "/fapi/v1/openInterest": self._open_interest,
             "/fapi/v1/ticker/bookTicker": self._book_ticker,
@@ -447,7 +465,7 @@ class RestApi:
         low = min(o, close) - round((min(o, c) - lo) * frac)
         return o, high, low, close
 
-    def _price_now(self, symbol: str, kind: Stream, now: int) -> tuple[int, int]:
+    def price_now(self, symbol: str, kind: Stream, now: int) -> tuple[int, int]:
         """(units, decimals) of the ``kind`` kline close so far at ``now``: the running
         minute's partial close, else the last live minute's close before it."""
         listing = self.market.listing_date(symbol)
@@ -544,8 +562,8 @@ class RestApi:
 
     def _premium_index(self, params: Mapping[str, str], now: int) -> Any:
         symbol = self._symbol(params, now)
-        mark, mark_d = self._price_now(symbol, Stream.MARK_PRICE_KLINES, now)
-        index, index_d = self._price_now(symbol, Stream.INDEX_PRICE_KLINES, now)
+        mark, mark_d = self.price_now(symbol, Stream.MARK_PRICE_KLINES, now)
+        index, index_d = self.price_now(symbol, Stream.INDEX_PRICE_KLINES, now)
         return {
             "symbol": symbol,
             "markPrice": fmt_units(mark, mark_d),
@@ -636,6 +654,34 @@ class RestApi:
             "askQty": fmt_units(1, qd),
             "time": now,
             "lastUpdateId": 0,
+        }
+
+    # --- depth ---------------------------------------------------------------------------------------
+
+    def _depth(self, params: Mapping[str, str], now: int) -> Any:
+        if not params.get("symbol"):
+            raise _mandatory("symbol")
+        limit = _int_param(params, "limit")
+        if limit is None:
+            limit = 500
+        elif limit not in DEPTH_LIMITS:
+            raise _bad_param()
+        if self.depth_override is not None:
+            recorded = self.depth_override(params["symbol"], now, limit)
+            if recorded is not None:
+                return recorded
+        symbol = self._symbol(params, now)
+        snapshot = self.order_book.snapshot(symbol, now, limit)
+        if snapshot is None:
+            return {"lastUpdateId": 0, "E": now, "T": now, "bids": [], "asks": []}
+        inst = self.market.instrument(symbol)
+        pd, qd = inst.price_decimals, inst.qty_decimals
+        return {
+            "lastUpdateId": snapshot.last_update_id,
+            "E": now,
+            "T": snapshot.transaction_ms,
+            "bids": [[fmt_units(p, pd), fmt_units(q, qd)] for p, q in snapshot.bids],
+            "asks": [[fmt_units(p, pd), fmt_units(q, qd)] for p, q in snapshot.asks],
         }
 
     # --- fundingRate ---------------------------------------------------------------------------------

@@ -10,7 +10,8 @@ Choices where the exchange is vague or the replay simplifies (SPEC §4 lists the
 facts relied on):
 
 * Weights: klines family 1/2/5/10 by ``limit`` (<100 / <500 / ≤1000 / >1000; the
-  default 500 weighs 5), aggTrades 20, bookTicker 2, everything else 1 (time,
+  default 500 weighs 5), depth 2/5/10/20 by ``limit`` (≤50 / 100 / 500 / 1000; the
+  default 500 weighs 10), aggTrades 20, bookTicker 2, everything else 1 (time,
   ping, exchangeInfo, premiumIndex, openInterest, fundingRate and the three
   ``/futures/data`` histories). Unknown paths weigh 1.
 * Requests answered 429/418 by the limiter add no weight; every other answer
@@ -65,7 +66,17 @@ def endpoint_weight(path: str, params: Mapping[str, str]) -> int:
         return 20
     if path == "/fapi/v1/ticker/bookTicker":
         return 2
+    if path == "/fapi/v1/depth":
+        return _depth_weight(params)
     return 1
+
+
+def _depth_weight(params: Mapping[str, str]) -> int:
+    try:
+        limit = int(params.get("limit") or 500)
+    except ValueError:
+        return 2
+    return 2 if limit <= 50 else 5 if limit <= 100 else 10 if limit <= 500 else 20
 
 
 @dataclass

@@ -345,6 +345,48 @@ def test_hist_window_is_the_last_30_days(api: RestApi) -> None:
     assert error(api, path, symbol="BTCUSDT", period="5m", limit=501) == (400, -1130)
 
 
+# --- depth -------------------------------------------------------------------------------------------
+
+
+def test_depth_answers_the_book_with_binance_fields_and_limits(api: RestApi) -> None:
+    full = get(api, "/fapi/v1/depth", symbol="BTCUSDT", limit=1000)
+    assert list(full) == ["lastUpdateId", "E", "T", "bids", "asks"]
+    assert full["E"] == NOW and NOW - 320 < full["T"] <= NOW  # the last update is at most 320 ms old
+    assert get(api, "/fapi/v1/depth", symbol="BTCUSDT") == {
+        **full,
+        "bids": full["bids"][:500],
+        "asks": full["asks"][:500],
+    }
+    five = get(api, "/fapi/v1/depth", symbol="BTCUSDT", limit=5)
+    assert (five["bids"], five["asks"]) == (full["bids"][:5], full["asks"][:5])
+    best_bid, best_ask = Decimal(full["bids"][0][0]), Decimal(full["asks"][0][0])
+    assert best_ask - best_bid in (Decimal("0.1"), Decimal("0.2"), Decimal("0.3"))  # one to three ticks
+    assert all(Decimal(q) > 0 for _, q in full["bids"] + full["asks"])
+    for bad in (0, 7, 1001, 5000):
+        assert error(api, "/fapi/v1/depth", symbol="BTCUSDT", limit=bad) == (400, -1130)
+    assert error(api, "/fapi/v1/depth", limit=5) == (400, -1102)
+    assert error(api, "/fapi/v1/depth", symbol="SOLUSDT", limit=5) == (400, -1121)
+
+
+def test_depth_of_a_replayed_symbol_comes_from_the_override(market: SyntheticMarket, clock: MarketClock) -> None:
+    answers: list[tuple[str, int, int]] = []
+
+    def recorded(symbol: str, now: int, limit: int) -> dict[str, Any] | None:
+        answers.append((symbol, now, limit))
+        return {"lastUpdateId": 1, "E": now, "T": now, "bids": [], "asks": []} if symbol == "XYZUSDT" else None
+
+    api = RestApi(market, clock, depth_override=recorded)
+    assert get(api, "/fapi/v1/depth", symbol="XYZUSDT", limit=10)["lastUpdateId"] == 1  # outside the universe
+    assert get(api, "/fapi/v1/depth", symbol="BTCUSDT", limit=10)["lastUpdateId"] > 1
+    assert answers == [("XYZUSDT", NOW, 10), ("BTCUSDT", NOW, 10)]
+
+
+@pytest.mark.parametrize(("limit", "weight"), [(None, 10), (5, 2), (50, 2), (100, 5), (500, 10), (1000, 20)])
+def test_depth_weights(limit: int | None, weight: int) -> None:
+    params = {"symbol": "BTCUSDT"} if limit is None else {"symbol": "BTCUSDT", "limit": str(limit)}
+    assert endpoint_weight("/fapi/v1/depth", params) == weight
+
+
 # --- symbols and exchangeInfo -----------------------------------------------------------------------
 
 
