@@ -8,9 +8,8 @@ minute, the snapshots asked for by the handlers, ``handler.on_tick(now_exchange_
 ``duration_s``, or at SIGTERM / SIGINT, the connections are cancelled first, then each
 ``handler.flush()`` writes what its handler holds, then the work they handed to the writer
 thread is awaited. Each shard has a handler of its own (a drop of a shard's connection
-concerns its symbols only), made by ``make_handler``, the one place where the handler is
-chosen; until the aggregation, spool and sink are wired in, it is ``MinuteCounts``, which
-logs the frames per stream per minute.
+concerns its symbols only), made by the handler factory: ``shard.LiveHandlers`` (the spool,
+the order books, the minutes and their commits) unless a test passes another.
 
 What stays out: the WebSocket details (``connection.py``), the clock's measurement
 (``clock.py``), the snapshot's request (``snapshots.py``), what a frame means and what is
@@ -27,28 +26,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import signal
 import threading
-import time
-from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
-from bml_assets.domain.minutes import MINUTE_MS
 from bml_assets.domain.redaction import redact_url
 from bml_assets.domain.settings import Settings, validate_symbol
 from bml_assets.live.clock import ClockReading, ExchangeClock
 from bml_assets.live.connection import (
-    ConnectionEvent,
     Family,
-    SilenceEvent,
     StreamConnection,
     StreamHandler,
 )
+from bml_assets.live.shard import LiveHandlers
 from bml_assets.live.snapshots import DepthSnapshot, SnapshotError, SnapshotRequests
 from bml_assets.sources.rest import RestClient
 
@@ -56,7 +50,6 @@ log = logging.getLogger(__name__)
 
 TICK_S: Final = 0.25
 SNAPSHOT_WORKERS: Final = 2  # concurrent depth snapshots (each weight 20 of the shared budget)
-COUNTS_GRACE_MS: Final = 2_000  # MinuteCounts: a minute's counts are logged this long after it closed
 
 
 def shards(symbols: Sequence[str], size: int) -> tuple[tuple[str, ...], ...]:
@@ -104,65 +97,6 @@ class CollectorContext:
 
 
 HandlerFactory = Callable[[CollectorContext], CollectorHandler]
-
-
-def make_handler(context: CollectorContext) -> CollectorHandler:
-    """The handler of one shard of ``bml live-collect``: the one wiring point of the core."""
-    return MinuteCounts(context.symbols)
-
-
-class MinuteCounts:
-    """A handler that only counts frames per stream per minute of their event time ``E`` and
-    logs each minute's counts once it is ``COUNTS_GRACE_MS`` past its end (or at ``flush``)."""
-
-    def __init__(self, symbols: Sequence[str]) -> None:
-        self.symbols = tuple(symbols)
-        self.counts: dict[int, Counter[str]] = defaultdict(Counter)
-        self.unparsed = 0
-        self.logged: list[tuple[int, dict[str, int]]] = []
-
-    def on_frame(self, family: Family, text: str, local_ns: int) -> None:
-        try:
-            frame = json.loads(text)
-            stream, event_ms = frame["stream"], frame["data"]["E"]
-        except (ValueError, TypeError, KeyError):
-            self.unparsed += 1
-            return
-        if isinstance(event_ms, int) and isinstance(stream, str):
-            self.counts[event_ms - event_ms % MINUTE_MS][stream] += 1
-        else:
-            self.unparsed += 1
-
-    def on_connection(self, event: ConnectionEvent) -> None:
-        pass  # the connection logs its own events
-
-    def on_silence(self, event: SilenceEvent) -> None:
-        pass
-
-    def on_clock(self, reading: ClockReading) -> None:
-        pass
-
-    def on_snapshot(self, snapshot: DepthSnapshot) -> None:
-        pass
-
-    def on_snapshot_error(self, error: SnapshotError) -> None:
-        pass
-
-    def on_tick(self, now_exchange_ms: int) -> None:
-        for minute in sorted(m for m in self.counts if m + MINUTE_MS + COUNTS_GRACE_MS <= now_exchange_ms):
-            self._log(minute)
-
-    def flush(self) -> None:
-        for minute in sorted(self.counts):
-            self._log(minute)
-        if self.unparsed:
-            log.warning("%d frame(s) without a stream and an event time E", self.unparsed)
-
-    def _log(self, minute: int) -> None:
-        counts = dict(sorted(self.counts.pop(minute).items()))
-        self.logged.append((minute, counts))
-        stamp = time.strftime("%Y-%m-%d %H:%M", time.gmtime(minute / 1000))
-        log.info("minute %s UTC: %s", stamp, ", ".join(f"{s} {n}" for s, n in counts.items()))
 
 
 @dataclass
@@ -231,7 +165,7 @@ async def collect(
     symbols: Sequence[str] | None = None,
     *,
     duration_s: float | None = None,
-    handler_factory: HandlerFactory = make_handler,
+    handler_factory: HandlerFactory | None = None,
     stop: asyncio.Event | None = None,
     connection_options: Mapping[str, Any] | None = None,
     tick_s: float = TICK_S,
@@ -239,7 +173,11 @@ async def collect(
 ) -> CollectorSummary:
     """Run the collector for ``symbols`` (default ``BML_SYMBOLS``) until ``duration_s`` has
     passed or ``stop`` is set, then end cleanly (see the module docstring).
-    ``connection_options``: more ``StreamConnection`` arguments (tests)."""
+    ``connection_options``: more ``StreamConnection`` arguments (tests). ``handler_factory``:
+    the shards' handlers (default ``LiveHandlers``; a factory with a ``close`` method is
+    closed at the very end)."""
+    if handler_factory is None:
+        handler_factory = LiveHandlers(settings)
     chosen = tuple(validate_symbol(s) for s in (symbols or settings.symbols))
     groups = shards(chosen, settings.live_shard_size)
     summary = CollectorSummary(chosen, len(groups))
@@ -324,6 +262,9 @@ async def collect(
         await asyncio.to_thread(writer.shutdown, wait=True)
         for client in (clock_client, *snapshot_clients):
             client.close()
+        close = getattr(handler_factory, "close", None)
+        if close is not None:
+            close()
     summary.duration_s = loop.time() - started
     for c in connections:
         summary.frames[c.family.value] = summary.frames.get(c.family.value, 0) + c.frames
@@ -355,7 +296,7 @@ def run_collector(
     symbols: Sequence[str] | None = None,
     *,
     duration_s: float | None = None,
-    handler_factory: HandlerFactory = make_handler,
+    handler_factory: HandlerFactory | None = None,
 ) -> CollectorSummary:
     """``collect`` in its own event loop; SIGTERM and SIGINT end it as cleanly as the duration."""
 

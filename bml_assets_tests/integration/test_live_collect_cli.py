@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from bml_assets.domain.schema import LIVE_1M
+from bml_assets.lake.lake import Lake
 from bml_assets.orchestration.daemon import CollectorSupervisor
 from bml_assets.replay.market import MarketConfig, SyntheticMarket
 from bml_assets.replay.server import ReplayServer
@@ -108,22 +110,49 @@ def test_sigterm_ends_it_cleanly_and_the_open_minutes_are_flushed(
     try:
         stderr = Lines(proc.stderr)
         ws.call(ws.ws.wait_for_peers(2, timeout=TIMEOUT_S), timeout=TIMEOUT_S + 5)
-        future_minute = dt.datetime(2099, 1, 1, 0, 0, tzinfo=dt.UTC)  # never closed by the clock
-        future_ms = int(future_minute.timestamp() * 1000)
-        past_ms = int(dt.datetime(2024, 1, 1, tzinfo=dt.UTC).timestamp() * 1000)
-        texts = [frame("btcusdt@aggTrade", e="aggTrade", E=future_ms + i, a=i) for i in range(4)]
-        texts.append(frame("btcusdt@markPrice@1s", e="markPriceUpdate", E=future_ms + 10, r="0.0001"))
-        # Then one frame of a long-closed minute: logged at the next tick, it proves that every
-        # frame sent before it on the same connection has been taken.
-        texts.append(frame("btcusdt@aggTrade", e="aggTrade", E=past_ms, a=99))
+        # A minute five minutes ahead (within the collector's clock check): the clock never
+        # closes it before the stop, so only the final flush can write it.
+        now_ms = time.time_ns() // 1_000_000
+        minute_ms = now_ms - now_ms % 60_000 + 5 * 60_000
+        texts = [
+            frame(
+                "btcusdt@aggTrade",
+                e="aggTrade",
+                E=minute_ms + 1_000 + i,
+                s="BTCUSDT",
+                a=i,
+                p="60000.1",
+                q="0.002",
+                f=10 * i,
+                l=10 * i,
+                T=minute_ms + 990 + i,
+                m=False,
+            )
+            for i in range(4)
+        ]
+        texts.append(
+            frame(
+                "btcusdt@markPrice@1s",
+                e="markPriceUpdate",
+                E=minute_ms + 2_000,
+                s="BTCUSDT",
+                p="60000.5",
+                i="59990.2",
+                P="60010.0",
+                r="0.00010000",
+                T=minute_ms + 3_600_000,
+            )
+        )
+        # Then a frame that is not JSON: its refusal in the log proves that every frame sent
+        # before it on the same connection has been taken.
+        texts.append("not json")
 
         async def send_all() -> None:
-            for text in texts:
-                stream = text.split('"')[3]
-                assert await ws.ws.send(stream, text) == 1
+            for text in texts:  # all on the market connection
+                assert await ws.ws.send("btcusdt@aggTrade", text) == 1
 
         ws.call(send_all())
-        stderr.wait_for("minute 2024-01-01 00:00 UTC: btcusdt@aggTrade 1")
+        stderr.wait_for("refused:")
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=TIMEOUT_S)
         stdout = proc.stdout.read()  # a few lines: the pipe never filled
@@ -135,9 +164,15 @@ def test_sigterm_ends_it_cleanly_and_the_open_minutes_are_flushed(
     assert proc.returncode == 0, stdout + log
     assert "stopped by SIGTERM" in stdout and "frames: public 0, market 6" in stdout
     assert "SIGTERM received: stopping" in log
-    # The minute still open at the stop was written by the final flush.
-    assert "minute 2099-01-01 00:00 UTC: btcusdt@aggTrade 4, btcusdt@markPrice@1s 1" in log
-    assert log.index("closed: the collector stops") < log.index("minute 2099-01-01")
+    # The minute still open at the stop was written by the final flush: its counts, and
+    # NULL values (nothing after it arrived, so no stream family covered it).
+    day = dt.datetime.fromtimestamp(minute_ms / 1000, dt.UTC).date()
+    table = Lake.at(tmp_path / "lake").read(LIVE_1M, "BTCUSDT", day)
+    rows = [r for r in table.to_pylist() if int(r["timestamp"].timestamp() * 1000) == minute_ms]
+    assert len(rows) == 1
+    row = rows[0]
+    assert (row["agg_trade_events"], row["mark_price_events"], row["depth_events"]) == (4, 1, 0)
+    assert (row["market_covered"], row["predicted_funding"], row["event_time"]) == (False, None, None)
     assert [p.close_code for p in ws.ws.peers] == [1000, 1000]
 
 

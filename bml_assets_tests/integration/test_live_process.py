@@ -9,8 +9,12 @@ server with a market clock 5 s ahead of ours, so a tick by the raw local clock w
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import threading
 import time
+from collections import Counter, defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +24,15 @@ from bml_assets.domain.minutes import MINUTE_MS
 from bml_assets.domain.settings import Settings
 from bml_assets.live.clock import ClockReading
 from bml_assets.live.connection import ConnectionEvent, Family, SilenceEvent
-from bml_assets.live.process import CollectorContext, MinuteCounts, collect, shards
+from bml_assets.live.process import CollectorContext, collect, shards
 from bml_assets.live.snapshots import DepthSnapshot, SnapshotError
 from bml_assets.replay.clock import MarketClock
 from bml_assets.replay.market import MarketConfig, SyntheticMarket
 from bml_assets.replay.server import ReplayServer
 
 from .live_ws import StreamServer, frame
+
+log = logging.getLogger(__name__)
 
 SKEW_MS = 5_000
 
@@ -38,20 +44,61 @@ def test_symbols_are_cut_into_shards_in_order() -> None:
         shards(("A1",), 0)
 
 
-def test_minute_counts_count_frames_per_stream_per_minute_of_their_event_time() -> None:
-    counts = MinuteCounts(("BTCUSDT",))
-    m0 = 1_717_410_600_000  # 2024-06-03 10:30 UTC
-    for e in (m0, m0 + 59_999, m0 + 60_000):
-        counts.on_frame(Family.MARKET, frame("btcusdt@aggTrade", E=e, a=1), 0)
-    counts.on_frame(Family.PUBLIC, frame("btcusdt@bookTicker", E=m0 + 5, u=3), 0)
-    counts.on_frame(Family.PUBLIC, "not json", 0)
-    counts.on_tick(m0 + MINUTE_MS + 1_999)  # within the grace: nothing yet
-    assert counts.logged == []
-    counts.on_tick(m0 + MINUTE_MS + 2_000)
-    assert counts.logged == [(m0, {"btcusdt@aggTrade": 2, "btcusdt@bookTicker": 1})]
-    counts.flush()
-    assert counts.logged[1:] == [(m0 + MINUTE_MS, {"btcusdt@aggTrade": 1})]
-    assert counts.unparsed == 1
+COUNTS_GRACE_MS = 2_000  # MinuteCounts: a minute's counts are logged this long after it closed
+
+
+class MinuteCounts:
+    """A stand-in handler that only counts frames per stream per minute of their event time ``E`` and
+    logs each minute's counts once it is ``COUNTS_GRACE_MS`` past its end (or at ``flush``)."""
+
+    def __init__(self, symbols: Sequence[str]) -> None:
+        self.symbols = tuple(symbols)
+        self.counts: dict[int, Counter[str]] = defaultdict(Counter)
+        self.unparsed = 0
+        self.logged: list[tuple[int, dict[str, int]]] = []
+
+    def on_frame(self, family: Family, text: str, local_ns: int) -> None:
+        try:
+            frame = json.loads(text)
+            stream, event_ms = frame["stream"], frame["data"]["E"]
+        except (ValueError, TypeError, KeyError):
+            self.unparsed += 1
+            return
+        if isinstance(event_ms, int) and isinstance(stream, str):
+            self.counts[event_ms - event_ms % MINUTE_MS][stream] += 1
+        else:
+            self.unparsed += 1
+
+    def on_connection(self, event: ConnectionEvent) -> None:
+        pass  # the connection logs its own events
+
+    def on_silence(self, event: SilenceEvent) -> None:
+        pass
+
+    def on_clock(self, reading: ClockReading) -> None:
+        pass
+
+    def on_snapshot(self, snapshot: DepthSnapshot) -> None:
+        pass
+
+    def on_snapshot_error(self, error: SnapshotError) -> None:
+        pass
+
+    def on_tick(self, now_exchange_ms: int) -> None:
+        for minute in sorted(m for m in self.counts if m + MINUTE_MS + COUNTS_GRACE_MS <= now_exchange_ms):
+            self._log(minute)
+
+    def flush(self) -> None:
+        for minute in sorted(self.counts):
+            self._log(minute)
+        if self.unparsed:
+            log.warning("%d frame(s) without a stream and an event time E", self.unparsed)
+
+    def _log(self, minute: int) -> None:
+        counts = dict(sorted(self.counts.pop(minute).items()))
+        self.logged.append((minute, counts))
+        stamp = time.strftime("%Y-%m-%d %H:%M", time.gmtime(minute / 1000))
+        log.info("minute %s UTC: %s", stamp, ", ".join(f"{s} {n}" for s, n in counts.items()))
 
 
 class Recording:
@@ -65,6 +112,7 @@ class Recording:
         self.ticks: list[tuple[int, int, int]] = []  # (exchange before, tick, exchange after)
         self.clock: list[ClockReading] = []
         self.snapshot_errors: list[SnapshotError] = []
+        self.snapshots: list[DepthSnapshot] = []
         self.connection_events: list[ConnectionEvent] = []
         self.offloaded: list[str] = []
         self.asked: list[bool] = []
@@ -87,6 +135,7 @@ class Recording:
         self.order.append("clock")
 
     def on_snapshot(self, snapshot: DepthSnapshot) -> None:
+        self.snapshots.append(snapshot)
         self.order.append("snapshot")
 
     def on_snapshot_error(self, error: SnapshotError) -> None:
@@ -127,15 +176,21 @@ def test_collect_runs_the_shards_ticks_by_the_exchange_clock_and_ends_in_order(t
             live_shard_size=1,
         )
 
+        stop = asyncio.Event()
+
         async def traffic() -> None:
             await server.wait_for_peers(4)
             text = frame("ethusdt@aggTrade", e="aggTrade", E=exchange.now_ms(), a=9)
             while len(handlers) < 2 or not handlers[1].frames:
                 await server.send("ethusdt@aggTrade", text)
                 await asyncio.sleep(0.05)
+            # Stop once every shard has ticked and the snapshot asked for has come back.
+            while not (all(h.ticks for h in handlers) and (handlers[1].snapshots or handlers[1].snapshot_errors)):
+                await asyncio.sleep(0.05)
+            stop.set()
 
         sender = asyncio.create_task(traffic())
-        summary = await collect(settings, handler_factory=make, duration_s=2.0, tick_s=0.05)
+        summary = await collect(settings, handler_factory=make, duration_s=120.0, tick_s=0.05, stop=stop)
         sender.cancel()
         return summary
 
@@ -146,7 +201,7 @@ def test_collect_runs_the_shards_ticks_by_the_exchange_clock_and_ends_in_order(t
 
     with ReplayServer(market=market, clock=exchange) as replay:
         summary, server = asyncio.run(main(replay.base_url))
-    assert summary.ok and summary.stopped_by == "duration" and summary.shards == 2
+    assert summary.ok and summary.stopped_by == "stop" and summary.shards == 2
     # A handler per shard, each told about its own shard only.
     assert [(h.context.shard, h.context.symbols) for h in handlers] == [(0, ("BTCUSDT",)), (1, ("ETHUSDT",))]
     assert handlers[0].frames == [] and {e.symbols for e in handlers[0].connection_events} == {("BTCUSDT",)}
@@ -167,13 +222,11 @@ def test_collect_runs_the_shards_ticks_by_the_exchange_clock_and_ends_in_order(t
     assert handler.order.index("clock") < handler.order.index("tick")
     slack = handler.clock[0].round_trip_ms / 2 + 50  # the raw local clock would be 5000 ms off
     assert handler.ticks and all(b - slack <= t <= a + slack for b, t, a in handler.ticks)
-    # The snapshot the handler asked for reached its error callback (the replay server of this
-    # branch has no /fapi/v1/depth: a 404 is not asked again).
+    # The snapshot the handler asked for came back to it, and to it only.
     assert handler.asked == [True, False]  # the second ask found one on its way
-    assert len(handler.snapshot_errors) == 1 and handlers[0].snapshot_errors == []
-    assert handler.snapshot_errors[0].retry_in_s is None and "/fapi/v1/depth?symbol=ETHUSDT" in str(
-        handler.snapshot_errors[0]
-    )
+    assert handler.snapshot_errors == [] and handlers[0].snapshots == []
+    assert [(s.symbol, s.weight) for s in handler.snapshots] == [("ETHUSDT", 20)]
+    assert handler.snapshots[0].last_update_id > 0 and handler.snapshots[0].text.startswith('{"lastUpdateId"')
     assert handlers[0].ticks and handlers[0].clock  # every shard ticks and hears the clock
     # The end: every connection closed, then the flushes, then their offloaded writes done.
     for h in handlers:
