@@ -14,13 +14,14 @@ import datetime as dt
 
 from dagster import AssetSelection, Definitions, define_asset_job, definitions, in_process_executor
 
+from bml_assets.defs.assets.live import build_live_spec
 from bml_assets.defs.assets.minute_view import ASSET_NAME, build_minute_view_asset
 from bml_assets.defs.assets.streams import IO_MANAGER_KEY, build_stream_assets
 from bml_assets.defs.io_manager import LakeIOManager
 from bml_assets.defs.partitions import build_partitions_def
 from bml_assets.defs.repair import build_repair_sensor, build_scan_job
 from bml_assets.defs.resources import resources_for
-from bml_assets.defs.sensors import build_hot_poll_sensor, build_vision_promotion_sensor
+from bml_assets.defs.sensors import build_hot_poll_sensor, build_live_collector_sensor, build_vision_promotion_sensor
 from bml_assets.domain.settings import Settings
 from bml_assets.lake.ledger import Ledger
 
@@ -37,7 +38,11 @@ def build_definitions(settings: Settings) -> Definitions:
     """The code location for ``settings``: its partitions, assets, jobs, sensors and resources."""
     partitions_def = build_partitions_def(settings)
     resources = resources_for(settings)
-    assets = [*build_stream_assets(partitions_def), build_minute_view_asset(partitions_def)]
+    assets = [
+        *build_stream_assets(partitions_def),
+        build_live_spec(partitions_def),
+        build_minute_view_asset(partitions_def),
+    ]
     minute_view_job = define_asset_job(
         MINUTE_VIEW_JOB,
         selection=AssetSelection.assets(ASSET_NAME).upstream(),
@@ -65,6 +70,7 @@ def build_definitions(settings: Settings) -> Definitions:
         sensors=[
             build_hot_poll_sensor(settings.symbols, job_name=HOT_JOB),
             build_vision_promotion_sensor(job_name=MINUTE_VIEW_JOB),
+            build_live_collector_sensor(settings.symbols),
             build_repair_sensor(
                 settings.symbols, settings.start_date, job_name=MINUTE_VIEW_JOB, listing_dates=synced_listing_dates
             ),

@@ -40,6 +40,7 @@ from bml_assets.domain.schema import (
     HOT_SNAPSHOTS,
     INDEX_PRICE_KLINES,
     KLINES,
+    LIVE_1M,
     MARK_PRICE_KLINES,
     METRICS,
     MINUTE_VIEW,
@@ -52,8 +53,9 @@ from bml_assets.features.metrics import combine_observations
 from bml_assets.features.minute_view import build_minute_view
 from bml_assets.quality import REPORTED_RULES, Evidence, Outcome, judge_blocking, to_frame
 
-# Every stream table is an input, named (and keyed) by its dataset name.
-UPSTREAMS = tuple(t.dataset for t in STREAM_TABLES)
+# Every stream table is an input, named (and keyed) by its dataset name; so is the live
+# collector's table, written outside Dagster runs (absent when no collector ran).
+UPSTREAMS = (*(t.dataset for t in STREAM_TABLES), LIVE_1M)
 
 
 class HardStreamsDisagree(RuntimeError):
@@ -163,6 +165,12 @@ def _with_snapshots(inputs: Mapping[str, PartitionData], sd: SymbolDay) -> dict[
     return {"book": book, "metrics": metrics, "predicted_funding": predicted_funding_minutes(snaps, sd.day)}
 
 
+def _live_table(inputs: Mapping[str, PartitionData]) -> pa.Table | None:
+    """The live collector's minutes of the day, when it recorded any."""
+    live = inputs.get(LIVE_1M.name)
+    return live.table if live is not None else None
+
+
 def build_day(
     sd: SymbolDay,
     inputs: Mapping[str, PartitionData],
@@ -185,6 +193,7 @@ def build_day(
         funding=inputs[FUNDING.name].table,
         max_ffill_minutes=max_ffill_minutes,
         grid_end=grid_end,
+        live=_live_table(inputs),
         **_with_snapshots(inputs, sd),
     )
     provenance = _provenance(inputs)

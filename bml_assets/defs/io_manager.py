@@ -26,7 +26,7 @@ from bml_assets.days.partition_data import PartitionData
 from bml_assets.defs.resources import LakeResource, LedgerResource
 from bml_assets.domain.partitions import SymbolDay, parse_partition_key
 from bml_assets.domain.provenance import Provenance, provisional_streams
-from bml_assets.domain.schema import DATASETS, MINUTE_VIEW, Dataset
+from bml_assets.domain.schema import DATASETS, LIVE_1M, MINUTE_VIEW, Dataset
 from bml_assets.lake.commit import NOT_BASED, commit_table, record_unavailable
 from bml_assets.lake.ledger import PartitionRecord
 from bml_assets.quality import RowLocator, enforce_blocking
@@ -187,6 +187,10 @@ class LakeIOManager(ConfigurableIOManager):
                 md["message"] = str(data.message)
             md["provenance"] = MetadataValue.json(json.loads(json.dumps(data.provenance.to_json(), default=str)))
             md["sources"] = MetadataValue.json(data.provenance.summaries())
+            live = data.provenance.to_json().get("live")
+            if isinstance(live, Mapping) and live.get("covered") is not None:
+                # The live collector's covered minutes, per stream family, as [first, end) ranges.
+                md["live_coverage"] = MetadataValue.json(live["covered"])
             weight = data.provenance.rest_weight()
             if weight:
                 md["rest_weight"] = weight
@@ -210,6 +214,12 @@ class LakeIOManager(ConfigurableIOManager):
         loaded: dict[str, PartitionData] = {}
         for sd in self._partitions(context):
             record = ledger.get_partition(dataset.name, sd.symbol, sd.day)
+            if record is None and dataset is LIVE_1M:
+                # Written by the live collector, not by a run: a day it did not record has none.
+                loaded[sd.key] = PartitionData.unavailable(
+                    "not_published", f"{dataset.name} {sd}: the live collector recorded no minute of this day", {}
+                )
+                continue
             if record is None:
                 raise ValueError(
                     f"{dataset.name} {sd} is not in the ledger ({self.ledger.state_url}); "

@@ -16,29 +16,42 @@ annotations at definition time.
 - ``vision_promotion_sensor``: a bounded number of REST-built (provisional) days
   per tick, round-robin by cursor; when Vision has published the day's klines,
   requests a rebuild, keyed by the klines file's sha256.
+- ``live_collector_sensor``: reads the ledger's ``live_1m`` rows of today and yesterday;
+  reports each new commit of the live collector as a runless materialization of
+  ``live_1m`` (its minutes, last minute, covered ranges), and the collector's state
+  (running, or which symbols have had no minute for 3 minutes) as an observation
+  whenever it changes. The cursor keeps the content hash seen per partition and the
+  last state.
 """
 
 import datetime as dt
 import json
+import time
+from collections.abc import Callable
 
 from dagster import (
+    AssetMaterialization,
+    AssetObservation,
     DagsterRunStatus,
     DefaultSensorStatus,
     RunRequest,
     RunsFilter,
     SensorDefinition,
     SensorEvaluationContext,
+    SensorResult,
     SkipReason,
     sensor,
 )
 
 from bml_assets.days.clock import ExchangeNow
+from bml_assets.defs.assets.live import ASSET_KEY as LIVE_ASSET_KEY
+from bml_assets.defs.assets.live import LiveDay, live_health
 from bml_assets.defs.assets.streams import BAND_TAG, HOT_BAND, NOT_BEFORE_TAG, PROMOTION_TAG
 from bml_assets.defs.resources import BuildResource, LedgerResource, RestResource, VisionResource
 from bml_assets.domain.minutes import MINUTE_MS, datetime_to_ms, day_start, ms_to_datetime
 from bml_assets.domain.partitions import partition_key
 from bml_assets.domain.provenance import provisional_streams
-from bml_assets.domain.schema import MINUTE_VIEW
+from bml_assets.domain.schema import LIVE_1M, MINUTE_VIEW
 from bml_assets.domain.streams import DAILY_STREAMS, Stream
 from bml_assets.lake.ledger import Ledger
 from bml_assets.sources.vision import NotPublished, VisionClient
@@ -171,3 +184,59 @@ def build_vision_promotion_sensor(*, job_name: str) -> SensorDefinition:
             yield SkipReason("no provisional (REST-built) days")
 
     return vision_promotion_sensor
+
+
+LIVE_SENSOR_INTERVAL_S = 30
+
+
+def _wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def build_live_collector_sensor(
+    symbols: tuple[str, ...], *, clock_ms: Callable[[], int] = _wall_clock_ms
+) -> SensorDefinition:
+    """``clock_ms``: the local clock the collector's last minutes are judged by (tests fix it)."""
+
+    @sensor(
+        name="live_collector_sensor",
+        minimum_interval_seconds=LIVE_SENSOR_INTERVAL_S,
+        default_status=DefaultSensorStatus.RUNNING,
+        asset_selection=[LIVE_ASSET_KEY],
+        description="Reports the live collector's commits to live_1m, and whether it is running.",
+    )
+    def live_collector_sensor(context: SensorEvaluationContext, ledger: LedgerResource):
+        now_ms = clock_ms()
+        today = dt.datetime.fromtimestamp(now_ms / 1000, dt.UTC).date()
+        records = ledger.ledger().partitions(LIVE_1M, symbols, today - dt.timedelta(days=1), today, status="committed")
+        days = [LiveDay.of(r) for r in records]
+        cursor: dict = json.loads(context.cursor) if context.cursor else {}
+        seen: dict[str, str] = cursor.get("seen", {})
+        events: list = [
+            AssetMaterialization(LIVE_ASSET_KEY, partition=d.key, metadata=d.metadata())
+            for d in days
+            if d.content_hash is not None and seen.get(d.key) != d.content_hash
+        ]
+        health = live_health(days, symbols, now_ms)
+        summary = health.summary()
+        if summary != cursor.get("state"):
+            events.append(
+                AssetObservation(
+                    LIVE_ASSET_KEY,
+                    metadata={
+                        "collector": "running" if health.running else "not running",
+                        "state": summary,
+                        "stale_symbols": sorted(health.stale),
+                    },
+                )
+            )
+        context.update_cursor(
+            json.dumps(
+                {"seen": {d.key: d.content_hash for d in days if d.content_hash}, "state": summary}, sort_keys=True
+            )
+        )
+        if not events:
+            return SkipReason(summary)
+        return SensorResult(asset_events=events)
+
+    return live_collector_sensor

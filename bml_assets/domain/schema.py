@@ -822,27 +822,8 @@ HOT_SNAPSHOTS = Dataset(
 # minute view's order: LIVE 1, 3-7, 32-37, 43, 57, and the book columns 14, 38-42 that
 # it fills after 2024-03-30. The live table declares them by reference, so their names,
 # types and domains are the minute view's.
-LIVE_VIEW_COLUMNS: tuple[str, ...] = (
-    "event_time",
-    "arrival_time",
-    "latency_engine",
-    "latency_network",
-    "update_id_start",
-    "update_id_end",
-    "micro_price_close",
-    "liq_long_vol_usdt",
-    "liq_short_vol_usdt",
-    "liq_long_count",
-    "liq_short_count",
-    "liq_avg_fill_price",
-    "liq_unfilled_ratio",
-    "avg_spread_usdt",
-    "bid_ask_imbalance",
-    "avg_bid_depth",
-    "avg_ask_depth",
-    "spread_pct",
-    "price_impact_100k",
-    "predicted_funding",
+LIVE_VIEW_COLUMNS: tuple[str, ...] = tuple(
+    c.name for c in MINUTE_COLUMNS if c.klass is ColumnClass.LIVE or c.source is Stream.BOOK_TICKER
 )
 # The live collector's own bookkeeping per minute (SPEC §9): which stream families
 # covered the minute, whether the local order book was synced across it, the clock,

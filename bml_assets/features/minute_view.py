@@ -66,6 +66,7 @@ def build_minute_view(
     max_ffill_minutes: int,
     grid_end: dt.datetime | None = None,
     predicted_funding: pa.Table | None = None,
+    live: pa.Table | None = None,
 ) -> MinuteView:
     """Build the minute view of ``day`` from per-stream tables in their ``schema`` shapes.
 
@@ -75,7 +76,9 @@ def build_minute_view(
     ``grid_end`` (exclusive, minute-aligned) limits the grid for a day still in progress;
     it defaults to the end of the day. ``predicted_funding`` (``timestamp``,
     ``predicted_funding``: the hot poller's last polled rate per minute) fills column 57
-    for the minutes that have a poll; the other LIVE columns stay NULL.
+    for the minutes that have a poll. ``live`` (the live collector's ``live_1m`` table)
+    fills the LIVE and book columns (``schema.LIVE_VIEW_COLUMNS``) where it has a value,
+    over the hot poller's; the LIVE columns no source fills stay NULL.
     """
     given = {schema.KLINES.name: klines, schema.MARK_PRICE_KLINES.name: mark, schema.INDEX_PRICE_KLINES.name: index}
     hard: dict[str, pa.Table] = {}
@@ -96,6 +99,7 @@ def build_minute_view(
         .pipe(_with_metrics, metrics, max_ffill_minutes=max_ffill_minutes, warnings=warnings)
         .pipe(_with_funding, funding)
         .pipe(_with_predicted_funding, predicted_funding)
+        .pipe(_with_live, live)
     )
     return MinuteView(table=_to_minute_table(frame), source_gaps=source_gaps, warnings=warnings)
 
@@ -137,9 +141,11 @@ def _minute_grid(day: dt.date, grid_end: dt.datetime | None) -> np.ndarray:
 # --- joins -------------------------------------------------------------------------------
 
 
-def _by_minute(table: pa.Table, dataset: schema.Dataset) -> pd.DataFrame:
-    """``table`` (in ``dataset``'s shape) as a pandas frame indexed by its time in ms."""
-    frame = table.select(dataset.column_names).to_pandas(types_mapper=_PANDAS_TYPES.get)
+def _by_minute(table: pa.Table, dataset: schema.Dataset, names: list[str] | None = None) -> pd.DataFrame:
+    """``table`` (in ``dataset``'s shape; only ``names`` of its columns when given) as a
+    pandas frame indexed by its time in ms."""
+    columns = dataset.column_names if names is None else [dataset.time_column, *names]
+    frame = table.select(columns).to_pandas(types_mapper=_PANDAS_TYPES.get)
     frame.index = pd.Index(to_ms(table.column(dataset.time_column)), name="minute_ms")
     if frame.index.has_duplicates:
         repeated = frame.index[frame.index.duplicated()][0]
@@ -274,6 +280,23 @@ def _with_predicted_funding(frame: pd.DataFrame, predicted: pa.Table | None) -> 
     ms = predicted.column("timestamp").cast(pa.int64()).to_numpy()
     values = pd.Series(predicted.column("predicted_funding").to_numpy(zero_copy_only=False), index=ms)
     return frame.assign(predicted_funding=values.reindex(frame.index).astype("Float64"))
+
+
+def _with_live(frame: pd.DataFrame, live: pa.Table | None) -> pd.DataFrame:
+    """The live collector's columns where its minute has a value: it wins over the hot
+    poller's snapshot (SPEC §9). Where it has none (a family did not cover the minute, or no
+    collector ran), the view keeps what it had: the snapshot's value, or NULL. Never filled
+    forward: ``live_1m`` already carries a covered minute's book values as §5 says."""
+    if live is None or live.num_rows == 0:
+        return frame
+    names = list(schema.LIVE_VIEW_COLUMNS)
+    own = _by_minute(live, schema.LIVE_1M, names).reindex(frame.index)
+    taken = {}
+    for name in schema.LIVE_VIEW_COLUMNS:
+        value = own[name]
+        before = frame[name] if name in frame else pd.Series(pd.NA, index=frame.index, dtype=value.dtype)
+        taken[name] = value.where(value.notna(), before)
+    return frame.assign(**taken)
 
 
 # --- output ------------------------------------------------------------------------------

@@ -25,8 +25,12 @@ def test_definitions_load_with_asset_keys_and_checks() -> None:
         "metrics_5m",
         "funding_settlements",
         "hot_snapshots",
+        "live_1m",
         "minute_view",
     }
+    # live_1m is written by the live collector, never by a run: not executable.
+    assert not graph.get(AssetKey("live_1m")).is_executable
+    assert AssetKey("live_1m") in graph.get(AssetKey("minute_view")).parent_keys
     checks = {k.name for k in graph.asset_check_keys if k.asset_key == AssetKey("minute_view")}
     assert {
         "schema_columns",
@@ -43,7 +47,12 @@ def test_definitions_load_with_asset_keys_and_checks() -> None:
     assert len(checks) == 28
     assert d.resolve_job_def(MINUTE_VIEW_JOB) is not None
     assert d.resolve_job_def(HOT_JOB) is not None
-    assert {s.name for s in d.sensors} == {"hot_poll_sensor", "vision_promotion_sensor", "repair_sensor"}
+    assert {s.name for s in d.sensors} == {
+        "hot_poll_sensor",
+        "vision_promotion_sensor",
+        "repair_sensor",
+        "live_collector_sensor",
+    }
     assert d.resolve_job_def("lake_scan_job") is not None
 
 

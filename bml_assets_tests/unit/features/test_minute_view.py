@@ -439,3 +439,95 @@ def test_live_columns_are_null_even_with_every_stream():
         assert col(result, name) == [None], name
     for name in schema.BACKFILL_COLUMNS:
         assert result.table.column(name).null_count == 0, name
+
+
+def live_rows(rows: dict[str, dict]) -> pa.Table:
+    """A ``live_1m`` table: per minute, the given columns, every other one NULL (and the
+    coverage flags False)."""
+    out = []
+    for minute, values in rows.items():
+        row = []
+        for c in schema.LIVE_1M.columns:
+            if c.name == "timestamp":
+                row.append(minute)
+            elif c.type == pa.bool_():
+                row.append(values.get(c.name, False))
+            else:
+                row.append(values.get(c.name))
+        out.append(tuple(row))
+    return dataset_table(schema.LIVE_1M, out)
+
+
+def test_live_values_win_over_the_snapshots_and_fill_the_live_columns():
+    minutes = day_minutes(DAY, 3)  # 00:00 … 00:02
+    live = live_rows(
+        {
+            # 00:00 both families covered: every §9 column from the collector.
+            "2024-03-01 00:00": {
+                "public_covered": True,
+                "market_covered": True,
+                "book_synced": True,
+                "event_time": 1709251259950,
+                "arrival_time": 1709251259957,
+                "latency_engine": 3,
+                "latency_network": 7,
+                "update_id_start": 1001,
+                "update_id_end": 1099,
+                "micro_price_close": 100.4,
+                "avg_spread_usdt": 0.2,
+                "bid_ask_imbalance": 0.25,
+                "avg_bid_depth": 5.0,
+                "avg_ask_depth": 3.0,
+                "spread_pct": 0.002,
+                "liq_long_vol_usdt": 2000.0,
+                "liq_short_vol_usdt": 0.0,
+                "liq_long_count": 1,
+                "liq_short_count": 0,
+                "liq_avg_fill_price": 100.0,
+                "liq_unfilled_ratio": 0.0,
+                "price_impact_100k": 0.0004,
+                "predicted_funding": 0.0003,
+            },
+            # 00:01 the public family lost: the collector has only the market columns.
+            "2024-03-01 00:01": {
+                "market_covered": True,
+                "liq_long_vol_usdt": 0.0,
+                "liq_short_vol_usdt": 0.0,
+                "liq_long_count": 0,
+                "liq_short_count": 0,
+                "predicted_funding": 0.0002,
+            },
+            # 00:02 not recorded at all.
+        }
+    )
+    result = view(minutes, book=book_minutes(), live=live, grid_end="2024-03-01 00:03")
+
+    assert col(result, "event_time") == [1709251259950, None, None]
+    assert col(result, "arrival_time") == [1709251259957, None, None]
+    assert col(result, "latency_engine") == [3, None, None]
+    assert col(result, "latency_network") == [7, None, None]
+    assert col(result, "update_id_start") == [1001, None, None]
+    assert col(result, "update_id_end") == [1099, None, None]
+    assert col(result, "price_impact_100k") == [0.0004, None, None]
+    assert col(result, "liq_long_vol_usdt") == [2000.0, 0.0, None]
+    assert col(result, "liq_long_count") == [1, 0, None]
+    assert col(result, "liq_avg_fill_price") == [100.0, None, None]
+    assert col(result, "predicted_funding") == [0.0003, 0.0002, None]
+    # The book columns: the collector's at 00:00 (over bookTicker's 100.125 / 0.75 / 0.0);
+    # at 00:01 and 00:02 the bookTicker table's as-of values stay (see the book test above).
+    assert col(result, "micro_price_close") == [100.4, None, None]
+    assert col(result, "avg_spread_usdt") == [0.2, 0.5, 0.5]
+    assert col(result, "bid_ask_imbalance") == [0.25, -0.5, -0.5]
+    assert col(result, "avg_bid_depth") == [5.0, 1.0, 1.0]
+    assert col(result, "avg_ask_depth") == [3.0, 3.0, 3.0]
+    half_over = pytest.approx(0.00498753117206982544, rel=1e-12)  # 0.5 / 100.25
+    assert col(result, "spread_pct") == [0.002, half_over, half_over]
+    assert result.table.schema.equals(schema.MINUTE_SCHEMA)
+
+
+def test_live_minutes_outside_the_grid_are_left_out():
+    minutes = day_minutes(DAY, 2)
+    live = live_rows({"2024-03-01 00:05": {"market_covered": True, "predicted_funding": 0.0001}})
+    result = view(minutes, live=live, grid_end="2024-03-01 00:02")
+    assert col(result, "predicted_funding") == [None, None]
+    assert result.table.num_rows == 2
