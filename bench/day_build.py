@@ -234,8 +234,9 @@ def child_ours(root: Path, dump: Path | None, profile: bool) -> None:
 
     from bml_assets.days import rest_days, vision_days
     from bml_assets.days.clock import ExchangeNow
-    from bml_assets.days.minute_view import UPSTREAMS, build_day, evidence_for
+    from bml_assets.days.minute_view import build_day, evidence_for
     from bml_assets.days.partition_data import PartitionData
+    from bml_assets.days.streams import STREAM_TABLES
     from bml_assets.days.vision_days import StreamFetcher
     from bml_assets.defs.io_manager import _validator
     from bml_assets.domain.partitions import SymbolDay
@@ -402,7 +403,7 @@ def child_ours(root: Path, dump: Path | None, profile: bool) -> None:
         meter.add("commit", _minus(took, inner))
         # The stream assets' outputs through the IO manager, and the minute view's load_input.
         with meter.phase("stream_commits"):
-            for d in UPSTREAMS:
+            for d in (t.dataset for t in STREAM_TABLES):  # live_1m is the collector's, not a run's
                 part = inputs[d.name]
                 if part.table is None:
                     record_unavailable(
