@@ -460,7 +460,10 @@ class LiveCore:
         if sym.impact_minute is not None and minute > sym.impact_minute:
             self._take_impact(sym)
         book = sym.book
+        was_synced = book.synced
         outcome = book.on_depth(event)
+        if book.synced and not was_synced:  # a waiting snapshot bridged by this event
+            log.info("%s: order book synced at depth event U=%d u=%d", sym.symbol, event.U, event.u)
         if outcome is DepthOutcome.BROKE:
             self.stats.breaks += 1
             log.warning("%s: order book unsynced, resyncing: %s", sym.symbol, book.last_break)

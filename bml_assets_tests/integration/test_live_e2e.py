@@ -142,6 +142,11 @@ def _ledger(lake_root: Path, symbol: str) -> dict[dt.date, PartitionRecord]:
         ledger.close()
 
 
+def _file_hashes(lake_root: Path, records: Mapping[dt.date, PartitionRecord]) -> dict[dt.date, str]:
+    """sha256 of the file each ledger row names (the lake's content hash)."""
+    return {day: hashlib.sha256((lake_root / r.path).read_bytes()).hexdigest() for day, r in records.items() if r.path}
+
+
 def _wait_for_minute(lake_root: Path, symbols: tuple[str, ...], minute: int, clock: MarketClock) -> None:
     """Until every symbol has ``minute`` committed (bounded by the market time it needs + WAIT_S)."""
     deadline = time.monotonic() + max(0, minute + MINUTE_MS - clock.now_ms()) / 1000 + WAIT_S
@@ -185,6 +190,7 @@ class Scenario:
     snapshots: dict[str, int] = field(default_factory=dict)  # /fapi/v1/depth requests per symbol
     before_kill: dict[str, Rows] = field(default_factory=dict)
     before_kill_ledger: dict[str, dict[dt.date, PartitionRecord]] = field(default_factory=dict)
+    before_kill_hashes: dict[str, dict[dt.date, str]] = field(default_factory=dict)
     after_restart: dict[str, Rows] = field(default_factory=dict)
     after_restart_counts: dict[str, int] = field(default_factory=dict)
     after_restart_ledger: dict[str, dict[dt.date, PartitionRecord]] = field(default_factory=dict)
@@ -247,6 +253,7 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
             for symbol in KILLED:
                 run.before_kill[symbol] = _rows(killed_lake, symbol)[0]
                 run.before_kill_ledger[symbol] = _ledger(killed_lake, symbol)
+                run.before_kill_hashes[symbol] = _file_hashes(killed_lake, run.before_kill_ledger[symbol])
             restarted = Collector.start(killed_env, tmp)
             collectors.append(restarted)
             run.pids = (killed.proc.pid, restarted.proc.pid)
@@ -270,11 +277,7 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
     for symbol in KILLED:
         run.after_restart[symbol], run.after_restart_counts[symbol] = _rows(killed_lake, symbol)
         run.after_restart_ledger[symbol] = _ledger(killed_lake, symbol)
-        run.after_restart_hashes[symbol] = {
-            day: hashlib.sha256((killed_lake / r.path).read_bytes()).hexdigest()
-            for day, r in run.after_restart_ledger[symbol].items()
-            if r.path is not None
-        }
+        run.after_restart_hashes[symbol] = _file_hashes(killed_lake, run.after_restart_ledger[symbol])
         run.spool[symbol] = _spool_files(killed_lake, symbol)
         run.rebuild_output[symbol] = _rebuild(killed_lake, killed_env, tmp, symbol)
         run.rebuilt[symbol] = _rows(killed_lake, symbol)[0]
@@ -311,6 +314,10 @@ def test_a_dropped_depth_event_resyncs_that_symbol_only_and_blanks_its_book_colu
     }
     assert "ETHUSDT: order book unsynced, resyncing" in run.faulted_log
     assert "BTCUSDT: order book unsynced" not in run.faulted_log
+    # Synced at the start and again after the resync; BTCUSDT once.
+    synced = [x for x in run.faulted_log.splitlines() if ": order book synced" in x]
+    assert sum("ETHUSDT: order book synced" in x for x in synced) == 2
+    assert sum("BTCUSDT: order book synced" in x for x in synced) == 1
     # The minutes before and after, and BTCUSDT's same minute: fully covered.
     for rows, minute in ((eth, run.m0), (eth, run.m2), (btc, run.m0), (btc, run.m1), (btc, run.m2)):
         row = rows[minute]
@@ -398,8 +405,11 @@ def test_a_kill_9_and_a_restart_lose_no_committed_minute_and_double_none(scenari
         assert after[run.m1]["public_covered"] is False and after[run.m1]["market_covered"] is False
         assert after[run.m2]["public_covered"] is True and after[run.m2]["market_covered"] is True
         assert _nulls(after[run.m2], ALWAYS_SET) == []
-        # The ledger: the same partitions, each naming the file now there, with all its rows.
-        assert run.before_kill_ledger[symbol].keys() == run.after_restart_ledger[symbol].keys()
+        # The ledger: the partitions of before (and a new day's, had midnight passed), each
+        # naming the file now there, with all its rows.
+        assert run.before_kill_ledger[symbol].keys() <= run.after_restart_ledger[symbol].keys()
+        for day, record in run.before_kill_ledger[symbol].items():  # the kill left them consistent
+            assert record.status == "committed" and record.content_hash == run.before_kill_hashes[symbol][day]
         for day, record in run.after_restart_ledger[symbol].items():
             assert record.status == "committed"
             assert record.content_hash == run.after_restart_hashes[symbol][day]
