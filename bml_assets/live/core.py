@@ -289,13 +289,20 @@ class LiveCore:
     def flush(self) -> list[Any]:
         """Close every open minute (the last ones uncovered, as nothing follows them) and commit."""
         self._close(final=True)
-        if self.spool is not None:
-            try:
-                self.spool.flush()
-            except SpoolError as err:
-                self.stats.spool_errors += 1
-                log.error("%s", err)
+        self.flush_spool()
         return self.commit()
+
+    def flush_spool(self) -> None:
+        """Write out the spool's open gzip members (the collector does so every second and
+        before it hands closed minutes to a commit), so a killed process loses no line
+        spooled before: a committed minute can always be rebuilt."""
+        if self.spool is None:
+            return
+        try:
+            self.spool.flush()
+        except SpoolError as err:
+            self.stats.spool_errors += 1
+            log.error("%s", err)
 
     def snapshots_needed(self, local_ns: int) -> list[str]:
         """Symbols whose book needs a REST snapshot now (unsynced, or synced on one older than
@@ -453,7 +460,10 @@ class LiveCore:
         if sym.impact_minute is not None and minute > sym.impact_minute:
             self._take_impact(sym)
         book = sym.book
+        was_synced = book.synced
         outcome = book.on_depth(event)
+        if book.synced and not was_synced:  # a waiting snapshot bridged by this event
+            log.info("%s: order book synced at depth event U=%d u=%d", sym.symbol, event.U, event.u)
         if outcome is DepthOutcome.BROKE:
             self.stats.breaks += 1
             log.warning("%s: order book unsynced, resyncing: %s", sym.symbol, book.last_break)

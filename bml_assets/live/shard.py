@@ -3,9 +3,10 @@
 What belongs here: turning what ``process.py`` reports (frames with their connection, the
 connection's and the watchdog's events, clock readings, snapshots, ticks) into the
 ``LiveCore`` calls that ``live/__init__.py`` documents, asking the process for the depth
-snapshots the core needs, and handing the closed minutes to the writer thread, where
-``LiveCommits`` commits them (a commit takes tens of ms; the event loop, whose receive times
-are the arrival times, must not wait for it). What stays out: what a frame means and what a
+snapshots the core needs, writing the spool out (every ``SPOOL_FLUSH_S`` and before each
+hand-over, so a SIGKILL never takes a committed minute's lines with it), and handing the
+closed minutes to the writer thread, where ``LiveCommits`` commits them (a commit takes tens
+of ms; the event loop, whose receive times are the arrival times, must not wait for it). What stays out: what a frame means and what a
 minute holds (``core.py`` and below), the WebSocket and REST work (``connection.py``,
 ``snapshots.py``, ``clock.py``), and the process (``process.py``).
 """
@@ -16,7 +17,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from bml_assets.domain.settings import Settings
 from bml_assets.lake.commit import CommitResult
@@ -33,6 +34,9 @@ if TYPE_CHECKING:  # process.py makes the shards through this module's factory
     from bml_assets.live.process import CollectorContext
 
 log = logging.getLogger(__name__)
+
+SPOOL_FLUSH_S: Final = 1.0
+"""The spool's gzip members are ended this often (and before each hand-over of closed minutes)."""
 
 Rows = Mapping[str, Sequence[Mapping[str, Any]]]
 
@@ -96,6 +100,7 @@ class ShardHandler:
         self.spool = spool
         self._connection: dict[Family, int] = {}
         self._offset_ms: int | None = None  # a new measurement, for the next tick
+        self._spool_flushed = time.monotonic()
 
     # -- the connections (StreamHandler) ---------------------------------------------------
 
@@ -141,6 +146,12 @@ class ShardHandler:
     def on_tick(self, now_exchange_ms: int) -> None:
         offset, self._offset_ms = self._offset_ms, None
         self.core.on_tick(now_exchange_ms, clock_offset_ms=offset)
+        # The spool is on disk before any minute it holds is committed (a kill -9 must leave
+        # every committed minute rebuildable), and at least every second besides.
+        now = time.monotonic()
+        if any(self.core.rows.values()) or now - self._spool_flushed >= SPOOL_FLUSH_S:
+            self.core.flush_spool()
+            self._spool_flushed = now
         self._hand_over()
         for symbol in self.core.snapshots_needed(time.time_ns()):
             self.request_snapshot(symbol)

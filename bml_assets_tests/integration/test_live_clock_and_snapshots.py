@@ -2,18 +2,20 @@
 ``/fapi/v1/time`` with a known skew, and its depth snapshots (``live/snapshots.py``): weight
 charged to the shared budget, a 418 honoured, the answer kept as text, fetched off the loop.
 
-The replay server has no ``/fapi/v1/depth`` in this branch (its WebSocket side, with a
-depth snapshot consistent with the stream, comes from another branch), so the snapshot's
-successful answers come from a small stub here; the 418 and the ban come from the replay
-server's fault switches.
+A successful snapshot comes from the replay server's ``/fapi/v1/depth`` (its synthetic book,
+the one its depth streams follow), as do the 418, the ban and the unknown symbol (its fault
+switches). A small stub serves what the replay server never answers: a pretty-printed book,
+a 200 that is not a book, and an answer held back until the test releases it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -174,25 +176,43 @@ def _stub(answers: list[tuple[int, str]], gate: threading.Event | None = None) -
     return DepthStub(answer)
 
 
-def test_a_snapshot_is_the_answer_text_on_one_line_with_its_arrival_time(tmp_path: Path) -> None:
-    pretty = json.dumps(BOOK, indent=2)  # a mirror that pretty-prints: still one spool line
-    stub = _stub([(200, pretty)])
-    try:
-        rest = _client(_credentials(stub.base_url), tmp_path)
+def test_a_snapshot_is_the_answer_text_with_its_arrival_time(market: SyntheticMarket, tmp_path: Path) -> None:
+    # A fixed market clock: the book at one instant, the same for every request.
+    at = dt.datetime(2024, 3, 1, 12, 0, 0, 250_000, tzinfo=dt.UTC)
+    with ReplayServer(market=market, clock=MarketClock.fixed(at)) as server:
+        rest = _client(_credentials(server.base_url), tmp_path)
         before = time.time_ns()
         snapshot = fetch_depth_snapshot(rest, "BTCUSDT")
         after = time.time_ns()
+        assert [(e.path, e.params, e.status, e.weight) for e in server.rest_log] == [
+            ("/fapi/v1/depth", {"symbol": "BTCUSDT", "limit": "1000"}, 200, 20)
+        ]
+        # The same request from another client: the text is kept as answered, byte for byte.
+        with urllib.request.urlopen(f"{server.base_url}/fapi/v1/depth?symbol=BTCUSDT&limit=1000") as answer:
+            body = answer.read().decode()
+        assert snapshot.text == body and "\n" not in body
+        book = json.loads(body)
+        assert book["E"] == 1_709_294_400_250  # the market clock's instant
+        assert snapshot.last_update_id == book["lastUpdateId"] > 0
+        assert len(book["bids"]) > 0 and len(book["asks"]) > 0
+        assert float(book["bids"][0][0]) < float(book["asks"][0][0])
+        assert before <= snapshot.sent_ns <= snapshot.local_ns <= after
+        assert snapshot.weight == 20 and rest.budget.used_in_window() == 20
+        assert snapshot.url == (
+            f"{server.base_url.replace('http://', 'http://***@')}/fapi/v1/depth?symbol=BTCUSDT&limit=1000"
+        )
+        rest.close()
+
+
+def test_a_pretty_printed_answer_is_kept_on_one_line(tmp_path: Path) -> None:
+    pretty = json.dumps(BOOK, indent=2)  # a mirror that pretty-prints: still one spool line
+    stub = _stub([(200, pretty)])
+    try:
+        rest = _client(stub.base_url, tmp_path)
+        snapshot = fetch_depth_snapshot(rest, "BTCUSDT")
         assert stub.queries == [{"symbol": "BTCUSDT", "limit": "1000"}]
         assert snapshot.last_update_id == 5123107852948
         assert "\n" not in snapshot.text and json.loads(snapshot.text) == BOOK
-        assert before <= snapshot.sent_ns <= snapshot.local_ns <= after
-        assert snapshot.weight == 20 and rest.budget.used_in_window() == 20
-        assert (
-            snapshot.url == f"{stub.base_url.replace('http://', 'http://***@')}/fapi/v1/depth?symbol=BTCUSDT&limit=1000"
-        )
-        compact = json.dumps(BOOK, separators=(",", ":"))
-        stub.answer = lambda _p: (200, compact)
-        assert fetch_depth_snapshot(rest, "BTCUSDT").text == compact  # as answered, byte for byte
         rest.close()
     finally:
         stub.close()
