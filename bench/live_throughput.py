@@ -24,7 +24,7 @@ from pathlib import Path
 
 from bml_assets.live import frames
 from bml_assets.live.core import LiveCore
-from bml_assets.live.replay import feed, recording_lines
+from bml_assets.live.rebuild import feed, recording_lines
 from bml_assets.live.spool import SpoolWriter
 from bml_assets.storage.store import LocalStore
 

@@ -5,7 +5,7 @@ codes for the commands people run in a terminal; each command parses its options
 calls one function of the package (``orchestration/`` for the state, the symbol
 universe, scans, backfills, the hot pass and the daemon; the replay server; the live
 collector (``live/process.py``) and the live table's rebuild from its spool
-(``live/replay.py``); the demo driving the real Dagster definitions) and prints what
+(``live/rebuild.py``); the demo driving the real Dagster definitions) and prints what
 it returns or yields.
 What stays out: logic of its own — a command that needs some, gets it in the
 module that owns the subject.
@@ -762,7 +762,7 @@ def live_rebuild(symbol: str, day: dt.date, dry_run: bool) -> None:
     holds no minute of the day.
     """
     from bml_assets.lake.lake import Lake
-    from bml_assets.live.replay import rebuild_day
+    from bml_assets.live.rebuild import rebuild_day
     from bml_assets.orchestration.state import open_ledger
 
     try:

@@ -6,7 +6,7 @@ reports through the ledger (the ``live_1m`` partitions and their provenance).
 Modules: ``frames`` (one parser per message type, the typed errors), ``book`` (the local
 order book), ``aggregate`` (per-minute accumulation, coverage, the row), ``core``
 (``LiveCore``, the handler), ``spool`` (the raw spool), ``sink`` (closed minutes into the
-lake), ``replay`` (spool or recording lines through the same path; ``bml live-rebuild``).
+lake), ``rebuild`` (spool or recording lines through the same path; ``bml live-rebuild``).
 
 Wiring a collector process to it
 --------------------------------

@@ -67,7 +67,7 @@ SNAPSHOT_RETRY_NS: Final = 10 * 1_000_000_000
 """A snapshot asked for and not received is offered again after this long (local clock)."""
 REFRESH_EVERY_MS: Final = 30 * MINUTE_MS
 """A synced book asks for a fresh snapshot this often, so a rebuild from the spool finds one
-within the hour before any minute (``replay.LOOKBACK_NS``)."""
+within the hour before any minute (``rebuild.LOOKBACK_NS``)."""
 MAX_CLOCK_SKEW_MS: Final = 10 * MINUTE_MS
 """An event whose E is further than this from its arrival (corrected by the offset) is refused:
 a garbage time would otherwise open or close minutes far away."""

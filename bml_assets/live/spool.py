@@ -3,7 +3,7 @@ as ``<local_ns> <json>`` lines, in gzipped hourly segments (SPEC §9).
 
 What belongs here: the spool's layout in the lake, the writer (``SpoolWriter``) and the
 reader (``segments``, ``read_segment``, ``spool_lines``). What stays out: what a line
-means (``frames.py``, ``replay.py``), sockets.
+means (``frames.py``, ``rebuild.py``), sockets.
 
 Layout, relative to the lake root (``_`` keeps it out of the hive readers)::
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from bml_assets.live.core import LiveCore
-from bml_assets.live.replay import feed, recording_lines
+from bml_assets.live.rebuild import feed, recording_lines
 
 FIRST_WHOLE = 1723161300000  # 2024-08-08 23:55 UTC
 MINUTES = [FIRST_WHOLE + i * 60_000 for i in range(5)]  # 23:55 … 23:59

@@ -18,7 +18,7 @@ from bml_assets.domain.schema import LIVE_1M
 from bml_assets.lake.lake import Lake
 from bml_assets.lake.ledger import Ledger
 from bml_assets.live.core import LiveCore
-from bml_assets.live.replay import rebuild_day, recording_lines
+from bml_assets.live.rebuild import rebuild_day, recording_lines
 from bml_assets.live.sink import LiveSink
 from bml_assets.live.spool import UNROUTED, SpoolError, SpoolWriter, read_segment, segment_key, segments, spool_lines
 from bml_assets.quality import BlockingCheckFailed
