@@ -19,7 +19,7 @@ from bml_assets.definitions import build_definitions
 from bml_assets.defs.resources import resources_for
 from bml_assets.defs.sensors import build_live_collector_sensor
 from bml_assets.domain.partitions import partition_key
-from bml_assets.domain.schema import LIVE_1M
+from bml_assets.domain.schema import LIVE_1M, LIVE_EVENT_COUNT_COLUMNS
 from bml_assets.domain.settings import Settings
 from bml_assets.lake.lake import Lake
 from bml_assets.lake.ledger import Ledger
@@ -40,12 +40,7 @@ def _row(minute: int, **values: object) -> dict[str, object]:
         "silent_streams",
         "late_events",
         "duplicate_events",
-        "depth_events",
-        "book_ticker_events",
-        "agg_trade_events",
-        "trade_events",
-        "mark_price_events",
-        "force_order_events",
+        *LIVE_EVENT_COUNT_COLUMNS,
     ):
         row[name] = 0
     row.update(values)
