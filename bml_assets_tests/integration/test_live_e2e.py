@@ -304,14 +304,11 @@ def test_a_dropped_depth_event_resyncs_that_symbol_only_and_blanks_its_book_colu
     assert _nulls(row, BOOK) == list(BOOK)
     assert row["public_covered"] is True and row["market_covered"] is True
     assert _nulls(row, EVERY_FAMILY + BOOK_TICKER + LIQUIDATIONS + ("predicted_funding",)) == []
-    # A new snapshot for ETHUSDT only: one each at the start, and ETHUSDT's resync (BNBUSDT's
-    # public connection was closed: it resyncs too, see the next test).
-    assert {s: run.snapshots[s] for s in ("BTCUSDT", "ETHUSDT", "SOLUSDT", "XRPUSDT")} == {
-        "BTCUSDT": 1,
-        "ETHUSDT": 2,
-        "SOLUSDT": 1,
-        "XRPUSDT": 1,
-    }
+    # A new snapshot for ETHUSDT: one at the start and one for the resync. (A snapshot older
+    # than the buffered events is refused and asked again, which a loaded machine makes
+    # likelier: counts are lower bounds; the syncs below are exact.)
+    assert run.snapshots["ETHUSDT"] >= 2
+    assert all(run.snapshots[s] >= 1 for s in ("BTCUSDT", "SOLUSDT", "XRPUSDT"))
     assert "ETHUSDT: order book unsynced, resyncing" in run.faulted_log
     assert "BTCUSDT: order book unsynced" not in run.faulted_log
     # Synced at the start and again after the resync; BTCUSDT once.
@@ -348,8 +345,9 @@ def test_a_closed_and_a_reset_connection_are_reconnected_and_only_the_minute_the
         row = bnb[minute]
         assert (row["public_covered"], row["market_covered"], row["book_synced"]) == (True, True, True), minute
         assert _nulls(row, ALWAYS_SET) == [] and row["reconnects"] == 0
-    # The new public connection needed a new snapshot; the other shards were not touched.
-    assert run.snapshots["BNBUSDT"] == 2
+    # The new public connection needed a new snapshot (a lower bound, see above); the other
+    # shards were not touched.
+    assert run.snapshots["BNBUSDT"] >= 2
     for symbol in ("BTCUSDT", "ETHUSDT", "SOLUSDT", "XRPUSDT"):
         assert run.faulted[symbol][run.m1]["reconnects"] == 0
         assert run.faulted[symbol][run.m1]["market_covered"] is True
