@@ -106,7 +106,11 @@ def _build(settings: Settings) -> Definitions:
             build_vision_promotion_sensor(job_name=MINUTE_VIEW_JOB),
             build_live_collector_sensor(settings.symbols),
             build_repair_sensor(
-                settings.symbols, settings.start_date, job_name=MINUTE_VIEW_JOB, listing_dates=synced_listing_dates
+                settings.symbols,
+                settings.start_date,
+                job_name=MINUTE_VIEW_JOB,
+                listing_dates=synced_listing_dates,
+                cache_max_bytes=settings.vision_cache_max_bytes,
             ),
         ],
         resources={

@@ -94,6 +94,7 @@ from bml_assets.defs.resources import LakeResource, LedgerResource, RestResource
 from bml_assets.domain.partitions import partition_key
 from bml_assets.domain.schema import DATASETS, HOT_SNAPSHOTS, LIVE_1M
 from bml_assets.domain.streams import Stream
+from bml_assets.lake.cache_policy import EvictionPlan, eviction_plan
 from bml_assets.lake.commit import refresh_file_stat, sweep_temp_files
 from bml_assets.lake.lake import Lake
 from bml_assets.lake.ledger import Ledger
@@ -106,7 +107,14 @@ from bml_assets.lake.scan import (
     outside_strays,
     scan,
 )
-from bml_assets.sources.vision import VISION_TEMP_STALE_S, NotPublished, VisionClient, stale_cache_files
+from bml_assets.sources.vision import (
+    VISION_TEMP_STALE_S,
+    NotPublished,
+    VisionClient,
+    cached_zips,
+    evict_cached,
+    stale_cache_files,
+)
 from bml_assets.storage.store import local_stat
 
 REPAIR_TAG: Final = "bml/repair"
@@ -236,6 +244,28 @@ def sweep(
     return done
 
 
+def trim_vision_cache(cache_dir: Path, ledger: Ledger, *, max_bytes: int, now: dt.datetime) -> EvictionPlan:
+    """Bring the Vision cache within ``max_bytes``: the zips ``lake.cache_policy`` names go,
+    least recently used first (one used since the plan is kept). Returns the plan, its
+    ``evict`` reduced to what was removed."""
+    plan = eviction_plan(cached_zips(cache_dir), ledger, max_bytes=max_bytes, now=now.timestamp())
+    plan.evict = [z for z in plan.evict if evict_cached(z, unused_since=z.last_used)]
+    return plan
+
+
+def trim_summary(plan: EvictionPlan) -> str:
+    mib = 1 << 20
+    return (
+        f"Vision cache: evicted {len(plan.evict)} file(s), {plan.evict_bytes / mib:.1f} MiB; "
+        f"{plan.bytes_after / mib:.1f} MiB of {plan.max_bytes / mib:.1f} MiB left"
+        + (
+            f" ({plan.needed_bytes / mib:.1f} MiB still needed by uncommitted or incomplete partitions)"
+            if plan.bytes_after > plan.max_bytes
+            else ""
+        )
+    )
+
+
 def exchange_today(rest: RestResource) -> dt.date:
     """Today (UTC) by the exchange's clock, as the other sensors see it; the local
     clock when the exchange cannot be asked (the scan then judges by the host)."""
@@ -341,13 +371,15 @@ def build_repair_sensor(
     listing_dates: ListingDates | None = None,
     today: TodayFn | None = None,
     clock: ClockFn | None = None,
+    cache_max_bytes: int | None = None,
 ) -> SensorDefinition:
     """The ``repair_sensor`` over ``symbols`` from ``start`` to yesterday (see the module doc).
 
     ``today`` (tests) replaces the exchange's clock; ``clock`` (tests) this host's, which
     judges the incomplete backoff (``committed_at`` is the host's too) and the age of
     Vision cache files; ``listing_dates`` (a mapping, or a callable of the ledger asked
-    once per tick) spares the days before a symbol's listing.
+    once per tick) spares the days before a symbol's listing; ``cache_max_bytes``: the Vision
+    cache is trimmed to it each tick (``trim_vision_cache``; None: never).
     """
     if max_runs_per_tick < 1 or window_days < 1:
         raise ValueError("max_runs_per_tick and window_days must be at least 1")
@@ -409,6 +441,10 @@ def build_repair_sensor(
         )
         if swept.removed or swept.left or swept.restated:
             context.log.info(f"repair: {swept.summary()}")
+        if cache_max_bytes is not None:
+            trimmed = trim_vision_cache(Path(vision.cache_dir), the_ledger, max_bytes=cache_max_bytes, now=now)
+            if trimmed.evict or trimmed.bytes_after > cache_max_bytes:
+                context.log.info(f"repair: {trim_summary(trimmed)}")
         # Damaged files anywhere in the lake come first: the whole-lake pass is one lean
         # ledger read and a stat per file, so a deleted or truncated file is requested by
         # the next tick, not when the walk reaches its window.
