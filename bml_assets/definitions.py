@@ -111,6 +111,9 @@ def _build(settings: Settings) -> Definitions:
                 job_name=MINUTE_VIEW_JOB,
                 listing_dates=synced_listing_dates,
                 cache_max_bytes=settings.vision_cache_max_bytes,
+                # Against the real exchange, the default start (years back) is not a choice the user made.
+                cautious=settings.vision_base_url == Settings.vision_base_url
+                and settings.start_date == Settings.start_date,
             ),
         ],
         resources={

@@ -357,6 +357,12 @@ def window_buckets(start: dt.date, last: dt.date, window_start: dt.date, window_
     return [b for i, b in enumerate(CACHE_BUCKETS) if i % windows == index % windows]
 
 
+def earliest_committed_day(ledger: Ledger) -> dt.date | None:
+    """The first day of any committed minute view: where a cautious repair walk starts."""
+    days = [r.day for r in ledger.partitions(dataset="minute", status="committed")]
+    return min(days) if days else None
+
+
 def _host_now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
@@ -372,6 +378,7 @@ def build_repair_sensor(
     today: TodayFn | None = None,
     clock: ClockFn | None = None,
     cache_max_bytes: int | None = None,
+    cautious: bool = False,
 ) -> SensorDefinition:
     """The ``repair_sensor`` over ``symbols`` from ``start`` to yesterday (see the module doc).
 
@@ -379,12 +386,21 @@ def build_repair_sensor(
     judges the incomplete backoff (``committed_at`` is the host's too) and the age of
     Vision cache files; ``listing_dates`` (a mapping, or a callable of the ledger asked
     once per tick) spares the days before a symbol's listing; ``cache_max_bytes``: the Vision
-    cache is trimmed to it each tick (``trim_vision_cache``; None: never).
+    cache is trimmed to it each tick (``trim_vision_cache``; None: never). ``cautious`` (the real
+    exchange and no explicit ``BML_START_DATE``): the walk starts at the earliest committed day,
+    not at ``start``, and with nothing committed it requests nothing and says why.
     """
     if max_runs_per_tick < 1 or window_days < 1:
         raise ValueError("max_runs_per_tick and window_days must be at least 1")
+    initial_start = start
     today_of = today or exchange_today
     now_of = clock or _host_now
+    first = (
+        "from the earliest day already committed (nothing until a partition is; set BML_START_DATE "
+        f"to repair from a date: the default {start.isoformat()} against the real exchange would download years)"
+        if cautious
+        else f"from {start.isoformat()}"
+    )
 
     @sensor(
         name="repair_sensor",
@@ -394,7 +410,9 @@ def build_repair_sensor(
         description=(
             f"Walks the lake {window_days} days per tick, checking the ledger against the files, and rebuilds "
             f"partitions of any dataset that are missing, damaged, outdated or incomplete (at most "
-            f"{max_runs_per_tick} per tick; incomplete ones with a backoff), and sweeps stray temporary files."
+            f"{max_runs_per_tick} per tick; incomplete ones with a backoff), {first} to yesterday, and sweeps "
+            "stray temporary files"
+            + (" and trims the Vision cache to BML_VISION_CACHE_MAX_BYTES." if cache_max_bytes is not None else ".")
         ),
     )
     def repair_sensor(
@@ -404,6 +422,16 @@ def build_repair_sensor(
         vision: VisionResource,
         rest: RestResource,
     ):
+        start = initial_start
+        if cautious:
+            earliest = earliest_committed_day(ledger.ledger())
+            if earliest is None:
+                yield SkipReason(
+                    "nothing committed yet and BML_START_DATE not set: not downloading from "
+                    f"{initial_start.isoformat()}; set BML_START_DATE or materialize a partition first"
+                )
+                return
+            start = max(initial_start, earliest)
         yesterday = today_of(rest) - dt.timedelta(days=1)
         if yesterday < start:
             context.update_cursor(RepairCursor(start).dump())
