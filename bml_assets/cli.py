@@ -796,3 +796,47 @@ def live_rebuild(symbol: str, day: dt.date, dry_run: bool) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+# --------------------------------------------------------------------------- the Vision cache
+
+
+@main.command("cache")
+@click.option(
+    "--trim",
+    is_flag=True,
+    help="Evict the least recently used zips of committed, complete partitions until the cache fits "
+    "BML_VISION_CACHE_MAX_BYTES (zips a partition not committed yet or incomplete needs, and zips used "
+    "within the hour, stay). The repair sensor does the same each tick.",
+)
+@_guarded
+def cache(trim: bool) -> None:
+    """The Vision cache ({BML_LAKE_ROOT}/_cache/vision): size, files, least recently used; --trim."""
+    from bml_assets.defs.repair import trim_summary, trim_vision_cache
+    from bml_assets.lake.cache_policy import eviction_plan
+    from bml_assets.lake.ledger import Ledger
+    from bml_assets.sources.vision import cached_zips
+
+    settings = _settings()
+    now = dt.datetime.now(dt.UTC)
+    ledger = Ledger(settings.state_url)
+    zips = cached_zips(settings.cache_dir)
+    plan = eviction_plan(zips, ledger, max_bytes=settings.vision_cache_max_bytes, now=now.timestamp())
+    mib = 1 << 20
+    click.echo(f"cache:  {settings.cache_dir}")
+    click.echo(
+        f"size:   {plan.total_bytes / mib:.1f} MiB in {plan.files} file(s); "
+        f"bound {settings.vision_cache_max_bytes / mib:.1f} MiB (BML_VISION_CACHE_MAX_BYTES)"
+    )
+    if zips:
+        oldest = dt.datetime.fromtimestamp(zips[0].last_used, dt.UTC)
+        click.echo(f"oldest: last used {oldest:%Y-%m-%d %H:%M:%S}Z  {zips[0].url}")
+    if not trim:
+        if plan.evict:
+            click.echo(
+                f"over the bound: --trim would evict {len(plan.evict)} file(s), {plan.evict_bytes / mib:.1f} MiB"
+            )
+        return
+    click.echo(
+        trim_summary(trim_vision_cache(settings.cache_dir, ledger, max_bytes=settings.vision_cache_max_bytes, now=now))
+    )

@@ -6,13 +6,31 @@ stays out: everything else. The environment is read once, when Dagster loads the
 definitions (the ``@definitions`` function ``defs``), not when this module is
 imported: the partition set depends on ``BML_SYMBOLS`` and ``BML_START_DATE``.
 Tests, the demo and the CLI pass their own ``Settings`` to ``build_definitions``.
+
+Dagster's beta and preview notices about the parameters these definitions use (e.g.
+``backfill_policy``) are silenced while they are built, and only then: each process that
+loads the code location (the code server, every run) would print them again, hundreds of
+lines in one ``dagster dev`` session, none a user can act on. Only those two categories,
+only when Dagster's own modules raise them (``DAGSTER_NOTICES``); every other warning,
+and these anywhere else, still show.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
-from dagster import AssetSelection, Definitions, define_asset_job, definitions, in_process_executor
+from dagster import (
+    AssetSelection,
+    BetaWarning,
+    Definitions,
+    PreviewWarning,
+    define_asset_job,
+    definitions,
+    in_process_executor,
+)
 
 from bml_assets.defs.assets.live import build_live_spec
 from bml_assets.defs.assets.minute_view import ASSET_NAME, build_minute_view_asset
@@ -27,6 +45,17 @@ from bml_assets.lake.ledger import Ledger
 
 MINUTE_VIEW_JOB = "minute_view_job"
 HOT_JOB = "hot_minute_job"
+DAGSTER_NOTICES: tuple[type[Warning], ...] = (BetaWarning, PreviewWarning)
+"""Warning categories silenced while the definitions are built (see the module docstring)."""
+
+
+@contextmanager
+def quiet_dagster_notices() -> Iterator[None]:
+    """Dagster's beta/preview notices, raised from Dagster's own modules, ignored inside."""
+    with warnings.catch_warnings():
+        for category in DAGSTER_NOTICES:
+            warnings.filterwarnings("ignore", category=category, module=r"dagster(_shared)?(\.|$)")
+        yield
 
 
 def synced_listing_dates(ledger: Ledger) -> dict[str, dt.date]:
@@ -36,6 +65,11 @@ def synced_listing_dates(ledger: Ledger) -> dict[str, dt.date]:
 
 def build_definitions(settings: Settings) -> Definitions:
     """The code location for ``settings``: its partitions, assets, jobs, sensors and resources."""
+    with quiet_dagster_notices():
+        return _build(settings)
+
+
+def _build(settings: Settings) -> Definitions:
     partitions_def = build_partitions_def(settings)
     resources = resources_for(settings)
     assets = [
@@ -72,7 +106,14 @@ def build_definitions(settings: Settings) -> Definitions:
             build_vision_promotion_sensor(job_name=MINUTE_VIEW_JOB),
             build_live_collector_sensor(settings.symbols),
             build_repair_sensor(
-                settings.symbols, settings.start_date, job_name=MINUTE_VIEW_JOB, listing_dates=synced_listing_dates
+                settings.symbols,
+                settings.start_date,
+                job_name=MINUTE_VIEW_JOB,
+                listing_dates=synced_listing_dates,
+                cache_max_bytes=settings.vision_cache_max_bytes,
+                # Against the real exchange, the default start (years back) is not a choice the user made.
+                cautious=settings.vision_base_url == Settings.vision_base_url
+                and settings.start_date == Settings.start_date,
             ),
         ],
         resources={

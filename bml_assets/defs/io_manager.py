@@ -7,8 +7,11 @@ range hands over many — with each dataset's blocking rules as the commit's
 validator (their errors name where a failing row came from; a table whose builder
 judged them already, the minute view's, is not judged twice), the fillable streams
 a partition lacks (SPEC §8), the output metadata (sources per stream, what is
-missing, the REST weight of the fills), and loading upstream partitions back as
-``PartitionData``. What stays out: the commit protocol itself, validation rules
+missing, the REST weight of the fills; Dagster's own ``dagster/row_count`` and
+``dagster/column_schema`` from the registry, scoped to each partition in a ranged run),
+and loading upstream partitions back as ``PartitionData``. A partition a source does not
+have for a normal reason (a symbol not listed yet, a past day's hot snapshots, which are
+polled only while the day is live) is logged at INFO, not as a WARNING. What stays out: the commit protocol itself, validation rules
 (``quality.py``) and formulas.
 """
 
@@ -20,18 +23,51 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import pyarrow as pa
-from dagster import ConfigurableIOManager, InputContext, MetadataValue, OutputContext
+from dagster import (
+    ConfigurableIOManager,
+    DagsterInvariantViolationError,
+    InputContext,
+    MetadataValue,
+    OutputContext,
+    TableColumn,
+    TableColumnConstraints,
+    TableSchema,
+)
 
 from bml_assets.days.partition_data import PartitionData
 from bml_assets.defs.resources import LakeResource, LedgerResource
 from bml_assets.domain.partitions import SymbolDay, parse_partition_key
 from bml_assets.domain.provenance import Provenance, provisional_streams
-from bml_assets.domain.schema import DATASETS, LIVE_1M, MINUTE_VIEW, Dataset
+from bml_assets.domain.schema import DATASETS, HOT_SNAPSHOTS, LIVE_1M, MINUTE_VIEW, Dataset
 from bml_assets.lake.commit import NOT_BASED, commit_table, record_unavailable
 from bml_assets.lake.ledger import PartitionRecord
 from bml_assets.quality import RowLocator, enforce_blocking
 
 DATASET_METADATA_KEY = "bml/dataset"
+ROW_COUNT_KEY = "dagster/row_count"
+COLUMN_SCHEMA_KEY = "dagster/column_schema"
+
+
+def column_schema(dataset: Dataset) -> TableSchema:
+    """The dataset's columns as Dagster's UI shows them, from the registry: Arrow type,
+    nullability, and the unit and definition as the description."""
+    return TableSchema(
+        columns=[
+            TableColumn(
+                name=c.name,
+                type=str(c.type),
+                description="; ".join(t for t in (str(c.unit), c.description) if t),
+                constraints=TableColumnConstraints(nullable=c.name != dataset.time_column),
+            )
+            for c in dataset.columns
+        ]
+    )
+
+
+def normal_absence(dataset: Dataset, status: str) -> bool:
+    """An unavailable partition that is no news: a day before the symbol's listing, or a past
+    day's hot snapshots (polled only while the day is live, so a rebuilt past day has none)."""
+    return status == "not_listed" or dataset is HOT_SNAPSHOTS
 
 
 def dataset_of(metadata: Mapping[str, Any] | None, what: str) -> Dataset:
@@ -128,7 +164,8 @@ class LakeIOManager(ConfigurableIOManager):
                     provenance=data.provenance.to_json(),
                 )
                 summary[sd.key] = {"status": data.status, "message": data.message}
-                context.log.warning(f"{dataset.name} {sd}: {data.status} — {data.message}")
+                log = context.log.info if normal_absence(dataset, data.status) else context.log.warning
+                log(f"{dataset.name} {sd}: {data.status} — {data.message}")
                 continue
             result = commit_table(
                 data.table,
@@ -163,46 +200,69 @@ class LakeIOManager(ConfigurableIOManager):
                 )
             for w in data.warnings:
                 context.log.warning(f"{dataset.name} {sd}: {w}")
-        context.add_output_metadata(self._metadata(summary, by_key))
+        context.add_output_metadata(self._metadata(summary, by_key, dataset))
+        if len(summary) > 1:
+            self._scope_to_partitions(context, summary, by_key)
+
+    @staticmethod
+    def _scope_to_partitions(
+        context: OutputContext, summary: Mapping[str, Mapping[str, Any]], by_key: Mapping[SymbolDay, PartitionData]
+    ) -> None:
+        """A ranged run: each partition's materialization gets its own row count, path, sources…
+        (Dagster merges partition-scoped asset metadata over the output's)."""
+        try:
+            step = context.step_context
+        except DagsterInvariantViolationError:
+            return  # an output context built outside a run (tests): nothing to scope
+        for sd, data in by_key.items():
+            step.add_asset_metadata(
+                LakeIOManager._partition_metadata(summary[sd.key], data),
+                asset_key=context.asset_key,
+                partition_key=sd.key,
+            )
 
     @staticmethod
     def _metadata(
-        summary: Mapping[str, Mapping[str, Any]], by_key: Mapping[SymbolDay, PartitionData]
+        summary: Mapping[str, Mapping[str, Any]], by_key: Mapping[SymbolDay, PartitionData], dataset: Dataset
     ) -> dict[str, Any]:
         md: dict[str, Any] = {
             "partitions": len(summary),
             "rows": sum(int(s.get("rows", 0)) for s in summary.values()),
+            COLUMN_SCHEMA_KEY: column_schema(dataset),
         }
         if len(summary) == 1:
-            s, data = next(iter(summary.values())), next(iter(by_key.values()))
-            md["status"] = s["status"]
-            if data.table is not None:
-                md["path"] = MetadataValue.path(s["path"])
-                md["content_hash"] = s["content_hash"]
-                md["rewritten"] = s["rewritten"]
-                if "watermark" in s:
-                    md["watermark"] = s["watermark"]
-                md["null_count_per_column"] = MetadataValue.json(_null_counts(data.table))
-            else:
-                md["message"] = str(data.message)
-            md["provenance"] = MetadataValue.json(json.loads(json.dumps(data.provenance.to_json(), default=str)))
-            md["sources"] = MetadataValue.json(data.provenance.summaries())
-            live = data.provenance.to_json().get("live")
-            if isinstance(live, Mapping) and live.get("covered") is not None:
-                # The live collector's covered minutes, per stream family, as [first, end) ranges.
-                md["live_coverage"] = MetadataValue.json(live["covered"])
-            weight = data.provenance.rest_weight()
-            if weight:
-                md["rest_weight"] = weight
-            if data.table is not None:
-                md["incomplete"] = bool(data.missing_streams)
-                md["missing_streams"] = MetadataValue.json(
-                    json.loads(json.dumps(list(data.missing_streams), default=str))
-                )
-            if data.source_gaps:
-                md["source_gaps"] = MetadataValue.json(json.loads(json.dumps(list(data.source_gaps), default=str)))
+            md.update(LakeIOManager._partition_metadata(next(iter(summary.values())), next(iter(by_key.values()))))
         else:
             md["per_partition"] = MetadataValue.json(json.loads(json.dumps(summary, default=str)))
+        return md
+
+    @staticmethod
+    def _partition_metadata(s: Mapping[str, Any], data: PartitionData) -> dict[str, Any]:
+        """What one partition's materialization says: its status and file, rows, sources, gaps."""
+        md: dict[str, Any] = {"status": s["status"], ROW_COUNT_KEY: int(s.get("rows", 0))}
+        if data.table is not None:
+            md["path"] = MetadataValue.path(s["path"])
+            md["content_hash"] = s["content_hash"]
+            md["rewritten"] = s["rewritten"]
+            if "watermark" in s:
+                md["watermark"] = s["watermark"]
+            md["null_count_per_column"] = MetadataValue.json(_null_counts(data.table))
+        else:
+            md["message"] = str(data.message)
+        md["provenance"] = MetadataValue.json(json.loads(json.dumps(data.provenance.to_json(), default=str)))
+        md["sources"] = MetadataValue.json(data.provenance.summaries())
+        live = data.provenance.to_json().get("live")
+        if isinstance(live, Mapping) and live.get("covered") is not None:
+            # The live collector's covered minutes, per stream family, as [first, end) ranges.
+            md["live_coverage"] = MetadataValue.json(live["covered"])
+        weight = data.provenance.rest_weight()
+        if weight:
+            md["rest_weight"] = weight
+        if data.table is not None:
+            md["incomplete"] = bool(data.missing_streams)
+            md["missing_streams"] = MetadataValue.json(json.loads(json.dumps(list(data.missing_streams), default=str)))
+        if data.source_gaps:
+            md["source_gaps"] = MetadataValue.json(json.loads(json.dumps(list(data.source_gaps), default=str)))
         return md
 
     def load_input(self, context: InputContext) -> dict[str, PartitionData]:

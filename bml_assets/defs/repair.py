@@ -94,6 +94,7 @@ from bml_assets.defs.resources import LakeResource, LedgerResource, RestResource
 from bml_assets.domain.partitions import partition_key
 from bml_assets.domain.schema import DATASETS, HOT_SNAPSHOTS, LIVE_1M
 from bml_assets.domain.streams import Stream
+from bml_assets.lake.cache_policy import EvictionPlan, eviction_plan
 from bml_assets.lake.commit import refresh_file_stat, sweep_temp_files
 from bml_assets.lake.lake import Lake
 from bml_assets.lake.ledger import Ledger
@@ -106,7 +107,14 @@ from bml_assets.lake.scan import (
     outside_strays,
     scan,
 )
-from bml_assets.sources.vision import VISION_TEMP_STALE_S, NotPublished, VisionClient, stale_cache_files
+from bml_assets.sources.vision import (
+    VISION_TEMP_STALE_S,
+    NotPublished,
+    VisionClient,
+    cached_zips,
+    evict_cached,
+    stale_cache_files,
+)
 from bml_assets.storage.store import local_stat
 
 REPAIR_TAG: Final = "bml/repair"
@@ -236,6 +244,28 @@ def sweep(
     return done
 
 
+def trim_vision_cache(cache_dir: Path, ledger: Ledger, *, max_bytes: int, now: dt.datetime) -> EvictionPlan:
+    """Bring the Vision cache within ``max_bytes``: the zips ``lake.cache_policy`` names go,
+    least recently used first (one used since the plan is kept). Returns the plan, its
+    ``evict`` reduced to what was removed."""
+    plan = eviction_plan(cached_zips(cache_dir), ledger, max_bytes=max_bytes, now=now.timestamp())
+    plan.evict = [z for z in plan.evict if evict_cached(z, unused_since=z.last_used)]
+    return plan
+
+
+def trim_summary(plan: EvictionPlan) -> str:
+    mib = 1 << 20
+    return (
+        f"Vision cache: evicted {len(plan.evict)} file(s), {plan.evict_bytes / mib:.1f} MiB; "
+        f"{plan.bytes_after / mib:.1f} MiB of {plan.max_bytes / mib:.1f} MiB left"
+        + (
+            f" ({plan.needed_bytes / mib:.1f} MiB still needed by uncommitted or incomplete partitions)"
+            if plan.bytes_after > plan.max_bytes
+            else ""
+        )
+    )
+
+
 def exchange_today(rest: RestResource) -> dt.date:
     """Today (UTC) by the exchange's clock, as the other sensors see it; the local
     clock when the exchange cannot be asked (the scan then judges by the host)."""
@@ -327,6 +357,12 @@ def window_buckets(start: dt.date, last: dt.date, window_start: dt.date, window_
     return [b for i, b in enumerate(CACHE_BUCKETS) if i % windows == index % windows]
 
 
+def earliest_committed_day(ledger: Ledger) -> dt.date | None:
+    """The first day of any committed minute view: where a cautious repair walk starts."""
+    days = [r.day for r in ledger.partitions(dataset="minute", status="committed")]
+    return min(days) if days else None
+
+
 def _host_now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
@@ -341,18 +377,30 @@ def build_repair_sensor(
     listing_dates: ListingDates | None = None,
     today: TodayFn | None = None,
     clock: ClockFn | None = None,
+    cache_max_bytes: int | None = None,
+    cautious: bool = False,
 ) -> SensorDefinition:
     """The ``repair_sensor`` over ``symbols`` from ``start`` to yesterday (see the module doc).
 
     ``today`` (tests) replaces the exchange's clock; ``clock`` (tests) this host's, which
     judges the incomplete backoff (``committed_at`` is the host's too) and the age of
     Vision cache files; ``listing_dates`` (a mapping, or a callable of the ledger asked
-    once per tick) spares the days before a symbol's listing.
+    once per tick) spares the days before a symbol's listing; ``cache_max_bytes``: the Vision
+    cache is trimmed to it each tick (``trim_vision_cache``; None: never). ``cautious`` (the real
+    exchange and no explicit ``BML_START_DATE``): the walk starts at the earliest committed day,
+    not at ``start``, and with nothing committed it requests nothing and says why.
     """
     if max_runs_per_tick < 1 or window_days < 1:
         raise ValueError("max_runs_per_tick and window_days must be at least 1")
+    initial_start = start
     today_of = today or exchange_today
     now_of = clock or _host_now
+    first = (
+        "from the earliest day already committed (nothing until a partition is; set BML_START_DATE "
+        f"to repair from a date: the default {start.isoformat()} against the real exchange would download years)"
+        if cautious
+        else f"from {start.isoformat()}"
+    )
 
     @sensor(
         name="repair_sensor",
@@ -362,7 +410,9 @@ def build_repair_sensor(
         description=(
             f"Walks the lake {window_days} days per tick, checking the ledger against the files, and rebuilds "
             f"partitions of any dataset that are missing, damaged, outdated or incomplete (at most "
-            f"{max_runs_per_tick} per tick; incomplete ones with a backoff), and sweeps stray temporary files."
+            f"{max_runs_per_tick} per tick; incomplete ones with a backoff), {first} to yesterday, and sweeps "
+            "stray temporary files"
+            + (" and trims the Vision cache to BML_VISION_CACHE_MAX_BYTES." if cache_max_bytes is not None else ".")
         ),
     )
     def repair_sensor(
@@ -372,6 +422,16 @@ def build_repair_sensor(
         vision: VisionResource,
         rest: RestResource,
     ):
+        start = initial_start
+        if cautious:
+            earliest = earliest_committed_day(ledger.ledger())
+            if earliest is None:
+                yield SkipReason(
+                    "nothing committed yet and BML_START_DATE not set: not downloading from "
+                    f"{initial_start.isoformat()}; set BML_START_DATE or materialize a partition first"
+                )
+                return
+            start = max(initial_start, earliest)
         yesterday = today_of(rest) - dt.timedelta(days=1)
         if yesterday < start:
             context.update_cursor(RepairCursor(start).dump())
@@ -409,6 +469,10 @@ def build_repair_sensor(
         )
         if swept.removed or swept.left or swept.restated:
             context.log.info(f"repair: {swept.summary()}")
+        if cache_max_bytes is not None:
+            trimmed = trim_vision_cache(Path(vision.cache_dir), the_ledger, max_bytes=cache_max_bytes, now=now)
+            if trimmed.evict or trimmed.bytes_after > cache_max_bytes:
+                context.log.info(f"repair: {trim_summary(trimmed)}")
         # Damaged files anywhere in the lake come first: the whole-lake pass is one lean
         # ledger read and a stat per file, so a deleted or truncated file is requested by
         # the next tick, not when the walk reaches its window.

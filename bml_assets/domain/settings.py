@@ -32,6 +32,11 @@ SYMBOL_PATTERN = re.compile(r"^[A-Z0-9]{2,20}$")
 # refuses a zip bomb (a 16 MB zip unpacking to 2 GB) long before it fills memory or
 # disk. A genuine file over it is reported with this variable's name.
 DEFAULT_VISION_MAX_CSV_BYTES = 1536 << 20
+# The Vision cache's size bound (BML_VISION_CACHE_MAX_BYTES). A verified zip is only needed
+# again to rebuild its partition, and a committed one is rebuilt rarely; every zip kept
+# costs ~15x its partition's parquet (bench/results.md). 2 GiB holds a few hundred
+# partition-days of busy symbols, enough for the backfill in flight and the repairs after.
+DEFAULT_VISION_CACHE_MAX_BYTES = 2 << 30
 # A combined-stream connection carries at most 1024 streams; the market one has three per
 # symbol (aggTrade, markPrice@1s, forceOrder), so 341 symbols at most per shard.
 LIVE_MAX_SHARD_SIZE = 1024 // 3
@@ -122,6 +127,8 @@ class Settings:
     max_ffill_minutes: int = 60
     rest_weight_budget: int = 1800
     vision_max_csv_bytes: int = DEFAULT_VISION_MAX_CSV_BYTES
+    # Bytes of verified Vision zips kept; beyond it, zips of committed partitions go, least recently used first.
+    vision_cache_max_bytes: int = DEFAULT_VISION_CACHE_MAX_BYTES
     # Symbols per pair of live connections (``bml live-collect``): see LIVE_MAX_SHARD_SIZE.
     live_shard_size: int = 50
     # A live connection is replaced after this long: the exchange cuts it at 24 h.
@@ -180,6 +187,7 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "max_ffill_minutes": _whole(0),
     "rest_weight_budget": _whole(1),
     "vision_max_csv_bytes": _whole(1),
+    "vision_cache_max_bytes": _whole(0),
     "live_shard_size": _whole(1, LIVE_MAX_SHARD_SIZE),
     "live_rotate_seconds": _whole(LIVE_MIN_ROTATE_SECONDS, LIVE_MAX_ROTATE_SECONDS),
 }

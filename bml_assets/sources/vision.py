@@ -3,7 +3,9 @@
 What belongs here: the exchange's facts about Vision files (streams, path layout,
 which streams are daily or monthly, publication quirks), building a file's URL,
 fetching its ``.CHECKSUM``, downloading and verifying the zip against it, and the
-local content-addressed cache of verified zips (SPEC §4).
+local content-addressed cache of verified zips (SPEC §4): its entries with their
+size and last use (``cached_zips``) and the removal of one (``evict_cached``). Which
+entries may go is decided above, from the ledger (``lake/cache_policy.py``).
 
 What stays out: HTTP mechanics (retries, backoff, error texts live in
 ``http.py``), reading the CSV inside a zip (``vision_csv.py``), and any decision
@@ -327,6 +329,10 @@ class VisionClient:
             return None
         size = path.stat().st_size
         fetched_at = self._read_fetched_at(entry / f"{sha256}.json")
+        if fetched_at is not None:
+            # The sidecar's mtime is the entry's last use: eviction goes least recently used first.
+            with contextlib.suppress(OSError):
+                os.utime(entry / f"{sha256}.json")
         if fetched_at is None:
             # The zip was renamed in but the sidecar never written (crash between the two).
             fetched_at = datetime.fromtimestamp(path.stat().st_mtime, UTC)
@@ -403,3 +409,67 @@ def cache_temp_files(cache_dir: Path, buckets: Iterable[str] | None = None) -> l
                 continue
             found += [root / bucket / entry / f for f in files if f.startswith(".") and f.endswith(".part")]
     return sorted(found)
+
+
+@dataclass(frozen=True)
+class CachedZip:
+    """One verified zip in the cache: its (redacted) URL and sha256 from the sidecar, its size,
+    and when it was last used (the sidecar's mtime: written at download, touched on every hit)."""
+
+    path: Path
+    url: str
+    sha256: str
+    bytes: int
+    last_used: float  # seconds since the epoch
+
+
+def cached_zips(cache_dir: Path) -> list[CachedZip]:
+    """Every verified zip of the cache, least recently used first. An entry without a readable
+    sidecar (a crash between the two renames) is listed with an empty URL: no ledger row can
+    name it, so no policy evicts it; the next hit rewrites its sidecar."""
+    root = Path(cache_dir)
+    found: list[CachedZip] = []
+    for bucket in sorted(os.listdir(root)) if root.is_dir() else []:
+        try:
+            entries = os.listdir(root / bucket)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for entry in entries:
+            folder = root / bucket / entry
+            try:
+                names = os.listdir(folder)
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            for name in names:
+                if name.startswith(".") or not name.endswith(".zip"):
+                    continue
+                zip_stat = local_stat(folder / name)
+                if zip_stat is None:
+                    continue
+                sha256 = name[: -len(".zip")]
+                sidecar = folder / f"{sha256}.json"
+                url, used = "", zip_stat.mtime_ns / 1e9
+                try:
+                    url = str(json.loads(sidecar.read_text(encoding="utf-8"))["url"])
+                    used = sidecar.stat().st_mtime
+                except (OSError, ValueError, KeyError, TypeError):
+                    pass
+                found.append(CachedZip(folder / name, url, sha256, zip_stat.size, used))
+    return sorted(found, key=lambda z: (z.last_used, str(z.path)))
+
+
+def evict_cached(zip_: CachedZip, *, unused_since: float) -> bool:
+    """Remove one cache entry (zip and sidecar) unless it was used after ``unused_since``
+    (seconds since the epoch): a fetch that hit it since the plan keeps it. A reader that
+    already opened the zip keeps reading it (POSIX unlink). True when removed."""
+    sidecar = zip_.path.with_suffix(".json")
+    try:
+        if sidecar.stat().st_mtime > unused_since:
+            return False
+    except FileNotFoundError:
+        pass
+    zip_.path.unlink(missing_ok=True)
+    sidecar.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        zip_.path.parent.rmdir()  # the URL's folder, once empty
+    return True

@@ -1,0 +1,66 @@
+"""What Dagster's UI reads from a materialization: ``dagster/row_count`` and
+``dagster/column_schema`` from the registry, per partition even in a ranged run; and a
+normal absence (a past day's hot snapshots) logged as INFO, not as a WARNING."""
+
+from __future__ import annotations
+
+import logging
+
+import pyarrow.parquet as pq
+from dagster import TableSchema
+
+from bml_assets.definitions import MINUTE_VIEW_JOB
+from bml_assets.domain.partitions import partition_key
+from bml_assets.domain.schema import HOT_SNAPSHOTS, MINUTE_VIEW, TRADE_FLOW
+from bml_assets_tests.integration.conftest import DAY, Lake
+
+RANGE_START_TAG = "dagster/asset_partition_range_start"
+RANGE_END_TAG = "dagster/asset_partition_range_end"
+
+
+def _schema_columns(schema: TableSchema) -> list[tuple[str, str, bool]]:
+    return [(c.name, c.type, c.constraints.nullable) for c in schema.columns]
+
+
+def test_single_partition_carries_row_count_and_column_schema(lake: Lake) -> None:
+    result = lake.materialize("BTCUSDT", DAY)
+    assert result.success
+    by_asset = {e.asset_key.to_user_string(): e for e in result.get_asset_materialization_events()}
+    view = by_asset["minute_view"].materialization.metadata
+    assert view["dagster/row_count"].value == 1440
+    schema = view["dagster/column_schema"].schema
+    assert len(schema.columns) == 58
+    assert schema.columns[0].name == MINUTE_VIEW.columns[0].name
+    assert ("timestamp", "timestamp[ms, tz=UTC]", False) in _schema_columns(schema)
+    assert ("close", "double", True) in _schema_columns(schema)
+    # Every table, not only the view: the stream tables say theirs.
+    trade = by_asset[TRADE_FLOW.name].materialization.metadata
+    # Minutes without a trade have no row here: the count is the committed file's.
+    assert trade["dagster/row_count"].value == pq.read_metadata(str(trade["path"].value)).num_rows < 1440
+    assert [c.name for c in trade["dagster/column_schema"].schema.columns] == TRADE_FLOW.column_names
+    # The hot snapshots of a past day do not exist: normal, so INFO, and no warning at all about it.
+    records = lake.instance.all_logs(result.run_id)
+    about_snapshots = [r for r in records if r.user_message.startswith(f"{HOT_SNAPSHOTS.name} ")]
+    assert about_snapshots and all(r.level == logging.INFO for r in about_snapshots), [
+        (r.level, r.user_message) for r in about_snapshots
+    ]
+
+
+def test_ranged_run_scopes_row_count_to_each_partition(lake: Lake) -> None:
+    job = lake.defs.resolve_job_def(MINUTE_VIEW_JOB)
+    first, last = partition_key("BTCUSDT", DAY), partition_key("ETHUSDT", DAY)
+    result = job.execute_in_process(
+        instance=lake.instance, raise_on_error=False, tags={RANGE_START_TAG: first, RANGE_END_TAG: last}
+    )
+    assert result.success
+    views = {
+        str(e.partition): e.materialization.metadata
+        for e in result.get_asset_materialization_events()
+        if e.asset_key.to_user_string() == "minute_view"
+    }
+    assert set(views) == {first, last}
+    for key, md in views.items():
+        assert md["dagster/row_count"].value == 1440, key
+        assert md["partitions"].value == 2 and md["rows"].value == 2880
+        assert key.split("|")[1] in str(md["path"].value)
+        assert len(md["dagster/column_schema"].schema.columns) == 58
