@@ -145,7 +145,7 @@ _CONNECTION_REFUSED = re.compile(r"Connection refused|ConnectionRefusedError|\[E
 _GET_URL = re.compile(r"GET (\S+) failed")
 _NO_SPACE = re.compile(r"No space left on device(?:: '([^']+)')?")
 _BANNED = re.compile(r"(\S+) has banned this IP .* until (\S+ \S+ UTC)")
-_CHECKSUM = re.compile(r"(checksum mismatch for \S+)")
+_CHECKSUM = re.compile(r"(checksum mismatch for \S+?):?(?:\s|$)")
 
 
 def plain_cause(message: str) -> str:
