@@ -186,6 +186,12 @@ def execute_plan(
 
         import multiprocessing
 
+        from bml_assets.orchestration.runner import dagster_instance
+
+        # Created here, once: workers opening a new SQLite instance at the same moment both
+        # stamp its schema version, and the instance cannot be opened again.
+        with dagster_instance(settings):
+            pass
         pool = ProcessPoolExecutor(
             max_workers=min(workers, len(batches)),
             mp_context=multiprocessing.get_context("spawn"),  # no fork of a process holding Dagster's threads
