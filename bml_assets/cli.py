@@ -593,6 +593,20 @@ def _backfill_options(fn: F) -> F:
                 show_default=True,
                 help="Days scanned per step and built per symbol before the next symbol.",
             ),
+            click.option(
+                "--workers",
+                type=click.IntRange(min=1),
+                default=None,
+                help="Runs at once, each in a worker process [default: this machine's cores].",
+            ),
+            click.option(
+                "--partitions-per-run",
+                type=click.IntRange(min=1),
+                default=30,
+                show_default=True,
+                help="Days of one symbol built in one Dagster run (1: a run per partition, the old way).",
+            ),
+            click.option("--verbose", "-v", is_flag=True, help="Print the full error chain of a failed partition."),
         ]
     ):
         fn = option(fn)
@@ -611,7 +625,8 @@ class _BackfillScreen:
     """Shows a backfill's events: notes, the plan and the summary on stdout; the scan's and the
     build's progress on stderr (a bar on a terminal; else one line, and a line per partition)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, verbose: bool = False) -> None:
+        self.verbose = verbose
         self._bar_scope = contextlib.ExitStack()
         self._bar: Any = None
         self.exit_code = 0
@@ -647,18 +662,55 @@ class _BackfillScreen:
         self._bar.update(1, event.span)
 
     def _building(self, event: Any) -> None:
-        count = len(event.plan.partitions)
-        self._open(length=count, label=f"building {count} partition(s)", show_pos=True, item_show_func=_outcome_label)
+        import time
+
+        self._bar_scope.close()
+        self._total, self._done, self._began = len(event.plan.partitions), 0, time.monotonic()
+        if _live_bar():
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            progress = Progress(
+                TextColumn("building"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]}"),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[last]}"),
+                console=Console(stderr=True),
+            )
+            self._bar = self._bar_scope.enter_context(progress)
+            self._task = progress.add_task("building", total=self._total, rate="", last="")
+        else:
+            click.echo(f"building {self._total} partition(s) …", err=True)
+
+    def _rate(self) -> tuple[str, str]:
+        """Partitions per minute so far and the time left at that rate."""
+        import time
+
+        elapsed = time.monotonic() - self._began
+        if not self._done or elapsed <= 0:
+            return "", ""
+        per_min = self._done / elapsed * 60
+        left = (self._total - self._done) / per_min * 60
+        return f"{per_min:.1f} partitions/min", f"ETA {dt.timedelta(seconds=round(left))}"
 
     def _built(self, outcome: Any) -> None:
-        self._bar.update(1, outcome)
-        if not _live_bar():
+        self._done += 1
+        rate, eta = self._rate()
+        if _live_bar():
+            self._bar.update(self._task, advance=1, rate=rate, last=_outcome_label(outcome))
+        else:
             state = "ok" if outcome.ok else "FAILED"
             what = "written" if outcome.rewritten else "unchanged"
             click.echo(
-                f"  {outcome.symbol:<12} {outcome.day.isoformat()}  {state:<6} "
-                f"{outcome.status:<13} {what:<9} {outcome.seconds:5.1f} s"
+                f"[{self._done}/{self._total}] {outcome.symbol:<12} {outcome.day.isoformat()}  {state:<6} "
+                f"{outcome.status:<13} {what:<9} {outcome.seconds:5.1f} s  {rate}, {eta}"
             )
+        if not outcome.ok:
+            click.echo(f"FAILED {outcome.symbol} {outcome.day.isoformat()}: {outcome.error}", err=True)
+            if self.verbose and outcome.detail:
+                click.echo(outcome.detail, err=True)
 
     def _interrupted(self, event: Any) -> None:
         click.echo(
@@ -686,6 +738,9 @@ def _run_backfill(
     max_missing_hours: int | None,
     dry_run: bool,
     chunk_days: int,
+    workers: int | None = None,
+    partitions_per_run: int = 30,
+    verbose: bool = False,
 ) -> None:
     from bml_assets.orchestration.backfill import run_backfill
 
@@ -697,8 +752,10 @@ def _run_backfill(
         max_missing_hours=max_missing_hours,
         chunk_days=chunk_days,
         dry_run=dry_run,
+        workers=workers,
+        partitions_per_run=partitions_per_run,
     )
-    with _BackfillScreen() as screen:
+    with _BackfillScreen(verbose=verbose) as screen:
         for event in events:
             screen.show(event)
     sys.exit(screen.exit_code)
@@ -716,18 +773,26 @@ def backfill_range(
     max_missing_hours: int | None,
     dry_run: bool,
     chunk_days: int,
+    workers: int | None,
+    partitions_per_run: int,
+    verbose: bool,
 ) -> None:
     """Scan the range, rebuild every partition the scan finds wrong or missing, scan again.
 
     Every dataset is scanned; a damaged stream table is rebuilt with its day. Partitions
-    are built through the real definitions (minute_view_job, in-process, one run per
-    partition; in the DAGSTER_HOME instance when it is set). Days a symbol was not listed
+    are built through the real definitions (minute_view_job): ranged runs of up to
+    --partitions-per-run days of one symbol, --workers of them at once, in the one
+    persistent Dagster instance (DAGSTER_HOME when set, else BML_LAKE_ROOT/_dagster, the
+    instance `bml run-daemon` serves), so the UI shows them; committed partitions the
+    ledger has and Dagster does not are reported to it. Days a symbol was not listed
     are skipped. Stray temporary files the scan finds are swept first (as `bml scan
     --sweep` does; not in a --dry-run). An incomplete partition is rebuilt at once (the
     repair sensor's backoff is for its own retries) and stays a problem while a fillable
     stream is still missing. Exit 0 only when the final scan is clean.
     """
-    _run_backfill(start, end, symbols_text, max_missing_hours, dry_run, chunk_days)
+    _run_backfill(
+        start, end, symbols_text, max_missing_hours, dry_run, chunk_days, workers, partitions_per_run, verbose
+    )
 
 
 @main.command("backfill-years")
@@ -735,14 +800,23 @@ def backfill_range(
 @_backfill_options
 @_guarded
 def backfill_years(
-    years: int, symbols_text: str | None, max_missing_hours: int | None, dry_run: bool, chunk_days: int
+    years: int,
+    symbols_text: str | None,
+    max_missing_hours: int | None,
+    dry_run: bool,
+    chunk_days: int,
+    workers: int | None,
+    partitions_per_run: int,
+    verbose: bool,
 ) -> None:
     """backfill-range from N years before yesterday to yesterday."""
     from bml_assets.orchestration.plan import years_back
 
     start, end = years_back(years)
     click.echo(f"range: {start.isoformat()}..{end.isoformat()}")
-    _run_backfill(start, end, symbols_text, max_missing_hours, dry_run, chunk_days)
+    _run_backfill(
+        start, end, symbols_text, max_missing_hours, dry_run, chunk_days, workers, partitions_per_run, verbose
+    )
 
 
 # --------------------------------------------------------------------------- live collector

@@ -5,9 +5,14 @@ and ``backfill-years``, as a stream of events the caller shows: check the range,
 open the workspace, keep the symbols that traded in it, scan it chunk by chunk
 (``scans.py``, every dataset), sweep the stray temporary files the scan found
 (not in a dry run), plan (``plan.py``), execute the plan with the real
-``MINUTE_VIEW_JOB`` through the run helper (``runner.py``, one run per partition; a
-failed partition does not stop the others), scan again, and end with what remains.
-Also ``execute_plan`` on its own and the summary's text.
+``MINUTE_VIEW_JOB`` through the run helper (``runner.py``): ranged runs of one
+symbol's consecutive days (``run_batches``), ``workers`` of them at once in worker
+processes, each opening the same persistent Dagster instance; a ranged run that
+fails is run again partition by partition, so a failed partition names its own
+cause and does not stop the others. Then report to Dagster, as runless
+materializations, the partitions the ledger has and Dagster does not (one state:
+the UI shows what the lake holds), scan again, and end with what remains. Also
+``execute_plan`` on its own and the summary's text.
 
 What stays out: progress bars, printing and exit codes (``cli.py``), what counts
 as a problem (``lake/scan.py``), which partitions repair what (``defs/repair.py``),
@@ -19,10 +24,13 @@ bytes did not change is not rewritten (same content hash).
 from __future__ import annotations
 
 import datetime as dt
+import os
 import time
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Generator, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from bml_assets.domain.schema import MINUTE_VIEW
@@ -32,18 +40,22 @@ from bml_assets.lake.ledger import Ledger
 from bml_assets.orchestration.plan import (
     DEFAULT_CHUNK_DAYS,
     BackfillPlan,
+    Target,
     chunks,
     plan_backfill,
+    run_batches,
     symbols_in_range,
     targets_from_reports,
     unplanned_problems,
 )
-from bml_assets.orchestration.runner import PartitionRunner, in_process
+from bml_assets.orchestration.runner import PartitionRunner, RunOutcome, in_process
 from bml_assets.orchestration.scans import cache_strays, check_range, remaining_problems, scan_span, sweep_strays
 from bml_assets.orchestration.state import Workspace, open_workspace, utc_today
 
-# Tag of the runs a backfill launches (visible in the UI with DAGSTER_HOME set).
+# Tag of the runs a backfill launches (visible in the UI).
 BACKFILL_TAG = "bml/backfill"
+# Days of one symbol per run (the assets' multi_run backfill policy uses the same number).
+PARTITIONS_PER_RUN = 30
 UNIVERSE_NOT_SYNCED = (
     "note: the symbol universe is not synced (`bml symbols sync`): listing dates are unknown, "
     "days before a listing are found out by the build and recorded as not listed"
@@ -61,6 +73,7 @@ class PartitionOutcome:
     rewritten: bool  # the file's bytes changed (written anew, or repaired)
     seconds: float
     error: str | None = None
+    detail: str | None = field(default=None, compare=False)  # the whole error chain (``--verbose``)
 
 
 def _file_hash(lake: Lake, symbol: str, day: dt.date) -> str | None:
@@ -70,45 +83,192 @@ def _file_hash(lake: Lake, symbol: str, day: dt.date) -> str | None:
         return None
 
 
-def execute_plan(
-    plan: BackfillPlan, settings: Settings, *, tag: str | None = None, runner: PartitionRunner | None = None
-) -> Iterator[PartitionOutcome]:
-    """Run ``MINUTE_VIEW_JOB`` in-process for each planned partition, in order; yield each outcome.
+def _run_batch(runner: PartitionRunner, batch: Sequence[Target], tags: Mapping[str, str]) -> list[RunOutcome]:
+    """Run one batch (one symbol's consecutive days): one ranged run when the runner can and
+    the batch has several days; when that run fails (not interrupted), each day again on its
+    own, so each failure names its own cause and the good days are built. One outcome per day."""
+    run_range = getattr(runner, "run_range", None)
+    if len(batch) > 1 and run_range is not None:
+        outcome = run_range(batch[0].symbol, batch[0].day, batch[-1].day, tags)
+        if outcome.ok or outcome.interrupted:
+            return [outcome] * len(batch)
+    outcomes: list[RunOutcome] = []
+    for target in batch:
+        outcomes.append(runner.run(target.symbol, target.day, tags))
+        if outcomes[-1].interrupted:
+            break
+    return outcomes
 
-    ``runner``: the run helper to use (default: ``runner.in_process`` over the real
-    definitions). A failed partition (run failure or exception) is reported and the
-    next one runs. An interrupt (Ctrl-C) stops the plan: the interrupted partition is
-    yielded as failed, then ``KeyboardInterrupt`` is raised. Committed partitions
-    stay; a re-run goes on.
+
+# The run helper of a worker process, opened once by ``_worker_start``.
+_WORKER: dict[str, Any] = {}
+
+
+def _worker_start(settings: Settings, symbols: tuple[str, ...], first_day: dt.date) -> None:
+    import warnings
+
+    from bml_assets.definitions import MINUTE_VIEW_JOB
+
+    warnings.filterwarnings("ignore", message=r".*is currently in (beta|preview)")
+    stack = ExitStack()
+    _WORKER["runner"] = stack.enter_context(in_process(settings, MINUTE_VIEW_JOB, symbols=symbols, first_day=first_day))
+    _WORKER["stack"] = stack  # closed when the process ends
+
+
+def _worker_run(batch: tuple[Target, ...], tags: dict[str, str]) -> list[RunOutcome]:
+    try:
+        return _run_batch(_WORKER["runner"], batch, tags)
+    except KeyboardInterrupt:
+        return [RunOutcome(False, 1, "interrupted", interrupted=True)]
+
+
+def execute_plan(
+    plan: BackfillPlan,
+    settings: Settings,
+    *,
+    tag: str | None = None,
+    runner: PartitionRunner | None = None,
+    workers: int = 1,
+    partitions_per_run: int = PARTITIONS_PER_RUN,
+) -> Iterator[PartitionOutcome]:
+    """Run ``MINUTE_VIEW_JOB`` for the planned partitions; yield each outcome as its run ends.
+
+    The plan is cut into runs of one symbol's consecutive days (``run_batches``: at most
+    ``partitions_per_run``; 1 is a run per partition). ``workers`` > 1 runs that many at
+    once, each in a worker process of its own with the real definitions and the persistent
+    instance (``runner`` must then be None); else they run here, through ``runner``
+    (default: ``runner.in_process`` over the real definitions). A failed partition is
+    reported and the others run. An interrupt (Ctrl-C) stops the plan: the interrupted
+    partitions are yielded as failed, then ``KeyboardInterrupt`` is raised. Committed
+    partitions stay; a re-run goes on.
     """
     if not plan.partitions:
         return
+    if workers > 1 and runner is not None:
+        raise ValueError("a runner of this process cannot be shared by worker processes: pass workers=1")
     tags = {BACKFILL_TAG: tag or f"{plan.start.isoformat()}..{plan.end.isoformat()}"}
+    batches = run_batches(plan.partitions, per_run=partitions_per_run, workers=workers)
+    lake = Lake.at(settings.lake_root)
     with ExitStack() as stack:
-        if runner is None:
-            from bml_assets.definitions import MINUTE_VIEW_JOB
-
-            runner = stack.enter_context(
-                in_process(settings, MINUTE_VIEW_JOB, symbols=plan.symbols, first_day=plan.start)
-            )
-        lake = Lake.at(settings.lake_root)
         ledger = stack.enter_context(Ledger(settings.state_url))
-        for target in plan.partitions:
-            before = _file_hash(lake, target.symbol, target.day)
-            began = time.monotonic()
-            run = runner.run(target.symbol, target.day, tags)
-            after = ledger.get_partition(MINUTE_VIEW.name, target.symbol, target.day)
-            yield PartitionOutcome(
-                symbol=target.symbol,
-                day=target.day,
-                ok=run.ok,
-                status=after.status if after is not None else "missing",
-                rewritten=_file_hash(lake, target.symbol, target.day) not in (before, None),
-                seconds=time.monotonic() - began,
-                error="interrupted" if run.interrupted else run.error,
-            )
-            if run.interrupted:
+
+        def outcomes_of(batch: Sequence[Target], before: list[str | None], began: float, runs: list[RunOutcome]):
+            seconds = (time.monotonic() - began) / len(batch)  # a ranged run's time, shared by its days
+            for target, hash_before, run in zip(batch, before, runs, strict=False):
+                after = ledger.get_partition(MINUTE_VIEW.name, target.symbol, target.day)
+                yield PartitionOutcome(
+                    symbol=target.symbol,
+                    day=target.day,
+                    ok=run.ok,
+                    status=after.status if after is not None else "missing",
+                    rewritten=_file_hash(lake, target.symbol, target.day) not in (hash_before, None),
+                    seconds=seconds,
+                    error="interrupted" if run.interrupted else run.error,
+                    detail=run.detail,
+                )
+            if any(run.interrupted for run in runs) or len(runs) < len(batch):
                 raise KeyboardInterrupt
+
+        def hashes(batch: Sequence[Target]) -> list[str | None]:
+            return [_file_hash(lake, t.symbol, t.day) for t in batch]
+
+        if workers <= 1:
+            if runner is None:
+                from bml_assets.definitions import MINUTE_VIEW_JOB
+
+                runner = stack.enter_context(
+                    in_process(settings, MINUTE_VIEW_JOB, symbols=plan.symbols, first_day=plan.start)
+                )
+            for batch in batches:
+                before, began = hashes(batch), time.monotonic()
+                yield from outcomes_of(batch, before, began, _run_batch(runner, batch, tags))
+            return
+
+        import multiprocessing
+
+        from bml_assets.orchestration.runner import dagster_instance
+
+        # Created here, once: workers opening a new SQLite instance at the same moment both
+        # stamp its schema version, and the instance cannot be opened again.
+        with dagster_instance(settings):
+            pass
+        pool = ProcessPoolExecutor(
+            max_workers=min(workers, len(batches)),
+            mp_context=multiprocessing.get_context("spawn"),  # no fork of a process holding Dagster's threads
+            initializer=_worker_start,
+            initargs=(settings, plan.symbols, plan.start),
+        )
+        stack.callback(pool.shutdown, wait=True, cancel_futures=True)
+        pending: dict[Future[list[RunOutcome]], tuple[tuple[Target, ...], list[str | None], float]] = {}
+        for batch in batches:
+            pending[pool.submit(_worker_run, batch, tags)] = (batch, hashes(batch), time.monotonic())
+        try:
+            while pending:
+                done, _ = wait(pending, return_when="FIRST_COMPLETED")
+                for future in sorted(done, key=lambda f: pending[f][2]):
+                    batch, before, began = pending.pop(future)
+                    try:
+                        runs = future.result()
+                    except BrokenProcessPool as exc:
+                        runs = [RunOutcome(False, 0, f"the worker process died: {exc}")] * len(batch)
+                    yield from outcomes_of(batch, before, began, runs)
+        except KeyboardInterrupt:
+            for future in pending:
+                future.cancel()
+            raise
+
+
+def _asset_names() -> dict[str, str]:
+    """Dataset name → the asset that builds it (the minute view's asset has a name of its own)."""
+    from bml_assets.days.streams import STREAM_TABLES
+    from bml_assets.defs.assets.minute_view import ASSET_NAME
+
+    return {MINUTE_VIEW.name: ASSET_NAME, **{t.dataset.name: t.dataset.name for t in STREAM_TABLES}}
+
+
+def report_unknown_partitions(settings: Settings, symbols: Sequence[str], start: dt.date, end: dt.date) -> int:
+    """Report to the Dagster instance (``runner.dagster_instance``), as runless materializations,
+    every committed partition of ``symbols`` in ``start..end`` that the ledger has and Dagster
+    has no materialization of (built by an older backfill with another instance, or by the
+    live collector's rebuild): the UI then shows the lake as it is. Returns how many."""
+    from dagster import AssetKey, AssetMaterialization, MetadataValue
+
+    from bml_assets.domain.partitions import partition_key
+    from bml_assets.orchestration.runner import dagster_instance
+
+    names = _asset_names()
+    with Ledger(settings.state_url) as ledger:
+        rows = [
+            r
+            for r in ledger.partitions(symbols=symbols, start=start, end=end, status="committed")
+            if r.dataset in names
+        ]
+    if not rows:
+        return 0
+    reported = 0
+    with dagster_instance(settings) as instance:
+        known: dict[str, set[str]] = {}
+        for row in rows:
+            name = names[row.dataset]
+            if name not in known:
+                known[name] = set(instance.get_materialized_partitions(AssetKey(name)))
+            key = partition_key(row.symbol, row.day)
+            if key in known[name]:
+                continue
+            instance.report_runless_asset_event(
+                AssetMaterialization(
+                    asset_key=AssetKey(name),
+                    partition=key,
+                    description="committed in the lake's ledger (reported by bml backfill-range)",
+                    metadata={
+                        "path": MetadataValue.path(row.path or ""),
+                        "dagster/row_count": row.row_count or 0,
+                        "content_hash": row.content_hash or "",
+                    },
+                )
+            )
+            reported += 1
+    return reported
 
 
 def summary_lines(outcomes: Sequence[PartitionOutcome], remaining: Sequence[Any]) -> list[str]:
@@ -240,7 +400,11 @@ def _scan_chunks(
 
 
 def _build(
-    plan: BackfillPlan, settings: Settings, runner: PartitionRunner | None
+    plan: BackfillPlan,
+    settings: Settings,
+    runner: PartitionRunner | None,
+    workers: int,
+    partitions_per_run: int,
 ) -> Generator[BackfillEvent, None, list[PartitionOutcome] | None]:
     """Execute the plan, an event per partition; returns the outcomes, or None when interrupted."""
     outcomes: list[PartitionOutcome] = []
@@ -248,7 +412,9 @@ def _build(
         return outcomes
     yield Building(plan)
     try:
-        for outcome in execute_plan(plan, settings, runner=runner):
+        for outcome in execute_plan(
+            plan, settings, runner=runner, workers=workers, partitions_per_run=partitions_per_run
+        ):
             outcomes.append(outcome)
             yield outcome
     except KeyboardInterrupt:
@@ -268,11 +434,15 @@ def run_backfill(
     dry_run: bool = False,
     today: dt.date | None = None,
     runner: PartitionRunner | None = None,
+    workers: int | None = None,
+    partitions_per_run: int = PARTITIONS_PER_RUN,
 ) -> Iterator[BackfillEvent]:
     """Scan ``start..end``, rebuild every partition the scan finds wrong or missing, scan again.
 
     ``symbols``: default ``BML_SYMBOLS``; ``today``: default this machine's UTC date;
-    ``runner``: the run helper (default: the real definitions in-process). Errors a
+    ``runner``: the run helper (default: the real definitions in-process);
+    ``workers``: runs at once (default: this machine's cores; 1 with a ``runner``);
+    ``partitions_per_run``: days of one symbol per run (1: a run per partition). Errors a
     user can fix (``BadRequest``: a reversed range, one after today, an unknown
     symbol; ``CommandError``) are raised before any work. The last event is
     ``Finished`` (``clean`` says whether anything remains), or ``Interrupted`` when the
@@ -311,9 +481,14 @@ def run_backfill(
         if dry_run:
             yield Finished(plan, remaining=tuple(unplanned_problems(ws, reports, plan)), dry_run=True)
             return
-        outcomes = yield from _build(plan, settings, runner)
+        if workers is None:
+            workers = 1 if runner is not None else (os.cpu_count() or 1)
+        outcomes = yield from _build(plan, settings, runner, workers, partitions_per_run)
         if outcomes is None:
             return
+        reported = report_unknown_partitions(settings, scan_symbols, start, end) if runner is None else 0
+        if reported:
+            yield Note(f"reported {reported} partition(s) the ledger has and Dagster did not to Dagster")
         final = scan_span(ws, start, end, symbols=scan_symbols)
         yield Finished(plan, tuple(outcomes), tuple(remaining_problems(ws, [final])))
     finally:

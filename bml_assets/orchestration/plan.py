@@ -4,7 +4,8 @@ What belongs here: day ranges (``--years`` back from yesterday, chunks of a rang
 consecutive days folded for display), the symbols that traded in a range, the
 targets the scan reports ask for (``repair.py``'s targets of every dataset plus the
 days never built), and ``plan_backfill``: filter (range, symbols, listed days),
-order (chunk, symbol, day) and cap (``--max-missing-hours``), with the plan's text.
+order (chunk, symbol, day) and cap (``--max-missing-hours``), with the plan's text;
+``run_batches``: the plan cut into runs (one symbol's consecutive days each).
 
 What stays out: scanning (``scans.py``), running the plan (``backfill.py``), which
 problems repair what (``defs/repair.py``), and the listing rules (``symbols.py``).
@@ -246,3 +247,25 @@ def unplanned_problems(ws: Workspace, reports: Iterable[Any], plan: BackfillPlan
     """Problems on listed days that the plan does not rebuild (left out by the cap)."""
     planned = set(plan.keys)
     return [p for p in remaining_problems(ws, reports) if (p.symbol, p.day) not in planned]
+
+
+def run_batches(partitions: Sequence[Target], *, per_run: int, workers: int = 1) -> list[tuple[Target, ...]]:
+    """The partitions cut into runs, in plan order: each run is one symbol's consecutive
+    days, at most ``per_run`` of them, and no longer than needed to give each of ``workers``
+    parallel workers a run (30 days of one symbol on 2 workers: 2 runs of 15)."""
+    if per_run < 1 or workers < 1:
+        raise ValueError(f"per_run and workers must be at least 1, not {per_run} and {workers}")
+    size = max(1, min(per_run, -(-len(partitions) // workers)))
+    batches: list[list[Target]] = []
+    for t in partitions:
+        last = batches[-1][-1] if batches else None
+        if (
+            last is not None
+            and last.symbol == t.symbol
+            and t.day == last.day + dt.timedelta(days=1)
+            and len(batches[-1]) < size
+        ):
+            batches[-1].append(t)
+        else:
+            batches.append([t])
+    return [tuple(b) for b in batches]

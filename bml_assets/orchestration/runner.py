@@ -1,12 +1,15 @@
-"""The one in-process run helper: a job of the real definitions, run for one partition at a time.
+"""The one in-process run helper: a job of the real definitions, run for one partition or a range of days.
 
-What belongs here: the Dagster instance the runs go to, the resource and the
-definitions built from the ``Settings`` (with a partition set that covers what is
-asked), executing a job for a partition with tags, running it again when it only
-lost a commit race, and a run's end as a ``RunOutcome``: success, the number of
-runs, the failure as one line (the failed step and the innermost cause), whether
-the process was interrupted. The backfill (``backfill.py``) and the hot pass
-(``hot.py``) both run their partitions through it.
+What belongs here: the Dagster instance the runs go to (one state: ``DAGSTER_HOME``
+when set, else ``{BML_LAKE_ROOT}/_dagster``, the instance ``bml run-daemon`` serves),
+the resource and the definitions built from the ``Settings`` (with a partition set
+that covers what is asked), executing a job for a partition or for one symbol's
+consecutive days in one run (a ranged run, like the UI's ``multi_run`` backfill
+policy) with tags, running it again when it only lost a commit race, and a run's end
+as a ``RunOutcome``: success, the number of runs, the failure as one line a person
+can act on (the failed step and the root cause: ``plain_cause``), the whole error
+chain for ``--verbose``, whether the process was interrupted. The backfill
+(``backfill.py``) and the hot pass (``hot.py``) both run their partitions through it.
 
 What stays out: what to run and in which order (the callers), how a partition is
 built (the assets), and what an interrupt means to the caller (it decides whether
@@ -25,9 +28,12 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
+import shutil
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 from bml_assets.domain.partitions import partition_key
@@ -48,6 +54,8 @@ class RunOutcome:
     runs: int = 1  # more than one: earlier runs lost a commit race and were run again
     error: str | None = None  # one line: the failed step and its innermost cause, or the exception
     interrupted: bool = False  # the process was interrupted (Ctrl-C / SIGTERM) inside a step
+    # The whole error chain with its tracebacks (``--verbose``); not part of an outcome's identity.
+    detail: str | None = field(default=None, compare=False)
 
 
 class PartitionRunner(Protocol):
@@ -56,17 +64,38 @@ class PartitionRunner(Protocol):
     def run(self, symbol: str, day: dt.date, tags: Mapping[str, str]) -> RunOutcome: ...
 
 
+class RangeRunner(PartitionRunner, Protocol):
+    """Also runs a job for one symbol's consecutive days ``first..last`` in a single run."""
+
+    def run_range(self, symbol: str, first: dt.date, last: dt.date, tags: Mapping[str, str]) -> RunOutcome: ...
+
+
+# The instance settings shipped with the project (concurrency pools, run retries), copied
+# into a new home so that `dagster dev` and the CLI read the same ones.
+PROJECT_INSTANCE_YAML = Path(__file__).resolve().parents[2] / "dagster.yaml"
+LAKE_DAGSTER_DIR = "_dagster"
+
+
+def dagster_home(settings: Settings) -> Path:
+    """Where the one Dagster instance lives: ``DAGSTER_HOME`` when set, else
+    ``{BML_LAKE_ROOT}/_dagster`` (created, with the project's dagster.yaml when it has none)."""
+    # DAGSTER_HOME is Dagster's own variable, not a BML_* setting: read where the instance is opened.
+    home = Path(os.environ["DAGSTER_HOME"]) if os.environ.get("DAGSTER_HOME") else settings.lake_root / LAKE_DAGSTER_DIR
+    home = home.resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    if not (home / "dagster.yaml").exists() and PROJECT_INSTANCE_YAML.is_file():
+        shutil.copyfile(PROJECT_INSTANCE_YAML, home / "dagster.yaml")
+    return home
+
+
 @contextmanager
-def dagster_instance() -> Iterator[Any]:
-    """The instance of ``DAGSTER_HOME`` when it is set (runs then show in the UI), else an ephemeral one."""
+def dagster_instance(settings: Settings) -> Iterator[Any]:
+    """The persistent instance of ``dagster_home(settings)``: the runs show in the UI of
+    ``bml run-daemon`` / ``dagster dev`` with the same home."""
     from dagster import DagsterInstance
 
-    if os.environ.get("DAGSTER_HOME"):
-        with DagsterInstance.get() as instance:
-            yield instance
-    else:
-        with DagsterInstance.ephemeral() as instance:
-            yield instance
+    with DagsterInstance.from_config(str(dagster_home(settings))) as instance:
+        yield instance
 
 
 def _definitions(settings: Settings, symbols: Iterable[str], first_day: dt.date):
@@ -111,21 +140,57 @@ def _lost_commit_race(result: Any) -> bool:
     return True
 
 
+# Root causes a person can act on, found in the innermost error's text: (pattern, line).
+_CONNECTION_REFUSED = re.compile(r"Connection refused|ConnectionRefusedError|\[Errno 111\]")
+_GET_URL = re.compile(r"GET (\S+) failed")
+_NO_SPACE = re.compile(r"No space left on device(?:: '([^']+)')?")
+_BANNED = re.compile(r"(\S+) has banned this IP .* until (\S+ \S+ UTC)")
+_CHECKSUM = re.compile(r"(checksum mismatch for \S+?):?(?:\s|$)")
+
+
+def plain_cause(message: str) -> str:
+    """One line that names what went wrong and where: ``connection refused at <url>``,
+    ``HTTP 418 (banned) from <host> until <t>``, ``checksum mismatch for <url>``,
+    ``No space left on device``; else the message's first line."""
+    if _CONNECTION_REFUSED.search(message):
+        url = _GET_URL.search(message)
+        return f"connection refused at {url.group(1)}" if url else "connection refused"
+    if found := _NO_SPACE.search(message):
+        return f"No space left on device ({found.group(1)})" if found.group(1) else "No space left on device"
+    if found := _BANNED.search(message):
+        return f"HTTP 418 (banned) from {found.group(1)} until {found.group(2)}"
+    if found := _CHECKSUM.search(message):
+        return found.group(1)
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    return lines[0] if lines else "failed"
+
+
+def _chain(error: Any) -> Iterator[Any]:
+    """An error and its causes (``raise … from``) or, without one, its context, outermost first."""
+    while error is not None:
+        yield error
+        error = error.cause if error.cause is not None else getattr(error, "context", None)
+
+
 def _run_error(result: Any) -> str:
-    """The first failed step and the error that explains it: the innermost cause, not
-    Dagster's wrapper ("Error occurred while handling output …")."""
+    """The first failed step and the error that explains it: the root cause in plain words,
+    not Dagster's wrapper ("Error occurred while handling output …")."""
     failures = _failures(result)
     if not failures:
         return "run failed"
-    error = failures[0].step_failure_data.error
-    while error is not None and error.cause is not None:
-        error = error.cause
-    message = (error.message if error is not None else "step failed").strip()
-    return f"{failures[0].step_key}: {message}"
+    errors = list(_chain(failures[0].step_failure_data.error))
+    message = errors[-1].message if errors else "step failed"
+    return f"{failures[0].step_key}: {plain_cause(message)}"
+
+
+def _run_detail(result: Any) -> str:
+    """Every failed step's error chain with its tracebacks (what ``--verbose`` prints)."""
+    return "\n".join(f"{e.step_key}:\n{e.step_failure_data.error.to_string()}" for e in _failures(result))
 
 
 class InProcessRunner:
-    """``job`` executed in-process in ``instance``, one run per partition (a ``PartitionRunner``)."""
+    """``job`` executed in-process in ``instance``: one run per partition, or per range of one
+    symbol's days (a ``RangeRunner``)."""
 
     def __init__(self, job: Any, instance: Any) -> None:
         self._job = job
@@ -135,23 +200,44 @@ class InProcessRunner:
         """Run the job for the partition, again while it only lost commit races, at most
         ``MAX_RUN_ATTEMPTS`` runs. An exception becomes a failed outcome: one partition's
         crash must not stop the caller's other partitions."""
+        return self._execute(dict(tags), partition_key=partition_key(symbol, day))
+
+    def run_range(self, symbol: str, first: dt.date, last: dt.date, tags: Mapping[str, str]) -> RunOutcome:
+        """One run for ``symbol``'s days ``first..last`` (the range tags a single-run backfill
+        sets; the assets build ``context.partition_keys``); retried like ``run``."""
+        from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+
+        if first == last:
+            return self.run(symbol, first, tags)
+        ranged = {
+            **tags,
+            ASSET_PARTITION_RANGE_START_TAG: partition_key(symbol, first),
+            ASSET_PARTITION_RANGE_END_TAG: partition_key(symbol, last),
+        }
+        return self._execute(ranged, partition_key=None)
+
+    def _execute(self, tags: dict[str, str], *, partition_key: str | None) -> RunOutcome:
         runs = 0
         try:
             while True:
                 runs += 1
                 result = self._job.execute_in_process(
-                    partition_key=partition_key(symbol, day),
+                    partition_key=partition_key,
                     instance=self._instance,
                     raise_on_error=False,
                     run_config=RUN_CONFIG,
-                    tags=dict(tags),
+                    tags=tags,
                 )
                 if result.success:
                     return RunOutcome(True, runs)
                 if runs >= MAX_RUN_ATTEMPTS or not _lost_commit_race(result):
-                    return RunOutcome(False, runs, _run_error(result), _interrupted(result))
+                    return RunOutcome(False, runs, _run_error(result), _interrupted(result), _run_detail(result))
         except Exception as exc:
-            return RunOutcome(False, runs, f"{type(exc).__name__}: {exc}")
+            import traceback
+
+            return RunOutcome(
+                False, runs, f"{type(exc).__name__}: {plain_cause(str(exc))}", detail=traceback.format_exc()
+            )
 
 
 @contextmanager
@@ -159,7 +245,7 @@ def in_process(
     settings: Settings, job_name: str, *, symbols: Iterable[str], first_day: dt.date
 ) -> Iterator[InProcessRunner]:
     """A runner of the real definitions' ``job_name`` for ``symbols`` from ``first_day``, in
-    ``dagster_instance()``; the definitions' resources are built from ``settings``."""
+    ``dagster_instance(settings)``; the definitions' resources are built from ``settings``."""
     job = _definitions(settings, symbols, first_day).resolve_job_def(job_name)
-    with dagster_instance() as instance:
+    with dagster_instance(settings) as instance:
         yield InProcessRunner(job, instance)
