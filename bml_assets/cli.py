@@ -380,7 +380,8 @@ def run_once(symbols_text: str | None) -> None:
 @_guarded
 def run_daemon(host: str, port: int, workspace: Path | None, no_live: bool) -> None:
     """Run `dagster dev` (web UI + daemon: schedules and sensors) and the live collector for
-    BML_SYMBOLS beside it, with this environment; Ctrl-C stops both."""
+    BML_SYMBOLS beside it, with this environment; Ctrl-C stops both. The Dagster instance is
+    DAGSTER_HOME when set, else {BML_LAKE_ROOT}/_dagster: the one the bml commands use."""
     from bml_assets.orchestration import daemon
 
     # A bad BML_* value is reported here, not by a code server later.

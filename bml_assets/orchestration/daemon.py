@@ -31,6 +31,7 @@ from typing import Any, Final
 from bml_assets.domain.settings import Settings
 from bml_assets.lake.lake import Lake
 from bml_assets.orchestration.errors import CommandError
+from bml_assets.orchestration.runner import dagster_home
 from bml_assets.orchestration.state import check_lake
 
 # The repository's workspace file, when bml runs from a checkout.
@@ -51,6 +52,7 @@ class DaemonLaunch:
     command: tuple[str, ...]
     notes: tuple[str, ...] = ()  # for the user, before the start
     collector: tuple[str, ...] | None = None  # the live collector's command; None: not started
+    dagster_home: str | None = None  # the one instance, shared with the CLI (runner.dagster_home)
 
 
 def collector_command() -> tuple[str, ...]:
@@ -76,18 +78,14 @@ def daemon_launch(
     command = [str(executable), "dev", "--host", host, "--port", str(port)]
     found = workspace or next((p for p in (Path("workspace.yaml"), PROJECT_WORKSPACE) if p.is_file()), None)
     command += ["-w", str(found.resolve())] if found else ["-m", "bml_assets.definitions"]
-    notes = []
-    if not os.environ.get("DAGSTER_HOME"):
-        notes.append(
-            "note: DAGSTER_HOME is not set: runs and sensor state go to a temporary folder; set it (and copy "
-            "dagster.yaml there) to keep them"
-        )
+    home = dagster_home(settings)
+    notes = [f"Dagster instance: {home} (the one the bml commands use; DAGSTER_HOME overrides it)"]
     collector = collector_command() if live else None
     if collector is not None:
         notes.append(
             f"the live collector runs beside it for {','.join(settings.symbols)} (BML_SYMBOLS); --no-live leaves it out"
         )
-    return DaemonLaunch(tuple(command), tuple(notes), collector)
+    return DaemonLaunch(tuple(command), tuple(notes), collector, str(home))
 
 
 def run_daemon(launch: DaemonLaunch, report: Callable[[str], None] | None = None) -> int:
@@ -110,7 +108,10 @@ def run_daemon(launch: DaemonLaunch, report: Callable[[str], None] | None = None
 
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        children.append(subprocess.Popen(list(launch.command), env=os.environ.copy(), process_group=0))
+        env = os.environ.copy()
+        if launch.dagster_home is not None:
+            env["DAGSTER_HOME"] = launch.dagster_home
+        children.append(subprocess.Popen(list(launch.command), env=env, process_group=0))
         if received:  # asked to stop while it was starting
             children[0].send_signal(received[-1])
         elif supervisor is not None:

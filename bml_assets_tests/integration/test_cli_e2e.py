@@ -359,6 +359,9 @@ def test_run_daemon_serves_the_ui_and_stops_on_ctrl_c(bml: Bml) -> None:
     assert proc.returncode == 0, output
     assert f"--port {port}" in output and "workspace.yaml" in output
     assert "Dagster services shut down" in output
+    # The UI's instance is the one the bml commands use: under the lake root (no DAGSTER_HOME here).
+    home = Path(bml.env["BML_LAKE_ROOT"]).resolve() / "_dagster"
+    assert f"Dagster instance: {home}" in output and (home / "dagster.yaml").is_file()
     assert "live collector started (pid" in output and "live collector stopped (exit code 0)" in output
     assert "ended with exit code" not in output  # it never died on its own
     assert sorted(p.streams[0] for p in peers) == ["btcusdt@aggTrade", "btcusdt@depth@100ms"]
