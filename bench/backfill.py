@@ -240,9 +240,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "partitions_per_min": statistics.median(r["partitions_per_min"] for r in ranged),
             "wall": statistics.median(r["wall"] for r in ranged),
             "partitions": ranged[0]["partitions"],
-            # run_all.py's former fields: the whole command has no in-step/out-of-step split.
-            "orchestration_share": float("nan"),
-            "multiprocess": None,
             "loads": loads,
             "seconds": time.perf_counter() - started,
         }
