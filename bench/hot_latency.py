@@ -183,7 +183,9 @@ def watch(
             ledger.close()
         if first_commit is not None:
             deadline = min(deadline, first_commit + minutes * 60)
-        if backfill is not None:
+        if backfill is not None and first_commit is not None:
+            # Only once `dagster dev` is up: two processes creating the instance's storage at
+            # once break its schema migration.
             backfill.keep_going()
         time.sleep(0.25)
     return latencies
