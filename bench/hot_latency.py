@@ -86,7 +86,8 @@ def main() -> None:
         )
         backfill = Backfill(env, work) if args.backfill else None
         try:
-            latencies = watch(server.base_url, lake, args.minutes, backfill)
+            hot_day_start = origin.replace(hour=0, minute=0, second=0, microsecond=0)
+            latencies = watch(server.base_url, lake, args.minutes, backfill, hot_day_start)
             weights = weight_per_minute(server.rest_log)
         finally:
             if backfill is not None:
@@ -152,7 +153,7 @@ def weight_per_minute(log: list) -> list[int]:
 
 
 def watch(
-    base_url: str, lake: Path, minutes: float, backfill: Backfill | None
+    base_url: str, lake: Path, minutes: float, backfill: Backfill | None, hot_day_start: dt.datetime
 ) -> dict[str, list[tuple[dt.datetime, float]]]:
     """Poll the watermarks; per symbol, (minute, seconds after it became committable)."""
     ledger_path = lake / "_state" / "ledger.sqlite"
@@ -168,6 +169,8 @@ def watch(
             ledger = Ledger(f"sqlite:///{ledger_path}")
             for symbol in SYMBOLS:
                 mark = ledger.get_watermark(symbol)
+                if mark is not None and mark < hot_day_start:
+                    mark = None  # a past day the repair sensor or the backfill built: not the hot band
                 if mark is None or mark == seen[symbol]:
                     continue
                 if seen[symbol] is not None:
