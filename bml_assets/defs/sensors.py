@@ -7,12 +7,16 @@ exchange is reached (``resources.py``, ``days/``).
 No ``from __future__ import annotations``: Dagster reads the resource parameters'
 annotations at definition time.
 
-- ``hot_poll_sensor``: every few seconds, per symbol, asks the exchange's clock
-  which minutes are closed plus the safety lag; when a minute past the symbol's
-  watermark has become committable, requests a run of the partition that holds
-  it (today's, or the day after the watermark when catching up). The run key is
-  (symbol, day, committable-until minute), so a tick that repeats itself adds
-  nothing, and the cursor remembers what was asked.
+- ``hot_poll_sensor``: every few seconds asks the exchange's clock which minutes are
+  closed plus the safety lag; for the symbols with a committable minute past their
+  watermark, requests ONE run per day (today's, or the day after a lagging watermark
+  when catching up) over the symbol range from the first to the last of them in the
+  partition order (a multi-partition range: ``dagster/asset_partition_range_*`` tags;
+  a symbol inside the range with nothing new is polled too, which commits nothing
+  new). At 50 symbols that is one run a minute instead of fifty. The run key is (day,
+  committable-until minute, range), so a tick that repeats itself adds nothing; the
+  cursor remembers per symbol what was asked, and a day with a hot run in flight is
+  asked again by the next tick after it ends.
 - ``vision_promotion_sensor``: a bounded number of REST-built (provisional) days
   per tick, round-robin by cursor; when Vision has published the day's klines,
   requests a rebuild, keyed by the klines file's sha256.
@@ -27,7 +31,8 @@ annotations at definition time.
 import datetime as dt
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 from dagster import (
     AssetMaterialization,
@@ -62,6 +67,9 @@ HOT_POLL_INTERVAL_S = 5
 HOT_LAUNCH_LEAD_MS = 15_000
 HOT_RUN_PRIORITY = 10
 PROMOTION_INTERVAL_S = 300
+# Dagster's run tags of a partition range (what a single-run backfill sets; not exported publicly).
+ASSET_PARTITION_RANGE_START_TAG = "dagster/asset_partition_range_start"
+ASSET_PARTITION_RANGE_END_TAG = "dagster/asset_partition_range_end"
 PROMOTIONS_PER_TICK = 5
 
 
@@ -77,11 +85,44 @@ def hot_targets(ledger: Ledger, symbols: tuple[str, ...], now: ExchangeNow) -> d
     return targets
 
 
+@dataclass(frozen=True)
+class HotRun:
+    """One hot-poll run: ``day`` for the symbols ``first`` … ``last`` of the partition order."""
+
+    day: dt.date
+    first: str
+    last: str
+    symbols: tuple[str, ...]  # every symbol the range covers, due or not
+
+    @property
+    def range_tags(self) -> dict[str, str]:
+        return {
+            ASSET_PARTITION_RANGE_START_TAG: partition_key(self.first, self.day),
+            ASSET_PARTITION_RANGE_END_TAG: partition_key(self.last, self.day),
+        }
+
+
+def hot_runs(due: Mapping[str, dt.date], symbols: tuple[str, ...]) -> list[HotRun]:
+    """One run per day over the due symbols: the range from the first to the last of them
+    in ``symbols`` (the partition order; Dagster takes a range of a multi-partition as the
+    product of its dimensions' ranges, so the symbols between are in it too)."""
+    runs: list[HotRun] = []
+    for day in sorted(set(due.values())):
+        positions = [i for i, s in enumerate(symbols) if due.get(s) == day]
+        covered = symbols[positions[0] : positions[-1] + 1]
+        runs.append(HotRun(day, covered[0], covered[-1], covered))
+    return runs
+
+
 IN_FLIGHT = [DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED]
+# On every hot-poll run: the day it polls (one run per day in flight at a time).
+HOT_DAY_TAG = "bml/hot_day"
 
 
-def _run_in_flight(context: SensorEvaluationContext, key: str) -> bool:
-    runs = context.instance.get_runs(filters=RunsFilter(statuses=IN_FLIGHT, tags={"dagster/partition": key}), limit=1)
+def _hot_run_in_flight(context: SensorEvaluationContext, job_name: str, day: dt.date) -> bool:
+    runs = context.instance.get_runs(
+        filters=RunsFilter(job_name=job_name, statuses=IN_FLIGHT, tags={HOT_DAY_TAG: day.isoformat()}), limit=1
+    )
     return bool(runs)
 
 
@@ -91,7 +132,7 @@ def build_hot_poll_sensor(symbols: tuple[str, ...], *, job_name: str) -> SensorD
         job_name=job_name,
         minimum_interval_seconds=HOT_POLL_INTERVAL_S,
         default_status=DefaultSensorStatus.RUNNING,
-        description="Keeps today's partitions current: one run per symbol when a new minute is committable.",
+        description="Keeps today's partitions current: one run for every symbol with a new committable minute.",
     )
     def hot_poll_sensor(
         context: SensorEvaluationContext, ledger: LedgerResource, rest: RestResource, build: BuildResource
@@ -100,24 +141,30 @@ def build_hot_poll_sensor(symbols: tuple[str, ...], *, job_name: str) -> SensorD
         # What will be committable a launch-lead from now: the run waits for it.
         now = ExchangeNow(rest.client().server_time_ms() + HOT_LAUNCH_LEAD_MS, lag)
         cursor: dict[str, int] = json.loads(context.cursor) if context.cursor else {}
+        due = {
+            symbol: day
+            for symbol, day in hot_targets(ledger.ledger(), symbols, now).items()
+            if cursor.get(symbol) != now.closed_end_ms  # not asked for everything committable now yet
+        }
+        until = ms_to_datetime(now.closed_end_ms).strftime("%Y-%m-%dT%H:%M")
         requested = False
-        for symbol, day in hot_targets(ledger.ledger(), symbols, now).items():
-            if cursor.get(symbol) == now.closed_end_ms:
-                continue  # already asked for everything committable now
-            if _run_in_flight(context, partition_key(symbol, day)):
-                continue  # one poll of a partition at a time; the next tick asks again
-            until = ms_to_datetime(now.closed_end_ms).strftime("%Y-%m-%dT%H:%M")
+        for run in hot_runs(due, symbols):
+            if _hot_run_in_flight(context, job_name, run.day):
+                continue  # one poll of a day at a time; the next tick asks again
             yield RunRequest(
-                run_key=f"hot:{symbol}:{day.isoformat()}:{until}",
-                partition_key=partition_key(symbol, day),
+                run_key=f"hot:{run.day.isoformat()}:{until}:{run.first}-{run.last}",
                 tags={
-                    BAND_TAG: HOT_BAND if day == now.today else "catch-up",
+                    **run.range_tags,
+                    HOT_DAY_TAG: run.day.isoformat(),
+                    BAND_TAG: HOT_BAND if run.day == now.today else "catch-up",
                     NOT_BEFORE_TAG: str(now.closed_end_ms + lag * MINUTE_MS),
                     # ahead of repairs and backfills in the run queue
                     "dagster/priority": str(HOT_RUN_PRIORITY),
                 },
             )
-            cursor[symbol] = now.closed_end_ms
+            for symbol in run.symbols:
+                if due.get(symbol) == run.day:
+                    cursor[symbol] = now.closed_end_ms
             requested = True
         context.update_cursor(json.dumps(cursor, sort_keys=True))
         if not requested:

@@ -8,6 +8,10 @@ for that partition through the run helper (``runner.py``; band ``hot`` for today
 What stays out: the choice of targets and the exchange's clock (``defs/sensors.py``,
 ``defs/assets``), how a run is executed and retried (``runner.py``), and printing
 (``cli.py``). The hot poll sensor does the same continuously under the daemon.
+
+Also here: ``hot_weight_per_minute``, the REST weight the hot band spends per minute
+for N symbols, from the weight table (``sources/rest_limits.py``) and the requests one
+incremental poll of a symbol sends — what must fit under ``BML_REST_WEIGHT_BUDGET``.
 """
 
 from __future__ import annotations
@@ -21,7 +25,39 @@ from bml_assets.domain.settings import Settings
 from bml_assets.lake.ledger import Ledger
 from bml_assets.orchestration.runner import in_process
 from bml_assets.orchestration.state import open_workspace
+from bml_assets.sources import rest_limits as limits
 from bml_assets.sources.rest import RestClient
+
+# The requests one incremental poll of one symbol sends for one new minute (a steady hot
+# band), as counted on the replay server: the four kline streams from the first
+# uncommitted minute (limit 1), aggTrades by fromId, the three snapshots, fundingRate
+# since the last settlement, the three 5-minute history series and the exchange's time
+# the history reads for its 30-day window. Per run: the run's clock, once.
+_KLINE_ONE_MINUTE = {"limit": 1}
+HOT_POLL_REQUESTS_PER_SYMBOL: tuple[tuple[str, dict[str, int]], ...] = (
+    *((path, _KLINE_ONE_MINUTE) for path in limits.KLINE_PATHS.values()),
+    (limits.PREMIUM_INDEX_PATH, {}),
+    (limits.OPEN_INTEREST_PATH, {}),
+    (limits.BOOK_TICKER_PATH, {}),
+    (limits.FUNDING_RATE_PATH, {}),
+    *((path, {}) for path in limits.HIST_PATHS),
+    (limits.SERVER_TIME_PATH, {}),
+)
+HOT_POLL_REQUESTS_PER_RUN: tuple[tuple[str, dict[str, int]], ...] = ((limits.SERVER_TIME_PATH, {}),)
+# The sensor reads the exchange's clock at every tick (every 5 s).
+HOT_SENSOR_TICKS_PER_MINUTE = 12
+
+
+def hot_weight_per_minute(symbols: int, *, agg_trades_per_minute: int = 0, runs_per_minute: int = 1) -> int:
+    """REST weight of one minute of the hot band for ``symbols`` symbols, each with
+    ``agg_trades_per_minute`` new aggregate trades (pages of 1000 by fromId; the page that
+    reaches the end is one more when the count fills its last page exactly)."""
+    agg_pages = agg_trades_per_minute // limits.AGG_TRADES_MAX_LIMIT + 1
+    per_symbol = sum(limits.weight_of(path, params) for path, params in HOT_POLL_REQUESTS_PER_SYMBOL)
+    per_symbol += agg_pages * limits.weight_of(limits.AGG_TRADES_PATH)
+    per_run = sum(limits.weight_of(path, params) for path, params in HOT_POLL_REQUESTS_PER_RUN)
+    sensor = HOT_SENSOR_TICKS_PER_MINUTE * limits.weight_of(limits.SERVER_TIME_PATH)
+    return symbols * per_symbol + runs_per_minute * per_run + sensor
 
 
 @dataclass(frozen=True)

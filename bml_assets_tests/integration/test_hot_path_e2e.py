@@ -7,7 +7,9 @@ equal the Vision-built view of the same minutes.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,11 +18,20 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from dagster import DagsterInstance, ExecuteInProcessResult, build_sensor_context
+from dagster import (
+    DagsterInstance,
+    DagsterRun,
+    DagsterRunStatus,
+    ExecuteInProcessResult,
+    PartitionKeyRange,
+    RunRequest,
+    build_sensor_context,
+)
 
 from bml_assets.definitions import HOT_JOB, MINUTE_VIEW_JOB, build_definitions
 from bml_assets.defs.assets.streams import BAND_TAG, HOT_BAND, NOT_BEFORE_TAG
 from bml_assets.defs.resources import Resources, resources_for
+from bml_assets.defs.sensors import HOT_DAY_TAG
 from bml_assets.demo import QUIET
 from bml_assets.domain.partitions import partition_key
 from bml_assets.domain.settings import Settings
@@ -322,27 +333,71 @@ def test_a_ban_stops_the_next_run_before_it_sends_anything(hot: HotLake) -> None
     assert len(hot.server.rest_log) == sent  # nothing reached the exchange
 
 
-def test_hot_poll_sensor_requests_each_committable_minute_once(hot: HotLake) -> None:
-    defs = hot.defs
+def _evaluate_hot_sensor(hot: HotLake, settings: Settings, cursor: str | None) -> tuple[list[RunRequest], str | None]:
+    defs = build_definitions(settings)
     sensor = defs.resolve_sensor_def("hot_poll_sensor")
+    with build_sensor_context(
+        instance=hot.instance, resources=resources_for(settings).by_key(), definitions=defs, cursor=cursor
+    ) as context:
+        out = list(sensor(context))
+        return [r for r in out if isinstance(r, RunRequest)], context.cursor
 
-    def evaluate(cursor: str | None) -> tuple[list, str | None]:
-        with build_sensor_context(
-            instance=hot.instance, resources=hot.resources().by_key(), definitions=defs, cursor=cursor
-        ) as context:
-            out = list(sensor(context))
-            return [r for r in out if hasattr(r, "run_key")], context.cursor
 
-    requests, cursor = evaluate(None)
-    assert [(r.run_key, r.partition_key, r.tags[BAND_TAG]) for r in requests] == [
-        ("hot:BTCUSDT:2024-06-03:2024-06-03T10:29", "2024-06-03|BTCUSDT", "hot")
+def test_hot_poll_sensor_requests_each_committable_minute_once(hot: HotLake) -> None:
+    requests, cursor = _evaluate_hot_sensor(hot, hot.settings, None)
+    assert [(r.run_key, r.partition_key_range, r.tags[BAND_TAG]) for r in requests] == [
+        (
+            "hot:2024-06-03:2024-06-03T10:29:BTCUSDT-BTCUSDT",
+            PartitionKeyRange("2024-06-03|BTCUSDT", "2024-06-03|BTCUSDT"),
+            "hot",
+        )
     ]
     # Launched early; the run waits until 10:29 + 60 s + 1 min lag by the exchange's clock.
     assert requests[0].tags[NOT_BEFORE_TAG] == str(int(at(10, 30).timestamp() * 1000))
-    assert evaluate(cursor)[0] == []  # same tick again: nothing new
+    assert json.loads(cursor or "") == {"BTCUSDT": int(at(10, 29).timestamp() * 1000)}
+    assert _evaluate_hot_sensor(hot, hot.settings, cursor)[0] == []  # same tick again: nothing new
     hot.clock.set(at(10, 31, 5))
-    requests, _ = evaluate(cursor)
-    assert [r.run_key for r in requests] == ["hot:BTCUSDT:2024-06-03:2024-06-03T10:30"]
+    requests, _ = _evaluate_hot_sensor(hot, hot.settings, cursor)
+    assert [r.run_key for r in requests] == ["hot:2024-06-03:2024-06-03T10:30:BTCUSDT-BTCUSDT"]
+
+
+def test_one_hot_run_polls_every_due_symbol(hot: HotLake) -> None:
+    settings = dataclasses.replace(hot.settings, symbols=("BTCUSDT", "ETHUSDT"))
+    requests, cursor = _evaluate_hot_sensor(hot, settings, None)
+    (request,) = requests  # one run for both symbols, not one per symbol
+    assert request.run_key == "hot:2024-06-03:2024-06-03T10:29:BTCUSDT-ETHUSDT"
+    assert request.partition_key_range == PartitionKeyRange("2024-06-03|BTCUSDT", "2024-06-03|ETHUSDT")
+    assert request.tags[HOT_DAY_TAG] == "2024-06-03"
+    assert request.tags["dagster/priority"] == "10"
+    assert json.loads(cursor or "") == dict.fromkeys(("BTCUSDT", "ETHUSDT"), int(at(10, 29).timestamp() * 1000))
+    # The run the sensor asked for, with its tags: both symbols committed through 10:28.
+    result = (
+        build_definitions(settings)
+        .resolve_job_def(HOT_JOB)
+        .execute_in_process(instance=hot.instance, raise_on_error=False, run_config=QUIET, tags=request.tags)
+    )
+    assert result.success, failure_text(result)
+    assert hot.ledger.get_watermark("BTCUSDT") == at(10, 28)
+    assert hot.ledger.get_watermark("ETHUSDT") == at(10, 28)
+    # A minute later: one run again, for both.
+    hot.clock.set(at(10, 31, 5))
+    requests, _ = _evaluate_hot_sensor(hot, settings, cursor)
+    assert [r.run_key for r in requests] == ["hot:2024-06-03:2024-06-03T10:30:BTCUSDT-ETHUSDT"]
+
+
+def test_a_day_with_a_hot_run_in_flight_is_asked_again_after_it(hot: HotLake) -> None:
+    settings = dataclasses.replace(hot.settings, symbols=("BTCUSDT", "ETHUSDT"))
+    hot.instance.add_run(
+        DagsterRun(
+            job_name=HOT_JOB, run_id="in-flight", status=DagsterRunStatus.STARTED, tags={HOT_DAY_TAG: "2024-06-03"}
+        )
+    )
+    requests, cursor = _evaluate_hot_sensor(hot, settings, None)
+    assert requests == []
+    assert json.loads(cursor or "") == {}  # nothing marked as asked: the next tick asks
+    hot.instance.report_run_canceled(hot.instance.get_run_by_id("in-flight"))
+    requests, _ = _evaluate_hot_sensor(hot, settings, cursor)
+    assert [r.run_key for r in requests] == ["hot:2024-06-03:2024-06-03T10:29:BTCUSDT-ETHUSDT"]
 
 
 def test_an_early_launched_run_waits_for_the_exchange_clock(hot: HotLake) -> None:
