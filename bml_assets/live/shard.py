@@ -179,21 +179,17 @@ class LiveHandlers:
     process has flushed every shard and its writer thread is done."""
 
     def __init__(self, settings: Settings, *, started_ns: int | None = None) -> None:
-        self.settings = settings
         self.lake = Lake.at(settings.lake_root)
         self.ledger = Ledger(settings.state_url)
         self.commits = LiveCommits(self.lake, self.ledger)
         self.started_ns = time.time_ns() if started_ns is None else started_ns
-        self.shards: list[ShardHandler] = []
 
     def __call__(self, context: CollectorContext) -> ShardHandler:
         spool = SpoolWriter(self.lake.store, started_ns=self.started_ns + context.shard)
         core = LiveCore(context.symbols, spool=spool)
-        handler = ShardHandler(
+        return ShardHandler(
             core, self.commits, request_snapshot=context.request_snapshot, offload=context.offload, spool=spool
         )
-        self.shards.append(handler)
-        return handler
 
     def close(self) -> None:
         self.ledger.close()
