@@ -1,17 +1,19 @@
 """What Dagster's UI reads from a materialization: ``dagster/row_count`` and
-``dagster/column_schema`` from the registry, per partition even in a ranged run; and a
-normal absence (a past day's hot snapshots) logged as INFO, not as a WARNING."""
+``dagster/column_schema`` from the registry, per partition even in a ranged run; the
+asset checks' results against their partition (the Checks tab); and a normal absence (a past day's hot snapshots) logged as INFO, not as a WARNING."""
 
 from __future__ import annotations
 
 import logging
 
 import pyarrow.parquet as pq
-from dagster import TableSchema
+from dagster import AssetCheckKey, AssetKey, TableSchema
 
 from bml_assets.definitions import MINUTE_VIEW_JOB
+from bml_assets.defs.assets.minute_view import LAKE_SCAN_CHECK
 from bml_assets.domain.partitions import partition_key
 from bml_assets.domain.schema import HOT_SNAPSHOTS, MINUTE_VIEW, TRADE_FLOW
+from bml_assets.quality import ALL_RULES
 from bml_assets_tests.integration.conftest import DAY, Lake
 
 RANGE_START_TAG = "dagster/asset_partition_range_start"
@@ -64,3 +66,21 @@ def test_ranged_run_scopes_row_count_to_each_partition(lake: Lake) -> None:
         assert md["partitions"].value == 2 and md["rows"].value == 2880
         assert key.split("|")[1] in str(md["path"].value)
         assert len(md["dagster/column_schema"].schema.columns) == 58
+
+
+def test_ranged_run_reports_each_check_against_its_partition(lake: Lake) -> None:
+    job = lake.defs.resolve_job_def(MINUTE_VIEW_JOB)
+    first, last = partition_key("BTCUSDT", DAY), partition_key("ETHUSDT", DAY)
+    result = job.execute_in_process(
+        instance=lake.instance, raise_on_error=False, tags={RANGE_START_TAG: first, RANGE_END_TAG: last}
+    )
+    assert result.success
+    names = sorted([r.name for r in ALL_RULES] + [LAKE_SCAN_CHECK])
+    seen = sorted((e.check_name, e.partition) for e in result.get_asset_check_evaluations())
+    assert seen == sorted((n, k) for n in names for k in (first, last))
+    # What the UI's Checks tab reads: the instance's execution records, each with its partition.
+    for name in ("hard_columns_not_null", LAKE_SCAN_CHECK):
+        history = lake.instance.event_log_storage.get_asset_check_execution_history(
+            AssetCheckKey(AssetKey("minute_view"), name), limit=10
+        )
+        assert sorted(h.partition for h in history if h.run_id == result.run_id) == [first, last], name

@@ -4,7 +4,8 @@ What belongs here: the Dagster asset — its inputs (every stream table), its ch
 (SPEC §6's rules through the factory in ``defs/checks.py``, and the lake scan of what
 it committed) — and its body, one job per function: build and judge each partition
 of the run (``days/minute_view.py``), refuse the run when a blocking rule failed
-(nothing is handed to the IO manager then), hand the tables over, report the checks.
+(nothing is handed to the IO manager then), hand the tables over, report the checks
+— one evaluation per rule and partition, also in a ranged run.
 
 The blocking rules run once per table: here, with the reported ones, on one evidence;
 the table carries that verdict (``PartitionData.blocking``) and the IO manager's commit
@@ -23,7 +24,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from dagster import (
-    AssetCheckResult,
+    AssetCheckEvaluation,
     AssetCheckSpec,
     AssetExecutionContext,
     AssetIn,
@@ -41,10 +42,10 @@ from bml_assets.days.context import DayContext
 from bml_assets.days.minute_view import UPSTREAMS, HardStreamsDisagree, JudgedDay, judge_day, minute_view_day
 from bml_assets.days.partition_data import PartitionData
 from bml_assets.defs.assets.streams import IO_MANAGER_KEY, MAX_PARTITIONS_PER_RUN, day_context, run_partitions
-from bml_assets.defs.checks import check_result, check_specs
+from bml_assets.defs.checks import check_evaluation, check_specs, report_checks
 from bml_assets.defs.io_manager import DATASET_METADATA_KEY, row_locator
 from bml_assets.defs.resources import BuildResource, LakeResource, LedgerResource, RestResource, VisionResource
-from bml_assets.domain.partitions import SymbolDay
+from bml_assets.domain.partitions import SymbolDay, parse_partition_key
 from bml_assets.domain.schema import MINUTE_VIEW, TRADE_FLOW
 from bml_assets.lake.lake import Lake
 from bml_assets.lake.ledger import Ledger
@@ -56,19 +57,34 @@ GROUP = "minute"
 LAKE_SCAN_CHECK = "lake_scan_clean"
 
 
-def lake_scan_result(lake: Lake, ledger: Ledger, grid_ends: Mapping[SymbolDay, dt.datetime | None]) -> AssetCheckResult:
-    """The consistency scan (``lake/scan.py``) of the partitions this run committed."""
-    problems: list[dict[str, Any]] = []
-    for sd, grid_end in grid_ends.items():
+def lake_scan_evaluations(
+    lake: Lake,
+    ledger: Ledger,
+    out: Mapping[str, PartitionData],
+    grid_ends: Mapping[SymbolDay, dt.datetime | None],
+) -> Iterator[AssetCheckEvaluation]:
+    """The consistency scan (``lake/scan.py``) of each partition this run committed."""
+    for partition, data in out.items():
+        sd = parse_partition_key(partition)
+        if sd not in grid_ends:
+            yield AssetCheckEvaluation(
+                asset_key=AssetKey(ASSET_NAME),
+                check_name=LAKE_SCAN_CHECK,
+                passed=True,
+                description=f"nothing committed, nothing to scan ({data.status})",
+                partition=partition,
+            )
+            continue
         # A day still forming is checked as "today": its later minutes are not missing yet.
-        today = sd.day if grid_end is not None else sd.day + dt.timedelta(days=1)
-        report = scan(lake, ledger, [sd.symbol], sd.day, sd.day, today=today, deep=True)
-        problems += report.to_rows()
-    return AssetCheckResult(
-        check_name=LAKE_SCAN_CHECK,
-        passed=not problems,
-        metadata={"partitions_scanned": len(grid_ends), "problems": MetadataValue.json(problems)},
-    )
+        today = sd.day if grid_ends[sd] is not None else sd.day + dt.timedelta(days=1)
+        problems = scan(lake, ledger, [sd.symbol], sd.day, sd.day, today=today, deep=True).to_rows()
+        yield AssetCheckEvaluation(
+            asset_key=AssetKey(ASSET_NAME),
+            check_name=LAKE_SCAN_CHECK,
+            passed=not problems,
+            metadata={"problems": MetadataValue.json(problems)},
+            partition=partition,
+        )
 
 
 def _build_and_judge(
@@ -132,21 +148,24 @@ def _refuse_if_blocked(judged: Mapping[SymbolDay, JudgedDay]) -> None:
     )
 
 
-def _check_results(
+def _rule_evaluations(
     judged: Mapping[SymbolDay, JudgedDay], out: Mapping[str, PartitionData]
-) -> Iterator[AssetCheckResult]:
-    """One result per rule over the run's judged partitions (a run with none says so)."""
+) -> Iterator[AssetCheckEvaluation]:
+    """One evaluation per rule and partition; a partition with no minute view says so."""
+    key = AssetKey(ASSET_NAME)
     for rule in ALL_RULES:
-        if not judged:
-            yield AssetCheckResult(
-                check_name=rule.name,
-                passed=True,
-                description=f"{rule.description} — nothing to check: no minute view for "
-                + ", ".join(f"{k} ({d.status})" for k, d in out.items()),
-                metadata={"partitions_checked": 0},
-            )
-            continue
-        yield check_result(rule, {sd.key: j.outcomes[rule.name] for sd, j in judged.items()})
+        for partition, data in out.items():
+            sd = parse_partition_key(partition)
+            if sd in judged:
+                yield check_evaluation(key, rule, partition, judged[sd].outcomes[rule.name])
+            else:
+                yield AssetCheckEvaluation(
+                    asset_key=key,
+                    check_name=rule.name,
+                    passed=True,
+                    description=f"{rule.description} — nothing to check: no minute view ({data.status})",
+                    partition=partition,
+                )
 
 
 def build_minute_view_asset(partitions_def: PartitionsDefinition) -> AssetsDefinition:
@@ -163,10 +182,11 @@ def build_minute_view_asset(partitions_def: PartitionsDefinition) -> AssetsDefin
         kinds={"parquet"},
         ins={d.name: AssetIn(key=AssetKey(d.name)) for d in UPSTREAMS},
         check_specs=[
-            *check_specs(key),
+            *check_specs(key, partitions_def),
             AssetCheckSpec(
                 LAKE_SCAN_CHECK,
                 asset=key,
+                partitions_def=partitions_def,
                 description="the committed file and its ledger row pass the consistency scan (bml scan)",
             ),
         ],
@@ -186,7 +206,8 @@ def build_minute_view_asset(partitions_def: PartitionsDefinition) -> AssetsDefin
         _refuse_if_blocked(judged)
         # The IO manager commits each table (the watermark moves in the commit's transaction).
         yield Output(out)
-        yield lake_scan_result(ctx.lake, ctx.ledger, grid_ends)
-        yield from _check_results(judged, out)
+        yield from report_checks(
+            context, [*lake_scan_evaluations(ctx.lake, ctx.ledger, out, grid_ends), *_rule_evaluations(judged, out)]
+        )
 
     return minute_view

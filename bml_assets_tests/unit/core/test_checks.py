@@ -7,8 +7,9 @@ import datetime as dt
 import pandas as pd
 import pyarrow as pa
 import pytest
+from dagster import AssetKey
 
-from bml_assets.defs.checks import check_result
+from bml_assets.defs.checks import check_evaluation
 from bml_assets.domain.schema import MINUTE_SCHEMA
 from bml_assets.quality import ALL_RULES, BlockingCheckFailed, Evidence, enforce_blocking, to_frame
 
@@ -140,14 +141,12 @@ def test_enforce_blocking_rejects_a_wrong_arrow_schema() -> None:
 def test_check_result_carries_offending_minutes_in_metadata() -> None:
     bad = outcomes(view(close=[101.0, None, 102.5]))
     rule = next(r for r in ALL_RULES if r.name == "hard_columns_not_null")
-    result = check_result(rule, {"2024-03-01|BTCUSDT": bad[rule.name]})
+    result = check_evaluation(AssetKey("minute_view"), rule, "2024-03-01|BTCUSDT", bad[rule.name])
     assert result.passed is False
+    assert result.partition == "2024-03-01|BTCUSDT"
     assert result.metadata["failure_count"].value == 1
     assert result.metadata["offending_minute_list"].value == ["2024-03-01T00:01:00+00:00"]
-    assert (
-        "| 2024-03-01\\|BTCUSDT | 2024-03-01T00:01:00+00:00 | close | NULL |"
-        in result.metadata["offending_minutes"].value
-    )
+    assert "| 2024-03-01T00:01:00+00:00 | close | NULL |" in result.metadata["offending_minutes"].value
 
 
 def test_slow_series_null_after_the_bound_is_reported_when_metrics_exist() -> None:
