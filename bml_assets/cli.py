@@ -36,13 +36,26 @@ from bml_assets.domain.settings import Settings, SettingsError, parse_symbols
 DEMO_DAYS = (dt.date(2024, 2, 29), dt.date(2024, 3, 1), dt.date(2024, 3, 2))
 
 
-def _date(_ctx: click.Context, _param: click.Parameter, value: str | None) -> dt.date | None:
+class BadArgument(click.ClickException):
+    """A usage error of one argument (a partition key outside the set, an unknown symbol, a bad
+    date or ``BML_*`` value): one line on stderr naming it and what is valid, exit code 2."""
+
+    exit_code = 2
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True)
+
+
+def _date(_ctx: click.Context, param: click.Parameter, value: str | None) -> dt.date | None:
     if value is None:
         return None
     try:
         moment = dt.datetime.fromisoformat(value.strip())
     except ValueError:
-        raise click.BadParameter(f"{value!r} is not a date like 2024-03-01 (or an ISO timestamp)") from None
+        option = param.opts[0] if param.opts else param.name
+        raise BadArgument(
+            f"{option} {value!r} is not a date like 2024-03-01 (YYYY-MM-DD, a real day, or an ISO timestamp)"
+        ) from None
     if moment.tzinfo is not None:
         moment = moment.astimezone(dt.UTC)  # partitions are UTC days
     return moment.date()
@@ -76,9 +89,9 @@ def _guarded(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except SettingsError as err:
-            raise click.UsageError(f"configuration: {err}") from None
+            raise BadArgument(f"configuration: {err}") from None
         except BadRequest as err:
-            raise click.UsageError(str(err)) from None
+            raise BadArgument(str(err)) from None
         except CommandError as err:
             _fail(str(err))
         except LedgerVersionError as err:
@@ -99,7 +112,7 @@ def _symbols_option(value: str | None) -> tuple[str, ...] | None:
     try:
         return parse_symbols(value, variable="--symbols")
     except SettingsError as err:
-        raise click.BadParameter(str(err), param_hint="--symbols") from None
+        raise BadArgument(str(err)) from None
 
 
 def _live_bar() -> bool:
@@ -461,7 +474,7 @@ def show_watermark(symbol: str | None, as_json: bool) -> None:
         try:
             symbol = parse_symbols(symbol, variable="--symbol")[0]
         except SettingsError as err:
-            raise click.BadParameter(str(err), param_hint="--symbol") from None
+            raise BadArgument(str(err)) from None
     rows = watermark_report(_settings(), symbol)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
@@ -667,6 +680,7 @@ class _BackfillScreen:
 
         self._bar_scope.close()
         self._total, self._done, self._began = len(event.plan.partitions), 0, time.monotonic()
+        self._received, self._weight = 0, 0
         if _live_bar():
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -677,11 +691,12 @@ class _BackfillScreen:
                 MofNCompleteColumn(),
                 TextColumn("{task.fields[rate]}"),
                 TimeRemainingColumn(),
+                TextColumn("{task.fields[traffic]}"),
                 TextColumn("{task.fields[last]}"),
                 console=Console(stderr=True),
             )
             self._bar = self._bar_scope.enter_context(progress)
-            self._task = progress.add_task("building", total=self._total, rate="", last="")
+            self._task = progress.add_task("building", total=self._total, rate="", traffic="", last="")
         else:
             click.echo(f"building {self._total} partition(s) …", err=True)
 
@@ -698,15 +713,18 @@ class _BackfillScreen:
 
     def _built(self, outcome: Any) -> None:
         self._done += 1
+        self._received += outcome.bytes_received
+        self._weight += outcome.rest_weight
         rate, eta = self._rate()
+        traffic = f"{self._received / (1 << 20):.1f} MiB, weight {self._weight}"
         if _live_bar():
-            self._bar.update(self._task, advance=1, rate=rate, last=_outcome_label(outcome))
+            self._bar.update(self._task, advance=1, rate=rate, traffic=traffic, last=_outcome_label(outcome))
         else:
             state = "ok" if outcome.ok else "FAILED"
             what = "written" if outcome.rewritten else "unchanged"
             click.echo(
                 f"[{self._done}/{self._total}] {outcome.symbol:<12} {outcome.day.isoformat()}  {state:<6} "
-                f"{outcome.status:<13} {what:<9} {outcome.seconds:5.1f} s  {rate}, {eta}"
+                f"{outcome.status:<13} {what:<9} {outcome.seconds:5.1f} s  {rate}, {eta}, {traffic}"
             )
         if not outcome.ok:
             click.echo(f"FAILED {outcome.symbol} {outcome.day.isoformat()}: {outcome.error}", err=True)
@@ -813,8 +831,10 @@ def backfill_years(
     """backfill-range from N years before yesterday to yesterday."""
     from bml_assets.orchestration.plan import years_back
 
-    start, end = years_back(years)
-    click.echo(f"range: {start.isoformat()}..{end.isoformat()}")
+    first_day = _settings().start_date
+    start, end = years_back(years, first_day=first_day)
+    clipped = f" (from BML_START_DATE; {years} year(s) would reach further back)" if start == first_day else ""
+    click.echo(f"range: {start.isoformat()}..{end.isoformat()}{clipped}")
     _run_backfill(
         start, end, symbols_text, max_missing_hours, dry_run, chunk_days, workers, partitions_per_run, verbose
     )
@@ -838,13 +858,15 @@ def live_rebuild(symbol: str, day: dt.date, dry_run: bool) -> None:
     """
     from bml_assets.lake.lake import Lake
     from bml_assets.live.rebuild import rebuild_day
-    from bml_assets.orchestration.state import open_ledger
+    from bml_assets.orchestration.scans import check_day
+    from bml_assets.orchestration.state import open_ledger, utc_today
 
     try:
         symbol = parse_symbols(symbol, variable="--symbol")[0]
     except SettingsError as err:
-        raise click.BadParameter(str(err), param_hint="--symbol") from None
+        raise BadArgument(str(err)) from None
     settings = _settings()
+    check_day(day, utc_today(), settings.start_date, option="--date")
     ledger = open_ledger(settings)
     try:
         result = rebuild_day(Lake.at(settings.lake_root), ledger, symbol, day, commit=not dry_run)

@@ -30,8 +30,11 @@ NOT_BUILT = "not_built"
 DEFAULT_CHUNK_DAYS = 30
 
 
-def years_back(years: int, *, today: dt.date | None = None) -> tuple[dt.date, dt.date]:
-    """From ``years`` years before yesterday, to yesterday (29 February → 28 February)."""
+def years_back(
+    years: int, *, today: dt.date | None = None, first_day: dt.date | None = None
+) -> tuple[dt.date, dt.date]:
+    """From ``years`` years before yesterday, to yesterday (29 February → 28 February); not
+    before ``first_day`` (``BML_START_DATE``, the partition set's first day) when given."""
     if years < 1:
         raise ValueError(f"--years must be at least 1, not {years}")
     end = (today or utc_today()) - dt.timedelta(days=1)
@@ -39,6 +42,8 @@ def years_back(years: int, *, today: dt.date | None = None) -> tuple[dt.date, dt
         start = end.replace(year=end.year - years)
     except ValueError:
         start = end.replace(year=end.year - years, day=28)
+    if first_day is not None and start < first_day <= end:
+        start = first_day
     return start, end
 
 
@@ -110,6 +115,18 @@ class BackfillPlan:
     def keys(self) -> list[tuple[str, dt.date]]:
         return [(t.symbol, t.day) for t in self.partitions]
 
+    def partition_lines(self) -> list[str]:
+        """The partitions folded: per symbol and reason, its days as ranges and their number (a
+        line each, so 2 000 partitions of a fresh range are a line per symbol)."""
+        groups: dict[tuple[str, str], list[dt.date]] = {}
+        for t in self.partitions:
+            groups.setdefault((t.symbol, ", ".join(t.reasons) or NOT_BUILT), []).append(t.day)
+        order = {s: i for i, s in enumerate(self.symbols)}
+        return [
+            f"  {symbol:<12} {show_ranges(days)}  {reason} ({len(days)} day(s))"
+            for (symbol, reason), days in sorted(groups.items(), key=lambda kv: (order.get(kv[0][0], 0), min(kv[1])))
+        ]
+
     def lines(self) -> list[str]:
         """The plan as text: what a dry run prints."""
         span = f"{self.start.isoformat()}..{self.end.isoformat()}"
@@ -117,7 +134,7 @@ class BackfillPlan:
             f"plan: {len(self.partitions)} partition(s) to build ({self.hours} h) "
             f"in {span} for {', '.join(self.symbols) or '-'}"
         ]
-        out += [f"  {t.symbol:<12} {t.day.isoformat()}  {', '.join(t.reasons) or NOT_BUILT}" for t in self.partitions]
+        out += self.partition_lines()
         for s in self.skipped:
             out.append(f"skipped: {s.symbol} {show_ranges(s.days)} ({len(s.days)} day(s)): {s.reason}")
         if self.left_out:
