@@ -467,7 +467,7 @@ def live_collect(symbols_text: str | None, duration: float | None) -> None:
 @_guarded
 def show_watermark(symbol: str | None, as_json: bool) -> None:
     """Per symbol: watermark, committed partitions, first/last day, provisional and not-listed days."""
-    from bml_assets.orchestration.plan import show_ranges
+    from bml_assets.domain.partitions import show_ranges
     from bml_assets.orchestration.state import watermark_report
 
     if symbol is not None:
@@ -490,6 +490,67 @@ def show_watermark(symbol: str | None, as_json: bool) -> None:
             f"{r['first_committed_day'] or '-':<10}  {r['last_committed_day'] or '-':<10}  "
             f"{len(days)} ({show_ranges(days)}) / {len(missing)} ({show_ranges(missing)})"
         )
+
+
+def _some_ranges(days: list[Any], shown: int = 4) -> str:
+    """Days folded into ranges, the first ``shown`` ranges and how many more."""
+    from bml_assets.domain.partitions import day_ranges
+
+    ranges = day_ranges(days)
+    text = ", ".join(a.isoformat() if a == b else f"{a.isoformat()}..{b.isoformat()}" for a, b in ranges[:shown])
+    more = f" (+{len(ranges) - shown} more)" if len(ranges) > shown else ""
+    return f"{len(days)}: {text}{more}" if days else "0"
+
+
+@main.command()
+@click.option("--start", callback=_date, default=None, help="First day [default: the ledger's first day of them].")
+@click.option("--end", callback=_date, default=None, help="Last day, inclusive [default: today UTC].")
+@click.option("--symbols", "symbols_text", default=None, help="Comma-separated symbols (default: BML_SYMBOLS).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (every day, not folded).")
+@click.option("--no-image", is_flag=True, help="Do not draw the heatmap.")
+@_guarded
+def coverage(
+    start: dt.date | None, end: dt.date | None, symbols_text: str | None, as_json: bool, no_image: bool
+) -> None:
+    """Per symbol, from the ledger: the committed ranges, missing days, incomplete and provisional
+    days of the minute view; and a heatmap (symbols × days, coloured by state) written to
+    {BML_LAKE_ROOT}/_reports/coverage.png (needs the extra `plot`: matplotlib). The coverage_sensor
+    shows the same picture on minute_view in the UI. Exit 0 (it reports; `bml scan` judges files)."""
+    from bml_assets.defs.coverage import write_coverage_report
+    from bml_assets.orchestration.state import coverage_report
+
+    settings = _settings()
+    cov = coverage_report(settings, _symbols_option(symbols_text), start=start, end=end)
+    report = None if no_image else write_coverage_report(cov, settings.lake_root)
+    if as_json:
+        payload = cov.to_json()
+        payload["heatmap"] = str(report.png) if report is not None and report.png is not None else None
+        click.echo(json.dumps(payload, indent=2))
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=f"minute view coverage {cov.start.isoformat()}..{cov.end.isoformat()} (from the ledger)")
+        for name in ("symbol", "committed", "committed ranges", "missing", "incomplete", "provisional", "not listed"):
+            table.add_column(name, justify="right" if name == "committed" else "left")
+        for row in cov.per_symbol():
+            ranges = [f"{a.isoformat()}..{b.isoformat()}" if a != b else a.isoformat() for a, b in row.committed]
+            table.add_row(
+                row.symbol,
+                str(row.committed_days),
+                ", ".join(ranges[:4]) + (f" (+{len(ranges) - 4} more)" if len(ranges) > 4 else "") or "-",
+                _some_ranges(list(row.missing)),
+                _some_ranges(list(row.incomplete)),
+                _some_ranges(list(row.provisional)),
+                _some_ranges(list(row.not_listed)),
+            )
+        # In a log or a pipe, wide enough that a row is one line.
+        Console(width=None if sys.stdout.isatty() else 200).print(table)
+    if report is not None:
+        if report.png is not None:
+            click.echo(f"heatmap: {report.png}", err=as_json)
+        else:
+            click.echo(f"heatmap: not drawn: {report.note}", err=True)
 
 
 def _problem_table(rows: list[dict[str, Any]]) -> list[str]:

@@ -1,7 +1,7 @@
 """The backfill's plan: which partitions to (re)build, in which order, within which cap.
 
-What belongs here: day ranges (``--years`` back from yesterday, chunks of a range,
-consecutive days folded for display), the symbols that traded in a range, the
+What belongs here: day ranges (``--years`` back from yesterday, chunks of a range;
+consecutive days folded for display come from ``domain.partitions``), the symbols that traded in a range, the
 targets the scan reports ask for (``repair.py``'s targets of every dataset plus the
 days never built), and ``plan_backfill``: filter (range, symbols, listed days),
 order (chunk, symbol, day) and cap (``--max-missing-hours``), with the plan's text;
@@ -19,6 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from bml_assets.domain.partitions import show_ranges
 from bml_assets.domain.schema import MINUTE_VIEW
 from bml_assets.lake.ledger import SymbolRecord
 from bml_assets.orchestration.scans import remaining_problems
@@ -45,22 +46,6 @@ def years_back(
     if first_day is not None and start < first_day <= end:
         start = first_day
     return start, end
-
-
-def day_ranges(days: Iterable[dt.date]) -> list[tuple[dt.date, dt.date]]:
-    """Consecutive days folded into inclusive (first, last) ranges, in order."""
-    ranges: list[tuple[dt.date, dt.date]] = []
-    for day in sorted(set(days)):
-        if ranges and day == ranges[-1][1] + dt.timedelta(days=1):
-            ranges[-1] = (ranges[-1][0], day)
-        else:
-            ranges.append((day, day))
-    return ranges
-
-
-def show_ranges(days: Iterable[dt.date]) -> str:
-    parts = [a.isoformat() if a == b else f"{a.isoformat()}..{b.isoformat()}" for a, b in day_ranges(days)]
-    return ", ".join(parts) if parts else "-"
 
 
 def chunks(start: dt.date, end: dt.date, chunk_days: int) -> list[tuple[dt.date, dt.date]]:

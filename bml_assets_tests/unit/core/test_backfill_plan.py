@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from bml_assets.domain.partitions import day_ranges
 from bml_assets.domain.settings import Settings
 from bml_assets.lake.ledger import Ledger, SymbolRecord
 from bml_assets.lake.scan import Problem, ProblemKind, ScanReport
@@ -15,7 +16,6 @@ from bml_assets.orchestration.plan import (
     BackfillPlan,
     Target,
     chunks,
-    day_ranges,
     plan_backfill,
     symbols_in_range,
     targets_from_reports,
