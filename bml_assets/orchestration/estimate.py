@@ -9,7 +9,8 @@ backfill, keeps its rate in the ledger for the next estimate).
 
 How each figure is found, and why (the summary says which basis each figure has):
 - Zips: a cold day needs the daily zip of each daily stream (bookTicker only up to its
-  last published day) and its month's fundingRate zip. A zip the cache holds costs
+  last published day), the day before's metrics, and the fundingRate zips of its month (and
+  on the 1st, the month before: ``days.vision_days.funding_months``). A zip the cache holds costs
   nothing; a zip the ledger's ``source_files`` recorded (fetched before, evicted since)
   costs what it cost then; the others cost what one ``HEAD`` per symbol and stream says
   for its latest planned day, times their number — zips of one stream grow slowly over
@@ -35,6 +36,7 @@ import json
 from dataclasses import dataclass
 
 from bml_assets.days.choice import PUBLICATION_LAG_DAYS
+from bml_assets.days.vision_days import funding_months
 from bml_assets.domain.minutes import MINUTES_PER_DAY
 from bml_assets.domain.redaction import redact_url
 from bml_assets.domain.schema import MINUTE_VIEW
@@ -70,10 +72,16 @@ def rest_day_weight(agg_trades: int | None) -> int:
 
 
 def vision_urls(vision: VisionClient, symbol: str, day: dt.date) -> list[tuple[Stream, str]]:
-    """The Vision zips a cold day of ``symbol`` needs: each daily stream's, and its month's fundingRate."""
+    """The Vision zips a cold day of ``symbol`` needs, as the day builders read them: each daily
+    stream's, metrics of the day before too, and the fundingRate months (the day's, and on the
+    1st the month before)."""
     streams = sorted(s for s in DAILY_STREAMS if s != Stream.BOOK_TICKER or day <= BOOK_TICKER_LAST_DAY)
     urls = [(s, vision.daily_url(s, symbol, day)) for s in streams]
-    urls.append((Stream.FUNDING_RATE, vision.monthly_url(Stream.FUNDING_RATE, symbol, day.year, day.month)))
+    # metrics_day seeds its first minutes from the day before's file.
+    urls.append((Stream.METRICS, vision.daily_url(Stream.METRICS, symbol, day - dt.timedelta(days=1))))
+    urls += [
+        (Stream.FUNDING_RATE, vision.monthly_url(Stream.FUNDING_RATE, symbol, y, m)) for y, m in funding_months(day)
+    ]
     return urls
 
 
