@@ -5,8 +5,8 @@ codes for the commands people run in a terminal; each command parses its options
 calls one function of the package (``orchestration/`` for the state, the symbol
 universe, scans, backfills, the hot pass and the daemon; the replay server; the live
 collector (``live/process.py``) and the live table's rebuild from its spool
-(``live/rebuild.py``); the demo driving the real Dagster definitions) and prints what
-it returns or yields.
+(``live/rebuild.py``); the demo driving the real Dagster definitions; the coverage
+heatmap, drawn by ``defs/coverage.py``) and prints what it returns or yields.
 What stays out: logic of its own — a command that needs some, gets it in the
 module that owns the subject.
 
