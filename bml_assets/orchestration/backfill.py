@@ -531,7 +531,7 @@ def run_backfill(
         outcomes = yield from _build(plan, settings, runner, workers, partitions_per_run)
         if outcomes is None:
             return
-        if outcomes:  # the rate a later dry run estimates its time by (``estimate.measured_rate``)
+        if any(o.ok for o in outcomes):  # the rate a later dry run estimates its time by (not of failures)
             record_rate(ws.ledger, len(outcomes), time.monotonic() - began, workers)
         reported = report_unknown_partitions(settings, scan_symbols, start, end) if runner is None else 0
         if reported:
