@@ -5,8 +5,8 @@ codes for the commands people run in a terminal; each command parses its options
 calls one function of the package (``orchestration/`` for the state, the symbol
 universe, scans, backfills, the hot pass and the daemon; the replay server; the live
 collector (``live/process.py``) and the live table's rebuild from its spool
-(``live/rebuild.py``); the demo driving the real Dagster definitions) and prints what
-it returns or yields.
+(``live/rebuild.py``); the demo driving the real Dagster definitions; the coverage
+heatmap, drawn by ``defs/coverage.py``) and prints what it returns or yields.
 What stays out: logic of its own — a command that needs some, gets it in the
 module that owns the subject.
 
@@ -36,13 +36,26 @@ from bml_assets.domain.settings import Settings, SettingsError, parse_symbols
 DEMO_DAYS = (dt.date(2024, 2, 29), dt.date(2024, 3, 1), dt.date(2024, 3, 2))
 
 
-def _date(_ctx: click.Context, _param: click.Parameter, value: str | None) -> dt.date | None:
+class BadArgument(click.ClickException):
+    """A usage error of one argument (a partition key outside the set, an unknown symbol, a bad
+    date or ``BML_*`` value): one line on stderr naming it and what is valid, exit code 2."""
+
+    exit_code = 2
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True)
+
+
+def _date(_ctx: click.Context, param: click.Parameter, value: str | None) -> dt.date | None:
     if value is None:
         return None
     try:
         moment = dt.datetime.fromisoformat(value.strip())
     except ValueError:
-        raise click.BadParameter(f"{value!r} is not a date like 2024-03-01 (or an ISO timestamp)") from None
+        option = param.opts[0] if param.opts else param.name
+        raise BadArgument(
+            f"{option} {value!r} is not a date like 2024-03-01 (YYYY-MM-DD, a real day, or an ISO timestamp)"
+        ) from None
     if moment.tzinfo is not None:
         moment = moment.astimezone(dt.UTC)  # partitions are UTC days
     return moment.date()
@@ -76,9 +89,9 @@ def _guarded(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except SettingsError as err:
-            raise click.UsageError(f"configuration: {err}") from None
+            raise BadArgument(f"configuration: {err}") from None
         except BadRequest as err:
-            raise click.UsageError(str(err)) from None
+            raise BadArgument(str(err)) from None
         except CommandError as err:
             _fail(str(err))
         except LedgerVersionError as err:
@@ -99,7 +112,7 @@ def _symbols_option(value: str | None) -> tuple[str, ...] | None:
     try:
         return parse_symbols(value, variable="--symbols")
     except SettingsError as err:
-        raise click.BadParameter(str(err), param_hint="--symbols") from None
+        raise BadArgument(str(err)) from None
 
 
 def _live_bar() -> bool:
@@ -454,14 +467,14 @@ def live_collect(symbols_text: str | None, duration: float | None) -> None:
 @_guarded
 def show_watermark(symbol: str | None, as_json: bool) -> None:
     """Per symbol: watermark, committed partitions, first/last day, provisional and not-listed days."""
-    from bml_assets.orchestration.plan import show_ranges
+    from bml_assets.domain.partitions import show_ranges
     from bml_assets.orchestration.state import watermark_report
 
     if symbol is not None:
         try:
             symbol = parse_symbols(symbol, variable="--symbol")[0]
         except SettingsError as err:
-            raise click.BadParameter(str(err), param_hint="--symbol") from None
+            raise BadArgument(str(err)) from None
     rows = watermark_report(_settings(), symbol)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
@@ -477,6 +490,67 @@ def show_watermark(symbol: str | None, as_json: bool) -> None:
             f"{r['first_committed_day'] or '-':<10}  {r['last_committed_day'] or '-':<10}  "
             f"{len(days)} ({show_ranges(days)}) / {len(missing)} ({show_ranges(missing)})"
         )
+
+
+def _some_ranges(days: list[Any], shown: int = 4) -> str:
+    """Days folded into ranges, the first ``shown`` ranges and how many more."""
+    from bml_assets.domain.partitions import day_ranges
+
+    ranges = day_ranges(days)
+    text = ", ".join(a.isoformat() if a == b else f"{a.isoformat()}..{b.isoformat()}" for a, b in ranges[:shown])
+    more = f" (+{len(ranges) - shown} more)" if len(ranges) > shown else ""
+    return f"{len(days)}: {text}{more}" if days else "0"
+
+
+@main.command()
+@click.option("--start", callback=_date, default=None, help="First day [default: the ledger's first day of them].")
+@click.option("--end", callback=_date, default=None, help="Last day, inclusive [default: today UTC].")
+@click.option("--symbols", "symbols_text", default=None, help="Comma-separated symbols (default: BML_SYMBOLS).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (every day, not folded).")
+@click.option("--no-image", is_flag=True, help="Do not draw the heatmap.")
+@_guarded
+def coverage(
+    start: dt.date | None, end: dt.date | None, symbols_text: str | None, as_json: bool, no_image: bool
+) -> None:
+    """Per symbol, from the ledger: the committed ranges, missing days, incomplete and provisional
+    days of the minute view; and a heatmap (symbols × days, coloured by state) written to
+    {BML_LAKE_ROOT}/_reports/coverage.png (needs the extra `plot`: matplotlib). The coverage_sensor
+    shows the same picture on minute_view in the UI. Exit 0 (it reports; `bml scan` judges files)."""
+    from bml_assets.defs.coverage import write_coverage_report
+    from bml_assets.orchestration.state import coverage_report
+
+    settings = _settings()
+    cov = coverage_report(settings, _symbols_option(symbols_text), start=start, end=end)
+    report = None if no_image else write_coverage_report(cov, settings.lake_root)
+    if as_json:
+        payload = cov.to_json()
+        payload["heatmap"] = str(report.png) if report is not None and report.png is not None else None
+        click.echo(json.dumps(payload, indent=2))
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=f"minute view coverage {cov.start.isoformat()}..{cov.end.isoformat()} (from the ledger)")
+        for name in ("symbol", "committed", "committed ranges", "missing", "incomplete", "provisional", "not listed"):
+            table.add_column(name, justify="right" if name == "committed" else "left")
+        for row in cov.per_symbol():
+            ranges = [f"{a.isoformat()}..{b.isoformat()}" if a != b else a.isoformat() for a, b in row.committed]
+            table.add_row(
+                row.symbol,
+                str(row.committed_days),
+                ", ".join(ranges[:4]) + (f" (+{len(ranges) - 4} more)" if len(ranges) > 4 else "") or "-",
+                _some_ranges(list(row.missing)),
+                _some_ranges(list(row.incomplete)),
+                _some_ranges(list(row.provisional)),
+                _some_ranges(list(row.not_listed)),
+            )
+        # In a log or a pipe, wide enough that a row is one line.
+        Console(width=None if sys.stdout.isatty() else 200).print(table)
+    if report is not None:
+        if report.png is not None:
+            click.echo(f"heatmap: {report.png}", err=as_json)
+        else:
+            click.echo(f"heatmap: not drawn: {report.note}", err=True)
 
 
 def _problem_table(rows: list[dict[str, Any]]) -> list[str]:
@@ -667,6 +741,7 @@ class _BackfillScreen:
 
         self._bar_scope.close()
         self._total, self._done, self._began = len(event.plan.partitions), 0, time.monotonic()
+        self._received, self._weight = 0, 0
         if _live_bar():
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -677,11 +752,12 @@ class _BackfillScreen:
                 MofNCompleteColumn(),
                 TextColumn("{task.fields[rate]}"),
                 TimeRemainingColumn(),
+                TextColumn("{task.fields[traffic]}"),
                 TextColumn("{task.fields[last]}"),
                 console=Console(stderr=True),
             )
             self._bar = self._bar_scope.enter_context(progress)
-            self._task = progress.add_task("building", total=self._total, rate="", last="")
+            self._task = progress.add_task("building", total=self._total, rate="", traffic="", last="")
         else:
             click.echo(f"building {self._total} partition(s) …", err=True)
 
@@ -698,15 +774,18 @@ class _BackfillScreen:
 
     def _built(self, outcome: Any) -> None:
         self._done += 1
+        self._received += outcome.bytes_received
+        self._weight += outcome.rest_weight
         rate, eta = self._rate()
+        traffic = f"{self._received / (1 << 20):.1f} MiB, weight {self._weight}"
         if _live_bar():
-            self._bar.update(self._task, advance=1, rate=rate, last=_outcome_label(outcome))
+            self._bar.update(self._task, advance=1, rate=rate, traffic=traffic, last=_outcome_label(outcome))
         else:
             state = "ok" if outcome.ok else "FAILED"
             what = "written" if outcome.rewritten else "unchanged"
             click.echo(
                 f"[{self._done}/{self._total}] {outcome.symbol:<12} {outcome.day.isoformat()}  {state:<6} "
-                f"{outcome.status:<13} {what:<9} {outcome.seconds:5.1f} s  {rate}, {eta}"
+                f"{outcome.status:<13} {what:<9} {outcome.seconds:5.1f} s  {rate}, {eta}, {traffic}"
             )
         if not outcome.ok:
             click.echo(f"FAILED {outcome.symbol} {outcome.day.isoformat()}: {outcome.error}", err=True)
@@ -813,8 +892,10 @@ def backfill_years(
     """backfill-range from N years before yesterday to yesterday."""
     from bml_assets.orchestration.plan import years_back
 
-    start, end = years_back(years)
-    click.echo(f"range: {start.isoformat()}..{end.isoformat()}")
+    first_day = _settings().start_date
+    start, end = years_back(years, first_day=first_day)
+    clipped = f" (from BML_START_DATE; {years} year(s) would reach further back)" if start == first_day else ""
+    click.echo(f"range: {start.isoformat()}..{end.isoformat()}{clipped}")
     _run_backfill(
         start, end, symbols_text, max_missing_hours, dry_run, chunk_days, workers, partitions_per_run, verbose
     )
@@ -838,13 +919,15 @@ def live_rebuild(symbol: str, day: dt.date, dry_run: bool) -> None:
     """
     from bml_assets.lake.lake import Lake
     from bml_assets.live.rebuild import rebuild_day
-    from bml_assets.orchestration.state import open_ledger
+    from bml_assets.orchestration.scans import check_day
+    from bml_assets.orchestration.state import open_ledger, utc_today
 
     try:
         symbol = parse_symbols(symbol, variable="--symbol")[0]
     except SettingsError as err:
-        raise click.BadParameter(str(err), param_hint="--symbol") from None
+        raise BadArgument(str(err)) from None
     settings = _settings()
+    check_day(day, utc_today(), settings.start_date, option="--date")
     ledger = open_ledger(settings)
     try:
         result = rebuild_day(Lake.at(settings.lake_root), ledger, symbol, day, commit=not dry_run)

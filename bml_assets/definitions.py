@@ -35,6 +35,7 @@ from dagster import (
 from bml_assets.defs.assets.live import build_live_spec
 from bml_assets.defs.assets.minute_view import ASSET_NAME, build_minute_view_asset
 from bml_assets.defs.assets.streams import IO_MANAGER_KEY, build_stream_assets
+from bml_assets.defs.coverage import build_coverage_sensor
 from bml_assets.defs.io_manager import LakeIOManager
 from bml_assets.defs.partitions import build_partitions_def
 from bml_assets.defs.repair import build_repair_sensor, build_scan_job
@@ -105,6 +106,7 @@ def _build(settings: Settings) -> Definitions:
             build_hot_poll_sensor(settings.symbols, job_name=HOT_JOB),
             build_vision_promotion_sensor(job_name=MINUTE_VIEW_JOB),
             build_live_collector_sensor(settings.symbols),
+            build_coverage_sensor(settings.symbols),
             build_repair_sensor(
                 settings.symbols,
                 settings.start_date,

@@ -304,7 +304,7 @@ def _taken_before_day_end(obs: pa.Table, day: dt.date) -> pa.Table:
     )
 
 
-def _months_for(day: dt.date) -> list[tuple[int, int]]:
+def funding_months(day: dt.date) -> list[tuple[int, int]]:
     """The month of ``day``, and the month before on the 1st (its last settlement seeds the day)."""
     months = [(day.year, day.month)]
     if day.day == 1:
@@ -316,7 +316,7 @@ def _months_for(day: dt.date) -> list[tuple[int, int]]:
 def funding_day(fetch: StreamFetcher, sd: SymbolDay) -> PartitionData:
     got: list[Fetched] = []
     missing: NotPublished | None = None
-    for year, month in _months_for(sd.day):
+    for year, month in funding_months(sd.day):
         try:
             got.append(fetch.monthly(Stream.FUNDING_RATE, sd.symbol, year, month))
         except NotPublished as err:

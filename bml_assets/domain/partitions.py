@@ -1,7 +1,8 @@
 """The partition space, defined once: symbol × UTC date (SPEC §2).
 
-What belongs here: one partition as a value (``SymbolDay``) and the two-way mapping
-between a partition key (``"2024-01-01|BTCUSDT"``: the date dimension first, as
+What belongs here: one partition as a value (``SymbolDay``), consecutive days folded
+into ranges (``day_ranges``, ``show_ranges``: ``2024-03-01..2024-03-05, 2024-03-09``), and
+the two-way mapping between a partition key (``"2024-01-01|BTCUSDT"``: the date dimension first, as
 Dagster orders the dimensions of a multi-partition key by name) and a (symbol,
 day) pair. What stays out: the Dagster partitions definition
 (``defs/partitions.py``), which partitions exist in the lake (the ledger knows)
@@ -11,6 +12,7 @@ and any I/O.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from bml_assets.domain.settings import validate_symbol
@@ -52,3 +54,19 @@ def parse_partition_key(key: str) -> SymbolDay:
     except ValueError:
         raise ValueError(f"partition key {key!r}: {date_text!r} is not a date like 2024-01-01") from None
     return SymbolDay(validate_symbol(symbol), day)
+
+
+def day_ranges(days: Iterable[dt.date]) -> list[tuple[dt.date, dt.date]]:
+    """Consecutive days folded into inclusive (first, last) ranges, in order."""
+    ranges: list[tuple[dt.date, dt.date]] = []
+    for day in sorted(set(days)):
+        if ranges and day == ranges[-1][1] + dt.timedelta(days=1):
+            ranges[-1] = (ranges[-1][0], day)
+        else:
+            ranges.append((day, day))
+    return ranges
+
+
+def show_ranges(days: Iterable[dt.date]) -> str:
+    parts = [a.isoformat() if a == b else f"{a.isoformat()}..{b.isoformat()}" for a, b in day_ranges(days)]
+    return ", ".join(parts) if parts else "-"

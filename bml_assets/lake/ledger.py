@@ -591,6 +591,24 @@ class Ledger:
             meta = ledger_meta_table
             return int(conn.execute(sa.select(meta.c.value).where(meta.c.key == "schema_version")).scalar_one())
 
+    # Keys of ``ledger_meta`` the code may set besides the schema version.
+    BACKFILL_RATE_KEY = "last_backfill_rate"
+
+    def meta(self, key: str) -> str | None:
+        """A value of ``ledger_meta`` (None when never set)."""
+        with self._read() as conn:
+            meta = ledger_meta_table
+            return conn.execute(sa.select(meta.c.value).where(meta.c.key == key)).scalar_one_or_none()
+
+    def set_meta(self, key: str, value: str) -> None:
+        """Set a value of ``ledger_meta`` (e.g. the last backfill's measured rate); not the schema version."""
+        if key == "schema_version":
+            raise ValueError("the schema version is set by init() alone")
+        meta = ledger_meta_table
+        with self._write() as conn:
+            conn.execute(sa.delete(meta).where(meta.c.key == key))
+            conn.execute(sa.insert(meta).values(key=key, value=value))
+
     # ---- partitions
 
     def get_partition(self, dataset: Dataset | str, symbol: str, day: date) -> PartitionRecord | None:

@@ -4,7 +4,7 @@ What belongs here: ``run_backfill``, the whole loop behind ``bml backfill-range`
 and ``backfill-years``, as a stream of events the caller shows: check the range,
 open the workspace, keep the symbols that traded in it, scan it chunk by chunk
 (``scans.py``, every dataset), sweep the stray temporary files the scan found
-(not in a dry run), plan (``plan.py``), execute the plan with the real
+(not in a dry run), plan (``plan.py``; a dry run ends with its estimate, ``estimate.py``), execute the plan with the real
 ``MINUTE_VIEW_JOB`` through the run helper (``runner.py``): ranged runs of one
 symbol's consecutive days (``run_batches``), ``workers`` of them at once in worker
 processes, each opening the same persistent Dagster instance; a ranged run that
@@ -37,6 +37,7 @@ from bml_assets.domain.schema import MINUTE_VIEW
 from bml_assets.domain.settings import Settings
 from bml_assets.lake.lake import Lake
 from bml_assets.lake.ledger import Ledger
+from bml_assets.orchestration.estimate import BackfillEstimate, estimate_plan, record_rate
 from bml_assets.orchestration.plan import (
     DEFAULT_CHUNK_DAYS,
     BackfillPlan,
@@ -51,6 +52,8 @@ from bml_assets.orchestration.plan import (
 from bml_assets.orchestration.runner import PartitionRunner, RunOutcome, in_process
 from bml_assets.orchestration.scans import cache_strays, check_range, remaining_problems, scan_span, sweep_strays
 from bml_assets.orchestration.state import Workspace, open_workspace, utc_today
+from bml_assets.sources.http import Traffic, traffic
+from bml_assets.sources.vision import VisionClient
 
 # Tag of the runs a backfill launches (visible in the UI).
 BACKFILL_TAG = "bml/backfill"
@@ -74,6 +77,15 @@ class PartitionOutcome:
     seconds: float
     error: str | None = None
     detail: str | None = field(default=None, compare=False)  # the whole error chain (``--verbose``)
+    # Received over HTTP and REST weight spent by its run (a ranged run's, shared out by its days).
+    bytes_received: int = 0
+    rest_weight: int = 0
+
+
+def _shares(total: int, parts: int) -> list[int]:
+    """``total`` cut into ``parts`` whole shares that add up to it (the remainder on the first)."""
+    each, rest = divmod(total, parts)
+    return [each + rest] + [each] * (parts - 1) if parts else []
 
 
 def _file_hash(lake: Lake, symbol: str, day: dt.date) -> str | None:
@@ -115,11 +127,13 @@ def _worker_start(settings: Settings, symbols: tuple[str, ...], first_day: dt.da
     _WORKER["stack"] = stack  # closed when the process ends
 
 
-def _worker_run(batch: tuple[Target, ...], tags: dict[str, str]) -> list[RunOutcome]:
+def _worker_run(batch: tuple[Target, ...], tags: dict[str, str]) -> tuple[list[RunOutcome], Traffic]:
+    """A batch run in this worker, and the HTTP traffic it cost (counted by the one client here)."""
+    before = traffic()
     try:
-        return _run_batch(_WORKER["runner"], batch, tags)
+        return _run_batch(_WORKER["runner"], batch, tags), traffic() - before
     except KeyboardInterrupt:
-        return [RunOutcome(False, 1, "interrupted", interrupted=True)]
+        return [RunOutcome(False, 1, "interrupted", interrupted=True)], traffic() - before
 
 
 def execute_plan(
@@ -152,9 +166,13 @@ def execute_plan(
     with ExitStack() as stack:
         ledger = stack.enter_context(Ledger(settings.state_url))
 
-        def outcomes_of(batch: Sequence[Target], before: list[str | None], began: float, runs: list[RunOutcome]):
+        def outcomes_of(
+            batch: Sequence[Target], before: list[str | None], began: float, runs: list[RunOutcome], spent: Traffic
+        ):
             seconds = (time.monotonic() - began) / len(batch)  # a ranged run's time, shared by its days
-            for target, hash_before, run in zip(batch, before, runs, strict=False):
+            received = _shares(spent.bytes_received, len(batch))
+            weights = _shares(spent.rest_weight, len(batch))
+            for i, (target, hash_before, run) in enumerate(zip(batch, before, runs, strict=False)):
                 after = ledger.get_partition(MINUTE_VIEW.name, target.symbol, target.day)
                 yield PartitionOutcome(
                     symbol=target.symbol,
@@ -165,6 +183,8 @@ def execute_plan(
                     seconds=seconds,
                     error="interrupted" if run.interrupted else run.error,
                     detail=run.detail,
+                    bytes_received=received[i],
+                    rest_weight=weights[i],
                 )
             if any(run.interrupted for run in runs) or len(runs) < len(batch):
                 raise KeyboardInterrupt
@@ -180,8 +200,9 @@ def execute_plan(
                     in_process(settings, MINUTE_VIEW_JOB, symbols=plan.symbols, first_day=plan.start)
                 )
             for batch in batches:
-                before, began = hashes(batch), time.monotonic()
-                yield from outcomes_of(batch, before, began, _run_batch(runner, batch, tags))
+                before, began, sent = hashes(batch), time.monotonic(), traffic()
+                runs = _run_batch(runner, batch, tags)
+                yield from outcomes_of(batch, before, began, runs, traffic() - sent)
             return
 
         import multiprocessing
@@ -199,7 +220,7 @@ def execute_plan(
             initargs=(settings, plan.symbols, plan.start),
         )
         stack.callback(pool.shutdown, wait=True, cancel_futures=True)
-        pending: dict[Future[list[RunOutcome]], tuple[tuple[Target, ...], list[str | None], float]] = {}
+        pending: dict[Future[tuple[list[RunOutcome], Traffic]], tuple[tuple[Target, ...], list[str | None], float]] = {}
         for batch in batches:
             pending[pool.submit(_worker_run, batch, tags)] = (batch, hashes(batch), time.monotonic())
         try:
@@ -208,10 +229,10 @@ def execute_plan(
                 for future in sorted(done, key=lambda f: pending[f][2]):
                     batch, before, began = pending.pop(future)
                     try:
-                        runs = future.result()
+                        runs, spent = future.result()
                     except BrokenProcessPool as exc:
-                        runs = [RunOutcome(False, 0, f"the worker process died: {exc}")] * len(batch)
-                    yield from outcomes_of(batch, before, began, runs)
+                        runs, spent = [RunOutcome(False, 0, f"the worker process died: {exc}")] * len(batch), Traffic()
+                    yield from outcomes_of(batch, before, began, runs, spent)
         except KeyboardInterrupt:
             for future in pending:
                 future.cancel()
@@ -284,6 +305,9 @@ def summary_lines(outcomes: Sequence[PartitionOutcome], remaining: Sequence[Any]
         f"built {len(ok)} of {len(outcomes)} partition(s)"
         + (f" ({', '.join(parts)}; {rewritten} written, {len(ok) - rewritten} unchanged)" if ok else "")
     ]
+    received, weight = sum(o.bytes_received for o in outcomes), sum(o.rest_weight for o in outcomes)
+    if outcomes:
+        out.append(f"traffic: {received / (1 << 20):.1f} MiB received, REST weight {weight}")
     if failed:
         out.append(f"FAILED {len(failed)} partition(s):")
         out += [f"  {o.symbol} {o.day.isoformat()}: {o.error}" for o in failed]
@@ -337,6 +361,16 @@ class Planned:
 
 
 @dataclass(frozen=True)
+class Estimated:
+    """A dry run's estimate of the plan: download size, REST weight, time (``estimate.py``)."""
+
+    estimate: BackfillEstimate
+
+    def lines(self) -> list[str]:
+        return self.estimate.lines()
+
+
+@dataclass(frozen=True)
 class Building:
     """The plan's partitions are about to be built (one ``PartitionOutcome`` follows per partition)."""
 
@@ -381,7 +415,7 @@ class Finished:
         return out
 
 
-BackfillEvent = Note | Scanning | Scanned | Planned | Building | PartitionOutcome | Interrupted | Finished
+BackfillEvent = Note | Scanning | Scanned | Planned | Estimated | Building | PartitionOutcome | Interrupted | Finished
 
 
 # --------------------------------------------------------------------------- the loop
@@ -450,7 +484,7 @@ def run_backfill(
     propagates).
     """
     today = today or utc_today()
-    check_range(start, end, today)
+    check_range(start, end, today, settings.start_date)
     ws = open_workspace(settings, symbols, today=today)
     try:
         if not ws.universe:
@@ -479,13 +513,26 @@ def run_backfill(
         )
         yield Planned(plan, dry_run)
         if dry_run:
+            yield Estimated(
+                estimate_plan(
+                    plan,
+                    ws.ledger,
+                    VisionClient(settings.vision_base_url, settings.cache_dir),
+                    lake=ws.lake,
+                    today=today,
+                    budget_per_min=settings.rest_weight_budget,
+                )
+            )
             yield Finished(plan, remaining=tuple(unplanned_problems(ws, reports, plan)), dry_run=True)
             return
         if workers is None:
             workers = 1 if runner is not None else (os.cpu_count() or 1)
+        began = time.monotonic()
         outcomes = yield from _build(plan, settings, runner, workers, partitions_per_run)
         if outcomes is None:
             return
+        if any(o.ok for o in outcomes):  # the rate a later dry run estimates its time by (not of failures)
+            record_rate(ws.ledger, len(outcomes), time.monotonic() - began, workers)
         reported = report_unknown_partitions(settings, scan_symbols, start, end) if runner is None else 0
         if reported:
             yield Note(f"reported {reported} partition(s) the ledger has and Dagster did not to Dagster")

@@ -1,7 +1,7 @@
 """The backfill's plan: which partitions to (re)build, in which order, within which cap.
 
-What belongs here: day ranges (``--years`` back from yesterday, chunks of a range,
-consecutive days folded for display), the symbols that traded in a range, the
+What belongs here: day ranges (``--years`` back from yesterday, chunks of a range;
+consecutive days folded for display come from ``domain.partitions``), the symbols that traded in a range, the
 targets the scan reports ask for (``repair.py``'s targets of every dataset plus the
 days never built), and ``plan_backfill``: filter (range, symbols, listed days),
 order (chunk, symbol, day) and cap (``--max-missing-hours``), with the plan's text;
@@ -19,6 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from bml_assets.domain.partitions import show_ranges
 from bml_assets.domain.schema import MINUTE_VIEW
 from bml_assets.lake.ledger import SymbolRecord
 from bml_assets.orchestration.scans import remaining_problems
@@ -30,8 +31,11 @@ NOT_BUILT = "not_built"
 DEFAULT_CHUNK_DAYS = 30
 
 
-def years_back(years: int, *, today: dt.date | None = None) -> tuple[dt.date, dt.date]:
-    """From ``years`` years before yesterday, to yesterday (29 February → 28 February)."""
+def years_back(
+    years: int, *, today: dt.date | None = None, first_day: dt.date | None = None
+) -> tuple[dt.date, dt.date]:
+    """From ``years`` years before yesterday, to yesterday (29 February → 28 February); not
+    before ``first_day`` (``BML_START_DATE``, the partition set's first day) when given."""
     if years < 1:
         raise ValueError(f"--years must be at least 1, not {years}")
     end = (today or utc_today()) - dt.timedelta(days=1)
@@ -39,23 +43,9 @@ def years_back(years: int, *, today: dt.date | None = None) -> tuple[dt.date, dt
         start = end.replace(year=end.year - years)
     except ValueError:
         start = end.replace(year=end.year - years, day=28)
+    if first_day is not None and start < first_day <= end:
+        start = first_day
     return start, end
-
-
-def day_ranges(days: Iterable[dt.date]) -> list[tuple[dt.date, dt.date]]:
-    """Consecutive days folded into inclusive (first, last) ranges, in order."""
-    ranges: list[tuple[dt.date, dt.date]] = []
-    for day in sorted(set(days)):
-        if ranges and day == ranges[-1][1] + dt.timedelta(days=1):
-            ranges[-1] = (ranges[-1][0], day)
-        else:
-            ranges.append((day, day))
-    return ranges
-
-
-def show_ranges(days: Iterable[dt.date]) -> str:
-    parts = [a.isoformat() if a == b else f"{a.isoformat()}..{b.isoformat()}" for a, b in day_ranges(days)]
-    return ", ".join(parts) if parts else "-"
 
 
 def chunks(start: dt.date, end: dt.date, chunk_days: int) -> list[tuple[dt.date, dt.date]]:
@@ -110,6 +100,18 @@ class BackfillPlan:
     def keys(self) -> list[tuple[str, dt.date]]:
         return [(t.symbol, t.day) for t in self.partitions]
 
+    def partition_lines(self) -> list[str]:
+        """The partitions folded: per symbol and reason, its days as ranges and their number (a
+        line each, so 2 000 partitions of a fresh range are a line per symbol)."""
+        groups: dict[tuple[str, str], list[dt.date]] = {}
+        for t in self.partitions:
+            groups.setdefault((t.symbol, ", ".join(t.reasons) or NOT_BUILT), []).append(t.day)
+        order = {s: i for i, s in enumerate(self.symbols)}
+        return [
+            f"  {symbol:<12} {show_ranges(days)}  {reason} ({len(days)} day(s))"
+            for (symbol, reason), days in sorted(groups.items(), key=lambda kv: (order.get(kv[0][0], 0), min(kv[1])))
+        ]
+
     def lines(self) -> list[str]:
         """The plan as text: what a dry run prints."""
         span = f"{self.start.isoformat()}..{self.end.isoformat()}"
@@ -117,7 +119,7 @@ class BackfillPlan:
             f"plan: {len(self.partitions)} partition(s) to build ({self.hours} h) "
             f"in {span} for {', '.join(self.symbols) or '-'}"
         ]
-        out += [f"  {t.symbol:<12} {t.day.isoformat()}  {', '.join(t.reasons) or NOT_BUILT}" for t in self.partitions]
+        out += self.partition_lines()
         for s in self.skipped:
             out.append(f"skipped: {s.symbol} {show_ranges(s.days)} ({len(s.days)} day(s)): {s.reason}")
         if self.left_out:

@@ -26,12 +26,32 @@ from bml_assets.orchestration.state import Workspace, open_workspace, utc_today
 from bml_assets.orchestration.symbols import not_listed_reason
 
 
-def check_range(start: dt.date, end: dt.date, today: dt.date) -> None:
-    """A range a command can work on: in order, and not after ``today``; ``BadRequest`` otherwise."""
+def check_range(start: dt.date, end: dt.date, today: dt.date, first_day: dt.date | None = None) -> None:
+    """A range a command can work on: in order, inside the partition set (from ``first_day``,
+    ``BML_START_DATE``, to ``today``); ``BadRequest`` naming the option and the valid days otherwise."""
+    valid = f"valid days are {first_day.isoformat() if first_day else '…'}..{today.isoformat()}"
+    if start > today:
+        raise BadRequest(f"--start {start.isoformat()} is after today ({today.isoformat()} UTC): {valid}")
     if end < start:
         raise BadRequest(f"the range is reversed: --start {start.isoformat()} is after --end {end.isoformat()}")
     if end > today:
-        raise BadRequest(f"--end {end.isoformat()} is after today ({today.isoformat()} UTC): nothing to build yet")
+        raise BadRequest(
+            f"--end {end.isoformat()} is after today ({today.isoformat()} UTC): nothing to build yet; {valid}"
+        )
+    if first_day is not None and start < first_day:
+        raise BadRequest(
+            f"--start {start.isoformat()} is before the first partition day {first_day.isoformat()} "
+            f"(BML_START_DATE): {valid}"
+        )
+
+
+def check_day(day: dt.date, today: dt.date, first_day: dt.date, *, option: str) -> None:
+    """One day a command is given (``option``): inside the partition set, ``BadRequest`` otherwise."""
+    valid = f"valid days are {first_day.isoformat()} (BML_START_DATE)..{today.isoformat()} (today UTC)"
+    if day > today:
+        raise BadRequest(f"{option} {day.isoformat()} is after today: {valid}")
+    if day < first_day:
+        raise BadRequest(f"{option} {day.isoformat()} is before the first partition day: {valid}")
 
 
 def scan_span(
@@ -162,7 +182,7 @@ def scan_range(
     """Scan every dataset over ``start..end`` for ``symbols`` (default ``BML_SYMBOLS``), add the
     Vision cache's stray files, and sweep the strays found when ``sweep``."""
     today = today or utc_today()
-    check_range(start, end, today)
+    check_range(start, end, today, settings.start_date)
     ws = open_workspace(settings, symbols, today=today)
     try:
         report = listed_scan(ws, start, end, deep=deep)

@@ -5,8 +5,9 @@ What belongs here: checking the lake root (created, writable), creating the ledg
 (``init-state``), opening it for a command (its version is checked there), the
 symbols a command works on (asked for, else ``BML_SYMBOLS``; each known to the
 settings or the synced universe), the ``Workspace`` of a scan or a backfill
-(settings, ledger, symbols, their listings, today), and the watermark report
-(``show-watermark``).
+(settings, ledger, symbols, their listings, today), the watermark report
+(``show-watermark``) and the coverage report (``bml coverage``: ``lake/coverage.py`` over the
+symbols and range a command is given).
 
 What stays out: syncing the symbol universe and the listing rules (``symbols.py``),
 scanning (``scans.py``), planning and running (``plan.py``, ``backfill.py``, ``hot.py``),
@@ -175,3 +176,28 @@ def watermark_report(settings: Settings, symbol: str | None = None) -> list[dict
             }
         )
     return report
+
+
+def coverage_report(
+    settings: Settings,
+    symbols: Sequence[str] | None = None,
+    *,
+    start: dt.date | None = None,
+    end: dt.date | None = None,
+    today: dt.date | None = None,
+) -> Any:
+    """``lake.coverage.read_coverage`` of ``symbols`` (default ``BML_SYMBOLS``, each known) over
+    ``start..end`` (default: the first day the ledger has a row of them .. today), the range
+    checked like a scan's (``BadRequest``)."""
+    from bml_assets.lake.coverage import read_coverage
+    from bml_assets.orchestration.scans import check_range
+
+    today = today or utc_today()
+    if start is not None or end is not None:
+        check_range(start or settings.start_date, end or today, today, settings.start_date)
+    ledger = open_ledger(settings)
+    try:
+        resolved = resolve_symbols(symbols, settings.symbols, ledger.symbols())
+        return read_coverage(ledger, resolved, today=today, start=start, end=end)
+    finally:
+        ledger.close()

@@ -4,7 +4,8 @@ What belongs here: issuing GET requests with a bounded retry policy (5xx and
 transport errors, exponential backoff with full jitter), turning error responses
 into ``HttpError`` messages a person can act on (the exchange's ``code``/``msg``,
 451 explained, ``Retry-After`` shown), streaming a download to disk while
-hashing it, and ``redact_url``: the one place where the credentials of a URL
+hashing it, this process's count of the bytes received and the REST weight spent
+(``Traffic``: the progress of long work reads it), and ``redact_url``: the one place where the credentials of a URL
 (``http://user:password@mirror/``) are hidden before the URL is shown, logged or
 stored. Requests still carry them (requests sends the userinfo as basic auth).
 
@@ -19,6 +20,7 @@ import hashlib
 import json
 import os
 import random
+import threading
 import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
@@ -46,6 +48,39 @@ TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
     requests.exceptions.ChunkedEncodingError,
     requests.exceptions.ContentDecodingError,
 )
+
+
+@dataclass(frozen=True)
+class Traffic:
+    """What this process has received over HTTP (bodies, in bytes: downloads and answers) and
+    spent of the exchange's REST weight, since it started. Counted here, by the one client, so
+    a progress display needs no client of its own: it takes the difference of two readings
+    (``traffic()``) around the work, in the process that did it."""
+
+    bytes_received: int = 0
+    rest_weight: int = 0
+
+    def __sub__(self, other: Traffic) -> Traffic:
+        return Traffic(self.bytes_received - other.bytes_received, self.rest_weight - other.rest_weight)
+
+    def __add__(self, other: Traffic) -> Traffic:
+        return Traffic(self.bytes_received + other.bytes_received, self.rest_weight + other.rest_weight)
+
+
+_traffic = Traffic()
+_traffic_lock = threading.Lock()  # the hot band's steps fetch from threads
+
+
+def count_traffic(*, bytes_received: int = 0, rest_weight: int = 0) -> None:
+    """Add to this process's ``Traffic`` (the REST client adds the weight of each request it sends)."""
+    global _traffic
+    with _traffic_lock:
+        _traffic = _traffic + Traffic(bytes_received, rest_weight)
+
+
+def traffic() -> Traffic:
+    """This process's ``Traffic`` so far."""
+    return _traffic
 
 
 class HttpError(Exception):
@@ -220,6 +255,8 @@ class HttpClient:
                     after_attempt(response)
                 status = response.status_code
                 if status in passthrough or 200 <= status < 400:
+                    if not stream:  # a streamed body is counted as it is read (``download``)
+                        count_traffic(bytes_received=len(response.content))
                     return response
                 if status >= 500:
                     last_problem = f"HTTP {status}"
@@ -238,6 +275,37 @@ class HttpClient:
             f"GET {shown} failed after {self.max_retries + 1} attempts: {last_problem}",
             url=shown,
         )
+
+    def head_size(self, url: str) -> int | None:
+        """The size of ``url``'s body as a HEAD tells it (``Content-Length``), with the retries of
+        ``get``; None when the host has no such file (404/403) or does not say. Receives no body."""
+        shown = redact_url(url)
+        last_problem = ""
+        for attempt in range(self.max_retries + 1):
+            try:
+                response = self.session.head(
+                    url, timeout=self.timeout_s, headers={"User-Agent": self.user_agent}, allow_redirects=True
+                )
+            except TRANSPORT_ERRORS as exc:
+                last_problem = redact_url(f"{type(exc).__name__}: {exc}")
+            except requests.RequestException as exc:
+                raise HttpError(
+                    f"HEAD {shown} failed: {redact_url(f'{type(exc).__name__}: {exc}')}", url=shown
+                ) from None
+            else:
+                with response:
+                    status = response.status_code
+                    if status in DEFAULT_PASSTHROUGH:
+                        return None
+                    if 200 <= status < 300:
+                        length = response.headers.get("Content-Length", "")
+                        return int(length) if length.isdigit() else None
+                    if status < 500:
+                        raise self._error_for(shown, response)
+                    last_problem = f"HTTP {status}"
+            if attempt < self.max_retries:
+                self.sleep(self.backoff_s(attempt))
+        raise HttpError(f"HEAD {shown} failed after {self.max_retries + 1} attempts: {last_problem}", url=shown)
 
     def download(self, url: str, dest: Path) -> DownloadResult:
         """Stream ``url`` into ``dest`` (overwritten), hashing on the fly; fsynced on return.
@@ -286,6 +354,7 @@ class HttpClient:
                 out.write(chunk)
                 digest.update(chunk)
                 size += len(chunk)
+                count_traffic(bytes_received=len(chunk))
             if expected is not None and size != expected:
                 raise IncompleteBody(f"body of {url} has {size} bytes, Content-Length says {expected}")
             out.flush()

@@ -42,7 +42,7 @@ from bml_assets.domain.schema import METRICS
 from bml_assets.domain.settings import validate_symbol
 from bml_assets.domain.streams import Stream
 from bml_assets.sources import rest_limits as limits
-from bml_assets.sources.http import STATUS_IP_BANNED, STATUS_TOO_MANY_REQUESTS, HttpClient, HttpError
+from bml_assets.sources.http import STATUS_IP_BANNED, STATUS_TOO_MANY_REQUESTS, HttpClient, HttpError, count_traffic
 from bml_assets.sources.rest_budget import DEFAULT_WINDOW_S, RestBanned, WeightBudget, utc_iso
 from bml_assets.sources.vision_csv import output_schema
 
@@ -306,6 +306,7 @@ class RestClient:
             with self._count_lock:
                 self.weight_spent += weight
                 self.requests_sent += 1
+            count_traffic(rest_weight=weight)
             if times is not None:  # after the budget's wait: only the request's own round trip counts
                 times[:] = [time.time_ns()]
 

@@ -196,6 +196,18 @@ class VisionClient:
     def fetch_monthly(self, stream: Stream, symbol: str, year: int, month: int) -> VisionFile:
         return self.fetch(self.monthly_url(stream, symbol, year, month))
 
+    def published_size(self, url: str) -> int | None:
+        """The zip's size as the host says it (a HEAD, no download); None when it has no such file."""
+        return self.http.head_size(url)
+
+    def is_cached(self, url: str) -> bool:
+        """The cache holds a verified zip of ``url`` (any checksum: a re-upload is rare)."""
+        entry = self.entry_dir(url)
+        try:
+            return any(name.endswith(".zip") and not name.startswith(".") for name in os.listdir(entry))
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+
     def refetch_daily(self, stream: Stream, symbol: str, day: date) -> VisionFile:
         """``fetch_daily`` downloading the zip again even when the cache holds it: the
         cached copy for the CHECKSUM published now is dropped first (a file that looks

@@ -125,6 +125,8 @@ COMMANDS = [
     ["live-collect"],
     ["demo"],
     ["columns"],
+    ["cache"],
+    ["coverage"],
 ]
 
 
@@ -152,18 +154,61 @@ def test_state_universe_backfill_scan_and_repair(bml: Bml) -> None:
     assert "before its listing on 2024-02-20: nothing to do" in out
     assert bml.minute_rows() == []
 
-    # The plan first: 6 days to build (exit 1: work remains), and the cap.
+    # The plan first: 6 days to build (exit 1: work remains), folded per symbol, with its
+    # estimate; the cap.
     dry = ok(bml("backfill-range", "--start", "2024-03-01", "--end", "2024-03-03", "--dry-run"), 1).stdout
-    assert "plan: 6 partition(s) to build (144 h)" in dry and "ETHUSDT      2024-03-03  not_built" in dry
+    assert "plan: 6 partition(s) to build (144 h)" in dry
+    assert "  ETHUSDT      2024-03-01..2024-03-03  not_built (3 day(s))" in dry
+    assert "estimate: 6 partition(s) to build; 0 committed partition(s) of the range skipped" in dry
+    # 6 days × 7 daily streams (bookTicker is published until 2024-03-30), metrics of the day
+    # before the first (2 × 1), two fundingRate months per symbol (March 1st reads February's
+    # too): 42 + 2 + 4; one HEAD per symbol and stream (2 × 8).
+    assert "in 48 of the 48 Vision zip(s) of 6 day(s)" in dry
+    assert "the cache 0 (0 B), the ledger's source_files 0 (0.0 MiB), 16 HEAD(s)" in dry
+    assert "REST weight: ≈ 0 for 0 day(s) Vision has not published" in dry
+    assert "time: unknown (no backfill measured in this ledger yet)" in dry
+    estimated_mib = float(dry.split("download: ≈ ")[1].split(" MiB")[0])
+    assert len(dry.splitlines()) < 12  # a summary, not a line per partition
     years = ok(bml("backfill-years", "--years", "1", "--dry-run", "--max-missing-hours", "50"), 1).stdout
     assert "range: " in years and "plan: 2 partition(s) to build (48 h)" in years
     assert "cap reached: --max-missing-hours 50 allows 48 h" in years
+    # A dry run writes nothing: no ledger row, no source file, no cache, no Dagster instance.
     assert bml.minute_rows() == []
+    with Ledger(bml.state_url) as ledger:
+        assert ledger.partitions() == [] and ledger.meta(Ledger.BACKFILL_RATE_KEY) is None
+    assert not (bml.lake / "_cache").exists() and not (bml.lake / "_dagster").exists()
+    assert not (bml.lake / "futures").exists()
 
     # From an empty lake: 2 symbols × 3 days, then a clean scan.
-    out = ok(bml("backfill-range", "--start", "2024-03-01", "--end", "2024-03-03")).stdout
+    done = ok(bml("backfill-range", "--start", "2024-03-01", "--end", "2024-03-03"))
+    out = done.stdout
     assert "built 6 of 6 partition(s) (6 committed; 6 written, 0 unchanged)" in out
     assert "final scan: clean" in out
+    # Bytes and weight next to [i/N], rate and ETA; the summary's total against the estimate
+    # (the synthetic market's zips are about the same size every day: within a quarter).
+    assert "[6/6] " in out and "partitions/min, ETA " in out and " MiB, weight 0" in out
+    received_mib = float(out.split("traffic: ")[1].split(" MiB received")[0])
+    assert received_mib > 0 and abs(estimated_mib - received_mib) <= 0.25 * received_mib
+    assert "REST weight 0" in out
+    # The cache holds the zips the estimate counted; the coverage shows the days built.
+    assert "in 48 file(s)" in ok(bml("cache")).stdout
+    window = ("--start", "2024-03-01", "--end", "2024-03-04")
+    table = ok(bml("coverage", *window)).stdout
+    assert "2024-03-01..2024-03-03" in table and "1: 2024-03-04" in table and "heatmap: " in table
+    coverage = json.loads(ok(bml("coverage", *window, "--json")).stdout)
+    assert coverage["counts"] == {
+        "committed": 6,
+        "provisional": 0,
+        "incomplete": 0,
+        "not_listed": 0,
+        "not_published": 0,
+        "missing": 2,
+    }
+    assert coverage["symbols"][1]["symbol"] == "ETHUSDT"
+    assert coverage["symbols"][1]["committed_ranges"] == [["2024-03-01", "2024-03-03"]]
+    assert coverage["symbols"][1]["missing_ranges"] == [["2024-03-04", "2024-03-04"]]
+    assert coverage["heatmap"] == str(bml.lake / "_reports" / "coverage.png")
+    assert (bml.lake / "_reports" / "coverage.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
     assert "clean: 6 partition(s) checked" in ok(bml("scan", "--start", "2024-03-01", "--end", "2024-03-03")).stdout
     report = json.loads(ok(bml("scan", "--start", "2024-03-01", "--end", "2024-03-03", "--json")).stdout)
     assert report["clean"] is True and report["checked"] == 6 and report["problems"] == []
@@ -219,6 +264,10 @@ def test_state_universe_backfill_scan_and_repair(bml: Bml) -> None:
     assert not stray.exists() and not download.exists()
     dry = ok(bml("backfill-range", *span, "--dry-run"), 1).stdout
     assert "plan: 1 partition(s)" in dry and "klines_1m:unreadable" in dry
+    # Its zips are in the cache now (nothing to download), and the last backfill measured a rate.
+    assert "estimate: 1 partition(s) to build; 5 committed partition(s) of the range skipped" in dry
+    assert "download: ≈ 0.0 MiB in 0 of the 10 Vision zip(s) of 1 day(s)" in dry
+    assert "at the measured rate" in dry and "partitions/min (the last backfill: " in dry
     out = ok(bml("backfill-range", *span)).stdout
     assert "built 1 of 1 partition(s)" in out and "final scan: clean" in out
     assert file_sha256(klines) == good_klines
@@ -270,6 +319,48 @@ def test_usage_errors_and_unusable_state(bml: Bml, tmp_path: Path) -> None:
     old = ok(bml("show-watermark"), 1)
     assert "schema_version '0'" in old.stderr and "what to do" in old.stderr
     assert "schema_version '0'" in ok(bml("backfill-range", "--start", "2024-03-01", "--end", "2024-03-01"), 1).stderr
+
+
+def one_line(result: subprocess.CompletedProcess[str]) -> str:
+    """A usage error: exit 2 and one line on stderr (no usage text)."""
+    ok(result, 2)
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    return result.stderr
+
+
+def test_a_partition_key_outside_the_set_is_one_line_naming_the_argument(bml: Bml) -> None:
+    day = ("--start", "2024-03-01", "--end", "2024-03-01")
+    # Malformed dates, for every command that takes one.
+    for command in (["backfill-range", "--end", "2024-03-01"], ["scan", "--end", "2024-03-01"], ["coverage"]):
+        text = one_line(bml(*command, "--start", "2024-13-01"))
+        assert "error: --start '2024-13-01' is not a date like 2024-03-01" in text, command
+    text = one_line(bml("live-rebuild", "--symbol", "BTCUSDT", "--date", "yesterday"))
+    assert "error: --date 'yesterday' is not a date" in text
+    # A day before BML_START_DATE (2024-01-01): the valid days named.
+    for command in ("backfill-range", "scan", "coverage"):
+        text = one_line(bml(command, "--start", "2023-12-31", "--end", "2024-01-02"))
+        assert "--start 2023-12-31 is before the first partition day 2024-01-01 (BML_START_DATE)" in text, command
+        assert "valid days are 2024-01-01.." in text
+    text = one_line(bml("live-rebuild", "--symbol", "BTCUSDT", "--date", "2023-12-31"))
+    assert "--date 2023-12-31 is before the first partition day: valid days are 2024-01-01 (BML_START_DATE).." in text
+    # A day in the future.
+    text = one_line(bml("backfill-range", "--start", "2024-03-01", "--end", "2999-01-01"))
+    assert "--end 2999-01-01 is after today" in text and "valid days are 2024-01-01.." in text
+    text = one_line(bml("scan", "--start", "2999-01-01", "--end", "2999-01-02"))
+    assert "--start 2999-01-01 is after today" in text
+    assert "is after today" in one_line(bml("live-rebuild", "--symbol", "BTCUSDT", "--date", "2999-01-01"))
+    # An unknown or malformed symbol.
+    for command in (
+        ["backfill-range", *day],
+        ["scan", *day],
+        ["coverage"],
+        ["run-once"],
+        ["backfill-years", "--years", "1"],
+    ):
+        assert "unknown symbol XRPUSDT: not in BML_SYMBOLS" in one_line(bml(*command, "--symbols", "XRPUSDT")), command
+    assert "unknown symbol XRPUSDT" in one_line(bml("show-watermark", "--symbol", "XRPUSDT"))
+    assert "--symbols" in one_line(bml("scan", *day, "--symbols", "btc"))
+    assert not (bml.lake / "futures").exists() and not (bml.lake / "_dagster").exists()
 
 
 def test_run_once_advances_the_watermark_by_the_exchange_clock(bml: Bml, server: ReplayServer) -> None:

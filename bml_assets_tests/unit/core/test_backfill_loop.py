@@ -4,6 +4,7 @@ failures left, interrupted, dry run, nothing listed, refused before any work).""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,6 +20,7 @@ from bml_assets.lake.ledger import Ledger, SymbolRecord
 from bml_assets.orchestration.backfill import (
     UNIVERSE_NOT_SYNCED,
     Building,
+    Estimated,
     Finished,
     Interrupted,
     Note,
@@ -31,6 +33,8 @@ from bml_assets.orchestration.backfill import (
 from bml_assets.orchestration.errors import BadRequest, UnknownSymbol
 from bml_assets.orchestration.runner import RunOutcome
 from bml_assets.quality import enforce_blocking
+from bml_assets.replay.market import MarketConfig, SyntheticMarket
+from bml_assets.replay.server import ReplayServer
 from bml_assets_tests.unit.lake._helpers import minute_table
 
 BTC, ETH = "BTCUSDT", "ETHUSDT"
@@ -124,7 +128,11 @@ def test_an_empty_lake_is_scanned_swept_planned_built_and_rescanned_clean(settin
     ]
     end = events[-1]
     assert end.clean and end.remaining == () and len(end.outcomes) == 4
-    assert end.lines() == ["built 4 of 4 partition(s) (4 committed; 4 written, 0 unchanged)", "final scan: clean"]
+    assert end.lines() == [
+        "built 4 of 4 partition(s) (4 committed; 4 written, 0 unchanged)",
+        "traffic: 0.0 MiB received, REST weight 0",  # the fake runner fetches nothing
+        "final scan: clean",
+    ]
 
     # Again: the rescan finds nothing, so nothing is planned, built or run.
     again = backfill(settings, runner)
@@ -149,6 +157,7 @@ def test_a_failed_partition_does_not_stop_the_others_and_the_rescan_reports_it(s
     assert [(p.symbol, p.day, str(p.kind)) for p in end.remaining] == [(BTC, D1, "not_built")]
     assert end.lines() == [
         "built 3 of 4 partition(s) (3 committed; 3 written, 0 unchanged)",
+        "traffic: 0.0 MiB received, REST weight 0",
         "FAILED 1 partition(s):",
         "  BTCUSDT 2024-03-01: minute_view: the day has no klines",
         "final scan: 1 problem(s) remain (not_built: 1)",
@@ -169,14 +178,23 @@ def test_an_interrupted_run_ends_the_loop_with_what_was_committed_kept(settings:
 def test_a_dry_run_plans_without_sweeping_or_building(settings: Settings) -> None:
     runner = FakeRunner(settings)
     stray = stray_in(settings, ETH, D2)
-    events = backfill(settings, runner, dry_run=True, max_missing_hours=48)
-    assert [type(e) for e in events] == [Note, Scanning, Scanned, Scanned, Planned, Finished]
-    assert events[-2].lines() == [
+    with ReplayServer(market=SyntheticMarket(MarketConfig(trades_per_day=200))) as vision:
+        # The estimate asks the Vision host for sizes (HEAD): the replay server, never the internet.
+        local = dataclasses.replace(settings, vision_base_url=vision.base_url)
+        events = backfill(local, runner, dry_run=True, max_missing_hours=48)
+    assert [type(e) for e in events] == [Note, Scanning, Scanned, Scanned, Planned, Estimated, Finished]
+    assert events[-3].lines() == [
         "plan: 2 partition(s) to build (48 h) in 2024-03-01..2024-03-02 for BTCUSDT, ETHUSDT",
-        "  BTCUSDT      2024-03-01  not_built",
-        "  ETHUSDT      2024-03-01  not_built",
+        "  BTCUSDT      2024-03-01  not_built (1 day(s))",
+        "  ETHUSDT      2024-03-01  not_built (1 day(s))",
         "cap reached: --max-missing-hours 48 allows 48 h; 2 more partition(s) (48 h) left for a later run",
     ]
+    estimate = events[-2].estimate
+    # Per day: 7 daily streams, the day before's metrics, fundingRate of February and March.
+    assert (estimate.partitions, estimate.committed_skipped, estimate.zips, estimate.heads) == (2, 0, 20, 16)
+    assert (estimate.cached_zips, estimate.known_zips, estimate.headed_zips, estimate.unsized_zips) == (0, 0, 20, 0)
+    assert estimate.headed_bytes > 0 and estimate.rest_days == 0 and estimate.rate_per_min is None
+    assert estimate.head_error is None
     end = events[-1]
     assert not end.clean and end.lines() == []  # the plan said it all
     assert [(p.symbol, p.day) for p in end.remaining] == [(BTC, D2), (ETH, D2)]  # what the cap leaves

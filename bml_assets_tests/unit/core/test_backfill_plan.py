@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from bml_assets.domain.partitions import day_ranges
 from bml_assets.domain.settings import Settings
 from bml_assets.lake.ledger import Ledger, SymbolRecord
 from bml_assets.lake.scan import Problem, ProblemKind, ScanReport
@@ -15,7 +16,6 @@ from bml_assets.orchestration.plan import (
     BackfillPlan,
     Target,
     chunks,
-    day_ranges,
     plan_backfill,
     symbols_in_range,
     targets_from_reports,
@@ -120,10 +120,10 @@ def test_dry_run_text() -> None:
     )
     assert plan.lines() == [
         "plan: 4 partition(s) to build (96 h) in 2024-03-01..2024-03-03 for BTCUSDT, ETHUSDT",
-        "  BTCUSDT      2024-03-01  content_hash_mismatch",
-        "  BTCUSDT      2024-03-02  not_built",
-        "  BTCUSDT      2024-03-03  not_built",
-        "  ETHUSDT      2024-03-02  not_built",
+        # Folded per symbol and reason: a summary, not a line per partition.
+        "  BTCUSDT      2024-03-01  content_hash_mismatch (1 day(s))",
+        "  BTCUSDT      2024-03-02..2024-03-03  not_built (2 day(s))",
+        "  ETHUSDT      2024-03-02  not_built (1 day(s))",
         "skipped: ETHUSDT 2024-03-01 (1 day(s)): before its listing on 2024-03-02",
         "cap reached: --max-missing-hours 100 allows 96 h; 1 more partition(s) (24 h) left for a later run",
     ]

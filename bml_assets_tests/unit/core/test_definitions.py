@@ -52,6 +52,7 @@ def test_definitions_load_with_asset_keys_and_checks() -> None:
         "vision_promotion_sensor",
         "repair_sensor",
         "live_collector_sensor",
+        "coverage_sensor",
     }
     assert d.resolve_job_def("lake_scan_job") is not None
 

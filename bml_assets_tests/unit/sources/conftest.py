@@ -66,11 +66,15 @@ class FakeHost:
                     self.send_header(k, v)
                 self.send_header("Content-Length", str(len(reply.body)))
                 self.end_headers()
+                if self.command == "HEAD":
+                    return  # the headers of the GET, no body
                 if reply.truncate_to is None:
                     self.wfile.write(reply.body)
                 else:
                     self.wfile.write(reply.body[: reply.truncate_to])
                     self.close_connection = True
+
+            do_HEAD = do_GET
 
             def log_message(self, format: str, *args: object) -> None:
                 pass

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from bml_assets.sources.http import HttpClient, HttpError
+from bml_assets.sources.http import HttpClient, HttpError, Traffic, traffic
 
 from .conftest import FakeHost, Reply
 
@@ -164,3 +164,26 @@ def test_download_failing_midway_removes_the_partial_file(
 def test_invalid_url_is_an_http_error(http: HttpClient) -> None:
     with pytest.raises(HttpError, match="failed"):
         http.get("http://")
+
+
+def test_traffic_counts_the_bodies_received(fake_host: FakeHost, http: HttpClient, tmp_path: Path) -> None:
+    fake_host.set("/a", Reply(200, b"a" * 1000))
+    fake_host.set("/f.zip", Reply(200, b"z" * 1_280_000))
+    fake_host.set("/gone", Reply(404, b"nope"))  # a passthrough answer's body is received too
+    before = traffic()
+    http.get(fake_host.url("/a"))
+    http.download(fake_host.url("/f.zip"), tmp_path / "f.zip")
+    http.get(fake_host.url("/gone"))
+    assert traffic() - before == Traffic(bytes_received=1000 + 1_280_000 + 4, rest_weight=0)
+
+
+def test_head_size_reads_the_length_without_the_body(fake_host: FakeHost, http: HttpClient, sleeps: list) -> None:
+    fake_host.set("/f.zip", Reply(200, b"z" * 12_345))
+    fake_host.set("/broken.zip", Reply(500))
+    before = traffic()
+    assert http.head_size(fake_host.url("/f.zip")) == 12_345
+    assert http.head_size(fake_host.url("/missing.zip")) is None  # 404: no such file
+    assert traffic() - before == Traffic()  # a HEAD receives no body
+    with pytest.raises(HttpError, match=r"HEAD http://127\.0\.0\.1:\d+/broken\.zip failed after 4 attempts: HTTP 500"):
+        http.head_size(fake_host.url("/broken.zip"))
+    assert len(sleeps) == 3

@@ -17,7 +17,7 @@ import pytest
 from bml_assets.domain.schema import METRICS
 from bml_assets.domain.streams import Stream
 from bml_assets.sources import rest_limits as limits
-from bml_assets.sources.http import HttpClient, HttpError
+from bml_assets.sources.http import HttpClient, HttpError, Traffic, traffic
 from bml_assets.sources.rest import (
     REST_POOL,
     AggTradeGap,
@@ -128,6 +128,17 @@ def test_429_retry_after_is_honoured_then_retried(
     assert clock.sleeps == [pytest.approx(3.0)]  # the limiter held the next request back 3 s
     assert fake_host.count(limits.PREMIUM_INDEX_PATH) == 2
     assert (client.weight_spent, client.requests_sent) == (2, 2)
+
+
+def test_the_weight_spent_is_counted_in_the_process_traffic(
+    fake_host: FakeHost, http: HttpClient, state_url: str, clock: FakeClock
+) -> None:
+    fake_host.set(limits.PREMIUM_INDEX_PATH, Reply(429, TOO_MANY, {"Retry-After": "3"}), Reply(200, PREMIUM))
+    client = make_client(fake_host.base_url, state_url, http, clock)
+    before = traffic()
+    client.premium_index("BTCUSDT")
+    # Both attempts spent weight 1 (premiumIndex with symbol=); only the answer's body counts.
+    assert traffic() - before == Traffic(bytes_received=len(PREMIUM), rest_weight=2)
 
 
 def test_429_without_retry_after_waits_for_the_next_minute(
