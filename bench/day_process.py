@@ -431,6 +431,62 @@ def format_report(s: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# Where the whole process's time goes: a sample belongs to the category of the innermost
+# frame on its stack that matches one (a lazy import inside a step is an import; an event
+# stored while an asset logs is event storage). (label, function names, path fragments).
+PROFILE_CATEGORIES: tuple[tuple[str, frozenset[str], tuple[str, ...]], ...] = (
+    ("Dagster event storage (SQLite, one connection per event)", frozenset({"store_event"}), ()),
+    (
+        "asset-check results: Dagster looks up the partition's latest materialization",
+        frozenset({"_get_partitioned_target_materialization_data"}),
+        (),
+    ),
+    ("compute-log capture (tail -F + watcher processes)", frozenset({"capture_logs"}), ()),
+    ("Dagster instance opened", frozenset({"create_instance_from_config"}), ()),
+    ("definitions built", frozenset({"build_definitions"}), ()),
+    ("blocking rules (pandera, quality.py)", frozenset({"judge_blocking", "enforce_blocking"}), ()),
+    ("Vision cache hit: CHECKSUM GET + sha256 of the zip", frozenset({"fetch"}), ("sources/vision.py",)),
+    ("IO manager: stream tables committed and read back", frozenset({"handle_output", "load_input"}), ()),
+    ("day build: parse, aggregate, join, reported checks", frozenset({"build_stream_day", "minute_view"}), ()),
+)
+OTHER = "other (Dagster's run machinery, the CLI, interpreter start/exit)"
+
+
+def profile_categories(session: dict[str, Any]) -> dict[str, float]:
+    """Seconds per ``PROFILE_CATEGORIES`` label in a pyinstrument JSON profile."""
+    out: dict[str, float] = {}
+
+    def category(frame: dict[str, Any]) -> str | None:
+        path = frame.get("file_path") or ""
+        # A module body below the script's own (the root; pyinstrument leaves importlib's frames out).
+        if (frame.get("function") == "<module>" and frame is not root) or "importlib" in path:
+            return "imports"
+        for label, functions, paths in PROFILE_CATEGORIES:
+            if frame.get("function") in functions and (not paths or any(p in path for p in paths)):
+                return label
+        return None
+
+    root = session["root_frame"]
+    stack: list[tuple[dict[str, Any], str]] = [(root, OTHER)]
+    while stack:
+        frame, inherited = stack.pop()
+        here = category(frame) or inherited
+        children = frame.get("children") or []
+        own = frame["time"] - sum(c["time"] for c in children)
+        out[here] = out.get(here, 0.0) + max(own, 0.0)
+        stack.extend((c, here) for c in children)
+    return out
+
+
+def format_profile(seconds: dict[str, float]) -> str:
+    total = sum(seconds.values())
+    lines = ["| where the whole process's time goes | s | share |", "| --- | ---: | ---: |"]
+    for label, s in sorted(seconds.items(), key=lambda kv: -kv[1]):
+        lines.append(f"| {label} | {s:.2f} | {s / total:.0%} |")
+    lines.append(f"| **total (wall, sampled)** | **{total:.2f}** | |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trades", type=int, default=3_000_000, help="aggTrades of the day")
@@ -510,13 +566,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
                 # pyinstrument samples (every 2 ms, wall clock): low overhead, unlike cProfile,
                 # which inflates Python-heavy code (Dagster's event storage) 2-3 times.
                 _run(
-                    [sys.executable, "-m", "pyinstrument", "-i", "0.002", "-o", str(args.profile)]
+                    [sys.executable, "-m", "pyinstrument", "-i", "0.002", "-r", "json", "-o", str(args.profile)]
                     + [DAGSTER, "asset", "materialize", "-m", "bml_assets.definitions"]
                     + ["--select", SELECTION, "--partition", PARTITION],
                     _env(lake, home, server.base_url),
                     log=lake.parent / "out.log",
                 )
                 print(f"pyinstrument profile of the whole dagster process: {args.profile}", flush=True)
+                print(format_profile(profile_categories(json.loads(args.profile.read_text()))), flush=True)
                 if args.reps == 0:
                     return None
 
