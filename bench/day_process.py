@@ -40,7 +40,7 @@ wrote (the same bytes on every run of ours, whichever way it ran).
 
     .venv/bin/python bench/day_process.py                       # 3 M trades, 3 repetitions
     .venv/bin/python bench/day_process.py --trades 20000 --reps 1 --no-append
-    .venv/bin/python bench/day_process.py --profile prof.txt --reps 0   # + a pyinstrument profile (pip install pyinstrument)
+    .venv/bin/python bench/day_process.py --profile prof.json --reps 0  # pyinstrument JSON + time per category (pip install pyinstrument)
 
 Appends its table to bench/results.md (unless ``--no-append``). Not part of the test suite.
 """
