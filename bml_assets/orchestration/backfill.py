@@ -151,8 +151,10 @@ def execute_plan(
     ``partitions_per_run``; 1 is a run per partition). ``workers`` > 1 runs that many at
     once, each in a worker process of its own with the real definitions and the persistent
     instance (``runner`` must then be None); else they run here, through ``runner``
-    (default: ``runner.in_process`` over the real definitions). A failed partition is
-    reported and the others run. An interrupt (Ctrl-C) stops the plan: the interrupted
+    (default: ``runner.in_process`` over the real definitions). A plan of one run runs here
+    whatever ``workers`` says: a worker process would import everything and open the
+    definitions and the instance a second time (2-5 s on 2 cores) with nothing to share.
+    A failed partition is reported and the others run. An interrupt (Ctrl-C) stops the plan: the interrupted
     partitions are yielded as failed, then ``KeyboardInterrupt`` is raised. Committed
     partitions stay; a re-run goes on.
     """
@@ -192,7 +194,7 @@ def execute_plan(
         def hashes(batch: Sequence[Target]) -> list[str | None]:
             return [_file_hash(lake, t.symbol, t.day) for t in batch]
 
-        if workers <= 1:
+        if workers <= 1 or len(batches) == 1:
             if runner is None:
                 from bml_assets.definitions import MINUTE_VIEW_JOB
 

@@ -5,13 +5,16 @@ reported to Dagster, and failure lines that name the root cause (runner.plain_ca
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from dagster import AssetKey
 
 from bml_assets.domain.settings import Settings
+from bml_assets.orchestration import backfill
 from bml_assets.orchestration.backfill import execute_plan, report_unknown_partitions
 from bml_assets.orchestration.plan import Target, plan_backfill, run_batches
 from bml_assets.orchestration.runner import RunOutcome, dagster_home, dagster_instance, plain_cause
@@ -94,6 +97,26 @@ def test_a_range_is_one_run_and_a_failed_range_is_run_again_day_by_day(settings:
 def test_a_runner_of_this_process_is_not_shared_with_workers(settings: Settings) -> None:
     with pytest.raises(ValueError, match="workers=1"):
         list(execute_plan(plan_of([t(BTC, 0)]), settings, runner=FakeRunner(settings), workers=2))
+
+
+def test_a_plan_of_one_run_runs_in_this_process_whatever_workers_says(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A worker process would pay the imports, definitions and instance again (bench/results.md).
+    here = FakeRunner(settings)
+
+    @contextmanager
+    def in_process(*_args: Any, **_kwargs: Any) -> Iterator[FakeRunner]:
+        yield here
+
+    def no_pool(*_args: Any, **_kwargs: Any) -> None:
+        pytest.fail("a worker process was started for a plan of one run")
+
+    monkeypatch.setattr(backfill, "in_process", in_process)
+    monkeypatch.setattr(backfill, "ProcessPoolExecutor", no_pool)
+    outcomes = list(execute_plan(plan_of([t(BTC, 2)]), settings, workers=2))
+    assert [(s, D.index(d)) for s, d, _ in here.calls] == [(BTC, 2)]
+    assert [(o.symbol, D.index(o.day), o.ok, o.status) for o in outcomes] == [(BTC, 2, True, "committed")]
 
 
 def test_the_instance_lives_under_the_lake_root_unless_dagster_home_is_set(
