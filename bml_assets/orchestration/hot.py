@@ -2,8 +2,9 @@
 
 What belongs here: one pass over the symbols at the exchange's clock: which day
 each symbol's next committable minute falls on (``hot_targets``), then ``HOT_JOB``
-for that partition through the run helper (``runner.py``; band ``hot`` for today,
-``catch-up`` for a past day), and each symbol's watermark before and after.
+once per day for every symbol due on it (``hot_runs``: the range of symbols, as the
+hot poll sensor asks for; band ``hot`` for today, ``catch-up`` for a past day) through
+the run helper (``runner.py``), and each symbol's watermark before and after.
 
 What stays out: the choice of targets and the exchange's clock (``defs/sensors.py``,
 ``defs/assets``), how a run is executed and retried (``runner.py``), and printing
@@ -88,7 +89,7 @@ def hot_pass(settings: Settings, symbols: Sequence[str] | None = None) -> Iterat
 def _hot_runs(settings: Settings, symbols: tuple[str, ...]) -> Iterator[HotOutcome]:
     from bml_assets.definitions import HOT_JOB
     from bml_assets.defs.assets.streams import BAND_TAG, HOT_BAND
-    from bml_assets.defs.sensors import hot_targets
+    from bml_assets.defs.sensors import hot_runs, hot_targets
 
     rest = RestClient(settings.rest_base_url, state_url=settings.state_url, weight_budget=settings.rest_weight_budget)
     try:
@@ -103,13 +104,16 @@ def _hot_runs(settings: Settings, symbols: tuple[str, ...]) -> Iterator[HotOutco
         in_process(settings, HOT_JOB, symbols=symbols, first_day=first_day) as runner,
     ):
         for symbol in symbols:
-            before = ledger.get_watermark(symbol)
-            day = targets.get(symbol)
-            if day is None:
+            if symbol not in targets:
+                before = ledger.get_watermark(symbol)
                 yield HotOutcome(symbol, None, None, before, before, True)
-                continue
-            band = HOT_BAND if day == now.today else "catch-up"
-            run = runner.run(symbol, day, {BAND_TAG: band})
+        for hot in hot_runs(targets, symbols):
+            band = HOT_BAND if hot.day == now.today else "catch-up"
+            due = [s for s in hot.symbols if targets.get(s) == hot.day]
+            before = {s: ledger.get_watermark(s) for s in due}
+            run = runner.run_symbols(hot.day, hot.first, hot.last, {BAND_TAG: band})
             if run.interrupted:
                 raise KeyboardInterrupt
-            yield HotOutcome(symbol, day, band, before, ledger.get_watermark(symbol), run.ok, run.error, run.runs)
+            for symbol in due:
+                after = ledger.get_watermark(symbol)
+                yield HotOutcome(symbol, hot.day, band, before[symbol], after, run.ok, run.error, run.runs)

@@ -203,8 +203,8 @@ def _run_detail(result: Any) -> str:
 
 
 class InProcessRunner:
-    """``job`` executed in-process in ``instance``: one run per partition, or per range of one
-    symbol's days (a ``RangeRunner``)."""
+    """``job`` executed in-process in ``instance``: one run per partition, per range of one
+    symbol's days (a ``RangeRunner``), or per day over a range of symbols."""
 
     def __init__(self, job: Any, instance: Any) -> None:
         self._job = job
@@ -227,6 +227,20 @@ class InProcessRunner:
             **tags,
             ASSET_PARTITION_RANGE_START_TAG: partition_key(symbol, first),
             ASSET_PARTITION_RANGE_END_TAG: partition_key(symbol, last),
+        }
+        return self._execute(ranged, partition_key=None)
+
+    def run_symbols(self, day: dt.date, first: str, last: str, tags: Mapping[str, str]) -> RunOutcome:
+        """One run for ``day`` of the symbols ``first`` … ``last`` in the partition order (the
+        hot pass: one run per day for every due symbol); retried like ``run``."""
+        from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+
+        if first == last:
+            return self.run(first, day, tags)
+        ranged = {
+            **tags,
+            ASSET_PARTITION_RANGE_START_TAG: partition_key(first, day),
+            ASSET_PARTITION_RANGE_END_TAG: partition_key(last, day),
         }
         return self._execute(ranged, partition_key=None)
 

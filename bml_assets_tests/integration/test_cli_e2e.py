@@ -369,6 +369,14 @@ def test_run_once_advances_the_watermark_by_the_exchange_clock(bml: Bml, server:
     # 10:30:20 with a 1-minute safety lag: 10:28 is the last committable minute.
     assert "BTCUSDT      2024-06-03 hot      none              -> 2024-06-03 10:28" in out
     assert "ETHUSDT      2024-06-03 hot      none              -> 2024-06-03 10:28" in out
+    # One run for the day's due symbols, not one per symbol (in the instance under the lake root).
+    from dagster import DagsterInstance
+
+    with DagsterInstance.from_config(str(Path(bml.env["BML_LAKE_ROOT"]).resolve() / "_dagster")) as instance:
+        runs = instance.get_runs()
+    assert len(runs) == 1
+    assert runs[0].tags["dagster/asset_partition_range_start"] == "2024-06-03|BTCUSDT"
+    assert runs[0].tags["dagster/asset_partition_range_end"] == "2024-06-03|ETHUSDT"
     assert "nothing new is committable yet" in ok(bml("run-once")).stdout
     server.clock.set(CLOCK_AT + dt.timedelta(minutes=5))
     try:
