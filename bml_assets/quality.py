@@ -33,7 +33,7 @@ import pandera.pandas as pdr
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from bml_assets.domain.minutes import MINUTES_PER_DAY, floor_minute_ms, ms_to_datetime
+from bml_assets.domain.minutes import DAY_MS, MINUTE_MS, MINUTES_PER_DAY, day_start_ms, floor_minute_ms, ms_to_datetime
 from bml_assets.domain.provenance import Provenance
 from bml_assets.domain.schema import (
     BOOL,
@@ -151,6 +151,9 @@ class Rule:
     evaluate: Callable[[Evidence], tuple[pd.DataFrame, Mapping[str, Any]]]
     # Failures read "column = value" (a bad value); else "column <value>" (a statement).
     shows_values: bool = True
+    # The facts of a pass, from the table alone (a blocking rule that the vectorised pass,
+    # ``_certainly_clean``, finds holding is not run).
+    clean_facts: Callable[[pa.Table], Mapping[str, Any]] = lambda table: {}
 
     def run(self, evidence: Evidence) -> Outcome:
         failures, facts = self.evaluate(evidence)
@@ -228,7 +231,13 @@ def _schema_rule(dataset: Dataset) -> Rule:
     spec = " (SPEC §5)" if dataset is MINUTE_VIEW else ""
     # The name carries no count: Dagster keys a check's history by its name, and a column
     # added to the registry must not start a new one.
-    return Rule("schema_columns", f"the {n} names and types, in order{spec}", True, evaluate)
+    return Rule(
+        "schema_columns",
+        f"the {n} names and types, in order{spec}",
+        True,
+        evaluate,
+        clean_facts=lambda table: {"columns": table.num_columns},
+    )
 
 
 def _time_rule(dataset: Dataset) -> Rule:
@@ -280,6 +289,7 @@ def _time_rule(dataset: Dataset) -> Rule:
         True,
         evaluate,
         shows_values=False,
+        clean_facts=lambda table: {"rows": table.num_rows},
     )
 
 
@@ -295,7 +305,13 @@ def _hard_not_null_rule(dataset: Dataset) -> Rule:
         failures = _pandera_failures(schema, ev, frame=ev.frame[list(schema.columns)])
         return failures.assign(value="NULL"), {"hard_columns": len(hard)}
 
-    return Rule("hard_columns_not_null", "no NULL in a HARD column", True, evaluate)
+    return Rule(
+        "hard_columns_not_null",
+        "no NULL in a HARD column",
+        True,
+        evaluate,
+        clean_facts=lambda table: {"hard_columns": len(hard)},
+    )
 
 
 def _ohlc_rule(dataset: Dataset) -> Rule:
@@ -375,6 +391,85 @@ def blocking_rules(dataset: Dataset) -> tuple[Rule, ...]:
     if dataset.ohlc:
         rules.append(_ohlc_rule(dataset))
     return tuple(rules)
+
+
+# --- blocking rules: the vectorised pass --------------------------------------------
+#
+# pandera costs ~2-20 ms per schema whatever the rows (a hot commit of one new minute paid
+# ~240 ms per symbol for its ten tables, bench/results.md). A table whose schema is the
+# dataset's is first judged here with one pyarrow pass per column, each test at least as
+# strict as its rule; only when one finds something do the pandera rules run, to judge
+# and name every failure. So a clean table passes without pandera, and a bad value is
+# still judged (and refused) by the rules themselves.
+
+
+def _time_certainly_clean(table: pa.Table, dataset: Dataset, day: dt.date) -> bool:
+    """The time rule: no NULL, strictly increasing (so unique and sorted), inside the day
+    (or the domain's range), on whole minutes when its domain says so."""
+    column = table.column(dataset.time_column)
+    if column.null_count:
+        return False
+    if len(column) == 0:
+        return True
+    if not pa.types.is_timestamp(column.type) or column.type.unit != "ms":
+        return False  # the registry's time columns are ms; anything else is the rules' to judge
+    domain = dataset.column(dataset.time_column).domain
+    ms = np.asarray(column.cast(pa.int64()).to_numpy(), dtype=np.int64)
+    if dataset.within_day:
+        low = day_start_ms(day)
+        end = low + DAY_MS
+    else:
+        low, end = int(domain.low), int(domain.high)
+    if ms[0] < low or ms[-1] >= end or (len(ms) > 1 and not bool(np.all(np.diff(ms) > 0))):
+        return False
+    return not domain.minute_aligned or not bool(np.any(ms % MINUTE_MS))
+
+
+def _values_certainly_clean(table: pa.Table, dataset: Dataset) -> bool:
+    """The HARD columns hold no NULL; every other column's values are inside its domain
+    (NULLs aside; NaN fails, as in the rule: NaN is never between two bounds)."""
+    for c in dataset.columns:
+        if c.name == dataset.time_column:
+            continue
+        values = table.column(c.name)
+        if not (
+            pa.types.is_floating(values.type) or pa.types.is_integer(values.type) or pa.types.is_boolean(values.type)
+        ):
+            return False  # a type whose comparison with the bounds is pandas' business
+        if c.klass is ColumnClass.HARD and values.null_count:
+            return False
+        if values.null_count == len(values):
+            continue
+        if pa.types.is_floating(values.type) and pc.any(pc.is_nan(values)).as_py():
+            return False
+        bounds = pc.min_max(values)  # NULLs (and NaNs) skipped
+        if not (c.domain.low <= bounds["min"].as_py() and bounds["max"].as_py() <= c.domain.high):
+            return False
+    return True
+
+
+def _ohlc_certainly_clean(table: pa.Table, dataset: Dataset) -> bool:
+    """low ≤ min(open, close) ≤ max(open, close) ≤ high on every row; a NULL in a group
+    is left to the rule (whose NULL handling is pandas')."""
+    for g in dataset.ohlc:
+        columns = [table.column(n) for n in g.names]
+        if any(col.null_count for col in columns):
+            return False
+        o, h, lo, c = (np.asarray(col.to_numpy(), dtype=np.float64) for col in columns)
+        if not bool(np.all((lo <= np.minimum(o, c)) & (np.maximum(o, c) <= h))):
+            return False
+    return True
+
+
+def _certainly_clean(table: pa.Table, dataset: Dataset, day: dt.date) -> bool:
+    """True only when every blocking rule of ``dataset`` holds on ``table`` (whose arrow
+    schema is the dataset's): each test is at least as strict as its rule. False means
+    "let the rules judge", not that one fails."""
+    return (
+        _time_certainly_clean(table, dataset, day)
+        and _values_certainly_clean(table, dataset)
+        and _ohlc_certainly_clean(table, dataset)
+    )
 
 
 # --- raw source rows, vectorised -------------------------------------------------
@@ -703,11 +798,14 @@ class BlockingVerdict:
         return self.table is table and self.day == day and self.dataset is dataset
 
 
-def judge_blocking(table: pa.Table, evidence: Evidence, dataset: Dataset = MINUTE_VIEW) -> BlockingVerdict:
-    """Run every blocking rule of ``dataset`` once on ``table``; ``evidence`` holds its frame
-    (``to_frame(table)``) and day. A wrong arrow schema is judged first, alone: pandera would
-    be comparing something else."""
+def judge_blocking(table: pa.Table, evidence: Evidence | dt.date, dataset: Dataset = MINUTE_VIEW) -> BlockingVerdict:
+    """Judge every blocking rule of ``dataset`` once on ``table``; ``evidence`` holds its frame
+    (``to_frame(table)``) and day, or is only the day (the frame is then made if the rules
+    must run). A wrong arrow schema is judged first, alone: pandera would be comparing
+    something else. Then the vectorised pass: a table it finds clean passes every rule
+    (with their facts); anything else is judged by the rules themselves."""
     rules = blocking_rules(dataset)
+    day = evidence.day if isinstance(evidence, Evidence) else evidence
     expected_schema = dataset.arrow_schema
     if table.schema.remove_metadata() != expected_schema.remove_metadata():
         expected = [f"{f.name}:{f.type}" for f in expected_schema]
@@ -715,8 +813,14 @@ def judge_blocking(table: pa.Table, evidence: Evidence, dataset: Dataset = MINUT
         diff = [f"#{i + 1} expected {e} got {g}" for i, (e, g) in enumerate(zip(expected, got, strict=False)) if e != g]
         value = ", ".join(diff[:5]) or f"{len(got)} columns instead of {len(expected)}"
         failure = pd.DataFrame({"minute": [None], "column": ["schema"], "value": [value]})
-        return BlockingVerdict(dataset, evidence.day, table, (Outcome(rules[0], False, failure),))
-    return BlockingVerdict(dataset, evidence.day, table, tuple(r.run(evidence) for r in rules))
+        return BlockingVerdict(dataset, day, table, (Outcome(rules[0], False, failure),))
+    if _certainly_clean(table, dataset, day):
+        return BlockingVerdict(
+            dataset, day, table, tuple(Outcome(r, True, NO_FAILURES, r.clean_facts(table)) for r in rules)
+        )
+    if not isinstance(evidence, Evidence):
+        evidence = Evidence(day=day, frame=to_frame(table), closed_day=True, time_column=dataset.time_column)
+    return BlockingVerdict(dataset, day, table, tuple(r.run(evidence) for r in rules))
 
 
 def enforce_blocking(
@@ -734,8 +838,7 @@ def enforce_blocking(
     ``verdict``: the rules already judged on this very table (the minute view's asset);
     a verdict about any other table, day or dataset is ignored and the rules run here."""
     if verdict is None or not verdict.covers(table, day, dataset):
-        evidence = Evidence(day=day, frame=to_frame(table), closed_day=True, time_column=dataset.time_column)
-        verdict = judge_blocking(table, evidence, dataset)
+        verdict = judge_blocking(table, day, dataset)
     if not verdict.passed:
         raise BlockingCheckFailed(label, verdict.failed, locate)
 
