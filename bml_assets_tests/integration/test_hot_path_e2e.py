@@ -505,9 +505,7 @@ def test_a_bad_value_in_a_new_hot_minute_is_refused_and_nothing_moves(
     rows = {name: ledger.get_partition(name, "BTCUSDT", HOT_DAY) for name in (dataset, "minute")}
     files = {name: hot.lake.sha256(name, "BTCUSDT", HOT_DAY) for name in rows}
     assert all(r is not None and r.content_hash == files[name] for name, r in rows.items())
-    monkeypatch.setattr(
-        rest_days, builder, _spoiled(getattr(rest_days, builder), column, value, time_column, after)
-    )
+    monkeypatch.setattr(rest_days, builder, _spoiled(getattr(rest_days, builder), column, value, time_column, after))
     hot.clock.set(at(10, 31, 20))
     result = hot.poll()
     assert not result.success
