@@ -75,7 +75,11 @@ def main() -> None:
     shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
     clock = MarketClock.fixed(START)
     market = SyntheticMarket(MarketConfig(trades_per_day=args.trades_per_day, symbols=symbols))
-    with ReplayServer(market=market, clock=clock) as server, DagsterInstance.from_config(str(home)) as instance:
+    # The server's own weight limit off: the untimed first run fetches hours of aggTrades.
+    with (
+        ReplayServer(market=market, clock=clock, rest_weight_limit=10**9) as server,
+        DagsterInstance.from_config(str(home)) as instance,
+    ):
         settings = Settings(
             symbols=symbols,
             start_date=dt.date(2024, 5, 1),

@@ -11,7 +11,9 @@ missing, the REST weight of the fills; Dagster's own ``dagster/row_count`` and
 ``dagster/column_schema`` from the registry, scoped to each partition in a ranged run),
 and loading upstream partitions back as ``PartitionData``. A partition a source does not
 have for a normal reason (a symbol not listed yet, a past day's hot snapshots, which are
-polled only while the day is live) is logged at INFO, not as a WARNING. What stays out: the commit protocol itself, validation rules
+polled only while the day is live, bookTicker after Vision stopped publishing it) is logged
+at INFO, not as a WARNING; a hot-band run logs no line per partition (one line for the
+watermarks it moved), its materializations say it all. What stays out: the commit protocol itself, validation rules
 (``quality.py``) and formulas.
 """
 

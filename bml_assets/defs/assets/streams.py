@@ -4,7 +4,8 @@ What belongs here: the Dagster side of building the per-stream tables — one as
 per ``StreamTable``, the run's partitions, the run tags the sensors set (the band of
 a hot-poll run, a Vision promotion, the instant a run launched early waits for) and
 ``day_context``, which makes a ``DayContext`` from the resources and those tags —
-then calling ``days/`` per partition and logging what came of it. What stays out:
+then calling ``days/`` per partition and logging what came of it (not in a hot-band
+run: ``hot_band_run``). What stays out:
 choosing sources, the day builders and the coverage fills (``days/``), and the
 commit (the IO manager).
 
