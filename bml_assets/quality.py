@@ -6,8 +6,12 @@ table's blocking rules from its declaration in the column registry — names and
 types in order, the time column unique and sorted (on whole minutes, inside the
 day, as declared), HARD columns not NULL (the minute view), OHLC consistency, one
 rule per value domain — as pandera schemas (tables are ≤ 1440 rows per day);
-``judge_blocking``, which runs them once on a table and keeps the outcomes as a
-``BlockingVerdict`` bound to that very table; ``enforce_blocking``, which the IO
+``judge_blocking``, which judges them once on a table and keeps the outcomes as a
+``BlockingVerdict`` bound to that very table — first with a vectorised pyarrow pass
+whose tests are each at least as strict as their rule (a clean table then passes
+without pandera, whose fixed cost per schema dominated a hot commit), and with the
+pandera rules themselves whenever that pass has any doubt, so they alone judge and
+name a failure; ``enforce_blocking``, which the IO
 manager calls before the rename (a Dagster blocking check runs only after the
 write), judging the table unless a verdict about it is at hand, and whose error
 names the rule, the value, the minute and where the row came from; ``check_source_rows``, the same
@@ -33,7 +37,7 @@ import pandera.pandas as pdr
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from bml_assets.domain.minutes import MINUTES_PER_DAY, floor_minute_ms, ms_to_datetime
+from bml_assets.domain.minutes import DAY_MS, MINUTE_MS, MINUTES_PER_DAY, day_start_ms, floor_minute_ms, ms_to_datetime
 from bml_assets.domain.provenance import Provenance
 from bml_assets.domain.schema import (
     BOOL,
@@ -151,6 +155,9 @@ class Rule:
     evaluate: Callable[[Evidence], tuple[pd.DataFrame, Mapping[str, Any]]]
     # Failures read "column = value" (a bad value); else "column <value>" (a statement).
     shows_values: bool = True
+    # The facts of a pass, from the table alone (a blocking rule that the vectorised pass,
+    # ``_certainly_clean``, finds holding is not run).
+    clean_facts: Callable[[pa.Table], Mapping[str, Any]] = lambda table: {}
 
     def run(self, evidence: Evidence) -> Outcome:
         failures, facts = self.evaluate(evidence)
@@ -217,6 +224,15 @@ def _frame_check(name: str, fn: Callable[[pd.DataFrame], pd.Series]) -> pdr.Data
     return pdr.DataFrameSchema(checks=[pdr.Check(fn, name=name, ignore_na=True)])
 
 
+def _frame_failures(name: str, fn: Callable[[pd.DataFrame], pd.Series], ev: Evidence) -> pd.DataFrame:
+    """The failure cases of the frame-level check ``fn``; pandera (~5-10 ms a call, whatever
+    the rows) is asked for them only when ``fn``'s own mask shows a row that does not hold
+    (NA counts as holding, as in pandera's verdict, which also skips rows with NULLs)."""
+    if bool(pd.Series(fn(ev.frame)).fillna(True).all()):
+        return NO_FAILURES
+    return _pandera_failures(_frame_check(name, fn), ev)
+
+
 # --- blocking rules: the factory ---------------------------------------------------
 
 
@@ -228,7 +244,13 @@ def _schema_rule(dataset: Dataset) -> Rule:
     spec = " (SPEC §5)" if dataset is MINUTE_VIEW else ""
     # The name carries no count: Dagster keys a check's history by its name, and a column
     # added to the registry must not start a new one.
-    return Rule("schema_columns", f"the {n} names and types, in order{spec}", True, evaluate)
+    return Rule(
+        "schema_columns",
+        f"the {n} names and types, in order{spec}",
+        True,
+        evaluate,
+        clean_facts=lambda table: {"columns": table.num_columns},
+    )
 
 
 def _time_rule(dataset: Dataset) -> Rule:
@@ -280,6 +302,7 @@ def _time_rule(dataset: Dataset) -> Rule:
         True,
         evaluate,
         shows_values=False,
+        clean_facts=lambda table: {"rows": table.num_rows},
     )
 
 
@@ -295,7 +318,13 @@ def _hard_not_null_rule(dataset: Dataset) -> Rule:
         failures = _pandera_failures(schema, ev, frame=ev.frame[list(schema.columns)])
         return failures.assign(value="NULL"), {"hard_columns": len(hard)}
 
-    return Rule("hard_columns_not_null", "no NULL in a HARD column", True, evaluate)
+    return Rule(
+        "hard_columns_not_null",
+        "no NULL in a HARD column",
+        True,
+        evaluate,
+        clean_facts=lambda table: {"hard_columns": len(hard)},
+    )
 
 
 def _ohlc_rule(dataset: Dataset) -> Rule:
@@ -375,6 +404,85 @@ def blocking_rules(dataset: Dataset) -> tuple[Rule, ...]:
     if dataset.ohlc:
         rules.append(_ohlc_rule(dataset))
     return tuple(rules)
+
+
+# --- blocking rules: the vectorised pass --------------------------------------------
+#
+# pandera costs ~2-20 ms per schema whatever the rows (a hot commit of one new minute paid
+# ~240 ms per symbol for its ten tables, bench/results.md). A table whose schema is the
+# dataset's is first judged here with one pyarrow pass per column, each test at least as
+# strict as its rule; only when one finds something do the pandera rules run, to judge
+# and name every failure. So a clean table passes without pandera, and a bad value is
+# still judged (and refused) by the rules themselves.
+
+
+def _time_certainly_clean(table: pa.Table, dataset: Dataset, day: dt.date) -> bool:
+    """The time rule: no NULL, strictly increasing (so unique and sorted), inside the day
+    (or the domain's range), on whole minutes when its domain says so."""
+    column = table.column(dataset.time_column)
+    if column.null_count:
+        return False
+    if len(column) == 0:
+        return True
+    if not pa.types.is_timestamp(column.type) or column.type.unit != "ms":
+        return False  # the registry's time columns are ms; anything else is the rules' to judge
+    domain = dataset.column(dataset.time_column).domain
+    ms = np.asarray(column.cast(pa.int64()).to_numpy(), dtype=np.int64)
+    if dataset.within_day:
+        low = day_start_ms(day)
+        end = low + DAY_MS
+    else:
+        low, end = int(domain.low), int(domain.high)
+    if ms[0] < low or ms[-1] >= end or (len(ms) > 1 and not bool(np.all(np.diff(ms) > 0))):
+        return False
+    return not domain.minute_aligned or not bool(np.any(ms % MINUTE_MS))
+
+
+def _values_certainly_clean(table: pa.Table, dataset: Dataset) -> bool:
+    """The HARD columns hold no NULL; every other column's values are inside its domain
+    (NULLs aside; NaN fails, as in the rule: NaN is never between two bounds)."""
+    for c in dataset.columns:
+        if c.name == dataset.time_column:
+            continue
+        values = table.column(c.name)
+        if not (
+            pa.types.is_floating(values.type) or pa.types.is_integer(values.type) or pa.types.is_boolean(values.type)
+        ):
+            return False  # a type whose comparison with the bounds is pandas' business
+        if c.klass is ColumnClass.HARD and values.null_count:
+            return False
+        if values.null_count == len(values):
+            continue
+        if pa.types.is_floating(values.type) and pc.any(pc.is_nan(values)).as_py():
+            return False
+        bounds = pc.min_max(values)  # NULLs (and NaNs) skipped
+        if not (c.domain.low <= bounds["min"].as_py() and bounds["max"].as_py() <= c.domain.high):
+            return False
+    return True
+
+
+def _ohlc_certainly_clean(table: pa.Table, dataset: Dataset) -> bool:
+    """low ≤ min(open, close) ≤ max(open, close) ≤ high on every row; a NULL in a group
+    is left to the rule (whose NULL handling is pandas')."""
+    for g in dataset.ohlc:
+        columns = [table.column(n) for n in g.names]
+        if any(col.null_count for col in columns):
+            return False
+        o, h, lo, c = (np.asarray(col.to_numpy(), dtype=np.float64) for col in columns)
+        if not bool(np.all((lo <= np.minimum(o, c)) & (np.maximum(o, c) <= h))):
+            return False
+    return True
+
+
+def _certainly_clean(table: pa.Table, dataset: Dataset, day: dt.date) -> bool:
+    """True only when every blocking rule of ``dataset`` holds on ``table`` (whose arrow
+    schema is the dataset's): each test is at least as strict as its rule. False means
+    "let the rules judge", not that one fails."""
+    return (
+        _time_certainly_clean(table, dataset, day)
+        and _values_certainly_clean(table, dataset)
+        and _ohlc_certainly_clean(table, dataset)
+    )
 
 
 # --- raw source rows, vectorised -------------------------------------------------
@@ -483,15 +591,15 @@ def _vwap_rule(ev: Evidence) -> tuple[pd.DataFrame, Mapping[str, Any]]:
         hi = (d["vwap_1m"] <= d["high"]) | _rel_close(d["vwap_1m"], d["high"])
         return lo & hi
 
-    return _pandera_failures(_frame_check("low ≤ vwap_1m ≤ high", ok), ev), {}
+    return _frame_failures("low ≤ vwap_1m ≤ high", ok, ev), {}
 
 
 def _trade_count_rule(ev: Evidence) -> tuple[pd.DataFrame, Mapping[str, Any]]:
-    schema = _frame_check(
+    return _frame_failures(
         "count_buy_trades + count_sell_trades = trade_count",
         lambda d: (d["count_buy_trades"] + d["count_sell_trades"]) == d["trade_count"],
-    )
-    return _pandera_failures(schema, ev), {}
+        ev,
+    ), {}
 
 
 def _agg_quantity_rule(ev: Evidence) -> tuple[pd.DataFrame, Mapping[str, Any]]:
@@ -509,11 +617,11 @@ def _agg_quantity_rule(ev: Evidence) -> tuple[pd.DataFrame, Mapping[str, Any]]:
 
 
 def _taker_buy_rule(ev: Evidence) -> tuple[pd.DataFrame, Mapping[str, Any]]:
-    schema = _frame_check(
+    return _frame_failures(
         "taker_buy_vol_btc ≤ volume_btc",
         lambda d: (d["taker_buy_vol_btc"] <= d["volume_btc"]) | _rel_close(d["taker_buy_vol_btc"], d["volume_btc"]),
-    )
-    return _pandera_failures(schema, ev), {}
+        ev,
+    ), {}
 
 
 def _agg_id_rule(ev: Evidence) -> tuple[pd.DataFrame, Mapping[str, Any]]:
@@ -552,7 +660,7 @@ def _mark_index_rule(ev: Evidence) -> tuple[pd.DataFrame, Mapping[str, Any]]:
         near = lambda c: ((d[c] - d["close"]).abs() / d["close"]) <= MAX_PRICE_DEVIATION  # noqa: E731
         return near("mark_price_close") & near("index_price_close")
 
-    return _pandera_failures(_frame_check("mark and index within 5 % of close", ok), ev), {}
+    return _frame_failures("mark and index within 5 % of close", ok, ev), {}
 
 
 def _slow_null_rule(ev: Evidence) -> tuple[pd.DataFrame, Mapping[str, Any]]:
@@ -703,11 +811,14 @@ class BlockingVerdict:
         return self.table is table and self.day == day and self.dataset is dataset
 
 
-def judge_blocking(table: pa.Table, evidence: Evidence, dataset: Dataset = MINUTE_VIEW) -> BlockingVerdict:
-    """Run every blocking rule of ``dataset`` once on ``table``; ``evidence`` holds its frame
-    (``to_frame(table)``) and day. A wrong arrow schema is judged first, alone: pandera would
-    be comparing something else."""
+def judge_blocking(table: pa.Table, evidence: Evidence | dt.date, dataset: Dataset = MINUTE_VIEW) -> BlockingVerdict:
+    """Judge every blocking rule of ``dataset`` once on ``table``; ``evidence`` holds its frame
+    (``to_frame(table)``) and day, or is only the day (the frame is then made if the rules
+    must run). A wrong arrow schema is judged first, alone: pandera would be comparing
+    something else. Then the vectorised pass: a table it finds clean passes every rule
+    (with their facts); anything else is judged by the rules themselves."""
     rules = blocking_rules(dataset)
+    day = evidence.day if isinstance(evidence, Evidence) else evidence
     expected_schema = dataset.arrow_schema
     if table.schema.remove_metadata() != expected_schema.remove_metadata():
         expected = [f"{f.name}:{f.type}" for f in expected_schema]
@@ -715,8 +826,14 @@ def judge_blocking(table: pa.Table, evidence: Evidence, dataset: Dataset = MINUT
         diff = [f"#{i + 1} expected {e} got {g}" for i, (e, g) in enumerate(zip(expected, got, strict=False)) if e != g]
         value = ", ".join(diff[:5]) or f"{len(got)} columns instead of {len(expected)}"
         failure = pd.DataFrame({"minute": [None], "column": ["schema"], "value": [value]})
-        return BlockingVerdict(dataset, evidence.day, table, (Outcome(rules[0], False, failure),))
-    return BlockingVerdict(dataset, evidence.day, table, tuple(r.run(evidence) for r in rules))
+        return BlockingVerdict(dataset, day, table, (Outcome(rules[0], False, failure),))
+    if _certainly_clean(table, dataset, day):
+        return BlockingVerdict(
+            dataset, day, table, tuple(Outcome(r, True, NO_FAILURES, r.clean_facts(table)) for r in rules)
+        )
+    if not isinstance(evidence, Evidence):
+        evidence = Evidence(day=day, frame=to_frame(table), closed_day=True, time_column=dataset.time_column)
+    return BlockingVerdict(dataset, day, table, tuple(r.run(evidence) for r in rules))
 
 
 def enforce_blocking(
@@ -734,8 +851,7 @@ def enforce_blocking(
     ``verdict``: the rules already judged on this very table (the minute view's asset);
     a verdict about any other table, day or dataset is ignored and the rules run here."""
     if verdict is None or not verdict.covers(table, day, dataset):
-        evidence = Evidence(day=day, frame=to_frame(table), closed_day=True, time_column=dataset.time_column)
-        verdict = judge_blocking(table, evidence, dataset)
+        verdict = judge_blocking(table, day, dataset)
     if not verdict.passed:
         raise BlockingCheckFailed(label, verdict.failed, locate)
 

@@ -11,7 +11,9 @@ missing, the REST weight of the fills; Dagster's own ``dagster/row_count`` and
 ``dagster/column_schema`` from the registry, scoped to each partition in a ranged run),
 and loading upstream partitions back as ``PartitionData``. A partition a source does not
 have for a normal reason (a symbol not listed yet, a past day's hot snapshots, which are
-polled only while the day is live) is logged at INFO, not as a WARNING. What stays out: the commit protocol itself, validation rules
+polled only while the day is live, bookTicker after Vision stopped publishing it) is logged
+at INFO, not as a WARNING; a hot-band run logs no line per partition (one line for the
+watermarks it moved), its materializations say it all. What stays out: the commit protocol itself, validation rules
 (``quality.py``) and formulas.
 """
 
@@ -38,7 +40,8 @@ from bml_assets.days.partition_data import PartitionData
 from bml_assets.defs.resources import LakeResource, LedgerResource
 from bml_assets.domain.partitions import SymbolDay, parse_partition_key
 from bml_assets.domain.provenance import Provenance, provisional_streams
-from bml_assets.domain.schema import DATASETS, HOT_SNAPSHOTS, LIVE_1M, MINUTE_VIEW, Dataset
+from bml_assets.domain.schema import BOOK_TICKER, DATASETS, HOT_SNAPSHOTS, LIVE_1M, MINUTE_VIEW, Dataset
+from bml_assets.domain.streams import BOOK_TICKER_LAST_DAY
 from bml_assets.lake.commit import NOT_BASED, commit_table, record_unavailable
 from bml_assets.lake.ledger import PartitionRecord
 from bml_assets.quality import RowLocator, enforce_blocking
@@ -64,10 +67,26 @@ def column_schema(dataset: Dataset) -> TableSchema:
     )
 
 
-def normal_absence(dataset: Dataset, status: str) -> bool:
-    """An unavailable partition that is no news: a day before the symbol's listing, or a past
-    day's hot snapshots (polled only while the day is live, so a rebuilt past day has none)."""
-    return status == "not_listed" or dataset is HOT_SNAPSHOTS
+def normal_absence(dataset: Dataset, status: str, day: dt.date) -> bool:
+    """An unavailable partition that is no news: a day before the symbol's listing, a past
+    day's hot snapshots (polled only while the day is live, so a rebuilt past day has none),
+    or bookTicker after Vision stopped publishing it (the hot snapshots give the book)."""
+    return (
+        status == "not_listed"
+        or dataset is HOT_SNAPSHOTS
+        or (dataset is BOOK_TICKER and status == "not_published" and day > BOOK_TICKER_LAST_DAY)
+    )
+
+
+def _hot_band_run(context: OutputContext | InputContext) -> bool:
+    """Whether this output or input belongs to a hot-band run, which logs no line per
+    partition (``defs/assets/streams.hot_band_run``); False outside a run (tests)."""
+    from bml_assets.defs.assets.streams import hot_band_run  # it imports this module
+
+    try:
+        return hot_band_run(context.step_context.dagster_run.tags)
+    except DagsterInvariantViolationError:
+        return False
 
 
 def dataset_of(metadata: Mapping[str, Any] | None, what: str) -> Dataset:
@@ -150,6 +169,8 @@ class LakeIOManager(ConfigurableIOManager):
                 f"but the run is for {sorted(map(str, expected))}"
             )
         summary: dict[str, dict[str, Any]] = {}
+        quiet = _hot_band_run(context)
+        moved: list[str] = []
         for sd in sorted(expected):
             data = by_key[sd]
             if data.table is None:
@@ -164,8 +185,10 @@ class LakeIOManager(ConfigurableIOManager):
                     provenance=data.provenance.to_json(),
                 )
                 summary[sd.key] = {"status": data.status, "message": data.message}
-                log = context.log.info if normal_absence(dataset, data.status) else context.log.warning
-                log(f"{dataset.name} {sd}: {data.status} — {data.message}")
+                normal = normal_absence(dataset, data.status, sd.day)
+                if not (quiet and normal):
+                    log = context.log.info if normal else context.log.warning
+                    log(f"{dataset.name} {sd}: {data.status} — {data.message}")
                 continue
             result = commit_table(
                 data.table,
@@ -191,7 +214,9 @@ class LakeIOManager(ConfigurableIOManager):
             }
             if result.watermark is not None:
                 summary[sd.key]["watermark"] = result.watermark.isoformat()
-                context.log.info(f"watermark {sd.symbol} → {result.watermark.isoformat()}")
+                moved.append(f"{sd.symbol} → {result.watermark.isoformat()}")
+                if not quiet:
+                    context.log.info(f"watermark {moved[-1]}")
             if data.missing_streams:
                 summary[sd.key]["missing_streams"] = [dict(m) for m in data.missing_streams]
                 context.log.warning(
@@ -200,6 +225,9 @@ class LakeIOManager(ConfigurableIOManager):
                 )
             for w in data.warnings:
                 context.log.warning(f"{dataset.name} {sd}: {w}")
+        if quiet and moved:
+            # One line for the run: a hot run moves every symbol's watermark each minute.
+            context.log.info("watermarks " + ", ".join(moved))
         context.add_output_metadata(self._metadata(summary, by_key, dataset))
         if len(summary) > 1:
             self._scope_to_partitions(context, summary, by_key)
@@ -272,6 +300,7 @@ class LakeIOManager(ConfigurableIOManager):
         )
         lake, ledger = self.lake.lake(), self.ledger.ledger()
         loaded: dict[str, PartitionData] = {}
+        quiet = _hot_band_run(context)
         for sd in self._partitions(context):
             record = ledger.get_partition(dataset.name, sd.symbol, sd.day)
             if record is None and dataset is LIVE_1M:
@@ -296,5 +325,6 @@ class LakeIOManager(ConfigurableIOManager):
                 provenance=record.provenance,
                 source_gaps=record.source_gaps,
             )
-            context.log.debug(f"loaded {dataset.name} {sd} from {lake.location(dataset, sd.symbol, sd.day)}")
+            if not quiet:
+                context.log.debug(f"loaded {dataset.name} {sd} from {lake.location(dataset, sd.symbol, sd.day)}")
         return loaded

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from dagster import (
@@ -28,6 +29,7 @@ from dagster import (
     build_sensor_context,
 )
 
+from bml_assets.days import rest_days
 from bml_assets.definitions import HOT_JOB, MINUTE_VIEW_JOB, build_definitions
 from bml_assets.defs.assets.streams import BAND_TAG, HOT_BAND, NOT_BEFORE_TAG
 from bml_assets.defs.resources import Resources, resources_for
@@ -440,3 +442,73 @@ def test_a_damaged_stream_file_of_the_live_day_is_fetched_again_by_the_next_poll
     assert after.num_rows > before.num_rows and after.slice(0, before.num_rows).equals(before)
     assert trade_flow.is_file()
     assert scan(hot.lake, hot.ledger, ["BTCUSDT"], HOT_DAY, HOT_DAY, today=HOT_DAY).clean
+
+
+def _spoiled(build, column: str, value: float, time_column: str, after: dt.datetime):  # type: ignore[no-untyped-def]
+    """``build`` (a REST day builder) whose rows after ``after`` get ``value`` in ``column``."""
+
+    def spoil(*args, **kwargs):  # type: ignore[no-untyped-def]
+        data = build(*args, **kwargs)
+        table = data.table
+        times = table.column(time_column).to_pylist()
+        values = [value if t > after else v for t, v in zip(times, table.column(column).to_pylist(), strict=True)]
+        i = table.schema.get_field_index(column)
+        return dataclasses.replace(data, table=table.set_column(i, column, pa.array(values, pa.float64())))
+
+    return spoil
+
+
+@pytest.mark.parametrize(
+    ("builder", "dataset", "column", "value", "time_column", "after", "refusal"),
+    [
+        (
+            "kline_day",
+            "klines_1m",
+            "high",
+            float("inf"),
+            "timestamp",
+            at(10, 28),  # the last committed minute
+            "klines_1m BTCUSDT 2024-06-03: not committed — blocking rule 'prices_positive_finite' failed "
+            "(1 failure): high = inf at minute 2024-06-03T10:29:00+00:00",
+        ),
+        (
+            "hot_snapshot_day",
+            "hot_snapshots",
+            "mark_price",
+            0.0,
+            "observation_time",
+            at(10, 30, 20),  # the last committed poll
+            "hot_snapshots BTCUSDT 2024-06-03: not committed — blocking rule 'prices_positive_finite' failed "
+            "(1 failure): mark_price = 0.0 at minute 2024-06-03T10:31:20",
+        ),
+    ],
+    ids=["klines_new_minute", "hot_snapshot_new_poll"],
+)
+def test_a_bad_value_in_a_new_hot_minute_is_refused_and_nothing_moves(
+    hot: HotLake,
+    monkeypatch: pytest.MonkeyPatch,
+    builder: str,
+    dataset: str,
+    column: str,
+    value: float,
+    time_column: str,
+    after: dt.datetime,
+    refusal: str,
+) -> None:
+    """An incremental hot commit is judged as strictly as a whole day: a bad value in the
+    minute it adds is refused, named (table, rule, value, minute), and neither that table,
+    nor the minute view, nor the watermark moves."""
+    assert hot.poll().success  # 00:00 … 10:28, judged and committed
+    ledger = hot.ledger
+    rows = {name: ledger.get_partition(name, "BTCUSDT", HOT_DAY) for name in (dataset, "minute")}
+    files = {name: hot.lake.sha256(name, "BTCUSDT", HOT_DAY) for name in rows}
+    assert all(r is not None and r.content_hash == files[name] for name, r in rows.items())
+    monkeypatch.setattr(rest_days, builder, _spoiled(getattr(rest_days, builder), column, value, time_column, after))
+    hot.clock.set(at(10, 31, 20))
+    result = hot.poll()
+    assert not result.success
+    assert refusal in failure_text(result), failure_text(result)
+    assert {name: ledger.get_partition(name, "BTCUSDT", HOT_DAY) for name in rows} == rows
+    assert {name: hot.lake.sha256(name, "BTCUSDT", HOT_DAY) for name in rows} == files
+    assert ledger.get_watermark("BTCUSDT") == at(10, 28)
+    assert hot.view().num_rows == 629

@@ -41,7 +41,13 @@ from dagster import (
 from bml_assets.days.context import DayContext
 from bml_assets.days.minute_view import UPSTREAMS, HardStreamsDisagree, JudgedDay, judge_day, minute_view_day
 from bml_assets.days.partition_data import PartitionData
-from bml_assets.defs.assets.streams import IO_MANAGER_KEY, MAX_PARTITIONS_PER_RUN, day_context, run_partitions
+from bml_assets.defs.assets.streams import (
+    IO_MANAGER_KEY,
+    MAX_PARTITIONS_PER_RUN,
+    day_context,
+    hot_band_run,
+    run_partitions,
+)
 from bml_assets.defs.checks import check_evaluation, check_specs, report_checks
 from bml_assets.defs.io_manager import DATASET_METADATA_KEY, row_locator
 from bml_assets.defs.resources import BuildResource, LakeResource, LedgerResource, RestResource, VisionResource
@@ -98,6 +104,7 @@ def _build_and_judge(
     judged: dict[SymbolDay, JudgedDay] = {}
     grid_ends: dict[SymbolDay, dt.datetime | None] = {}
     partitions = run_partitions(context)
+    quiet = hot_band_run(context.run.tags)
     for i, sd in enumerate(partitions, start=1):
         inputs = {name: by_key[sd.key] for name, by_key in upstream.items()}
         try:
@@ -112,6 +119,8 @@ def _build_and_judge(
         data = out[sd.key] = judged[sd].data
         grid_ends[sd] = day.grid_end
         assert data.table is not None
+        if quiet:
+            continue
         incomplete = ", ".join(m["stream"] for m in data.missing_streams)
         weight = data.provenance.rest_weight()
         context.log.info(

@@ -4,7 +4,8 @@ What belongs here: the Dagster side of building the per-stream tables — one as
 per ``StreamTable``, the run's partitions, the run tags the sensors set (the band of
 a hot-poll run, a Vision promotion, the instant a run launched early waits for) and
 ``day_context``, which makes a ``DayContext`` from the resources and those tags —
-then calling ``days/`` per partition and logging what came of it. What stays out:
+then calling ``days/`` per partition and logging what came of it (not in a hot-band
+run: ``hot_band_run``). What stays out:
 choosing sources, the day builders and the coverage fills (``days/``), and the
 commit (the IO manager).
 
@@ -12,7 +13,7 @@ No ``from __future__ import annotations``: Dagster reads the resource parameters
 annotations at definition time.
 """
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 from dagster import (
     AssetExecutionContext,
@@ -47,6 +48,14 @@ PROMOTION_TAG = "bml/promotion"
 # Set by the hot poller, which launches a run a few seconds early to hide process
 # start-up: the run waits until the exchange's clock reaches it (epoch ms).
 NOT_BEFORE_TAG = "bml/not_before_ms"
+
+
+def hot_band_run(tags: Mapping[str, str]) -> bool:
+    """A run of the hot band (today or a catch-up day): it commits a minute or a few per
+    partition, every minute, so it logs no line per partition — the materializations
+    carry each partition's status, rows and watermark, and each log line is an event row
+    Dagster stores (bench/results.md, issue 11 item 3)."""
+    return BAND_TAG in tags
 
 
 def run_partitions(context: AssetExecutionContext) -> list[SymbolDay]:
@@ -121,8 +130,12 @@ def _each(
     context: AssetExecutionContext, build: Callable[[SymbolDay], PartitionData]
 ) -> Iterator[tuple[str, PartitionData]]:
     partitions = run_partitions(context)
+    quiet = hot_band_run(context.run.tags)
     for i, sd in enumerate(partitions, start=1):
         data = build(sd)
+        if quiet:
+            yield sd.key, data
+            continue
         rows = data.table.num_rows if data.table is not None else 0
         source = ",".join(sorted({str(data.provenance.status_of(s)) for s in data.provenance}))
         context.log.info(

@@ -7,6 +7,7 @@ import datetime as dt
 import math
 from pathlib import Path
 
+import pandera.pandas as pdr
 import pyarrow as pa
 import pytest
 
@@ -21,9 +22,12 @@ from bml_assets.quality import (
     BLOCKING_RULES,
     BadSourceRows,
     BlockingCheckFailed,
+    Evidence,
     blocking_rules,
     check_source_rows,
     enforce_blocking,
+    judge_blocking,
+    to_frame,
 )
 from bml_assets.sources.vision_csv import iter_vision_csv_batches, read_vision_csv
 from bml_assets_tests.unit.features.builders import dataset_table, ms
@@ -475,3 +479,55 @@ def test_real_binance_files_pass_every_rule(real_fixtures: Path) -> None:
     assert rows == 105_280
     funding = read_vision_csv(real_fixtures / "fundingRate" / "BTCUSDT-fundingRate-2026-04.zip", Stream.FUNDING_RATE)
     enforce_blocking(funding_settlements(funding), dt.date(2026, 4, 15), label="funding", dataset=schema.FUNDING)
+
+
+# --- the vectorised pass: a clean table needs no pandera; anything else gets the rules -----
+
+
+def _verdict_of_the_rules(t: pa.Table, dataset: schema.Dataset) -> list[tuple[str, bool, dict]]:
+    ev = Evidence(day=DAY, frame=to_frame(t), closed_day=True, time_column=dataset.time_column)
+    return [(o.rule.name, o.passed, dict(o.facts)) for o in (r.run(ev) for r in blocking_rules(dataset))]
+
+
+def _verdict(t: pa.Table, dataset: schema.Dataset) -> list[tuple[str, bool, dict]]:
+    return [(o.rule.name, o.passed, dict(o.facts)) for o in judge_blocking(t, DAY, dataset).outcomes]
+
+
+GOOD_TABLES = [(d, table(d)) for d in STREAMS] + [(schema.MINUTE_VIEW, view())]
+
+
+@pytest.mark.parametrize(("dataset", "good"), GOOD_TABLES, ids=[d.name for d, _ in GOOD_TABLES])
+def test_a_clean_table_passes_without_pandera_with_the_rules_facts(
+    dataset: schema.Dataset, good: pa.Table, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    expected = _verdict_of_the_rules(good, dataset)
+    assert all(passed for _, passed, _ in expected)
+
+    def no_pandera(*args: object, **kwargs: object) -> None:
+        raise AssertionError("pandera ran on a clean table")
+
+    monkeypatch.setattr(pdr.DataFrameSchema, "validate", no_pandera)
+    assert _verdict(good, dataset) == expected
+    enforce_blocking(good, DAY, label="x", dataset=dataset)
+
+
+# Tables the vectorised pass must hand to the rules, bad or not: its verdict is then theirs.
+DOUBTFUL = [
+    *((d, table(d, **{c: ch})) for d, c, ch, _, _ in BAD_VALUES),
+    (schema.KLINES, table(schema.KLINES, high=(0, 99.0), low=(0, 101.0))),
+    (schema.KLINES, table(schema.KLINES, open=(1, None))),  # a NULL inside an OHLC group
+    (schema.KLINES, table(schema.KLINES, timestamp=(1, "2024-03-01 00:00"))),
+    (schema.KLINES, table(schema.KLINES, timestamp=(1, "2024-03-01 00:01:30"))),
+    (schema.TRADE_FLOW, table(schema.TRADE_FLOW, timestamp=(1, "2024-03-02 00:00"))),
+    (schema.HOT_SNAPSHOTS, table(schema.HOT_SNAPSHOTS, observation_time=(0, "2024-02-29 23:59:59"))),
+    (schema.FUNDING, table(schema.FUNDING, settlement_time=(0, "2016-12-31 16:00"))),
+    (schema.METRICS, table(schema.METRICS, observation_time=(0, "2024-03-01 00:05"))),
+    (schema.MINUTE_VIEW, view(close=[101.0, None, 102.5])),
+    (schema.MINUTE_VIEW, view(high=[101.0, 102.0, 102.2])),
+    (schema.MINUTE_VIEW, view(taker_buy_ratio=[0.5, NAN, 0.0])),
+]
+
+
+@pytest.mark.parametrize(("dataset", "t"), DOUBTFUL, ids=[f"{d.name}-{i}" for i, (d, _) in enumerate(DOUBTFUL)])
+def test_a_doubtful_table_is_judged_by_the_rules_themselves(dataset: schema.Dataset, t: pa.Table) -> None:
+    assert _verdict(t, dataset) == _verdict_of_the_rules(t, dataset)
