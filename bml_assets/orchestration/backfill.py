@@ -116,8 +116,21 @@ def _run_batch(runner: PartitionRunner, batch: Sequence[Target], tags: Mapping[s
 _WORKER: dict[str, Any] = {}
 
 
+def _exit_with_parent(parent: int, *, every_s: float = 1.0) -> None:
+    """End this worker when the ``bml`` process that started it is gone (killed with SIGKILL,
+    it cannot stop its pool): an orphan would wait on the pool's queue forever, or go on
+    building what nobody asked for any more. Every commit is atomic, so leaving mid-run loses
+    at most the partition being built; the next backfill builds it."""
+    while os.getppid() == parent:
+        time.sleep(every_s)
+    os._exit(1)
+
+
 def _worker_start(settings: Settings, symbols: tuple[str, ...], first_day: dt.date) -> None:
+    import threading
     import warnings
+
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), name="exit-with-parent", daemon=True).start()
 
     from bml_assets.definitions import MINUTE_VIEW_JOB
 

@@ -403,12 +403,19 @@ def test_a_killed_backfill_resumes_and_commits_every_partition_once(bml: Bml) ->
                 break
             time.sleep(0.05)
         assert first, "no partition was committed before the deadline"
+        workers = _children(proc.pid)
         proc.kill()  # SIGKILL: no cleanup of any kind
     finally:
         if proc.poll() is None:
             proc.kill()
         proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
+    # Its worker processes do not outlive it (an orphan would wait on the pool forever).
+    assert workers, "the backfill started no worker process"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(_alive(pid) for pid in workers):
+        time.sleep(0.1)
+    assert not [pid for pid in workers if _alive(pid)], "worker processes outlived the killed backfill"
     killed_at = {(r.symbol, r.day): r for r in first}
     assert len(bml.minute_rows()) < 12
 
@@ -423,6 +430,23 @@ def test_a_killed_backfill_resumes_and_commits_every_partition_once(bml: Bml) ->
             assert r.committed_at == killed_at[(r.symbol, r.day)].committed_at
     assert not list(bml.lake.rglob("*.tmp"))
     ok(bml("scan", "--start", "2024-03-10", "--end", "2024-03-15"))
+
+
+def _children(pid: int) -> list[int]:
+    """The child processes of ``pid`` (Linux /proc)."""
+    children: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        children += [int(c) for c in (task / "children").read_text().split()]
+    return children
+
+
+def _alive(pid: int) -> bool:
+    """A process that exists and is not a zombie waiting to be reaped."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
 
 
 def _free_port() -> int:
