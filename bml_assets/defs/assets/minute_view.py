@@ -25,7 +25,6 @@ from typing import Any
 
 from dagster import (
     AssetCheckEvaluation,
-    AssetCheckSpec,
     AssetExecutionContext,
     AssetIn,
     AssetKey,
@@ -48,7 +47,7 @@ from bml_assets.defs.assets.streams import (
     hot_band_run,
     run_partitions,
 )
-from bml_assets.defs.checks import check_evaluation, check_specs, report_checks
+from bml_assets.defs.checks import check_evaluation, check_specs, partitioned_check_spec, report_checks
 from bml_assets.defs.io_manager import DATASET_METADATA_KEY, row_locator
 from bml_assets.defs.resources import BuildResource, LakeResource, LedgerResource, RestResource, VisionResource
 from bml_assets.domain.partitions import SymbolDay, parse_partition_key
@@ -192,10 +191,10 @@ def build_minute_view_asset(partitions_def: PartitionsDefinition) -> AssetsDefin
         ins={d.name: AssetIn(key=AssetKey(d.name)) for d in UPSTREAMS},
         check_specs=[
             *check_specs(key, partitions_def),
-            AssetCheckSpec(
+            partitioned_check_spec(
                 LAKE_SCAN_CHECK,
-                asset=key,
-                partitions_def=partitions_def,
+                key,
+                partitions_def,
                 description="the committed file and its ledger row pass the consistency scan (bml scan)",
             ),
         ],
