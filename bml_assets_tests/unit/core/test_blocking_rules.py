@@ -10,6 +10,8 @@ from pathlib import Path
 import pandera.pandas as pdr
 import pyarrow as pa
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from bml_assets.days.partition_data import PartitionData
 from bml_assets.defs.io_manager import _validator
@@ -530,4 +532,28 @@ DOUBTFUL = [
 
 @pytest.mark.parametrize(("dataset", "t"), DOUBTFUL, ids=[f"{d.name}-{i}" for i, (d, _) in enumerate(DOUBTFUL)])
 def test_a_doubtful_table_is_judged_by_the_rules_themselves(dataset: schema.Dataset, t: pa.Table) -> None:
+    assert _verdict(t, dataset) == _verdict_of_the_rules(t, dataset)
+
+
+# Whatever one value becomes, the vectorised pass never lets through a table the rules refuse.
+_NUMERIC_VALUES = st.one_of(
+    st.none(),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from([0.0, -0.0, -1.0, 1e-300, 1e300, 100.0, 101.0, 99.0, 0.5, 1.0, 2.0]),
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_the_vectorised_pass_is_never_laxer_than_the_rules(data: st.DataObject) -> None:
+    dataset = data.draw(st.sampled_from(STREAMS), label="dataset")
+    numeric = [c.name for c in dataset.columns if c.name != dataset.time_column and c.type in (schema.F64, schema.I64)]
+    column = data.draw(st.sampled_from(numeric), label="column")
+    row = data.draw(st.integers(0, len(GOOD[dataset.name]) - 1), label="row")
+    value = data.draw(_NUMERIC_VALUES, label="value")
+    if value is not None and dataset.column(column).type == schema.I64:
+        if not math.isfinite(value) or abs(value) >= 2**62:
+            return  # not an int64: the table cannot be built
+        value = int(value)
+    t = table(dataset, **{column: (row, value)})
     assert _verdict(t, dataset) == _verdict_of_the_rules(t, dataset)
