@@ -219,29 +219,20 @@ class InProcessRunner:
     def run_range(self, symbol: str, first: dt.date, last: dt.date, tags: Mapping[str, str]) -> RunOutcome:
         """One run for ``symbol``'s days ``first..last`` (the range tags a single-run backfill
         sets; the assets build ``context.partition_keys``); retried like ``run``."""
-        from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
-
-        if first == last:
-            return self.run(symbol, first, tags)
-        ranged = {
-            **tags,
-            ASSET_PARTITION_RANGE_START_TAG: partition_key(symbol, first),
-            ASSET_PARTITION_RANGE_END_TAG: partition_key(symbol, last),
-        }
-        return self._execute(ranged, partition_key=None)
+        return self._run_between(partition_key(symbol, first), partition_key(symbol, last), tags)
 
     def run_symbols(self, day: dt.date, first: str, last: str, tags: Mapping[str, str]) -> RunOutcome:
         """One run for ``day`` of the symbols ``first`` … ``last`` in the partition order (the
         hot pass: one run per day for every due symbol); retried like ``run``."""
+        return self._run_between(partition_key(first, day), partition_key(last, day), tags)
+
+    def _run_between(self, first_key: str, last_key: str, tags: Mapping[str, str]) -> RunOutcome:
+        """One run of the partition range ``first_key`` … ``last_key`` (one partition: a plain run)."""
         from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
-        if first == last:
-            return self.run(first, day, tags)
-        ranged = {
-            **tags,
-            ASSET_PARTITION_RANGE_START_TAG: partition_key(first, day),
-            ASSET_PARTITION_RANGE_END_TAG: partition_key(last, day),
-        }
+        if first_key == last_key:
+            return self._execute(dict(tags), partition_key=first_key)
+        ranged = {**tags, ASSET_PARTITION_RANGE_START_TAG: first_key, ASSET_PARTITION_RANGE_END_TAG: last_key}
         return self._execute(ranged, partition_key=None)
 
     def _execute(self, tags: dict[str, str], *, partition_key: str | None) -> RunOutcome:

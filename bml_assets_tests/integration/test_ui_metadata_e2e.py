@@ -5,6 +5,7 @@ asset checks' results against their partition (the Checks tab); and a normal abs
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import pyarrow.parquet as pq
 from dagster import AssetCheckKey, AssetKey, TableSchema
@@ -48,13 +49,19 @@ def test_single_partition_carries_row_count_and_column_schema(lake: Lake) -> Non
     ]
 
 
-def test_ranged_run_scopes_row_count_to_each_partition(lake: Lake) -> None:
+def _ranged_run(lake: Lake) -> tuple[Any, str, str]:
+    """One run of the minute view over BTCUSDT and ETHUSDT of DAY (a partition range)."""
     job = lake.defs.resolve_job_def(MINUTE_VIEW_JOB)
     first, last = partition_key("BTCUSDT", DAY), partition_key("ETHUSDT", DAY)
     result = job.execute_in_process(
         instance=lake.instance, raise_on_error=False, tags={RANGE_START_TAG: first, RANGE_END_TAG: last}
     )
     assert result.success
+    return result, first, last
+
+
+def test_ranged_run_scopes_row_count_to_each_partition(lake: Lake) -> None:
+    result, first, last = _ranged_run(lake)
     views = {
         str(e.partition): e.materialization.metadata
         for e in result.get_asset_materialization_events()
@@ -69,12 +76,7 @@ def test_ranged_run_scopes_row_count_to_each_partition(lake: Lake) -> None:
 
 
 def test_ranged_run_reports_each_check_against_its_partition(lake: Lake) -> None:
-    job = lake.defs.resolve_job_def(MINUTE_VIEW_JOB)
-    first, last = partition_key("BTCUSDT", DAY), partition_key("ETHUSDT", DAY)
-    result = job.execute_in_process(
-        instance=lake.instance, raise_on_error=False, tags={RANGE_START_TAG: first, RANGE_END_TAG: last}
-    )
-    assert result.success
+    result, first, last = _ranged_run(lake)
     names = sorted([r.name for r in ALL_RULES] + [LAKE_SCAN_CHECK])
     seen = sorted((e.check_name, e.partition) for e in result.get_asset_check_evaluations())
     assert seen == sorted((n, k) for n in names for k in (first, last))
