@@ -325,6 +325,12 @@ class LakeIOManager(ConfigurableIOManager):
                 provenance=record.provenance,
                 source_gaps=record.source_gaps,
             )
-            if not quiet:
-                context.log.debug(f"loaded {dataset.name} {sd} from {lake.location(dataset, sd.symbol, sd.day)}")
+        read = [k for k, d in loaded.items() if d.table is not None]
+        if read and not quiet:
+            # One line per input, not per partition: a ranged run's event log stays short.
+            first = parse_partition_key(read[0])
+            where = lake.location(dataset, first.symbol, first.day)
+            context.log.debug(
+                f"loaded {dataset.name} for {len(read)} partition(s) ({read[0]} … {read[-1]}), e.g. from {where}"
+            )
         return loaded
