@@ -116,22 +116,25 @@ class StreamServer:
         """Send numbered events on ``streams`` (name → id field, e.g. ``"u"``) to every open
         subscriber, one per stream every ``every_s``; yields the last id sent per stream."""
         sent: dict[str, int] = dict.fromkeys(streams, 0)
+        stop = asyncio.Event()
 
         async def run() -> None:
-            while True:
+            while not stop.is_set():
                 for stream, key in streams.items():
-                    sent[stream] += 1
-                    n = sent[stream]
+                    n = sent[stream] + 1
                     await self.send(stream, frame(stream, E=1_700_000_000_000 + n, **{key: n} if key != "E" else {}))
-                await asyncio.sleep(every_s)
+                    sent[stream] = n  # counted once it went to every subscriber
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), every_s)
 
         task = asyncio.create_task(run())
         try:
             yield sent
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            # Stopped between frames, never cancelled inside a send: a frame counted as sent
+            # reached every subscriber, and none went out uncounted.
+            stop.set()
+            await task
 
 
 class Recorder:
