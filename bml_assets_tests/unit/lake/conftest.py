@@ -1,33 +1,46 @@
-"""Fixtures of the lake tests: the ledger URL, on SQLite and optionally PostgreSQL.
+"""Fixtures of the lake tests: the ledger URL, on SQLite and on PostgreSQL.
 
-Tests taking ``url`` (or a ``ledger`` fixture built on it) run on SQLite, and
-on PostgreSQL too when ``BML_TEST_POSTGRES_URL`` names a scratch database (e.g.
-``postgresql+psycopg://postgres@/scratch?host=/tmp/pg``): the ledger tables in it
-are dropped before each test.
+Tests taking ``url`` (or a ``ledger`` fixture built on it) run on SQLite and on a real
+PostgreSQL server: the one ``BML_TEST_POSTGRES_URL`` names (a scratch database), else one
+started for the test session (``bml_assets_tests/services/postgres.py``; skipped, saying
+why, where PostgreSQL is not installed). The ledger tables in it are dropped before each
+test.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
 from bml_assets.lake.ledger import metadata
+from bml_assets_tests.services.postgres import PostgresUnavailable, postgres_server
 
-POSTGRES_URL = os.environ.get("BML_TEST_POSTGRES_URL", "")
+BACKENDS = ["sqlite", "postgresql"]
 
 
-# PostgreSQL is opt-in, so an ordinary run has no skip noise.
-BACKENDS = ["sqlite", "postgresql"] if POSTGRES_URL else ["sqlite"]
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    given = os.environ.get("BML_TEST_POSTGRES_URL", "")
+    if given:
+        yield given
+        return
+    try:
+        with postgres_server() as url:
+            yield url
+    except PostgresUnavailable as exc:
+        pytest.skip(f"no PostgreSQL for the ledger tests: {exc}")
 
 
 @pytest.fixture(params=BACKENDS)
 def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'lake' / '_state' / 'ledger.sqlite'}"
-    engine = sa.create_engine(POSTGRES_URL)
+    postgres = request.getfixturevalue("postgres_url")
+    engine = sa.create_engine(postgres)
     metadata.drop_all(engine)
     engine.dispose()
-    return POSTGRES_URL
+    return postgres
