@@ -116,7 +116,7 @@ def _run_batch(runner: PartitionRunner, batch: Sequence[Target], tags: Mapping[s
 _WORKER: dict[str, Any] = {}
 
 
-def _exit_with_parent(parent: int, *, every_s: float = 1.0) -> None:
+def _exit_with_parent(parent: int, *, every_s: float = 0.25) -> None:
     """End this worker when the ``bml`` process that started it is gone (killed with SIGKILL,
     it cannot stop its pool): an orphan would wait on the pool's queue forever, or go on
     building what nobody asked for any more. Every commit is atomic, so leaving mid-run loses
