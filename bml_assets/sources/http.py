@@ -224,8 +224,9 @@ class HttpClient:
         passthrough: Collection[int] = DEFAULT_PASSTHROUGH,
         before_attempt: Callable[[], object] | None = None,
         after_attempt: Callable[[requests.Response | None], object] | None = None,
+        method: str = "GET",
     ) -> requests.Response:
-        """GET ``url``. 2xx and statuses in ``passthrough`` are returned as they are;
+        """GET ``url`` (or ``method``: ``head_size`` sends HEAD). 2xx and statuses in ``passthrough`` are returned as they are;
         5xx and transport errors are retried; everything else raises ``HttpError``.
 
         ``before_attempt`` runs before every request sent (retries included; it may
@@ -238,7 +239,9 @@ class HttpClient:
             if before_attempt is not None:
                 before_attempt()
             try:
-                response = self.session.get(url, params=params, stream=stream, timeout=self.timeout_s, headers=headers)
+                response = self.session.request(
+                    method, url, params=params, stream=stream, timeout=self.timeout_s, headers=headers
+                )
             except TRANSPORT_ERRORS as exc:
                 last_problem = redact_url(f"{type(exc).__name__}: {exc}")
                 if after_attempt is not None:
@@ -249,7 +252,7 @@ class HttpClient:
                 # Not worth a retry (bad URL, redirect loop): one exception type for callers.
                 # Not chained: the original text may hold the URL with its credentials.
                 problem = redact_url(f"{type(exc).__name__}: {exc}")
-                raise HttpError(f"GET {shown} failed: {problem}", url=shown) from None
+                raise HttpError(f"{method} {shown} failed: {problem}", url=shown) from None
             else:
                 if after_attempt is not None:
                     after_attempt(response)
@@ -272,40 +275,18 @@ class HttpClient:
             if attempt < self.max_retries:
                 self.sleep(self.backoff_s(attempt))
         raise HttpError(
-            f"GET {shown} failed after {self.max_retries + 1} attempts: {last_problem}",
+            f"{method} {shown} failed after {self.max_retries + 1} attempts: {last_problem}",
             url=shown,
         )
 
     def head_size(self, url: str) -> int | None:
         """The size of ``url``'s body as a HEAD tells it (``Content-Length``), with the retries of
         ``get``; None when the host has no such file (404/403) or does not say. Receives no body."""
-        shown = redact_url(url)
-        last_problem = ""
-        for attempt in range(self.max_retries + 1):
-            try:
-                response = self.session.head(
-                    url, timeout=self.timeout_s, headers={"User-Agent": self.user_agent}, allow_redirects=True
-                )
-            except TRANSPORT_ERRORS as exc:
-                last_problem = redact_url(f"{type(exc).__name__}: {exc}")
-            except requests.RequestException as exc:
-                raise HttpError(
-                    f"HEAD {shown} failed: {redact_url(f'{type(exc).__name__}: {exc}')}", url=shown
-                ) from None
-            else:
-                with response:
-                    status = response.status_code
-                    if status in DEFAULT_PASSTHROUGH:
-                        return None
-                    if 200 <= status < 300:
-                        length = response.headers.get("Content-Length", "")
-                        return int(length) if length.isdigit() else None
-                    if status < 500:
-                        raise self._error_for(shown, response)
-                    last_problem = f"HTTP {status}"
-            if attempt < self.max_retries:
-                self.sleep(self.backoff_s(attempt))
-        raise HttpError(f"HEAD {shown} failed after {self.max_retries + 1} attempts: {last_problem}", url=shown)
+        with self.get(url, method="HEAD") as response:
+            if response.status_code in DEFAULT_PASSTHROUGH:
+                return None
+            length = response.headers.get("Content-Length", "")
+            return int(length) if length.isdigit() else None
 
     def download(self, url: str, dest: Path) -> DownloadResult:
         """Stream ``url`` into ``dest`` (overwritten), hashing on the fly; fsynced on return.
