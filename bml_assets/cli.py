@@ -449,7 +449,7 @@ def live_collect(symbols_text: str | None, duration: float | None) -> None:
 
     settings = _settings()
     symbols = _symbols_option(symbols_text)
-    check_lake(Lake.at(settings.lake_root))
+    check_lake(Lake.from_settings(settings))
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("websockets").setLevel(logging.WARNING)
     summary = run_collector(settings, symbols, duration_s=duration)
@@ -521,7 +521,7 @@ def coverage(
 
     settings = _settings()
     cov = coverage_report(settings, _symbols_option(symbols_text), start=start, end=end)
-    report = None if no_image else write_coverage_report(cov, settings.lake_root)
+    report = None if no_image else write_coverage_report(cov, settings.host_dir)
     if as_json:
         payload = cov.to_json()
         payload["heatmap"] = str(report.png) if report is not None and report.png is not None else None
@@ -919,6 +919,7 @@ def live_rebuild(symbol: str, day: dt.date, dry_run: bool) -> None:
     """
     from bml_assets.lake.lake import Lake
     from bml_assets.live.rebuild import rebuild_day
+    from bml_assets.live.spool import spool_store
     from bml_assets.orchestration.scans import check_day
     from bml_assets.orchestration.state import open_ledger, utc_today
 
@@ -930,7 +931,9 @@ def live_rebuild(symbol: str, day: dt.date, dry_run: bool) -> None:
     check_day(day, utc_today(), settings.start_date, option="--date")
     ledger = open_ledger(settings)
     try:
-        result = rebuild_day(Lake.at(settings.lake_root), ledger, symbol, day, commit=not dry_run)
+        lake = Lake.from_settings(settings)
+        spool = spool_store(lake.store, settings.host_dir)
+        result = rebuild_day(lake, ledger, symbol, day, commit=not dry_run, spool=spool)
     finally:
         ledger.close()
     r = result.replayed

@@ -65,7 +65,7 @@ def run_demo(
             # The replay server answers REST too: nothing in the demo reaches the internet.
             settings = settings.with_(rest_base_url=server.base_url)
         job = build_definitions(settings).resolve_job_def(MINUTE_VIEW_JOB)
-        ledger, lake = Ledger(settings.state_url), Lake.at(settings.lake_root)
+        ledger, lake = Ledger(settings.state_url), Lake.from_settings(settings)
         reports: list[PartitionReport] = []
         with DagsterInstance.ephemeral() as instance:
             for symbol in symbols:

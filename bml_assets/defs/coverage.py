@@ -161,7 +161,7 @@ def build_coverage_sensor(symbols: tuple[str, ...], *, today: Callable[[], dt.da
         default_status=DefaultSensorStatus.RUNNING,
         description=(
             "Draws the minute view's coverage (symbols × days: committed, provisional, incomplete, not "
-            f"listed, missing) to {{BML_LAKE_ROOT}}/{REPORT_DIR}/{HEATMAP_FILE} when it changed, and "
+            f"listed, missing) to {{BML_WORK_DIR}}/{REPORT_DIR}/{HEATMAP_FILE} (the lake root when local) when it changed, and "
             "shows it on minute_view as an observation. Requests no run."
         ),
     )
@@ -170,7 +170,7 @@ def build_coverage_sensor(symbols: tuple[str, ...], *, today: Callable[[], dt.da
         signature = json.dumps({"window": [cov.start.isoformat(), cov.end.isoformat()], **cov.counts()})
         if signature == context.cursor:
             return SkipReason("coverage unchanged since the last picture")
-        report = write_coverage_report(cov, lake.lake().root)
+        report = write_coverage_report(cov, lake.work_dir)
         context.update_cursor(signature)
         metadata: dict[str, object] = (
             heatmap_metadata(report.png, cov)

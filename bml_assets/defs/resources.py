@@ -77,15 +77,27 @@ class LedgerResource(ConfigurableResource):
 
 
 class LakeResource(ConfigurableResource):
-    """The lake at ``root``: its store and partition locks."""
+    """The lake at ``root`` (a folder, or ``s3://bucket/prefix`` at ``s3_endpoint_url``): its
+    store and partition locks (advisory locks in the state database at ``state_url`` for S3)."""
 
     root: str
+    state_url: str
+    s3_endpoint_url: str = ""
+    # This host's own files (reports); the lake root when it is a local folder.
+    work_dir: str
+    credentials: ResourceDependency[UrlCredentials]
 
     _lake: Lake | None = PrivateAttr(default=None)
 
     def lake(self) -> Lake:
         if self._lake is None:
-            self._lake = Lake.at(Path(self.root))
+            self._lake = Lake.at(
+                self.root if "://" in self.root else Path(self.root),
+                state_url=self.credentials.url(self.state_url, "state_url"),
+                s3_endpoint_url=self.credentials.url(self.s3_endpoint_url, "s3_endpoint_url")
+                if self.s3_endpoint_url
+                else "",
+            )
         return self._lake
 
 
@@ -155,7 +167,13 @@ def resources_for(settings: Settings) -> Resources:
     state_url = redact_url(settings.state_url)
     return Resources(
         ledger=LedgerResource(state_url=state_url, credentials=credentials),
-        lake=LakeResource(root=str(settings.lake_root)),
+        lake=LakeResource(
+            root=str(settings.lake_root),
+            state_url=state_url,
+            s3_endpoint_url=redact_url(settings.s3_endpoint_url) if settings.s3_endpoint_url else "",
+            work_dir=str(settings.host_dir),
+            credentials=credentials,
+        ),
         vision=VisionResource(
             base_url=redact_url(settings.vision_base_url),
             cache_dir=str(settings.cache_dir),

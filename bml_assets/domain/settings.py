@@ -45,7 +45,10 @@ LIVE_MAX_SHARD_SIZE = 1024 // 3
 LIVE_MIN_ROTATE_SECONDS = 10
 LIVE_MAX_ROTATE_SECONDS = 24 * 3600 - 60
 # Fields that may hold credentials (``http://user:password@mirror``): shown redacted.
-URL_FIELDS = frozenset({"state_url", "vision_base_url", "rest_base_url", "ws_base_url"})
+URL_FIELDS = frozenset({"state_url", "vision_base_url", "rest_base_url", "ws_base_url", "s3_endpoint_url"})
+# The lake roots that are not local folders (``storage/store.py`` implements each).
+LAKE_URL_SCHEMES = ("s3",)
+DEFAULT_WORK_DIR = "bml-work"
 
 
 class SettingsError(ValueError):
@@ -104,6 +107,23 @@ def _url(*schemes: str) -> Callable[[str, str], str]:
     return parse
 
 
+def is_url(root: str) -> bool:
+    """Whether a lake root names an object store (``s3://...``) rather than a local folder."""
+    return re.match(r"^[A-Za-z][A-Za-z0-9+.-]+://", root) is not None and not root.startswith("file://")
+
+
+def _lake_root(raw: str, name: str) -> Path | str:
+    value = raw.strip()
+    if not is_url(value):
+        return Path(value.removeprefix("file://")) if value.startswith("file://") else Path(value)
+    scheme = value.split("://", 1)[0].lower()
+    if scheme not in LAKE_URL_SCHEMES:
+        raise SettingsError(f"{name}={value!r}: unknown scheme {scheme!r}; use a local folder or s3://bucket/prefix")
+    if not value.split("://", 1)[1].split("/", 1)[0]:
+        raise SettingsError(f"{name}={value!r} names no bucket: use s3://bucket/prefix")
+    return value.rstrip("/")
+
+
 def variable(field_name: str) -> str:
     """The environment variable of a ``Settings`` field: ``lake_root`` → ``BML_LAKE_ROOT``."""
     return f"BML_{field_name.upper()}"
@@ -116,9 +136,19 @@ class Settings:
 
     symbols: tuple[str, ...] = ("BTCUSDT",)
     start_date: dt.date = dt.date(2020, 1, 1)
-    lake_root: Path = Path("lake")
-    # The ledger's SQLAlchemy URL; empty: ``{lake_root}/_state/ledger.sqlite``.
+    # A local folder (a ``Path``), or an object store's URL kept as text (``s3://bucket/prefix``).
+    lake_root: Path | str = Path("lake")
+    # The ledger's SQLAlchemy URL; empty: ``{lake_root}/_state/ledger.sqlite`` (a local lake only).
     state_url: str = ""
+    # The S3 endpoint of an ``s3://`` lake (moto, MinIO, ...); empty: AWS's own. Credentials come
+    # from the standard AWS variables, read by boto3 and pyarrow themselves.
+    s3_endpoint_url: str = ""
+    # This host's own files: the Vision cache, the bml commands' Dagster home, reports, the live
+    # spool. Empty: the lake root when it is a local folder, else ``./bml-work``.
+    work_dir: Path | None = None
+    # Whose REST weight a request spends: Binance counts it per IP, so every process behind one
+    # egress IP must share one key (and one state database). Empty: one budget for all of them.
+    rest_egress: str = ""
     vision_base_url: str = "https://data.binance.vision"
     rest_base_url: str = "https://fapi.binance.com"
     # The live collector's WebSocket host (SPEC §9): /public/stream and /market/stream below it.
@@ -143,10 +173,32 @@ class Settings:
         return f"Settings({', '.join(shown)})"
 
     def __post_init__(self) -> None:
+        if isinstance(self.lake_root, str) and not is_url(self.lake_root):
+            object.__setattr__(self, "lake_root", Path(self.lake_root))
+        if self.work_dir is None:
+            local = self.lake_root if isinstance(self.lake_root, Path) else Path(DEFAULT_WORK_DIR)
+            object.__setattr__(self, "work_dir", local)
         if not self.state_url:
+            if not isinstance(self.lake_root, Path):
+                raise SettingsError(
+                    f"BML_LAKE_ROOT={self.lake_root!r} is an object store: set BML_STATE_URL to a PostgreSQL "
+                    "database (postgresql+psycopg2://user:password@host/db); its advisory locks serialise the "
+                    "writers of a partition across hosts, which a SQLite file inside the lake cannot"
+                )
             object.__setattr__(
                 self, "state_url", f"sqlite:///{(self.lake_root / '_state' / 'ledger.sqlite').as_posix()}"
             )
+
+    @property
+    def local_lake(self) -> Path | None:
+        """The lake's folder when it is on this host's file system, else None (an object store)."""
+        return self.lake_root if isinstance(self.lake_root, Path) else None
+
+    @property
+    def host_dir(self) -> Path:
+        """``work_dir``, resolved (see the field)."""
+        assert self.work_dir is not None  # set in __post_init__
+        return self.work_dir
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *, dotenv_path: str | Path | None = ".env") -> Settings:
@@ -171,15 +223,18 @@ class Settings:
     @property
     def cache_dir(self) -> Path:
         """Verified Vision zips, keyed by URL and sha256 (see sources/vision.py)."""
-        return self.lake_root / "_cache" / "vision"
+        return self.host_dir / "_cache" / "vision"
 
 
 # How each variable's text becomes its field's value (and what it may be).
 _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "symbols": lambda raw, name: parse_symbols(raw, variable=name),
     "start_date": _date,
-    "lake_root": lambda raw, name: Path(raw.strip()),
+    "lake_root": lambda raw, name: _lake_root(raw, name),
     "state_url": lambda raw, name: raw.strip(),
+    "s3_endpoint_url": _url("http", "https"),
+    "work_dir": lambda raw, name: Path(raw.strip()),
+    "rest_egress": lambda raw, name: raw.strip(),
     "vision_base_url": _url("http", "https"),
     "rest_base_url": _url("http", "https"),
     "ws_base_url": _url("ws", "wss"),
@@ -192,4 +247,4 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "live_rotate_seconds": _whole(LIVE_MIN_ROTATE_SECONDS, LIVE_MAX_ROTATE_SECONDS),
 }
 # Set but empty, these keep their default (the lake in ./lake, the ledger inside it).
-_EMPTY_IS_UNSET = frozenset({"lake_root", "state_url"})
+_EMPTY_IS_UNSET = frozenset({"lake_root", "state_url", "s3_endpoint_url", "work_dir"})

@@ -32,6 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bml_assets.domain.schema import Dataset
+from bml_assets.domain.settings import Settings
 from bml_assets.lake.layout import file_key, folder_key, partition_label
 from bml_assets.storage.locks import Locks, locks_for
 from bml_assets.storage.store import ObjectStat, Store, store_for
@@ -129,9 +130,15 @@ class Lake:
         self.locks = locks
 
     @classmethod
-    def at(cls, root: str | Path) -> Lake:
-        """The lake at ``root``: a local folder or ``file://`` URL (see the module docstring)."""
-        return cls(store_for(root), locks_for(root))
+    def at(cls, root: str | Path, *, state_url: str = "", s3_endpoint_url: str = "") -> Lake:
+        """The lake at ``root``: a local folder or ``file://`` URL, or an ``s3://`` URL whose
+        locks are advisory locks in the PostgreSQL database at ``state_url``."""
+        return cls(store_for(root, s3_endpoint_url=s3_endpoint_url), locks_for(root, state_url=state_url))
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Lake:
+        """The lake the settings name (``BML_LAKE_ROOT``, ``BML_STATE_URL``, ``BML_S3_ENDPOINT_URL``)."""
+        return cls.at(settings.lake_root, state_url=settings.state_url, s3_endpoint_url=settings.s3_endpoint_url)
 
     def __repr__(self) -> str:
         return f"Lake({self.store!r}, {self.locks!r})"

@@ -12,7 +12,7 @@ Wiring a collector process to it
 --------------------------------
 One ``LiveCore`` per shard of symbols, fed from one thread (the event loop)::
 
-    lake, ledger = Lake.at(settings.lake_root), Ledger(settings.state_url)  # ledger.init() first
+    lake, ledger = Lake.from_settings(settings), Ledger(settings.state_url)  # ledger.init() first
     spool = SpoolWriter(lake.store, started_ns=time.time_ns())
     core = LiveCore(symbols, sink=LiveSink(lake, ledger), spool=spool)
 

@@ -35,6 +35,7 @@ from bml_assets.live.core import LiveCore
 from bml_assets.live.frames import FAMILIES, FrameError, stream_family
 from bml_assets.live.sink import LiveSink
 from bml_assets.live.spool import SegmentRead, SpoolLine, spool_lines
+from bml_assets.storage.store import Store
 
 log = logging.getLogger("bml.live")
 
@@ -174,15 +175,21 @@ class Rebuild:
     commit: CommitResult | None
 
 
-def rebuild_day(lake: Lake, ledger: Ledger, symbol: str, day: dt.date, *, commit: bool = True) -> Rebuild:
-    """Rebuild ``live_1m`` of (symbol, day) from the spool through the live path; replace the
-    day's table with the result (``commit=False``: compute only). A day with no spooled
-    minutes is left as it is."""
+def rebuild_day(
+    lake: Lake, ledger: Ledger, symbol: str, day: dt.date, *, commit: bool = True, spool: Store | None = None
+) -> Rebuild:
+    """Rebuild ``live_1m`` of (symbol, day) from the spool (``spool``, default the lake's own
+    store) through the live path; replace the day's table with the result (``commit=False``:
+    compute only). A day with no spooled minutes is left as it is."""
     start_ms, end_ms = day_bounds_ms(day)
     core = LiveCore([symbol])
     reports: list[SegmentRead] = []
     lines = spool_lines(
-        lake.store, symbol, start_ms * _NS_PER_MS - LOOKBACK_NS, end_ms * _NS_PER_MS + LOOKAHEAD_NS, reports
+        spool if spool is not None else lake.store,
+        symbol,
+        start_ms * _NS_PER_MS - LOOKBACK_NS,
+        end_ms * _NS_PER_MS + LOOKAHEAD_NS,
+        reports,
     )
     replayed = feed(core, lines)
     core.flush()

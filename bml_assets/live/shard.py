@@ -28,7 +28,7 @@ from bml_assets.live.connection import ConnectionEvent, ConnectionEventKind, Fam
 from bml_assets.live.core import LiveCore
 from bml_assets.live.sink import LiveSink
 from bml_assets.live.snapshots import DepthSnapshot, SnapshotError
-from bml_assets.live.spool import SpoolWriter
+from bml_assets.live.spool import SpoolWriter, spool_store
 
 if TYPE_CHECKING:  # process.py makes the shards through this module's factory
     from bml_assets.live.process import CollectorContext
@@ -179,13 +179,14 @@ class LiveHandlers:
     process has flushed every shard and its writer thread is done."""
 
     def __init__(self, settings: Settings, *, started_ns: int | None = None) -> None:
-        self.lake = Lake.at(settings.lake_root)
+        self.lake = Lake.from_settings(settings)
         self.ledger = Ledger(settings.state_url)
         self.commits = LiveCommits(self.lake, self.ledger)
         self.started_ns = time.time_ns() if started_ns is None else started_ns
+        self.spool_store = spool_store(self.lake.store, settings.host_dir)
 
     def __call__(self, context: CollectorContext) -> ShardHandler:
-        spool = SpoolWriter(self.lake.store, started_ns=self.started_ns + context.shard)
+        spool = SpoolWriter(self.spool_store, started_ns=self.started_ns + context.shard)
         core = LiveCore(context.symbols, spool=spool)
         return ShardHandler(
             core, self.commits, request_snapshot=context.request_snapshot, offload=context.offload, spool=spool

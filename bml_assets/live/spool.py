@@ -108,14 +108,19 @@ class _Segment:
             self.file.close()
 
 
+def spool_store(lake_store: Store, host_dir: Path) -> LocalStore:
+    """Where the raw spool goes: the lake itself when it is a local folder, else this host's
+    work folder (``BML_WORK_DIR``). The spool is appended to in place, which an object store
+    cannot do; it stays with the collector, and only the minutes it makes go to the lake."""
+    return lake_store if isinstance(lake_store, LocalStore) else LocalStore(host_dir)
+
+
 class SpoolWriter:
     """Appends lines to the spool of one process (``started_ns``, ``pid``) in a local store."""
 
     def __init__(self, store: Store, *, started_ns: int, pid: int | None = None) -> None:
         if not isinstance(store, LocalStore):
-            raise SpoolError(
-                f"the live spool needs a local lake for now (issue 12 brings object stores); lake root {store.root}"
-            )
+            raise SpoolError(f"the live spool is appended to in place: it needs a local folder, not {store.root}")
         self.store = store
         self.started_ns = started_ns
         self.pid = os.getpid() if pid is None else pid

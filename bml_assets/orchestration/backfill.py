@@ -177,7 +177,7 @@ def execute_plan(
         raise ValueError("a runner of this process cannot be shared by worker processes: pass workers=1")
     tags = {BACKFILL_TAG: tag or f"{plan.start.isoformat()}..{plan.end.isoformat()}"}
     batches = run_batches(plan.partitions, per_run=partitions_per_run, workers=workers)
-    lake = Lake.at(settings.lake_root)
+    lake = Lake.from_settings(settings)
     with ExitStack() as stack:
         ledger = stack.enter_context(Ledger(settings.state_url))
 

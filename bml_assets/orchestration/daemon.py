@@ -68,7 +68,7 @@ def daemon_launch(
     """The ``dagster dev`` command for ``host:port`` and the workspace (``workspace``, else
     ./workspace.yaml, else the project's, else the ``bml_assets.definitions`` module), and
     the live collector's command unless ``live`` is False."""
-    check_lake(Lake.at(settings.lake_root))
+    check_lake(Lake.from_settings(settings))
     dagster = Path(sys.executable).with_name("dagster")
     executable = str(dagster) if dagster.is_file() else shutil.which("dagster")
     if executable is None:

@@ -80,7 +80,7 @@ def dagster_home(settings: Settings) -> Path:
     """Where the one Dagster instance lives: ``DAGSTER_HOME`` when set, else
     ``{BML_LAKE_ROOT}/_dagster`` (created, with the project's dagster.yaml when it has none)."""
     # DAGSTER_HOME is Dagster's own variable, not a BML_* setting: read where the instance is opened.
-    home = Path(os.environ["DAGSTER_HOME"]) if os.environ.get("DAGSTER_HOME") else settings.lake_root / LAKE_DAGSTER_DIR
+    home = Path(os.environ["DAGSTER_HOME"]) if os.environ.get("DAGSTER_HOME") else settings.host_dir / LAKE_DAGSTER_DIR
     home = home.resolve()
     home.mkdir(parents=True, exist_ok=True)
     if not (home / "dagster.yaml").exists() and PROJECT_INSTANCE_YAML.is_file():

@@ -58,7 +58,7 @@ class StateInfo:
 
 def init_state(settings: Settings) -> StateInfo:
     """Create the lake root and every ledger table (symbols included); idempotent."""
-    root = check_lake(Lake.at(settings.lake_root))
+    root = check_lake(Lake.from_settings(settings))
     ledger = Ledger(settings.state_url)
     try:
         ledger.init()
@@ -76,7 +76,7 @@ def init_state(settings: Settings) -> StateInfo:
 
 def open_ledger(settings: Settings) -> Ledger:
     """The ledger, initialised (``LedgerVersionError`` surfaces here), after checking the lake root."""
-    check_lake(Lake.at(settings.lake_root))
+    check_lake(Lake.from_settings(settings))
     ledger = Ledger(settings.state_url)
     ledger.init()
     return ledger
@@ -123,7 +123,7 @@ class Workspace:
 
     @property
     def lake(self) -> Lake:
-        return Lake.at(self.settings.lake_root)
+        return Lake.from_settings(self.settings)
 
     def close(self) -> None:
         self.ledger.close()

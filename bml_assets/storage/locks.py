@@ -112,7 +112,7 @@ class FileLocks:
             os.close(fd)
 
 
-def locks_for(root: str | Path) -> Locks:
+def locks_for(root: str | Path, *, state_url: str = "") -> Locks:
     """The locks of a lake root: a local lake keeps ``FileLocks`` in ``{root}/_state/locks``."""
     folder = local_root(root)
     if folder is None:

@@ -434,9 +434,10 @@ def local_root(root: str | Path) -> Path | None:
     return None
 
 
-def store_for(root: str | Path) -> Store:
-    """The store of a lake root: a local path or ``file://`` URL is a ``LocalStore``.
-    ``s3://`` comes with issue 12; any other scheme is refused, naming the root."""
+def store_for(root: str | Path, *, s3_endpoint_url: str = "") -> Store:
+    """The store of a lake root: a local path or ``file://`` URL is a ``LocalStore``, an
+    ``s3://bucket/prefix`` URL an ``S3Store`` (at ``s3_endpoint_url``, default AWS); any other
+    scheme is refused, naming the root."""
     folder = local_root(root)
     if folder is not None:
         return LocalStore(folder)

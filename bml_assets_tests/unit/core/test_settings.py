@@ -104,3 +104,43 @@ def test_live_settings_out_of_range_name_their_variable(
 ) -> None:
     with pytest.raises(SettingsError, match=f"{variable}={value} {message}"):
         Settings.from_env({variable: value}, dotenv_path=tmp_path / "absent.env")
+
+
+# --------------------------------------------------------------------------- an object-store lake (SPEC §10)
+
+
+def test_an_s3_lake_root_stays_a_url_and_needs_a_postgresql_state_url() -> None:
+    with pytest.raises(SettingsError, match="set BML_STATE_URL to a PostgreSQL"):
+        Settings.from_env({"BML_LAKE_ROOT": "s3://bucket/lake/"}, dotenv_path=None)
+    s = Settings.from_env(
+        {
+            "BML_LAKE_ROOT": "s3://bucket/lake/",
+            "BML_STATE_URL": "postgresql+psycopg2://bml@127.0.0.1:5432/bml",
+            "BML_S3_ENDPOINT_URL": "http://127.0.0.1:9000/",
+        },
+        dotenv_path=None,
+    )
+    assert s.lake_root == "s3://bucket/lake"
+    assert s.local_lake is None
+    assert s.s3_endpoint_url == "http://127.0.0.1:9000"
+    # This host's files cannot live in a bucket: they default to ./bml-work.
+    assert s.host_dir == Path("bml-work")
+    assert s.cache_dir == Path("bml-work/_cache/vision")
+
+
+def test_a_local_lake_keeps_its_files_in_it_and_file_urls_are_folders() -> None:
+    s = Settings.from_env({"BML_LAKE_ROOT": "file:///data/lake"}, dotenv_path=None)
+    assert s.lake_root == Path("/data/lake") and s.local_lake == Path("/data/lake")
+    assert s.host_dir == Path("/data/lake")
+    assert s.state_url == "sqlite:////data/lake/_state/ledger.sqlite"
+    w = Settings.from_env({"BML_LAKE_ROOT": "/data/lake", "BML_WORK_DIR": "/scratch/bml"}, dotenv_path=None)
+    assert w.cache_dir == Path("/scratch/bml/_cache/vision")
+
+
+@pytest.mark.parametrize(
+    ("root", "message"),
+    [("gs://bucket/lake", "unknown scheme 'gs'"), ("s3:///lake", "names no bucket")],
+)
+def test_a_lake_root_url_must_be_a_store_we_implement(root: str, message: str) -> None:
+    with pytest.raises(SettingsError, match=message):
+        Settings.from_env({"BML_LAKE_ROOT": root}, dotenv_path=None)

@@ -20,7 +20,16 @@ from bml_assets.lake.ledger import Ledger
 from bml_assets.live.core import LiveCore
 from bml_assets.live.rebuild import rebuild_day, recording_lines
 from bml_assets.live.sink import LiveSink
-from bml_assets.live.spool import UNROUTED, SpoolError, SpoolWriter, read_segment, segment_key, segments, spool_lines
+from bml_assets.live.spool import (
+    UNROUTED,
+    SpoolError,
+    SpoolWriter,
+    read_segment,
+    segment_key,
+    segments,
+    spool_lines,
+    spool_store,
+)
 from bml_assets.quality import BlockingCheckFailed
 from bml_assets.storage.store import LocalStore
 
@@ -93,8 +102,18 @@ def test_the_writer_refuses_a_store_it_cannot_append_to() -> None:
     class ObjectStore:
         root = "s3://bucket/lake"
 
-    with pytest.raises(SpoolError, match="needs a local lake for now"):
+    with pytest.raises(SpoolError, match="it needs a local folder, not s3://bucket/lake"):
         SpoolWriter(ObjectStore(), started_ns=T0)  # type: ignore[arg-type]
+
+
+def test_an_object_store_lake_spools_on_this_hosts_disk(tmp_path: Path) -> None:
+    class ObjectStore:
+        root = "s3://bucket/lake"
+
+    local = LocalStore(tmp_path / "lake")
+    assert spool_store(local, tmp_path / "work") is local
+    chosen = spool_store(ObjectStore(), tmp_path / "work")  # type: ignore[arg-type]
+    assert isinstance(chosen, LocalStore) and chosen.root == str(tmp_path / "work")
 
 
 # --------------------------------------------------------------------------- sink
