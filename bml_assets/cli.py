@@ -405,6 +405,97 @@ def run_daemon(host: str, port: int, workspace: Path | None, no_live: bool) -> N
     sys.exit(daemon.run_daemon(launch, report=lambda line: click.echo(line, err=True)))
 
 
+# --------------------------------------------------------------------------- the local cluster
+
+
+@main.group("cluster")
+def cluster() -> None:
+    """A local scale-out cluster for tests and demos (SPEC §10): PostgreSQL, Redis, moto's S3
+    server and Celery workers on 127.0.0.1, under one folder. See README, "Scale-out"."""
+
+
+_CLUSTER_DIR = click.option(
+    "--dir",
+    "folder",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path(".bml-cluster"),
+    show_default=True,
+    help="The cluster's folder (its services' data, logs and cluster.env).",
+)
+
+
+def _cluster_failure(fn: F) -> F:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from bml_assets.cluster.services import ServiceUnavailable
+
+        try:
+            return fn(*args, **kwargs)
+        except ServiceUnavailable as err:
+            _fail(f"cluster: {err}")
+
+    return wrapper  # type: ignore[return-value]
+
+
+@cluster.command("up")
+@_CLUSTER_DIR
+@click.option("--workers", type=click.IntRange(1, 16), default=2, show_default=True, help="Celery workers.")
+@click.option(
+    "--replay",
+    "replay_symbols",
+    default=None,
+    help="Also serve a synthetic market of these comma-separated symbols (bml replay-server) and point "
+    "Vision and REST at it: a cluster that needs no internet.",
+)
+@click.option("--trades-per-day", type=click.IntRange(1), default=6000, show_default=True, help="With --replay.")
+@_cluster_failure
+def cluster_up(folder: Path, workers: int, replay_symbols: str | None, trades_per_day: int) -> None:
+    """Start the cluster and write {dir}/cluster.env: PostgreSQL (databases bml and dagster),
+    Redis, moto_server with the bucket bml-lake (the lake: s3://bml-lake/lake), --workers
+    Celery workers, and DAGSTER_HOME with deploy/dagster.yaml. Run commands in it with
+    `bml cluster run ...`."""
+    from bml_assets.cluster.local import up
+
+    symbols = _symbols_option(replay_symbols) if replay_symbols else None
+    state = up(folder, worker_count=workers, replay_symbols=symbols, replay_trades_per_day=trades_per_day)
+    click.echo(f"cluster up in {state.folder}: {len(state.worker_pids)} Celery worker(s)")
+    for key in ("BML_STATE_URL", "DAGSTER_PG_URL", "BML_LAKE_ROOT", "BML_S3_ENDPOINT_URL", "BML_CELERY_BROKER_URL"):
+        click.echo(f"  {key}={state.env[key]}")
+    if symbols:
+        click.echo(f"  replay server: {state.env['BML_VISION_BASE_URL']} ({','.join(symbols)})")
+    click.echo(f"run commands in it: bml cluster run --dir {folder} -- bml backfill-range ...; stop: bml cluster down")
+
+
+@cluster.command("down")
+@_CLUSTER_DIR
+@click.option("--purge", is_flag=True, help="Also delete the folder (the lake in moto and both databases).")
+@_cluster_failure
+def cluster_down(folder: Path, purge: bool) -> None:
+    """Stop every service of the cluster."""
+    from bml_assets.cluster.local import down
+
+    down(folder, purge=purge)
+    click.echo(f"cluster in {folder} stopped" + (" and deleted" if purge else ""))
+
+
+@cluster.command("run", context_settings={"ignore_unknown_options": True})
+@_CLUSTER_DIR
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@_cluster_failure
+def cluster_run(folder: Path, command: tuple[str, ...]) -> None:
+    """Run COMMAND with the cluster's environment added to this one (e.g. `bml cluster run --
+    bml backfill-range --start 2024-01-01 --end 2024-01-10`, or `-- dagster dev`)."""
+    import os
+
+    from bml_assets.cluster.local import environment
+
+    env = {**os.environ, **environment(folder)}
+    try:
+        os.execvpe(command[0], list(command), env)
+    except OSError as err:
+        _fail(f"cluster run: cannot run {command[0]!r}: {err.strerror}")
+
+
 # --------------------------------------------------------------------------- the live collector
 
 

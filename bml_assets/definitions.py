@@ -36,6 +36,7 @@ from bml_assets.defs.assets.live import build_live_spec
 from bml_assets.defs.assets.minute_view import ASSET_NAME, build_minute_view_asset
 from bml_assets.defs.assets.streams import IO_MANAGER_KEY, build_stream_assets
 from bml_assets.defs.coverage import build_coverage_sensor
+from bml_assets.defs.executor import backfill_executor
 from bml_assets.defs.io_manager import LakeIOManager
 from bml_assets.defs.partitions import build_partitions_def
 from bml_assets.defs.repair import build_repair_sensor, build_scan_job
@@ -82,6 +83,7 @@ def _build(settings: Settings) -> Definitions:
         MINUTE_VIEW_JOB,
         selection=AssetSelection.assets(ASSET_NAME).upstream(),
         partitions_def=partitions_def,
+        executor_def=backfill_executor(settings),
         description="Build the minute view of the selected symbol × day partitions from Binance Vision.",
     )
     # The hot poll runs every minute: one process for all its steps keeps it within seconds.

@@ -45,7 +45,17 @@ LIVE_MAX_SHARD_SIZE = 1024 // 3
 LIVE_MIN_ROTATE_SECONDS = 10
 LIVE_MAX_ROTATE_SECONDS = 24 * 3600 - 60
 # Fields that may hold credentials (``http://user:password@mirror``): shown redacted.
-URL_FIELDS = frozenset({"state_url", "vision_base_url", "rest_base_url", "ws_base_url", "s3_endpoint_url"})
+URL_FIELDS = frozenset(
+    {
+        "state_url",
+        "vision_base_url",
+        "rest_base_url",
+        "ws_base_url",
+        "s3_endpoint_url",
+        "celery_broker_url",
+        "celery_backend_url",
+    }
+)
 # The lake roots that are not local folders (``storage/store.py`` implements each).
 LAKE_URL_SCHEMES = ("s3",)
 DEFAULT_WORK_DIR = "bml-work"
@@ -149,6 +159,10 @@ class Settings:
     # Whose REST weight a request spends: Binance counts it per IP, so every process behind one
     # egress IP must share one key (and one state database). Empty: one budget for all of them.
     rest_egress: str = ""
+    # Set: the minute view's backfill steps run on Celery workers through this broker (SPEC §10,
+    # deploy/); empty: in the run's own process. The result backend defaults to the broker.
+    celery_broker_url: str = ""
+    celery_backend_url: str = ""
     vision_base_url: str = "https://data.binance.vision"
     rest_base_url: str = "https://fapi.binance.com"
     # The live collector's WebSocket host (SPEC §9): /public/stream and /market/stream below it.
@@ -188,6 +202,13 @@ class Settings:
             object.__setattr__(
                 self, "state_url", f"sqlite:///{(self.lake_root / '_state' / 'ledger.sqlite').as_posix()}"
             )
+
+    @property
+    def celery(self) -> dict[str, str] | None:
+        """The Celery executor's broker and backend when steps run on Celery workers, else None."""
+        if not self.celery_broker_url:
+            return None
+        return {"broker": self.celery_broker_url, "backend": self.celery_backend_url or self.celery_broker_url}
 
     @property
     def local_lake(self) -> Path | None:
@@ -235,6 +256,8 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "s3_endpoint_url": _url("http", "https"),
     "work_dir": lambda raw, name: Path(raw.strip()),
     "rest_egress": lambda raw, name: raw.strip(),
+    "celery_broker_url": _url("redis", "rediss", "amqp", "pyamqp"),
+    "celery_backend_url": _url("redis", "rediss", "db+postgresql", "db+postgresql+psycopg2"),
     "vision_base_url": _url("http", "https"),
     "rest_base_url": _url("http", "https"),
     "ws_base_url": _url("ws", "wss"),
@@ -247,4 +270,6 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "live_rotate_seconds": _whole(LIVE_MIN_ROTATE_SECONDS, LIVE_MAX_ROTATE_SECONDS),
 }
 # Set but empty, these keep their default (the lake in ./lake, the ledger inside it).
-_EMPTY_IS_UNSET = frozenset({"lake_root", "state_url", "s3_endpoint_url", "work_dir"})
+_EMPTY_IS_UNSET = frozenset(
+    {"lake_root", "state_url", "s3_endpoint_url", "work_dir", "celery_broker_url", "celery_backend_url"}
+)

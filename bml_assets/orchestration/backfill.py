@@ -49,7 +49,7 @@ from bml_assets.orchestration.plan import (
     targets_from_reports,
     unplanned_problems,
 )
-from bml_assets.orchestration.runner import PartitionRunner, RunOutcome, in_process
+from bml_assets.orchestration.runner import PartitionRunner, RunOutcome, check_worker_partitions, in_process
 from bml_assets.orchestration.scans import cache_strays, check_range, remaining_problems, scan_span, sweep_strays
 from bml_assets.orchestration.state import Workspace, open_workspace, utc_today
 from bml_assets.sources.http import Traffic, traffic
@@ -223,11 +223,14 @@ def execute_plan(
         import multiprocessing
 
         from bml_assets.orchestration.runner import dagster_instance
+        from bml_assets.sources.rest import REST_POOL
 
         # Created here, once: workers opening a new SQLite instance at the same moment both
-        # stamp its schema version, and the instance cannot be opened again.
-        with dagster_instance(settings):
-            pass
+        # stamp its schema version, and the instance cannot be opened again. The REST pool's
+        # row too: two runs creating it at once on PostgreSQL fail one run (Dagster catches the
+        # unique violation, but PostgreSQL has already aborted the transaction).
+        with dagster_instance(settings) as instance:
+            instance.event_log_storage.initialize_concurrency_limit_to_default(REST_POOL)
         pool = ProcessPoolExecutor(
             max_workers=min(workers, len(batches)),
             mp_context=multiprocessing.get_context("spawn"),  # no fork of a process holding Dagster's threads
@@ -500,6 +503,8 @@ def run_backfill(
     """
     today = today or utc_today()
     check_range(start, end, today, settings.start_date)
+    if runner is None:
+        check_worker_partitions(settings, symbols or settings.symbols, start)
     ws = open_workspace(settings, symbols, today=today)
     try:
         if not ws.universe:

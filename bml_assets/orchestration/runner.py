@@ -30,6 +30,7 @@ import datetime as dt
 import os
 import re
 import shutil
+import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ from typing import Any, Protocol
 
 from bml_assets.domain.partitions import partition_key
 from bml_assets.domain.settings import Settings
+from bml_assets.orchestration.errors import BadRequest
 
 # Per-partition warnings (e.g. "no hot snapshots for a past day") would bury the progress:
 # the commands report failures themselves; the full logs are in the run (DAGSTER_HOME).
@@ -203,8 +205,10 @@ def _run_detail(result: Any) -> str:
 
 
 class InProcessRunner:
-    """``job`` executed in-process in ``instance``: one run per partition, per range of one
-    symbol's days (a ``RangeRunner``), or per day over a range of symbols."""
+    """``job`` run from this process in ``instance``: one run per partition, per range of one
+    symbol's days (a ``RangeRunner``), or per day over a range of symbols. Its steps run in this
+    process, or, when ``job`` is reconstructable (``celery_runner``), wherever its executor
+    sends them (the Celery workers) while this process follows the run."""
 
     def __init__(self, job: Any, instance: Any) -> None:
         self._job = job
@@ -235,18 +239,28 @@ class InProcessRunner:
         ranged = {**tags, ASSET_PARTITION_RANGE_START_TAG: first_key, ASSET_PARTITION_RANGE_END_TAG: last_key}
         return self._execute(ranged, partition_key=None)
 
+    def _run_once(self, tags: dict[str, str], partition_key: str | None) -> Any:
+        from dagster import execute_job
+        from dagster._core.definitions.reconstruct import ReconstructableJob
+
+        if isinstance(self._job, ReconstructableJob):
+            if partition_key is not None:
+                tags = {**tags, "dagster/partition": partition_key}
+            with warnings.catch_warnings():
+                # dagster-celery registers its one task again for every run of the process: the
+                # same code under the same name, which Celery reports at each run.
+                warnings.filterwarnings("ignore", message="Task name 'execute_plan' is already registered")
+                return execute_job(self._job, self._instance, run_config=RUN_CONFIG, tags=tags, raise_on_error=False)
+        return self._job.execute_in_process(
+            partition_key=partition_key, instance=self._instance, raise_on_error=False, run_config=RUN_CONFIG, tags=tags
+        )
+
     def _execute(self, tags: dict[str, str], *, partition_key: str | None) -> RunOutcome:
         runs = 0
         try:
             while True:
                 runs += 1
-                result = self._job.execute_in_process(
-                    partition_key=partition_key,
-                    instance=self._instance,
-                    raise_on_error=False,
-                    run_config=RUN_CONFIG,
-                    tags=tags,
-                )
+                result = self._run_once(tags, partition_key)
                 if result.success:
                     return RunOutcome(True, runs)
                 if runs >= MAX_RUN_ATTEMPTS or not _lost_commit_race(result):
@@ -259,12 +273,47 @@ class InProcessRunner:
             )
 
 
+CODE_LOCATION = ("bml_assets.definitions", "defs")  # pyproject's [tool.dagster] module, and its attribute
+
+
+def check_worker_partitions(settings: Settings, symbols: Iterable[str], first_day: dt.date) -> None:
+    """With Celery workers, each rebuilds the code location from its own ``BML_*`` environment,
+    so the partitions asked must be in that partition set (``BML_SYMBOLS`` from
+    ``BML_START_DATE``), not only in this command's: else ``BadRequest`` saying so."""
+    if settings.celery is None:
+        return
+    outside = [s for s in dict.fromkeys(symbols) if s not in settings.symbols]
+    if outside or first_day < settings.start_date:
+        asked = ", ".join(outside) if outside else f"days from {first_day.isoformat()}"
+        raise BadRequest(
+            f"the Celery workers build their partitions from BML_SYMBOLS={','.join(settings.symbols)} and "
+            f"BML_START_DATE={settings.start_date.isoformat()}; {asked} is outside them: set those variables "
+            "for the workers and this command alike, and restart the workers"
+        )
+
+
+def celery_job(settings: Settings, job_name: str, *, symbols: Iterable[str], first_day: dt.date) -> Any:
+    """``job_name`` of the code location as a reconstructable job, as the Celery workers load it."""
+    from dagster._core.definitions.reconstruct import ReconstructableRepository
+
+    check_worker_partitions(settings, symbols, first_day)
+    module, attribute = CODE_LOCATION
+    return ReconstructableRepository.for_module(module, attribute).get_reconstructable_job(job_name)
+
+
 @contextmanager
 def in_process(
     settings: Settings, job_name: str, *, symbols: Iterable[str], first_day: dt.date
 ) -> Iterator[InProcessRunner]:
     """A runner of the real definitions' ``job_name`` for ``symbols`` from ``first_day``, in
-    ``dagster_instance(settings)``; the definitions' resources are built from ``settings``."""
-    job = _definitions(settings, symbols, first_day).resolve_job_def(job_name)
+    ``dagster_instance(settings)``; the definitions' resources are built from ``settings``.
+    With Celery workers (``BML_CELERY_BROKER_URL``) the job is the code location's own, as the
+    workers load it (``celery_job``)."""
+    from bml_assets.definitions import MINUTE_VIEW_JOB
+
+    if settings.celery is not None and job_name == MINUTE_VIEW_JOB:
+        job = celery_job(settings, job_name, symbols=symbols, first_day=first_day)
+    else:
+        job = _definitions(settings, symbols, first_day).resolve_job_def(job_name)
     with dagster_instance(settings) as instance:
         yield InProcessRunner(job, instance)
