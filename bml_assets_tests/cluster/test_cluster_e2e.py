@@ -13,6 +13,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -25,6 +26,7 @@ import pytest
 
 from bml_assets.cluster.local import ClusterState, local_cluster
 from bml_assets.cluster.services import ServiceUnavailable, free_port, wait_for_port
+from bml_assets.cluster.workers import pool_processes
 from bml_assets.replay.clock import MarketClock
 from bml_assets.replay.market import MarketConfig, SyntheticMarket
 from bml_assets.replay.server import ReplayServer
@@ -105,7 +107,9 @@ def _ledger_rows(cluster: ClusterState) -> list[tuple[str, str, str, str]]:
     return [tuple(r) for r in rows]
 
 
-def test_every_object_in_s3_has_the_sha256_its_ledger_row_records(backfilled: ClusterState) -> None:
+def test_every_object_in_s3_has_the_sha256_its_ledger_row_records(
+    backfilled: ClusterState, expected_minute_partitions: int = 20
+) -> None:
     s3 = _s3(backfilled)
     bucket, prefix = backfilled.env["BML_LAKE_ROOT"].removeprefix("s3://").split("/", 1)
     objects = {}
@@ -116,7 +120,7 @@ def test_every_object_in_s3_has_the_sha256_its_ledger_row_records(backfilled: Cl
                 objects[key] = hashlib.sha256(s3.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()).hexdigest()
     rows = _ledger_rows(backfilled)
     minute = [r for r in rows if r[0] == "minute_view"]
-    assert len(minute) == 20  # 2 symbols × 10 days
+    assert len(minute) == expected_minute_partitions  # 2 symbols × 10 days (and the fault test's 2 × 2)
     assert {r[2]: r[3] for r in rows} == objects  # every object has its row, every row its object, same hash
 
 
@@ -217,3 +221,47 @@ def test_dagster_webserver_on_the_instance_shows_the_runs(backfilled: ClusterSta
     finally:
         os.killpg(web.pid, 15)
         web.wait(timeout=30)
+
+
+def _busy_worker(cluster: ClusterState) -> int | None:
+    """The pid of a worker's pool process that has a step in hand (from the workers' own logs), else None."""
+    for i, pid in enumerate(cluster.worker_pids, start=1):
+        log = (Path(cluster.folder) / "workers" / f"w{i}.log").read_text(errors="replace")
+        if log.count("] received") > log.count("] succeeded in") + log.count("] raised"):
+            children = pool_processes(pid)
+            if children:
+                return children[-1]
+    return None
+
+
+def test_a_worker_killed_mid_step_loses_nothing_and_leaves_lake_and_ledger_consistent(
+    backfilled: ClusterState, server: ReplayServer
+) -> None:
+    """SIGKILL of the process running a step: Celery gives the step back to the broker (acks late,
+    reject on worker lost), a worker runs it again, the backfill ends clean, and every object
+    still has its ledger row's sha256."""
+    env = {**_base_env(server), **backfilled.env}
+    days = ["--start", "2024-04-01", "--end", "2024-04-02", "--workers", "2", "--partitions-per-run", "1"]
+    backfill = subprocess.Popen(
+        [*BML, "backfill-range", *days],
+        env=env,
+        cwd=backfilled.folder,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    killed = None
+    deadline = time.monotonic() + 300
+    while killed is None and backfill.poll() is None and time.monotonic() < deadline:
+        victim = _busy_worker(backfilled)
+        if victim is not None:
+            os.kill(victim, signal.SIGKILL)
+            killed = victim
+        time.sleep(0.05)
+    out, _ = backfill.communicate(timeout=600)
+    assert killed is not None, "no step was ever seen running on a worker"
+    assert backfill.returncode == 0, out[-3000:]
+    assert "built 4 of 4 partition(s)" in out and "final scan: clean" in out, out[-2000:]
+    lost = "\n".join((Path(backfilled.folder) / "workers" / f"w{i}.log").read_text() for i in (1, 2))
+    assert f"pid:{killed} exited with 'signal 9 (SIGKILL)'" in lost
+    test_every_object_in_s3_has_the_sha256_its_ledger_row_records(backfilled, expected_minute_partitions=24)
