@@ -162,12 +162,23 @@ _GET_URL = re.compile(r"GET (\S+) failed")
 _NO_SPACE = re.compile(r"No space left on device(?:: '([^']+)')?")
 _BANNED = re.compile(r"(\S+) has banned this IP .* until (\S+ \S+ UTC)")
 _CHECKSUM = re.compile(r"(checksum mismatch for \S+?):?(?:\s|$)")
+# psycopg2's words for a PostgreSQL server that is down, or went away mid-transaction (a restart).
+_PG_DOWN = re.compile(r'connection to server at "([^"]+)"(?: \([^)]*\))?, port (\d+) failed')
+_PG_GONE = re.compile(r"server closed the connection unexpectedly|terminating connection due to administrator command")
 
 
 def plain_cause(message: str) -> str:
-    """One line that names what went wrong and where: ``connection refused at <url>``,
+    """One line that names what went wrong and where: PostgreSQL down or restarted,
+    ``connection refused at <url>``,
     ``HTTP 418 (banned) from <host> until <t>``, ``checksum mismatch for <url>``,
     ``No space left on device``; else the message's first line."""
+    if found := _PG_DOWN.search(message):
+        return (
+            f"PostgreSQL at {found.group(1)}:{found.group(2)} cannot be reached: run the command again when it is "
+            "back (what was committed stays)"
+        )
+    if _PG_GONE.search(message):
+        return "the PostgreSQL server closed the connection (restarted?); run the command again to resume"
     if _CONNECTION_REFUSED.search(message):
         url = _GET_URL.search(message)
         return f"connection refused at {url.group(1)}" if url else "connection refused"

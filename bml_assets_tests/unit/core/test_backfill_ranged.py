@@ -164,6 +164,17 @@ def test_partitions_the_ledger_has_and_dagster_has_not_are_reported_once(
             "checksum mismatch for http://h/a.zip",
         ),
         ("ValueError: bad row 7\n  second line", "ValueError: bad row 7"),
+        (
+            'OperationalError: (psycopg2.OperationalError) connection to server at "127.0.0.1", port 5433 failed: '
+            "Connection refused\n\tIs the server running on that host and accepting TCP/IP connections?",
+            "PostgreSQL at 127.0.0.1:5433 cannot be reached: run the command again when it is back (what was "
+            "committed stays)",
+        ),
+        (
+            "OperationalError: (psycopg2.OperationalError) server closed the connection unexpectedly\n\tThis "
+            "probably means the server terminated abnormally",
+            "the PostgreSQL server closed the connection (restarted?); run the command again to resume",
+        ),
     ],
 )
 def test_a_failure_is_one_line_naming_the_root_cause(message: str, line: str) -> None:
