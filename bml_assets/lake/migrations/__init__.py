@@ -145,10 +145,11 @@ def context_options() -> dict[str, Any]:
     }
 
 
-def schema_differences(conn: Connection) -> list[str]:
-    """How the ledger's tables in the database differ from ``metadata``, one line each (none: equal)."""
-    context = MigrationContext.configure(conn, opts=context_options())
-    return [_describe(diff) for diff in compare_metadata(context, metadata)]
+def schema_differences(conn: Connection, target: sa.MetaData = metadata) -> list[str]:
+    """How the ledger's tables in the database differ from ``target`` (the ledger's
+    ``metadata``), one line each; none when they are equal."""
+    context = MigrationContext.configure(conn, opts={**context_options(), "target_metadata": target})
+    return [_describe(diff) for diff in compare_metadata(context, target)]
 
 
 def _describe(diff: Any) -> str:
