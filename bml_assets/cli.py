@@ -64,9 +64,10 @@ def _date(_ctx: click.Context, param: click.Parameter, value: str | None) -> dt.
 F = TypeVar("F", bound=Callable[..., Any])
 
 LEDGER_VERSION_HELP = (
-    "what to do: bml does not migrate a ledger in place. Either run the bml version that wrote this "
-    "ledger, or start a new one: point BML_STATE_URL (or BML_LAKE_ROOT) at a fresh location, run "
-    "`bml init-state`, then `bml backfill-range` to rebuild the ledger rows (unchanged files are not rewritten)."
+    "what to do: bml upgrades a ledger it knows in place (`bml db current` shows where it stands). A ledger "
+    "a newer bml upgraded needs that bml. Otherwise start a new one: point BML_STATE_URL (or BML_LAKE_ROOT) at "
+    "a fresh location, run `bml init-state`, then `bml backfill-range` to rebuild the ledger rows (unchanged "
+    "files are not rewritten)."
 )
 
 
@@ -314,6 +315,55 @@ def init_state() -> None:
     click.echo(f"tables:    {', '.join(info.tables)}")
     hint = "" if info.symbols_synced else "  (run `bml symbols sync` to load the exchange's symbols)"
     click.echo(f"symbols synced: {info.symbols_synced}{hint}")
+
+
+@main.group()
+def db() -> None:
+    """The ledger's database: its migrations (upgraded in place; SPEC §10)."""
+
+
+@db.command("current")
+@_guarded
+def db_current() -> None:
+    """Show the ledger's migration revision and what `bml db upgrade` would run; changes nothing."""
+    from bml_assets.lake.ledger import Ledger
+
+    with Ledger(_settings().state_url) as ledger:
+        state = ledger.migration_state()
+        click.echo(f"ledger:   {ledger.display_url}")
+    if state.empty:
+        click.echo("revision: none (no ledger yet: `bml db upgrade` or `bml init-state` creates it)")
+    elif state.current is None:
+        click.echo(f"revision: none (a ledger older than the migrations, schema_version {state.pre_migration})")
+    else:
+        click.echo(f"revision: {state.current}")
+    click.echo(f"head:     {state.head} (the newest this bml knows)")
+    if not state.known:
+        click.echo("a newer bml upgraded this ledger: upgrade bml before using it")
+    elif state.pending:
+        click.echo(f"{len(state.pending)} migration(s) pending (`bml db upgrade` runs them):")
+        for revision, what in state.pending:
+            click.echo(f"  {revision}  {what.splitlines()[0] if what else ''}")
+    else:
+        click.echo("up to date")
+
+
+@db.command("upgrade")
+@_guarded
+def db_upgrade() -> None:
+    """Upgrade the ledger's tables in place to this bml's newest revision (idempotent)."""
+    from bml_assets.lake.ledger import Ledger
+
+    with Ledger(_settings().state_url) as ledger:
+        done = ledger.upgrade()
+        click.echo(f"ledger:   {ledger.display_url}")
+    if not done.changed:
+        click.echo(f"revision: {done.after} (up to date, nothing to do)")
+        return
+    before = done.before or "empty"
+    if done.adopted is not None:
+        before = f"schema_version {done.adopted} (before migrations), as {done.before}"
+    click.echo(f"revision: {done.after} (upgraded from {before})")
 
 
 @main.group()

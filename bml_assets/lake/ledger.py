@@ -22,10 +22,22 @@ the first, then sees its result. On PostgreSQL the CAS ``UPDATE ... WHERE
 content_hash = :expected`` is safe under READ COMMITTED because a blocked
 UPDATE re-evaluates its WHERE clause against the row the winner committed.
 
-The ``symbols`` table is created on its first use (``upsert_symbols``,
-``symbols``), not by ``init()``: a ledger that never synced the universe keeps
-exactly the core tables, and an older ledger of the same version gains the
-table when it first syncs (adding a table is not a layout change).
+Migrations (SPEC §10): the tables are created and upgraded in place by Alembic
+revisions (``lake/migrations/``), never by ``create_all``. ``init()`` (run by the first
+use of a ``Ledger``) upgrades the database to the newest revision in one write
+transaction, under SQLite's write lock or a PostgreSQL advisory lock, so two processes
+starting at once upgrade it once; a no-op at head. A database that a newer bml upgraded
+(a revision this code does not know) is refused with ``LedgerVersionError`` before
+anything changes: upgrade bml. A ledger older than the migrations (``schema_version`` 1
+or 2, created by ``init()``'s former ``create_all``) is stamped at its layout's revision,
+upgraded, and checked against ``metadata``; one that differs is refused, naming the
+differences. A deployed ledger is upgraded with ``bml db upgrade`` (``bml db current``
+shows where it stands), or simply by the next command that opens it. Changing the tables
+means changing ``metadata`` below *and* adding a revision (see ``lake/migrations``); the
+tests fail while the two differ. Alembic's version table is ``bml_alembic_version``, apart
+from Dagster's ``alembic_version`` on a shared PostgreSQL database. The REST budget's
+tables (``sources/rest_budget.py``) are not migrated: their rows live two minutes, so they
+keep ``create_all``.
 
 Timestamps are stored in UTC and returned timezone-aware (UTC). ``min_ts`` and
 ``max_ts`` are int milliseconds since the epoch. ``path`` is relative to the lake
@@ -41,25 +53,29 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Any, Final, Literal, get_args
+from typing import TYPE_CHECKING, Any, Final, Literal, get_args
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Dialect, make_url
-from sqlalchemy.exc import IntegrityError, ProgrammingError
+from sqlalchemy.exc import IntegrityError
 
 from bml_assets.domain.schema import Dataset
 from bml_assets.domain.settings import validate_symbol
 from bml_assets.lake.layout import dataset_name, day_text
 from bml_assets.storage.state_db import WRITE_OPTION, create_state_engine
 
+if TYPE_CHECKING:
+    from bml_assets.lake.migrations import MigrationState, Upgrade
+
 SCHEMA_VERSION: Final = 2
-"""Version of the table layout below; stored in ``ledger_meta.schema_version``.
+"""Version of the table layout below, as readers of the tables see it; the migrations
+keep ``ledger_meta.schema_version`` at it, and ``init()`` checks it after upgrading (bml
+releases older than the migrations refuse a ledger whose version they do not know).
 
 Version 2 added to ``partitions`` the committed file's size and mtime (the shallow
 scan compares them with the store's stat), the fillable streams a committed partition
 lacks (``missing_streams``: an incomplete partition, SPEC §8) and how many builds
-in a row left it so (``incomplete_builds``, the repair backoff). A version-1 ledger
-is upgraded in place by adding those nullable columns (``_MIGRATIONS``)."""
+in a row left it so (``incomplete_builds``, the repair backoff): revision ``0002``."""
 
 PartitionStatus = Literal["committed", "not_listed", "not_published"]
 PARTITION_STATUSES: tuple[str, ...] = get_args(PartitionStatus)
@@ -76,7 +92,8 @@ class LedgerError(RuntimeError):
 
 
 class LedgerVersionError(LedgerError):
-    """The store was written by a different ledger layout version."""
+    """The store's tables are not at this code's layout and cannot be upgraded to it
+    (a newer bml's revision, a foreign or damaged pre-migration ledger)."""
 
 
 class CommitConflict(LedgerError):
@@ -321,7 +338,7 @@ partitions_table = sa.Table(
     sa.Column("source_gaps", sa.JSON, nullable=False),
     sa.Column("message", sa.Text),
     sa.Column("committed_at", UTCDateTime, nullable=False),
-    # Version 2 (nullable, so a version-1 table gains them with ADD COLUMN).
+    # Version 2, revision 0002 (nullable, so rows already there keep NULL).
     sa.Column("file_bytes", sa.BigInteger),
     sa.Column("file_mtime_ns", sa.BigInteger),
     sa.Column("missing_streams", sa.JSON),
@@ -370,9 +387,6 @@ symbols_table = sa.Table(
     sa.Column("updated_at", UTCDateTime, nullable=False),
 )
 
-# What ``init()`` creates; ``symbols`` is created on its first use (see the module docstring).
-_CORE_TABLES = (partitions_table, source_files_table, watermark_table, ledger_meta_table)
-
 _P = partitions_table
 _PARTITION_VALUE_COLUMNS: tuple[str, ...] = tuple(c.name for c in _P.columns if not c.primary_key)
 # ``FileState`` fields after (dataset, symbol, day), in order.
@@ -389,17 +403,6 @@ _FILE_STATE_COLUMNS: Final = (
     "missing_streams",
     "incomplete_builds",
 )
-
-# Upgrades in place, keyed by the version they start from: each is a list of
-# portable DDL statements (SQLite and PostgreSQL) run in the init transaction.
-_MIGRATIONS: Final[Mapping[int, tuple[str, ...]]] = {
-    1: (
-        "ALTER TABLE partitions ADD COLUMN file_bytes BIGINT",
-        "ALTER TABLE partitions ADD COLUMN file_mtime_ns BIGINT",
-        "ALTER TABLE partitions ADD COLUMN missing_streams JSON",
-        "ALTER TABLE partitions ADD COLUMN incomplete_builds INTEGER",
-    ),
-}
 
 
 def _jsonable(value: Any, what: str) -> Any:
@@ -507,7 +510,7 @@ class Ledger:
     """The ledger store behind a SQLAlchemy URL (``BML_STATE_URL``).
 
     Safe to use from several threads and processes at once; each method is one
-    transaction. Tables are created on first use (or by ``init()``).
+    transaction. The first use runs ``init()``: the tables are migrated to this code's layout.
     """
 
     def __init__(self, url: str, *, busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S) -> None:
@@ -518,8 +521,7 @@ class Ledger:
         self._engine = create_state_engine(url, busy_timeout_s=busy_timeout_s)
         # Same pool, but transactions opened through it take the write lock first (SQLite).
         self._write_engine = self._engine.execution_options(**{WRITE_OPTION: True})
-        self._initialised = False
-        self._symbols_ready = False
+        self._upgraded: Upgrade | None = None
         self._init_lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -538,41 +540,41 @@ class Ledger:
     # ---- setup
 
     def init(self) -> None:
-        """Create the tables if absent and check the layout version; idempotent."""
-        with self._init_lock:
-            if self._initialised:
-                return
-            for attempt in range(3):
-                try:
-                    self._create_and_check()
-                    break
-                except (IntegrityError, ProgrammingError):
-                    # PostgreSQL: two processes racing CREATE TABLE; the loser
-                    # retries and then finds the tables (SQLite is serialised by
-                    # BEGIN IMMEDIATE and never gets here).
-                    if attempt == 2:
-                        raise
-            self._initialised = True
+        """Migrate the tables to this code's layout and check its version; idempotent."""
+        self.upgrade()
 
-    def _create_and_check(self) -> None:
+    def upgrade(self) -> Upgrade:
+        """``init()``, saying what it did: the revision the database was at and the one it is at.
+
+        One write transaction (see the module docstring); a second call returns the first's result."""
+        with self._init_lock:
+            if self._upgraded is None:
+                self._upgraded = self._upgrade_and_check()
+            return self._upgraded
+
+    def _upgrade_and_check(self) -> Upgrade:
+        # Imported here: the migrations import this module's tables.
+        from bml_assets.lake.migrations import upgrade_to_head
+
         meta = ledger_meta_table
         with self._write_engine.begin() as conn:
-            metadata.create_all(conn, tables=list(_CORE_TABLES))
+            done = upgrade_to_head(conn, where=self.display_url)
             stored = conn.execute(sa.select(meta.c.value).where(meta.c.key == "schema_version")).scalar_one_or_none()
-            if stored is None:
-                conn.execute(sa.insert(meta).values(key="schema_version", value=str(SCHEMA_VERSION)))
-                return
-            while stored in {str(v) for v in _MIGRATIONS}:
-                for statement in _MIGRATIONS[int(stored)]:
-                    conn.exec_driver_sql(statement)
-                stored = str(int(stored) + 1)
-                conn.execute(sa.update(meta).where(meta.c.key == "schema_version").values(value=stored))
             if stored != str(SCHEMA_VERSION):
                 raise LedgerVersionError(
-                    f"the ledger at {self.display_url} has schema_version {stored!r}, but this version of bml "
-                    f"reads and writes schema_version {SCHEMA_VERSION}; use a matching bml version, migrate the "
-                    "ledger, or point BML_STATE_URL at another ledger"
+                    f"the ledger at {self.display_url} has schema_version {stored!r} at migration revision "
+                    f"{done.after!r}, but this version of bml reads and writes schema_version {SCHEMA_VERSION} "
+                    "there: ledger_meta was changed by hand or by another program; restore it, or point "
+                    "BML_STATE_URL at another ledger"
                 )
+        return done
+
+    def migration_state(self) -> MigrationState:
+        """Where the database stands against this code's migrations (``bml db current``); changes nothing."""
+        from bml_assets.lake.migrations import migration_state
+
+        with self._engine.connect() as conn:
+            return migration_state(conn)
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
@@ -860,20 +862,6 @@ class Ledger:
 
     # ---- symbols (the exchange's universe, from ``bml symbols sync``)
 
-    def _ensure_symbols_table(self) -> None:
-        self.init()
-        if self._symbols_ready:
-            return
-        for attempt in range(3):
-            try:
-                with self._write_engine.begin() as conn:
-                    symbols_table.create(conn, checkfirst=True)
-                break
-            except (IntegrityError, ProgrammingError):
-                if attempt == 2:  # PostgreSQL: a racing CREATE TABLE; the retry finds it
-                    raise
-        self._symbols_ready = True
-
     def upsert_symbols(self, records: Iterable[SymbolRecord]) -> SymbolSync:
         """Insert or update one row per record (one transaction); rows of other symbols stay.
 
@@ -882,7 +870,6 @@ class Ledger:
         """
         t = symbols_table
         batch = {r.symbol: r for r in records}
-        self._ensure_symbols_table()
         added = changed = unchanged = 0
         with self._write() as conn:
             stored = {
@@ -915,7 +902,6 @@ class Ledger:
     def symbols(self) -> dict[str, SymbolRecord]:
         """Every synced symbol by name (empty when the universe was never synced)."""
         t = symbols_table
-        self._ensure_symbols_table()
         with self._read() as conn:
             rows = conn.execute(sa.select(t).order_by(t.c.symbol)).all()
         return {

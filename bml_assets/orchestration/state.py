@@ -62,7 +62,7 @@ def init_state(settings: Settings) -> StateInfo:
     ledger = Ledger(settings.state_url)
     try:
         ledger.init()
-        synced = len(ledger.symbols())  # also creates the symbols table
+        synced = len(ledger.symbols())
         return StateInfo(
             lake_root=root,
             ledger_url=ledger.display_url,

@@ -128,3 +128,16 @@ def cas_worker(url: str, worker: int, expected: str, start: Any, out: Any) -> No
         out.put((worker, f"error: {type(exc).__name__}: {exc}"))
     finally:
         ledger.close()
+
+
+def upgrade_worker(url: str, start: Any, out: Any) -> None:
+    """Open the ledger (``init()`` migrates it) and report (revision before, after)."""
+    from bml_assets.lake.ledger import Ledger
+
+    start.wait(30)
+    try:
+        with Ledger(url) as ledger:
+            done = ledger.upgrade()
+        out.put((str(done.before), done.after))
+    except Exception as exc:
+        out.put(("error", f"{type(exc).__name__}: {exc}"))

@@ -3,8 +3,8 @@
 Tests taking ``url`` (or a ``ledger`` fixture built on it) run on SQLite and on a real
 PostgreSQL server: the one ``BML_TEST_POSTGRES_URL`` names (a scratch database), else one
 started for the test session (``bml_assets_tests/services/postgres.py``; skipped, saying
-why, where PostgreSQL is not installed). The ledger tables in it are dropped before each
-test.
+why, where PostgreSQL is not installed). The ledger tables in it, and the version table of
+their migrations, are dropped before each test.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import pytest
 import sqlalchemy as sa
 
 from bml_assets.lake.ledger import metadata
+from bml_assets.lake.migrations import VERSION_TABLE
 from bml_assets_tests.services.postgres import PostgresUnavailable, postgres_server
 
 BACKENDS = ["sqlite", "postgresql"]
@@ -42,5 +43,7 @@ def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     postgres = request.getfixturevalue("postgres_url")
     engine = sa.create_engine(postgres)
     metadata.drop_all(engine)
+    with engine.begin() as conn:
+        conn.execute(sa.text(f"DROP TABLE IF EXISTS {VERSION_TABLE}"))
     engine.dispose()
     return postgres

@@ -1,4 +1,4 @@
-"""lake/ledger.py: tables, version check, partition CAS, source files, watermark CAS.
+"""lake/ledger.py: tables, version check, partition CAS, source files, watermark CAS (migrations: test_migrations.py).
 
 Tests taking ``url`` also run on PostgreSQL when asked to (see conftest.py).
 """
@@ -69,7 +69,8 @@ def test_init_creates_the_file_in_wal_mode_with_version_2(tmp_path: Path) -> Non
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
         assert conn.execute("SELECT value FROM ledger_meta WHERE key = 'schema_version'").fetchall() == [("2",)]
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    assert tables == {"partitions", "source_files", "watermark", "ledger_meta"}
+    # The migrations create symbols too (before them it came with the first sync), and their version table.
+    assert tables == {"partitions", "source_files", "watermark", "ledger_meta", "symbols", "bml_alembic_version"}
     assert led.schema_version() == 2
     led.close()
 
@@ -82,12 +83,16 @@ def test_a_ledger_of_another_version_is_refused(tmp_path: Path) -> None:
         Ledger(_url(tmp_path)).get_partition(KLINES, "BTCUSDT", DAY)
 
 
-# The partitions table as version 1 of the ledger created it.
+# The tables as version 1 of the ledger created them (every open ran create_all, so all four).
 _VERSION_1_DDL = (
     "CREATE TABLE partitions (dataset VARCHAR(64) NOT NULL, symbol VARCHAR(20) NOT NULL, date DATE NOT NULL, "
     "status VARCHAR(16) NOT NULL, path TEXT, row_count BIGINT, min_ts BIGINT, max_ts BIGINT, "
     "schema_hash VARCHAR(64), content_hash VARCHAR(64), provenance JSON NOT NULL, source_gaps JSON NOT NULL, "
     "message TEXT, committed_at DATETIME NOT NULL, PRIMARY KEY (dataset, symbol, date))",
+    "CREATE TABLE source_files (url TEXT NOT NULL, sha256 VARCHAR(64) NOT NULL, bytes BIGINT NOT NULL, "
+    "rows BIGINT, checksum_verified BOOLEAN NOT NULL, fetched_at DATETIME NOT NULL, PRIMARY KEY (url, sha256))",
+    "CREATE TABLE watermark (symbol VARCHAR(20) NOT NULL, last_complete_minute DATETIME NOT NULL, "
+    "updated_at DATETIME NOT NULL, PRIMARY KEY (symbol))",
     "CREATE TABLE ledger_meta (key VARCHAR(64) NOT NULL PRIMARY KEY, value TEXT NOT NULL)",
     "INSERT INTO ledger_meta VALUES ('schema_version', '1')",
     "INSERT INTO partitions VALUES ('klines_1m', 'BTCUSDT', '2024-03-05', 'committed', 'p', 1440, 0, 1, "
