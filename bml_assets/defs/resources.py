@@ -120,12 +120,14 @@ class VisionResource(ConfigurableResource):
 
 class RestResource(ConfigurableResource):
     """The REST API at ``base_url`` (redacted); its weight budget (``weight_budget`` per
-    rolling minute) is shared by every process through the state database at ``state_url``."""
+    rolling minute) is shared through the state database at ``state_url`` by every process
+    leaving by the same ``egress`` (``BML_REST_EGRESS``; empty: by every process)."""
 
     base_url: str
     state_url: str
     weight_budget: int
     credentials: ResourceDependency[UrlCredentials]
+    egress: str = ""
 
     _client: RestClient | None = PrivateAttr(default=None)
 
@@ -135,6 +137,7 @@ class RestResource(ConfigurableResource):
                 self.credentials.url(self.base_url, "rest_base_url"),
                 state_url=self.credentials.url(self.state_url, "state_url"),
                 weight_budget=self.weight_budget,
+                egress=self.egress,
             )
         return self._client
 
@@ -185,6 +188,7 @@ def resources_for(settings: Settings) -> Resources:
             state_url=state_url,
             weight_budget=settings.rest_weight_budget,
             credentials=credentials,
+            egress=settings.rest_egress,
         ),
         build=BuildResource(
             safety_lag_minutes=settings.safety_lag_minutes, max_ffill_minutes=settings.max_ffill_minutes

@@ -157,7 +157,7 @@ class _Reports:
 
 
 def _rest_client(settings: Settings) -> RestClient:
-    return RestClient(settings.rest_base_url, state_url=settings.state_url, weight_budget=settings.rest_weight_budget)
+    return RestClient.from_settings(settings)
 
 
 async def collect(

@@ -91,7 +91,7 @@ def _hot_runs(settings: Settings, symbols: tuple[str, ...]) -> Iterator[HotOutco
     from bml_assets.defs.assets.streams import BAND_TAG, HOT_BAND
     from bml_assets.defs.sensors import hot_runs, hot_targets
 
-    rest = RestClient(settings.rest_base_url, state_url=settings.state_url, weight_budget=settings.rest_weight_budget)
+    rest = RestClient.from_settings(settings)
     try:
         now = ExchangeNow(rest.server_time_ms(), settings.safety_lag_minutes)
     finally:

@@ -90,9 +90,7 @@ def sync_symbols(settings: Settings) -> SymbolsSyncResult:
 
     ledger = open_ledger(settings)
     try:
-        rest = RestClient(
-            settings.rest_base_url, state_url=settings.state_url, weight_budget=settings.rest_weight_budget
-        )
+        rest = RestClient.from_settings(settings)
         records = perpetual_symbols(rest.exchange_info())
         sync = ledger.upsert_symbols(records)
         listed = tuple(r.symbol for r in records)

@@ -623,7 +623,7 @@ class _Handler(BaseHTTPRequestHandler):
             else:  # error_500
                 msg = "An unknown error occurred while processing the request."
                 response = error_response(HTTPStatus.INTERNAL_SERVER_ERROR, -1000, msg, headers)
-            service.record(wall, path, params, response.status, 0)
+            service.record(wall, path, params, response.status, 0, ip)
             self._send_rest(response, head=head)
             return
         response = service.request(ip, path, params, wall)

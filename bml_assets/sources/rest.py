@@ -39,7 +39,7 @@ import requests
 from bml_assets.domain.minutes import HOUR_MS, MINUTE_MS, floor_minute_ms
 from bml_assets.domain.redaction import redact_url
 from bml_assets.domain.schema import METRICS
-from bml_assets.domain.settings import validate_symbol
+from bml_assets.domain.settings import Settings, validate_symbol
 from bml_assets.domain.streams import Stream
 from bml_assets.sources import rest_limits as limits
 from bml_assets.sources.http import STATUS_IP_BANNED, STATUS_TOO_MANY_REQUESTS, HttpClient, HttpError, count_traffic
@@ -188,8 +188,9 @@ class RestClient:
     every request; ``self.base_url`` (shown in provenance and messages) and the budget's
     host key have them redacted, so they never reach the ledger or a log.
 
-    ``weight_budget`` is the weight per minute this machine allows itself
-    (``BML_REST_WEIGHT_BUDGET``). ``clock``/``sleep`` are injectable; ``window_s``
+    ``weight_budget`` is the weight per minute allowed to every process leaving by this
+    ``egress`` (``BML_REST_WEIGHT_BUDGET``, ``BML_REST_EGRESS``: Binance counts weight and
+    bans per IP; see ``rest_budget``). ``clock``/``sleep`` are injectable; ``window_s``
     shortens the budget's minute for tests. ``weight_spent`` and ``requests_sent``
     count what this client sent (retries included).
     """
@@ -206,6 +207,7 @@ class RestClient:
         max_ban_wait_s: float = 0.0,
         max_rate_limit_retries: int = DEFAULT_MAX_RATE_LIMIT_RETRIES,
         window_s: float = DEFAULT_WINDOW_S,
+        egress: str = "",
     ) -> None:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
@@ -225,6 +227,7 @@ class RestClient:
             sleep=sleep,
             max_ban_wait_s=max_ban_wait_s,
             window_s=window_s,
+            egress=egress,
         )
         # fundingRate's own request limit, shared the same way (its bans are the host's).
         self.funding_budget = WeightBudget(
@@ -234,13 +237,25 @@ class RestClient:
             clock=clock,
             sleep=sleep,
             window_s=limits.FUNDING_RATE_WINDOW_S,
+            egress=egress,
         )
         self.weight_spent = 0
         self.requests_sent = 0
         self._count_lock = threading.Lock()
 
+    @classmethod
+    def from_settings(cls, settings: Settings, **kwargs: Any) -> RestClient:
+        """The client of ``settings``: its REST host, state database, budget and egress."""
+        return cls(
+            settings.rest_base_url,
+            state_url=settings.state_url,
+            weight_budget=settings.rest_weight_budget,
+            egress=settings.rest_egress,
+            **kwargs,
+        )
+
     def __repr__(self) -> str:
-        return f"RestClient({self.base_url!r}, budget={self.budget.budget})"
+        return f"RestClient({self.base_url!r}, budget={self.budget.budget}, key={self.budget.key!r})"
 
     def close(self) -> None:
         self.budget.close()
@@ -334,7 +349,7 @@ class RestClient:
                 until = now_ms + int(DEFAULT_BAN_S * 1000)
             reason = f"HTTP {exc.status} from {exc.url}" + (f": {exc.msg}" if exc.msg else "")
             self.budget.record_ban(until, reason)
-            raise RestBanned(self.host, until, reason) from exc
+            raise RestBanned(self.host, until, reason, self.budget.egress) from exc
         if exc.status != STATUS_TOO_MANY_REQUESTS or attempt >= self.max_rate_limit_retries:
             raise exc
         if exc.retry_after_s is not None:

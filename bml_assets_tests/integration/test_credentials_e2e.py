@@ -142,7 +142,8 @@ def test_the_cli_with_a_dagster_home_shows_and_stores_no_password(
     assert databases  # the runs and their job snapshots were stored
     snapshot_texts = [t for db in databases for t in _texts_of(db)]
     assert [t[:200] for t in snapshot_texts if SECRET in t] == []
-    # The resources' URL fields are stored redacted: the credentials stay in the process.
-    assert any(f'\\"base_url\\": \\"{shown}\\", \\"state_url\\": ' in t for t in snapshot_texts)
+    # The resources' URL fields are stored redacted: the credentials stay in the process
+    # (the REST resource's config, its fields in name order: base_url, egress, state_url).
+    assert any(f'\\"base_url\\": \\"{shown}\\", \\"egress\\": \\"\\", \\"state_url\\": ' in t for t in snapshot_texts)
     lake_files = [p for p in (tmp_path / "lake").rglob("*") if p.is_file()]
     assert lake_files and [p for p in lake_files if SECRET.encode() in p.read_bytes()] == []

@@ -2,8 +2,11 @@
 ``RestClient``s, one SQLite state file, the replay server as the exchange.
 
 Everything is judged from the server's own ``rest_log`` (when each request
-arrived, what it was charged, what was answered), never from what the clients
-believe they did. Budgets run on a 2-second window so the tests take seconds.
+arrived, from which IP, what it was charged, what was answered), never from what
+the clients believe they did. Budgets run on a 2-second window so the tests take
+seconds, except the PostgreSQL one: the real minute, as distributed workers use it,
+with the workers leaving by different loopback IPs (127.0.0.2, 127.0.0.3) as hosts
+behind different egress IPs do.
 """
 
 from __future__ import annotations
@@ -17,6 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
+import sqlalchemy as sa
+from requests.adapters import HTTPAdapter
 
 from bml_assets.domain.minutes import MINUTE_MS
 from bml_assets.domain.streams import Stream
@@ -25,7 +31,9 @@ from bml_assets.replay.faults import FaultRule
 from bml_assets.replay.market import MarketConfig, SyntheticMarket
 from bml_assets.replay.rest.log import RestLogEntry
 from bml_assets.replay.server import ReplayServer
+from bml_assets.sources import rest_budget
 from bml_assets.sources import rest_limits as limits
+from bml_assets.sources.http import HttpClient
 from bml_assets.sources.rest import RestBanned, RestClient
 from bml_assets.sources.rest_budget import WeightBudget, utc_iso
 
@@ -42,6 +50,10 @@ KLINE_MINUTES = (60, 300, 800, 1200)
 # The client stamps its budget events in whole milliseconds: a request can be let
 # through up to 1 ms early on the server's float clock (rounding at both ends).
 ROUNDING_S = 0.001
+# The PostgreSQL test: the real minute, weight 120 per minute per egress IP, a little over a minute.
+PG_BUDGET = 120
+PG_HAMMER_S = 64.0
+NAT_A, NAT_B = "127.0.0.2", "127.0.0.3"
 
 
 @pytest.fixture
@@ -153,8 +165,8 @@ class _Processes:
         for _ in range(n):
             self.ready.get(timeout=60)
 
-    def result(self) -> Any:
-        return self.out.get(timeout=60)
+    def result(self, timeout_s: float = 60) -> Any:
+        return self.out.get(timeout=timeout_s)
 
     def __enter__(self) -> _Processes:
         return self
@@ -166,6 +178,64 @@ class _Processes:
                 proc.terminate()
                 proc.join(timeout=5)
         assert all(proc.exitcode == 0 for proc in self.procs), [proc.exitcode for proc in self.procs]
+
+
+class _FromAddress(HTTPAdapter):
+    """Connections leave from ``source_ip``: another loopback address is another egress IP."""
+
+    def __init__(self, source_ip: str) -> None:
+        self.source_ip = source_ip
+        super().__init__()
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["source_address"] = (self.source_ip, 0)
+        super().init_poolmanager(*args, **kwargs)
+
+
+class _TimeUp(Exception):
+    """The hammering is over while a request waits for the budget."""
+
+
+def _egress_hammer(
+    base_url: str, state_url: str, egress: str, source_ip: str, seed: int, ready: Any, go: Any, out: Any
+) -> None:
+    """Requests of weight 5, 10 and 20 as fast as the budget of ``egress`` lets them, from
+    ``source_ip``, for PG_HAMMER_S; a wait for the budget past the end is cut short."""
+    session = requests.Session()
+    session.trust_env = False
+    for prefix in ("http://", "https://"):
+        session.mount(prefix, _FromAddress(source_ip))
+    stop_at = [float("inf")]
+
+    def sleep(seconds: float) -> None:
+        left = stop_at[0] - time.time()
+        if left <= 0:
+            raise _TimeUp
+        time.sleep(min(seconds, left))
+
+    client = RestClient(
+        base_url,
+        state_url=state_url,
+        weight_budget=PG_BUDGET,
+        http=HttpClient(timeout_s=10, max_retries=2, session=session),
+        sleep=sleep,
+        egress=egress,
+    )
+    rng = random.Random(seed)
+    ready.put(seed)
+    go.wait(60)
+    stop_at[0] = time.time() + PG_HAMMER_S
+    try:
+        while time.time() < stop_at[0]:
+            if rng.random() < 0.3:
+                _one_agg_trades_request(client, rng)  # 20
+            else:  # 800 or 1200 minutes: 5 or 10
+                minutes = rng.choice(KLINE_MINUTES[2:])
+                client.klines(rng.choice(list(limits.KLINE_PATHS)), SYMBOL, DAY_MS, DAY_MS + minutes * MINUTE_MS)
+    except _TimeUp:
+        pass
+    out.put((seed, source_ip, client.requests_sent, client.weight_spent))
+    client.close()
 
 
 # --- helpers -------------------------------------------------------------------------------
@@ -253,6 +323,60 @@ def test_a_418_to_one_process_stops_the_other_until_the_ban_ends(server: ReplayS
     assert len(after) == 1 and after[0].status == 200 and after[0].path == limits.KLINES_PATH
     assert until_ms / 1000 <= after[0].wall_time_s <= done_at
     assert after[0].wall_time_s - refused_at < BAN_S + 1  # it waited for the ban, not much longer
+
+
+@pytest.fixture
+def postgres_state_url(postgres_url: str) -> str:
+    engine = sa.create_engine(postgres_url)
+    rest_budget.metadata.drop_all(engine)  # no weight, no ban left by another test
+    engine.dispose()
+    WeightBudget(postgres_url, "init", 1).init()
+    return postgres_url
+
+
+def test_postgres_workers_share_the_budget_of_their_egress_ip_in_every_rolling_minute(
+    postgres_state_url: str,
+) -> None:
+    """Three worker processes, one PostgreSQL state database, the real 60-second window:
+    two leave by 127.0.0.2 (egress nat-a) and share its budget, one by 127.0.0.3 (nat-b)
+    has its own. Judged per client IP from the server's log."""
+    market = SyntheticMarket(MarketConfig(seed=5, trades_per_day=20_000))
+    # The server's own limit is far above the budget: it never answers 429, so the budget
+    # alone keeps the weight down; its X-MBX-USED-WEIGHT-1M counts per IP in real minutes.
+    with (
+        ReplayServer(market=market, clock=MarketClock.fixed(NOW), rest_weight_limit=100_000) as server,
+        _Processes() as procs,
+    ):
+        workers = [("nat-a", NAT_A, 1), ("nat-a", NAT_A, 2), ("nat-b", NAT_B, 3)]
+        gos = [procs.start(_egress_hammer, server.base_url, postgres_state_url, *w) for w in workers]
+        procs.wait_ready(len(gos))
+        server.clear_rest_log()
+        for go in gos:
+            go.set()
+        sent = sorted(procs.result(PG_HAMMER_S + 60) for _ in gos)
+        log = server.rest_log
+    assert log, "no request reached the server"
+    assert {e.status for e in log} == {200}
+    assert {e.client for e in log} == {NAT_A, NAT_B}
+    assert {e.weight for e in log} == {5, 10, 20}
+    # The server saw exactly what each worker sent, and every worker took part.
+    for ip in (NAT_A, NAT_B):
+        from_ip = [e for e in log if e.client == ip]
+        assert len(from_ip) == sum(n for _, source, n, _ in sent if source == ip)
+        assert sum(e.weight for e in from_ip) == sum(w for _, source, _, w in sent if source == ip)
+    assert all(n > 0 for _, _, n, _ in sent), sent
+    span = max(e.wall_time_s for e in log) - min(e.wall_time_s for e in log)
+    assert 60 < span < 120, span  # the run crossed one window, not two
+    for ip in (NAT_A, NAT_B):
+        from_ip = [e for e in log if e.client == ip]
+        peak = _peak_window_weight(from_ip, 60.0 - ROUNDING_S)
+        assert peak <= PG_BUDGET, f"{ip}: peak {peak} > budget {PG_BUDGET} in a rolling minute"
+        # Over a span of one to two minutes the budget allows 2 × PG_BUDGET; a worker that
+        # waits has more than PG_BUDGET - 20 in the window, so at least ~2 × 100 was sent.
+        total = sum(e.weight for e in from_ip)
+        assert total >= 0.75 * 2 * PG_BUDGET, f"{ip}: only {total} sent: the budget was never used up"
+    # Two egress IPs: two budgets, so together they exceeded one.
+    assert _peak_window_weight(log, 60.0 - ROUNDING_S) > PG_BUDGET
 
 
 def test_the_window_check_itself_catches_an_overspend() -> None:

@@ -19,13 +19,15 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class RestLogEntry:
     """One REST request as the server answered it; ``weight`` is what was charged
-    (0 for limiter rejections and injected faults)."""
+    (0 for limiter rejections and injected faults), ``client`` the IP it came from
+    (what the exchange counts weight per)."""
 
     wall_time_s: float
     path: str
     params: dict[str, str]
     status: int
     weight: int
+    client: str = ""
 
 
 class RestLog:
@@ -44,6 +46,8 @@ class RestLog:
         with self._lock:
             self._entries.clear()
 
-    def record(self, wall: float, path: str, params: Mapping[str, str], status: int, weight: int) -> None:
+    def record(
+        self, wall: float, path: str, params: Mapping[str, str], status: int, weight: int, client: str = ""
+    ) -> None:
         with self._lock:
-            self._entries.append(RestLogEntry(wall, path, dict(params), int(status), int(weight)))
+            self._entries.append(RestLogEntry(wall, path, dict(params), int(status), int(weight), client))

@@ -43,8 +43,10 @@ class RestService:
     def clear_log(self) -> None:
         self._log.clear()
 
-    def record(self, wall: float, path: str, params: Mapping[str, str], status: int, weight: int) -> None:
-        self._log.record(wall, path, params, status, weight)
+    def record(
+        self, wall: float, path: str, params: Mapping[str, str], status: int, weight: int, client: str = ""
+    ) -> None:
+        self._log.record(wall, path, params, status, weight, client)
 
     def weight_headers(self, ip: str, wall: float) -> dict[str, str]:
         return {WEIGHT_HEADER: str(self.limiter.used(ip, wall))}
@@ -58,7 +60,7 @@ class RestService:
         if admission.status != HTTPStatus.OK:
             headers["Retry-After"] = str(admission.retry_after_s)
             response = error_response(admission.status, -1003, admission.message, headers)
-            self.record(wall, path, params, response.status, 0)
+            self.record(wall, path, params, response.status, 0, ip)
             return response
         try:
             response = self.api.handle(path, params)
@@ -70,5 +72,5 @@ class RestService:
                 f"An unknown error occurred while processing the request. {exc}",
             )
         response = RestResponse(response.status, response.body, {**response.headers, **headers}, response.content_type)
-        self.record(wall, path, params, response.status, weight)
+        self.record(wall, path, params, response.status, weight, ip)
         return response

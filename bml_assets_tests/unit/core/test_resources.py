@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from pathlib import Path
 
@@ -61,6 +62,16 @@ def test_the_clients_connect_with_the_credentials_and_the_settings_budget(tmp_pa
     assert r.ledger.ledger().url == f"sqlite:///{(tmp_path / 'lake').as_posix()}/_state/ledger.sqlite"
     assert r.lake.lake().root == str(tmp_path / "lake")
     assert r.rest.client() is rest  # one client per resource instance
+
+
+def test_the_rest_client_spends_the_budget_of_its_egress(tmp_path: Path) -> None:
+    """BML_REST_EGRESS keys the budget: hosts leaving by different IPs each have one."""
+    behind_b = resources_for(dataclasses.replace(private(tmp_path), rest_egress="nat-b"))
+    assert behind_b.rest.egress == "nat-b"
+    assert behind_b.rest.client().budget.key == "rest.example via nat-b"
+    shared = resources_for(private(tmp_path))  # no egress: one budget for every process
+    assert shared.rest.egress == ""
+    assert shared.rest.client().budget.key == "rest.example"
 
 
 def test_a_url_set_in_the_field_is_used_as_given_and_a_redacted_one_needs_credentials(tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""The shared REST weight budget: rolling window, re-sync, 429/418 state, several processes."""
+"""The shared REST weight budget: rolling window, re-sync, 429/418 state, keys per host and
+egress, several processes; on SQLite and on a real PostgreSQL server."""
 
 from __future__ import annotations
 
@@ -16,7 +17,10 @@ from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 import requests
+import sqlalchemy as sa
 
+from bml_assets.domain.settings import Settings
+from bml_assets.sources import rest_budget
 from bml_assets.sources import rest_limits as limits
 from bml_assets.sources.http import HttpClient
 from bml_assets.sources.rest import RestClient
@@ -25,9 +29,15 @@ from bml_assets.sources.rest_budget import RestBanned, WeightBudget, utc_iso
 from .conftest import T0, FakeClock
 
 
-@pytest.fixture
-def state_url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / '_state' / 'ledger.sqlite'}"
+@pytest.fixture(params=["sqlite", "postgresql"])
+def state_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / '_state' / 'ledger.sqlite'}"
+    postgres = request.getfixturevalue("postgres_url")
+    engine = sa.create_engine(postgres)
+    rest_budget.metadata.drop_all(engine)  # each test starts with no weight and no ban
+    engine.dispose()
+    return postgres
 
 
 def _budget(state_url: str, clock: FakeClock, budget: int = 100, **kw: Any) -> WeightBudget:
@@ -107,9 +117,39 @@ def test_two_budgets_on_one_store_share_the_weight(state_url: str) -> None:
     assert len(clock.sleeps) == 1
 
 
-def test_old_events_are_pruned(state_url: str) -> None:
-    import sqlalchemy as sa
+def test_each_egress_has_its_own_budget_and_ban_and_no_egress_is_one_more(state_url: str) -> None:
+    clock = FakeClock()
+    a1 = _budget(state_url, clock, budget=10, egress="nat-a")
+    a2 = _budget(state_url, clock, budget=10, egress="nat-a")
+    b = _budget(state_url, clock, budget=10, egress="nat-b")
+    shared = _budget(state_url, clock, budget=10)
+    assert (a1.key, b.key, shared.key) == ("fapi.example via nat-a", "fapi.example via nat-b", "fapi.example")
+    a1.acquire(8)
+    b.acquire(10)  # another egress IP: the exchange's full limit again
+    shared.acquire(10)
+    assert clock.sleeps == []
+    a2.acquire(3)  # the same egress as a1: 8 + 3 > 10, waits for a1's 8 to leave the window
+    assert clock.sleeps == [pytest.approx(60.0)]
+    until = round(clock.now * 1000) + 600_000
+    a1.record_ban(until, "HTTP 418")
+    with pytest.raises(RestBanned) as info:
+        a2.acquire(1)
+    assert (info.value.host, info.value.egress, info.value.until_ms) == ("fapi.example", "nat-a", until)
+    assert "banned this IP (egress 'nat-a')" in str(info.value)
+    again = pickle.loads(pickle.dumps(info.value))
+    assert (again.egress, str(again)) == ("nat-a", str(info.value))
+    b.acquire(1)  # the ban is nat-a's only
+    shared.acquire(1)
+    assert b.banned_until_ms() is None and shared.banned_until_ms() is None
+    assert len(clock.sleeps) == 1
 
+
+def test_an_egress_too_long_for_the_key_column_is_refused(state_url: str) -> None:
+    with pytest.raises(ValueError, match="longer than 255 characters: shorten the egress name"):
+        WeightBudget(state_url, "fapi.example", 10, egress="x" * 240)
+
+
+def test_old_events_are_pruned(state_url: str) -> None:
     clock = FakeClock()
     budget = _budget(state_url, clock, budget=1000)
     for _ in range(50):
@@ -147,6 +187,81 @@ def test_observe_counts_only_the_current_minute(state_url: str) -> None:
     clock.now = T0 + 61  # a new minute on the exchange's count: our 30 were in the last one
     assert budget.observe_used_weight(5) == 5
     assert budget.used_in_window() == 35
+
+
+def test_the_resync_counts_only_its_own_egress(state_url: str) -> None:
+    clock = FakeClock()
+    a = _budget(state_url, clock, budget=100, egress="nat-a")
+    b = _budget(state_url, clock, budget=100, egress="nat-b")
+    b.settle(b.acquire(10))
+    a.settle(a.acquire(5), "25")  # nat-a's IP was charged 25: 20 spent elsewhere on it
+    assert (a.used_in_window(), b.used_in_window()) == (25, 10)
+    b.settle(b.acquire(10), "20")  # nat-b's IP: exactly what nat-b recorded, nothing to add
+    assert (a.used_in_window(), b.used_in_window()) == (25, 20)
+
+
+def test_no_resync_from_a_response_to_a_request_sent_the_minute_before(state_url: str) -> None:
+    clock = FakeClock(now=T0 + 59.5)  # T0 is a minute boundary
+    budget = _budget(state_url, clock, budget=100)
+    event = budget.acquire(10)
+    clock.now = T0 + 60.2
+    # The exchange may have counted it in the old minute (with 40 others) and reported that
+    # minute: taken as this minute's count, it would record a phantom 40.
+    budget.settle(event, "50")
+    assert budget.used_in_window() == 10
+    # A request sent and answered in one minute is re-synced.
+    budget.settle(budget.acquire(10), "50")
+    assert budget.used_in_window() == 50
+
+
+def test_postgres_a_waiter_for_the_lock_sees_what_its_holder_committed(postgres_url: str) -> None:
+    """Even where the server's default isolation is REPEATABLE READ: the budget forces READ
+    COMMITTED, else its sum would come from the snapshot taken while it waited for the lock."""
+    admin = sa.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text("DROP DATABASE IF EXISTS budget_rr"))
+        conn.execute(sa.text("CREATE DATABASE budget_rr"))
+        conn.execute(sa.text("ALTER DATABASE budget_rr SET default_transaction_isolation = 'repeatable read'"))
+    admin.dispose()
+    url = sa.engine.make_url(postgres_url).set(database="budget_rr").render_as_string(hide_password=False)
+    clock = FakeClock()
+    budget = _budget(url, clock, budget=10)
+    budget.init()
+    holder = sa.create_engine(url)
+    try:
+        with holder.connect() as conn:
+            assert conn.execute(sa.text("SHOW transaction_isolation")).scalar_one() == "repeatable read"
+            conn.commit()
+            with conn.begin():
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": budget._lock_key})
+                conn.execute(
+                    sa.insert(rest_budget.weight_events_table).values(
+                        host=budget.key, at_ms=round(clock.now * 1000), weight=8
+                    )
+                )
+                waiter = threading.Thread(target=budget.acquire, args=(5,))
+                waiter.start()
+                deadline = time.monotonic() + 30
+                while not _waiting_for_an_advisory_lock(holder):
+                    assert time.monotonic() < deadline, "acquire never waited for the lock"
+                    time.sleep(0.01)
+            # committed: the waiter gets the lock, must see 8 + 5 > 10 and wait out the window
+            waiter.join(timeout=30)
+        assert not waiter.is_alive()
+        assert clock.sleeps == [pytest.approx(60.0)]
+        assert budget.used_in_window() == 5
+    finally:
+        holder.dispose()
+        budget.close()
+
+
+def _waiting_for_an_advisory_lock(engine: sa.Engine) -> bool:
+    with engine.connect() as conn:
+        return bool(
+            conn.execute(
+                sa.text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
+            ).scalar_one()
+        )
 
 
 # --- 429 and 418 state ---------------------------------------------------------------------------
@@ -263,6 +378,25 @@ def _client(base_url: str, state_url: str, budget: int, window_s: float, max_ban
     return RestClient(
         base_url, state_url=state_url, weight_budget=budget, http=http, window_s=window_s, max_ban_wait_s=max_ban_wait_s
     )
+
+
+def test_the_client_from_settings_spends_its_egress_budget(tmp_path: Path) -> None:
+    state = f"sqlite:///{tmp_path / 'state.sqlite'}"
+    settings = Settings(
+        symbols=("BTCUSDT",),
+        lake_root=tmp_path / "lake",
+        state_url=state,
+        rest_base_url="http://user:pw@127.0.0.1:9",
+        rest_weight_budget=77,
+        rest_egress="nat-a",
+    )
+    client = RestClient.from_settings(settings)
+    assert (client.budget.key, client.budget.budget, client.budget.egress) == ("127.0.0.1:9 via nat-a", 77, "nat-a")
+    assert client.funding_budget.key == "127.0.0.1:9 fundingRate via nat-a"
+    default = RestClient.from_settings(Settings(symbols=("BTCUSDT",), lake_root=tmp_path / "lake", state_url=state))
+    assert (default.budget.key, default.budget.egress) == ("fapi.binance.com", "")
+    client.close()
+    default.close()
 
 
 # Run in spawned processes: module level, plain arguments, plain results.
