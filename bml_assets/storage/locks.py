@@ -30,6 +30,7 @@ import errno
 import fcntl
 import hashlib
 import os
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -153,6 +154,34 @@ _HELD: Final = sa.text(
 )
 
 
+_engines: dict[tuple[int, str], sa.Engine] = {}
+_engines_lock = threading.Lock()
+
+
+def _lock_engine(state_url: str) -> sa.Engine:
+    """One engine per database and process: a lake is opened often (per command, per run),
+    and each engine would keep its own idle connections. Keyed by pid too, so a forked child
+    never uses (or closes) a connection of its parent's."""
+    with _engines_lock:
+        key = (os.getpid(), state_url)
+        engine = _engines.get(key)
+        if engine is None:
+            url = make_url(state_url)
+            keepalives = _KEEPALIVES if url.get_driver_name() in ("psycopg2", "psycopg") else {}
+            # AUTOCOMMIT: a lock held for minutes must not keep a transaction (and its snapshot)
+            # open. The pool keeps connections for the next lock; one in doubt is discarded.
+            engine = sa.create_engine(
+                state_url,
+                isolation_level="AUTOCOMMIT",
+                pool_pre_ping=True,
+                pool_size=4,
+                max_overflow=-1,
+                connect_args=keepalives,
+            )
+            _engines[key] = engine
+        return engine
+
+
 class AdvisoryLocks:
     """PostgreSQL advisory locks in the database at ``state_url`` (see the module docstring)."""
 
@@ -161,17 +190,7 @@ class AdvisoryLocks:
         if url.get_backend_name() != "postgresql":
             raise UnsupportedStore(f"advisory locks need PostgreSQL, not {redact_url(state_url)!r}")
         self._shown = redact_url(state_url)
-        keepalives = _KEEPALIVES if url.get_driver_name() in ("psycopg2", "psycopg") else {}
-        # AUTOCOMMIT: a lock held for minutes must not keep a transaction (and its snapshot) open.
-        # The pool keeps connections for the next lock; one whose unlock is in doubt is discarded.
-        self._engine = sa.create_engine(
-            state_url,
-            isolation_level="AUTOCOMMIT",
-            pool_pre_ping=True,
-            pool_size=4,
-            max_overflow=-1,
-            connect_args=keepalives,
-        )
+        self._engine = _lock_engine(state_url)
 
     def __repr__(self) -> str:
         return f"AdvisoryLocks({self._shown!r})"
@@ -223,10 +242,6 @@ class AdvisoryLocks:
             return bool(
                 connection.execute(_HELD, {"high": (key >> 32) & 0xFFFFFFFF, "low": key & 0xFFFFFFFF}).scalar_one()
             )
-
-    def close(self) -> None:
-        """Close the pooled connections (held locks stay with their blocks)."""
-        self._engine.dispose()
 
 
 def locks_for(root: str | Path, *, state_url: str = "") -> Locks:

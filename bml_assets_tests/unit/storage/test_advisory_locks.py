@@ -42,7 +42,7 @@ def test_the_lock_key_is_a_fixed_64_bit_hash_of_the_name() -> None:
 
 
 def test_a_held_lock_excludes_others_until_released(locks: AdvisoryLocks, postgres_url: str) -> None:
-    other = AdvisoryLocks(postgres_url)  # another process, as far as PostgreSQL knows
+    other = AdvisoryLocks(postgres_url)  # each hold is a session of its own: another writer to PostgreSQL
     assert not locks.busy(NAME)
     with locks.hold(NAME, timeout=0):
         assert other.busy(NAME)
@@ -58,7 +58,6 @@ def test_a_held_lock_excludes_others_until_released(locks: AdvisoryLocks, postgr
     assert not other.busy(NAME)
     with other.hold(NAME, timeout=0):
         pass
-    other.close()
 
 
 def test_a_waiter_gets_the_lock_when_it_is_released(locks: AdvisoryLocks, postgres_url: str) -> None:
@@ -79,7 +78,6 @@ def test_a_waiter_gets_the_lock_when_it_is_released(locks: AdvisoryLocks, postgr
         order.append("second in")
     thread.join()
     assert order == ["first done", "second in"]
-    other.close()
 
 
 def test_the_lock_is_released_when_the_block_fails(locks: AdvisoryLocks) -> None:
@@ -107,7 +105,7 @@ def test_a_connection_lost_while_holding_is_lock_lost(locks: AdvisoryLocks, post
         pass
 
 
-def test_locks_for_an_s3_lake_are_advisory_locks_in_postgresql(postgres_url: str, tmp_path: object) -> None:
+def test_locks_for_an_s3_lake_are_advisory_locks_in_postgresql(postgres_url: str) -> None:
     assert isinstance(locks_for("s3://bucket/lake", state_url=postgres_url), AdvisoryLocks)
     assert isinstance(locks_for("/tmp/lake", state_url=postgres_url), FileLocks)
 
