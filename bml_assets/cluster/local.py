@@ -37,12 +37,6 @@ DEFAULT_DIR: Final = Path(".bml-cluster")
 BUCKET: Final = "bml-lake"
 LAKE_PREFIX: Final = "lake"
 DEPLOY_DAGSTER_YAML: Final = Path(__file__).resolve().parents[2] / "deploy" / "dagster.yaml"
-# moto accepts any credentials; boto3 and pyarrow need some to sign with.
-MOTO_CREDENTIALS: Final = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_DEFAULT_REGION": "us-east-1",
-}
 
 
 @dataclass
@@ -156,7 +150,7 @@ def up(
             "BML_WORK_DIR": str(folder / "work"),
             "BML_CELERY_BROKER_URL": f"{broker}/0",
             "BML_CELERY_BACKEND_URL": f"{broker}/1",
-            **MOTO_CREDENTIALS,
+            **moto.CREDENTIALS,
         }
         process_env = {**(os.environ if base_env is None else base_env), **env}
 

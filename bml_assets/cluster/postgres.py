@@ -14,11 +14,18 @@ import os
 import pwd
 import shutil
 import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from bml_assets.cluster.services import ServiceUnavailable
+from bml_assets.cluster.services import ServiceUnavailable, free_port
 
 INSTALL_HINT = "Debian: apt-get install postgresql"
+
+
+class PostgresUnavailable(ServiceUnavailable):
+    """No PostgreSQL server can be started here (the reason is the message)."""
 
 
 def binary(name: str) -> str:
@@ -28,7 +35,7 @@ def binary(name: str) -> str:
     candidates = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), key=lambda p: int(Path(p).parts[4]))
     if candidates:
         return candidates[-1]
-    raise ServiceUnavailable(f"PostgreSQL is not installed: no {name} ({INSTALL_HINT})")
+    raise PostgresUnavailable(f"PostgreSQL is not installed: no {name} ({INSTALL_HINT})")
 
 
 def _as_owner(folder: Path) -> list[str]:
@@ -38,7 +45,7 @@ def _as_owner(folder: Path) -> list[str]:
     try:
         owner = pwd.getpwnam("postgres")
     except KeyError:
-        raise ServiceUnavailable("running as root and there is no postgres user to run initdb as") from None
+        raise PostgresUnavailable("running as root and there is no postgres user to run initdb as") from None
     os.chown(folder, owner.pw_uid, owner.pw_gid)
     return ["runuser", "-u", "postgres", "--"]
 
@@ -46,7 +53,7 @@ def _as_owner(folder: Path) -> list[str]:
 def _run(prefix: list[str], *args: str) -> None:
     proc = subprocess.run([*prefix, *args], capture_output=True, text=True, timeout=120)
     if proc.returncode != 0:
-        raise ServiceUnavailable(f"{Path(args[0]).name} failed ({proc.returncode}): {proc.stderr.strip()[-500:]}")
+        raise PostgresUnavailable(f"{Path(args[0]).name} failed ({proc.returncode}): {proc.stderr.strip()[-500:]}")
 
 
 def url(port: int, database: str = "postgres") -> str:
@@ -92,3 +99,18 @@ def create_database(server_url: str, name: str) -> str:
     finally:
         engine.dispose()
     return server_url.rsplit("/", 1)[0] + f"/{name}"
+
+
+@contextmanager
+def postgres_server() -> Iterator[str]:
+    """A scratch PostgreSQL cluster in a temporary folder for the duration of the block (tests,
+    benchmarks); yields its URL (``postgresql+psycopg2://postgres@127.0.0.1:<port>/postgres``)."""
+    folder = Path(tempfile.mkdtemp(prefix="bml-pg-"))
+    try:
+        url = start(folder, free_port())
+        try:
+            yield url
+        finally:
+            stop(folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

@@ -18,11 +18,12 @@ The commit, under the partition's exclusive lock (``Lake.lock``):
 2. check the table's schema against the dataset's and run ``validate`` (and, with a
    watermark, check that every minute up to it is a row or a confirmed source gap) —
    nothing has touched the lake yet;
-3. stage the encoded bytes beside the target (``Store.stage``: a temporary file,
-   fsynced), re-read their footer, hash the stored bytes;
+3. stage the encoded bytes (``Store.stage``: locally a temporary file beside the target,
+   fsynced; on S3 in memory), re-read their footer, hash the staged bytes;
 4. if those bytes are already the committed file, drop the staged copy (no rewrite);
 5. publish them over the target (``Staged.publish``: put-if-match against the version
-   the commit saw, or put-if-absent; locally a rename, then the folder's fsync);
+   the commit saw, or put-if-absent; locally a rename, then the folder's fsync; on S3 one
+   conditional PUT);
 6. ``Ledger.commit_partition(..., expected_content_hash=expected)`` — the commit point;
    with a watermark, ``Ledger.commit_partition_and_watermark``, one transaction.
 

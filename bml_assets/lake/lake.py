@@ -8,8 +8,9 @@ writing (the commit protocol, ``commit.py``, is written once against the store a
 these locks), the ledger (``ledger.py``), the bytes' home (``storage/``), Dagster.
 
 A lake is built from its root (``Lake.at``): a local folder (or ``file://`` URL) is a
-``LocalStore`` with ``flock`` locks in ``_state/locks``; an object store will plug in
-behind the same two protocols without touching the commit, the scan or the assets.
+``LocalStore`` with ``flock`` locks in ``_state/locks``; an ``s3://bucket/prefix`` URL is an
+``S3Store`` with advisory locks in the PostgreSQL state database, behind the same two
+protocols, so the commit, the scan and the assets do not change.
 
 Schema evolution. A file whose schema differs from its dataset's only by nullable
 columns it lacks (appended or inserted; the others in the registry's order, with the
@@ -154,7 +155,7 @@ class Lake:
         return file_key(dataset, symbol, day)
 
     def location(self, dataset: Dataset | str, symbol: str, day: date) -> str:
-        """Where the partition's file is, for messages (a local path here)."""
+        """Where the partition's file is, for messages (a local path, or an ``s3://`` URL)."""
         return self.store.location(file_key(dataset, symbol, day))
 
     # ---- what is there

@@ -36,15 +36,18 @@ def utc_today() -> dt.date:
 
 
 def check_lake(lake: Lake) -> str:
-    """Create the lake's root if needed and prove it is writable; a clear error otherwise.
-    Returns the root's canonical location."""
+    """Create the lake's root if needed and prove it is writable (an object store: that it
+    honours conditional writes too); a clear error otherwise. Returns the root's canonical
+    location."""
     try:
         return lake.store.ensure_writable()
     except StoreNotWritable as exc:
-        raise LakeRootNotWritable(
-            f"the lake root {exc.root} is not writable ({exc.reason}); set BML_LAKE_ROOT to a folder you can "
-            "write, or fix its permissions"
-        ) from None
+        hint = (
+            "check BML_LAKE_ROOT, BML_S3_ENDPOINT_URL and the AWS credentials"
+            if "://" in exc.root
+            else "set BML_LAKE_ROOT to a folder you can write, or fix its permissions"
+        )
+        raise LakeRootNotWritable(f"the lake root {exc.root} is not writable ({exc.reason}); {hint}") from None
 
 
 @dataclass(frozen=True)

@@ -2,9 +2,10 @@
 
 What belongs here: the ``Store`` protocol the lake is written against, its local
 file-system implementation (``LocalStore``), ``store_for`` choosing one by the root's
-URL scheme, and the two local-file primitives everything on this host shares (``fsync_dir``,
-``file_sha256``; the Vision cache uses them too). What stays out: parquet, datasets,
-partitions and the ledger (``lake/``), and locks (``locks.py``).
+URL scheme (the S3 implementation is ``s3.py``), what every store shares (the key check,
+the condition check), and the two local-file primitives everything on this host shares
+(``fsync_dir``, ``file_sha256``; the Vision cache uses them too). What stays out: parquet,
+datasets, partitions and the ledger (``lake/``), and locks (``locks.py``).
 
 Keys are POSIX relative paths (``futures/um/minute/symbol=BTCUSDT/date=2024-03-05/part.parquet``);
 the layout (``lake/layout.py``) makes them. A write is two steps, so the caller can check
@@ -28,10 +29,12 @@ partition's lock (every commit does, ``locks.py``), not against others. A versio
 is ``{mtime_ns}:{inode}``: a rename always brings a new inode, and the mtime tells a
 rewrite in place.
 
-An object store fits the same shape (issue 12, ``s3://``): staging keeps the bytes in
-memory, publishing is one conditional PUT (``If-None-Match: *`` / ``If-Match: <ETag>``,
-atomic on the server, no rename), the version token is the ETag, and there are no
-temporary objects to sweep; its locks are advisory locks in PostgreSQL.
+An object store fits the same shape (``s3://bucket/prefix``, ``S3Store`` in ``s3.py``):
+staging keeps the bytes in memory, publishing is one conditional PUT (``If-None-Match: *``
+/ ``If-Match: <ETag>``, atomic on the server, no rename), the version token is the ETag,
+and there are no temporary objects to sweep; its locks are advisory locks in PostgreSQL
+(``locks.py``). A server that ignores the conditional headers is refused at start-up
+(``ensure_writable``), never used silently unsafe.
 """
 
 from __future__ import annotations
@@ -260,7 +263,16 @@ def _make_dirs(directory: Path) -> None:
         fsync_dir(path.parent)
 
 
-def _check(location: str, expect: Expect, current: ObjectStat | None) -> None:
+def checked_key(key: str) -> str:
+    """``key`` if it is a relative POSIX path with no way out of the store's root, else ``ValueError``."""
+    parts = key.split("/")
+    if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts) or "\\" in key:
+        raise ValueError(f"invalid store key {key!r}: expected a relative POSIX path inside the store")
+    return key
+
+
+def check_condition(location: str, expect: Expect, current: ObjectStat | None) -> None:
+    """``PreconditionFailed`` unless the object's ``current`` stat satisfies ``expect``."""
     if expect is None:
         return
     if isinstance(expect, _Absent):
@@ -295,7 +307,7 @@ class LocalStaged:
         if self._done:
             raise StoreError(f"{self._tmp}: already published or discarded")
         target = self._store.location(self.key)
-        _check(target, expect, local_stat(target))
+        check_condition(target, expect, local_stat(target))
         os.replace(self._tmp, target)
         self._done = True
         try:
@@ -344,10 +356,7 @@ class LocalStore:
 
     def _checked(self, key: str) -> str:
         """The location of a key that is about to be written or removed: no way out of the root."""
-        parts = key.split("/")
-        if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts) or "\\" in key:
-            raise ValueError(f"invalid store key {key!r}: expected a relative POSIX path inside the store")
-        return self.location(key)
+        return self.location(checked_key(key))
 
     def stage(self, key: str, data: bytes) -> LocalStaged:
         target = Path(self._checked(key))
@@ -392,7 +401,7 @@ class LocalStore:
 
     def delete(self, key: str, *, expect: Expect = None) -> bool:
         location = self._checked(key)
-        _check(location, expect, local_stat(location))
+        check_condition(location, expect, local_stat(location))
         try:
             os.unlink(location)
         except FileNotFoundError:
@@ -443,8 +452,9 @@ def store_for(root: str | Path, *, s3_endpoint_url: str = "") -> Store:
         return LocalStore(folder)
     scheme = urlsplit(str(root)).scheme
     if scheme == "s3":
-        raise UnsupportedStore(
-            f"lake root {root!r}: an S3 lake is not supported yet (it needs conditional PUTs and "
-            "advisory locks in PostgreSQL); use a local folder"
-        )
+        try:
+            from bml_assets.storage.s3 import S3Store  # boto3 is an optional extra
+        except ImportError as exc:
+            raise UnsupportedStore(f"lake root {root!r}: {exc}") from exc
+        return S3Store(str(root), endpoint_url=s3_endpoint_url)
     raise UnsupportedStore(f"lake root {root!r}: unknown scheme {scheme!r}; use a local folder or a file:// URL")

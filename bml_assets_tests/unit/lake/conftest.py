@@ -2,15 +2,14 @@
 
 Tests taking ``url`` (or a ``ledger`` fixture built on it) run on SQLite and on a real
 PostgreSQL server: the one ``BML_TEST_POSTGRES_URL`` names (a scratch database), else one
-started for the test session (``bml_assets_tests/services/postgres.py``; skipped, saying
-why, where PostgreSQL is not installed). The ledger tables in it, and the version table of
-their migrations, are dropped before each test.
+started for the test session (``bml_assets/cluster/postgres.py``; skipped, saying
+why, where PostgreSQL is not installed; the session fixture ``postgres_url`` is in
+``bml_assets_tests/conftest.py``). The ledger tables in it, and the version table of their
+migrations, are dropped before each test.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,22 +17,8 @@ import sqlalchemy as sa
 
 from bml_assets.lake.ledger import metadata
 from bml_assets.lake.migrations import VERSION_TABLE
-from bml_assets_tests.services.postgres import PostgresUnavailable, postgres_server
 
 BACKENDS = ["sqlite", "postgresql"]
-
-
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    given = os.environ.get("BML_TEST_POSTGRES_URL", "")
-    if given:
-        yield given
-        return
-    try:
-        with postgres_server() as url:
-            yield url
-    except PostgresUnavailable as exc:
-        pytest.skip(f"no PostgreSQL for the ledger tests: {exc}")
 
 
 @pytest.fixture(params=BACKENDS)
