@@ -32,9 +32,11 @@ from typing import Final
 
 from bml_assets.cluster import moto, postgres, redis, workers
 from bml_assets.cluster.services import ServiceUnavailable, free_port, stop_group, wait_for_port
+from bml_assets.sources.rest import REST_POOL
 
 DEFAULT_DIR: Final = Path(".bml-cluster")
 BUCKET: Final = "bml-lake"
+REST_POOL_SLOTS: Final = 8  # deploy/dagster.yaml's pools.default_limit
 LAKE_PREFIX: Final = "lake"
 DEPLOY_DAGSTER_YAML: Final = Path(__file__).resolve().parents[2] / "deploy" / "dagster.yaml"
 
@@ -177,6 +179,18 @@ def up(
             env |= {"BML_VISION_BASE_URL": f"http://127.0.0.1:{port}", "BML_REST_BASE_URL": f"http://127.0.0.1:{port}"}
             process_env |= env
 
+        # The REST pool's limit set once, explicitly: a limit Dagster takes from `default_limit`
+        # is rewritten by any process whose instance config says otherwise.
+        pools = subprocess.run(
+            [workers.dagster_command(), "instance", "concurrency", "set", REST_POOL, str(REST_POOL_SLOTS)],
+            env=process_env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if pools.returncode != 0:
+            raise ServiceUnavailable(f"dagster could not set the {REST_POOL} pool: {pools.stderr.strip()[-500:]}")
+
         config = workers.write_config(
             folder / "workers" / "celery.yaml",
             broker=env["BML_CELERY_BROKER_URL"],
@@ -231,6 +245,7 @@ def down(folder: Path = DEFAULT_DIR, *, purge: bool = False) -> None:
     )
     (folder / "cluster.json").unlink(missing_ok=True)
     if purge:
+        postgres.remove(folder / "postgres")
         shutil.rmtree(folder, ignore_errors=True)
 
 

@@ -60,30 +60,56 @@ def url(port: int, database: str = "postgres") -> str:
     return f"postgresql+psycopg2://postgres@127.0.0.1:{port}/{database}"
 
 
+def _home(folder: Path) -> tuple[Path, list[str]]:
+    """Where the cluster's files go (data, socket, log) and the command prefix. As root, the
+    server runs as ``postgres``, who may not be able to reach ``folder`` (pytest's temporary
+    folders are private to root): the files then go to a folder of its own in the system's
+    temporary folder, linked from ``folder/home``."""
+    link = folder / "home"
+    if link.is_symlink():
+        home = link.resolve()
+        return home, _as_owner(home)
+    prefix = _as_owner(folder)
+    if not prefix or subprocess.run([*prefix, "test", "-w", str(folder)], capture_output=True).returncode == 0:
+        return folder, prefix
+    home = Path(tempfile.mkdtemp(prefix="bml-pg-"))
+    link.symlink_to(home)
+    return home, _as_owner(home)
+
+
 def start(folder: Path, port: int, *, durable: bool = False) -> str:
     """Create (first time) and start the cluster in ``folder`` on ``port``; return its URL.
     ``durable=False`` turns fsync off: a scratch cluster thrown away with its folder."""
     folder.mkdir(parents=True, exist_ok=True)
-    prefix = _as_owner(folder)
-    data = folder / "data"
+    home, prefix = _home(folder)
+    data = home / "data"
     if not (data / "PG_VERSION").exists():
         _run(prefix, binary("initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync")
-    options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1" + ("" if durable else " -c fsync=off")
-    _run(prefix, binary("pg_ctl"), "-D", str(data), "-o", options, "-l", str(folder / "server.log"), "-w", "start")
+    options = f"-p {port} -k {home} -c listen_addresses=127.0.0.1" + ("" if durable else " -c fsync=off")
+    _run(prefix, binary("pg_ctl"), "-D", str(data), "-o", options, "-l", str(home / "server.log"), "-w", "start")
     return url(port)
 
 
 def stop(folder: Path, *, fast: bool = True) -> None:
     """Stop the cluster in ``folder`` (``immediate`` mode when ``fast``: crash-safe, no checkpoint)."""
-    data = folder / "data"
+    home, prefix = _home(folder)
+    data = home / "data"
     if not (data / "postmaster.pid").exists():
         return
-    prefix = _as_owner(folder)
     subprocess.run(
         [*prefix, binary("pg_ctl"), "-D", str(data), "-m", "immediate" if fast else "fast", "stop"],
         capture_output=True,
         timeout=60,
     )
+
+
+def remove(folder: Path) -> None:
+    """Delete the cluster's files (stop it first), including a home outside ``folder``."""
+    link = folder / "home"
+    if link.is_symlink():
+        shutil.rmtree(link.resolve(), ignore_errors=True)
+        link.unlink()
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def create_database(server_url: str, name: str) -> str:
@@ -113,4 +139,4 @@ def postgres_server() -> Iterator[str]:
         finally:
             stop(folder)
     finally:
-        shutil.rmtree(folder, ignore_errors=True)
+        remove(folder)

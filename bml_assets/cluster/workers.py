@@ -60,6 +60,11 @@ def start(name: str, config: Path, env: Mapping[str, str], log: Path, *, concurr
         )
 
 
+def dagster_command() -> str:
+    """The ``dagster`` command of this environment."""
+    return executable("dagster", hint="pip install dagster")
+
+
 def pool_processes(worker_pid: int) -> list[int]:
     """The processes below a worker (``dagster-celery`` → ``celery`` → its pool children), deepest last."""
     found: list[int] = []

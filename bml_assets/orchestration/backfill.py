@@ -227,10 +227,13 @@ def execute_plan(
 
         # Created here, once: workers opening a new SQLite instance at the same moment both
         # stamp its schema version, and the instance cannot be opened again. The REST pool's
-        # row too: two runs creating it at once on PostgreSQL fail one run (Dagster catches the
-        # unique violation, but PostgreSQL has already aborted the transaction).
+        # row too, when it has none: two runs creating it at once on PostgreSQL fail one run
+        # (Dagster catches the unique violation, but PostgreSQL has already aborted the
+        # transaction, so its fallback UPDATE fails too).
         with dagster_instance(settings) as instance:
-            instance.event_log_storage.initialize_concurrency_limit_to_default(REST_POOL)
+            storage = instance.event_log_storage
+            if storage.supports_global_concurrency_limits and REST_POOL not in storage.get_concurrency_keys():
+                storage.initialize_concurrency_limit_to_default(REST_POOL)
         pool = ProcessPoolExecutor(
             max_workers=min(workers, len(batches)),
             mp_context=multiprocessing.get_context("spawn"),  # no fork of a process holding Dagster's threads

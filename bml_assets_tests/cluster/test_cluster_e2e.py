@@ -13,6 +13,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -27,6 +28,7 @@ import pytest
 from bml_assets.cluster.local import ClusterState, local_cluster
 from bml_assets.cluster.services import ServiceUnavailable, free_port, wait_for_port
 from bml_assets.cluster.workers import pool_processes
+from bml_assets.domain.schema import MINUTE_VIEW
 from bml_assets.replay.clock import MarketClock
 from bml_assets.replay.market import MarketConfig, SyntheticMarket
 from bml_assets.replay.server import ReplayServer
@@ -119,7 +121,7 @@ def test_every_object_in_s3_has_the_sha256_its_ledger_row_records(
             if key.endswith(".parquet"):
                 objects[key] = hashlib.sha256(s3.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()).hexdigest()
     rows = _ledger_rows(backfilled)
-    minute = [r for r in rows if r[0] == "minute_view"]
+    minute = [r for r in rows if r[0] == MINUTE_VIEW.name]
     assert len(minute) == expected_minute_partitions  # 2 symbols × 10 days (and the fault test's 2 × 2)
     assert {r[2]: r[3] for r in rows} == objects  # every object has its row, every row its object, same hash
 
@@ -223,11 +225,16 @@ def test_dagster_webserver_on_the_instance_shows_the_runs(backfilled: ClusterSta
         web.wait(timeout=30)
 
 
+_RECEIVED = re.compile(r"Task execute_plan\[([0-9a-f-]+)\] received")
+
+
 def _busy_worker(cluster: ClusterState) -> int | None:
-    """The pid of a worker's pool process that has a step in hand (from the workers' own logs), else None."""
+    """The pid of a worker's pool process with a step in hand (a task its log shows received and
+    not yet ended), else None."""
     for i, pid in enumerate(cluster.worker_pids, start=1):
         log = (Path(cluster.folder) / "workers" / f"w{i}.log").read_text(errors="replace")
-        if log.count("] received") > log.count("] succeeded in") + log.count("] raised"):
+        received = _RECEIVED.findall(log)
+        if received and f"execute_plan[{received[-1]}] succeeded" not in log:
             children = pool_processes(pid)
             if children:
                 return children[-1]
@@ -257,11 +264,13 @@ def test_a_worker_killed_mid_step_loses_nothing_and_leaves_lake_and_ledger_consi
         if victim is not None:
             os.kill(victim, signal.SIGKILL)
             killed = victim
-        time.sleep(0.05)
+        time.sleep(0.01)
     out, _ = backfill.communicate(timeout=600)
-    assert killed is not None, "no step was ever seen running on a worker"
+    assert killed is not None, "no step was ever seen running on a worker:\n" + out[-2500:]
     assert backfill.returncode == 0, out[-3000:]
     assert "built 4 of 4 partition(s)" in out and "final scan: clean" in out, out[-2000:]
-    lost = "\n".join((Path(backfilled.folder) / "workers" / f"w{i}.log").read_text() for i in (1, 2))
-    assert f"pid:{killed} exited with 'signal 9 (SIGKILL)'" in lost
+    logs = "\n".join((Path(backfilled.folder) / "workers" / f"w{i}.log").read_text() for i in (1, 2))
+    # The process died with a step in hand, and Celery saw it (the step went back to the broker).
+    assert f"pid:{killed} exited with 'signal 9 (SIGKILL)'" in logs
+    assert "WorkerLostError('Worker exited prematurely: signal 9 (SIGKILL) Job:" in logs
     test_every_object_in_s3_has_the_sha256_its_ledger_row_records(backfilled, expected_minute_partitions=24)
