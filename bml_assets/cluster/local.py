@@ -32,6 +32,7 @@ from typing import Final
 
 from bml_assets.cluster import moto, postgres, redis, workers
 from bml_assets.cluster.services import ServiceUnavailable, free_port, stop_group, wait_for_port
+from bml_assets.domain.settings import Settings
 from bml_assets.sources.rest import REST_POOL
 
 DEFAULT_DIR: Final = Path(".bml-cluster")
@@ -117,6 +118,8 @@ def up(
     """Start the cluster in ``folder`` (see the module docstring) and return its state; with
     ``replay_symbols``, also a replay server of those symbols, and Vision/REST point at it;
     ``lake_root``: another lake than the bucket in moto (a folder every worker can reach).
+    ``BML_SYMBOLS`` and ``BML_START_DATE`` of ``base_env`` (default: this environment and its
+    ``.env``) become the cluster's (without ``BML_SYMBOLS``, the replay symbols).
     A failure stops what was started and raises ``ServiceUnavailable`` naming the service."""
     folder = folder.resolve()
     if (folder / "cluster.json").exists():
@@ -177,7 +180,13 @@ def up(
             replay_pid = started["replay"] = replay.pid
             wait_for_port(port, what="the replay server", alive=replay)
             env |= {"BML_VISION_BASE_URL": f"http://127.0.0.1:{port}", "BML_REST_BASE_URL": f"http://127.0.0.1:{port}"}
-            process_env |= env
+
+        # The partition set is fixed here, for the workers and every `bml cluster run` alike: the
+        # workers build the definitions from it (a command asking for more is refused).
+        own = Settings.from_env(os.environ if base_env is None else base_env)
+        symbols = replay_symbols if replay_symbols and own.symbols == Settings.symbols else own.symbols
+        env |= {"BML_SYMBOLS": ",".join(symbols), "BML_START_DATE": own.start_date.isoformat()}
+        process_env |= env
 
         # The REST pool's limit set once, explicitly: a limit Dagster takes from `default_limit`
         # is rewritten by any process whose instance config says otherwise.
