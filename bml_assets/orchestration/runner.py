@@ -204,7 +204,14 @@ def _run_error(result: Any) -> str:
     not Dagster's wrapper ("Error occurred while handling output …")."""
     failures = _failures(result)
     if not failures:
-        return "run failed"
+        # The run failed outside its steps (its executor, the instance's storage): the run's
+        # own failure event says why, when it could be written.
+        run_failure = next((e for e in result.all_events if e.is_run_failure), None)
+        error = run_failure.job_failure_data.error if run_failure is not None else None
+        if error is None:
+            return "run failed"
+        causes = list(_chain(error))
+        return f"run failed: {plain_cause(causes[-1].message)}"
     errors = list(_chain(failures[0].step_failure_data.error))
     message = errors[-1].message if errors else "step failed"
     return f"{failures[0].step_key}: {plain_cause(message)}"

@@ -25,6 +25,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from bml_assets.cluster import postgres
 from bml_assets.cluster.local import ClusterState, local_cluster
 from bml_assets.cluster.services import ServiceUnavailable, free_port, wait_for_port
 from bml_assets.cluster.workers import pool_processes
@@ -95,35 +96,43 @@ def _s3(cluster: ClusterState):
     )
 
 
-def _ledger_rows(cluster: ClusterState) -> list[tuple[str, str, str, str]]:
+def _ledger_rows(cluster: ClusterState) -> list[tuple[str, str, dt.date, str, str]]:
     import sqlalchemy as sa
 
     engine = sa.create_engine(cluster.env["BML_STATE_URL"])
     try:
         with engine.connect() as conn:
             rows = conn.execute(
-                sa.text("SELECT dataset, symbol, path, content_hash FROM partitions WHERE status = 'committed'")
+                sa.text("SELECT dataset, symbol, date, path, content_hash FROM partitions WHERE status = 'committed'")
             ).all()
     finally:
         engine.dispose()
     return [tuple(r) for r in rows]
 
 
-def test_every_object_in_s3_has_the_sha256_its_ledger_row_records(
-    backfilled: ClusterState, expected_minute_partitions: int = 20
-) -> None:
-    s3 = _s3(backfilled)
-    bucket, prefix = backfilled.env["BML_LAKE_ROOT"].removeprefix("s3://").split("/", 1)
+def _minutes_matching_their_objects(cluster: ClusterState) -> set[tuple[str, dt.date]]:
+    """Every parquet object's sha256 equals its ledger row's and every committed row has its
+    object; returns the committed minute-view partitions."""
+    s3 = _s3(cluster)
+    bucket, prefix = cluster.env["BML_LAKE_ROOT"].removeprefix("s3://").split("/", 1)
     objects = {}
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/"):
         for item in page.get("Contents", []):
             key = item["Key"].removeprefix(prefix + "/")
             if key.endswith(".parquet"):
                 objects[key] = hashlib.sha256(s3.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()).hexdigest()
-    rows = _ledger_rows(backfilled)
-    minute = [r for r in rows if r[0] == MINUTE_VIEW.name]
-    assert len(minute) == expected_minute_partitions  # 2 symbols × 10 days (and the fault test's 2 × 2)
-    assert {r[2]: r[3] for r in rows} == objects  # every object has its row, every row its object, same hash
+    rows = _ledger_rows(cluster)
+    assert {r[3]: r[4] for r in rows} == objects
+    return {(r[1], r[2]) for r in rows if r[0] == MINUTE_VIEW.name}
+
+
+def _days(first: dt.date, last: dt.date) -> set[tuple[str, dt.date]]:
+    n = (last - first).days + 1
+    return {(s, first + dt.timedelta(days=i)) for s in SYMBOLS for i in range(n)}
+
+
+def test_every_object_in_s3_has_the_sha256_its_ledger_row_records(backfilled: ClusterState) -> None:
+    assert _days(FIRST, LAST) <= _minutes_matching_their_objects(backfilled)  # 2 symbols × 10 days
 
 
 def test_the_steps_ran_on_both_celery_workers_and_the_runs_are_in_postgresql(backfilled: ClusterState) -> None:
@@ -273,4 +282,34 @@ def test_a_worker_killed_mid_step_loses_nothing_and_leaves_lake_and_ledger_consi
     # The process died with a step in hand, and Celery saw it (the step went back to the broker).
     assert f"pid:{killed} exited with 'signal 9 (SIGKILL)'" in logs
     assert "WorkerLostError('Worker exited prematurely: signal 9 (SIGKILL) Job:" in logs
-    test_every_object_in_s3_has_the_sha256_its_ledger_row_records(backfilled, expected_minute_partitions=24)
+    assert _days(dt.date(2024, 4, 1), dt.date(2024, 4, 2)) <= _minutes_matching_their_objects(backfilled)
+
+
+def test_postgresql_restarted_mid_backfill_fails_runs_clearly_and_a_rerun_resumes(
+    backfilled: ClusterState, server: ReplayServer
+) -> None:
+    """The ledger's and Dagster's server goes away mid-backfill (an immediate restart): the runs
+    caught by it fail with a line naming PostgreSQL, nothing inconsistent is left, and the
+    same command run again finishes the range with a clean scan."""
+    env = {**_base_env(server), **backfilled.env}
+    days = ["backfill-range", "--start", "2024-05-01", "--end", "2024-05-04", "--workers", "2"]
+    days += ["--partitions-per-run", "1"]
+    backfill = subprocess.Popen(
+        [*BML, *days], env=env, cwd=backfilled.folder, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    deadline = time.monotonic() + 300
+    while _busy_worker(backfilled) is None and backfill.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    folder = Path(backfilled.folder) / "postgres"
+    postgres.stop(folder)  # immediate: every connection is cut
+    time.sleep(2)
+    postgres.start(folder, backfilled.postgres_port)
+    out, _ = backfill.communicate(timeout=600)
+    if backfill.returncode != 0:
+        failures = [line for line in out.splitlines() if line.startswith("  ") and "2024-05-0" in line]
+        assert failures, out[-3000:]
+        assert all("PostgreSQL" in line for line in failures), failures
+    again = _bml(days, env, Path(backfilled.folder))
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "final scan: clean" in again.stdout
+    assert _days(dt.date(2024, 5, 1), dt.date(2024, 5, 4)) <= _minutes_matching_their_objects(backfilled)

@@ -179,3 +179,25 @@ def test_partitions_the_ledger_has_and_dagster_has_not_are_reported_once(
 )
 def test_a_failure_is_one_line_naming_the_root_cause(message: str, line: str) -> None:
     assert plain_cause(message) == line
+
+
+def test_a_run_that_failed_outside_its_steps_says_why() -> None:
+    """No step failed (the instance's storage went away under the executor): the line comes
+    from the run's own failure event, its innermost cause in plain words."""
+    from types import SimpleNamespace
+
+    from dagster._utils.error import SerializableErrorInfo
+
+    from bml_assets.orchestration.runner import _run_error
+
+    cause = SerializableErrorInfo(
+        'connection to server at "127.0.0.1", port 5433 failed: Connection refused\n', [], "OperationalError"
+    )
+    error = SerializableErrorInfo("DagsterInstance storage failed\n", [], "DagsterError", cause=cause)
+    failure = SimpleNamespace(is_step_failure=False, is_run_failure=True, job_failure_data=SimpleNamespace(error=error))
+    other = SimpleNamespace(is_step_failure=False, is_run_failure=False)
+    assert _run_error(SimpleNamespace(all_events=[other, failure])) == (
+        "run failed: PostgreSQL at 127.0.0.1:5433 cannot be reached: run the command again when it is back "
+        "(what was committed stays)"
+    )
+    assert _run_error(SimpleNamespace(all_events=[other])) == "run failed"

@@ -21,14 +21,20 @@ from bml_assets.lake.migrations import VERSION_TABLE
 BACKENDS = ["sqlite", "postgresql"]
 
 
-@pytest.fixture(params=BACKENDS)
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'lake' / '_state' / 'ledger.sqlite'}"
-    postgres = request.getfixturevalue("postgres_url")
-    engine = sa.create_engine(postgres)
+@pytest.fixture
+def empty_postgres_url(postgres_url: str) -> str:
+    """The session's PostgreSQL with no ledger in it: its tables and the version table of their
+    migrations dropped (a test of another file may have left them, at any revision)."""
+    engine = sa.create_engine(postgres_url)
     metadata.drop_all(engine)
     with engine.begin() as conn:
         conn.execute(sa.text(f"DROP TABLE IF EXISTS {VERSION_TABLE}"))
     engine.dispose()
-    return postgres
+    return postgres_url
+
+
+@pytest.fixture(params=BACKENDS)
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'lake' / '_state' / 'ledger.sqlite'}"
+    return request.getfixturevalue("empty_postgres_url")

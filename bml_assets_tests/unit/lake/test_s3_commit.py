@@ -18,7 +18,6 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
-import sqlalchemy as sa
 
 pytest.importorskip("boto3", reason="the S3 lake tests need boto3 (pip install 'bml-assets[s3]')")
 
@@ -27,7 +26,7 @@ from bml_assets.domain.settings import Settings
 from bml_assets.lake.commit import CommitResult, commit_table, verify_partition
 from bml_assets.lake.lake import Lake
 from bml_assets.lake.layout import file_key
-from bml_assets.lake.ledger import CommitConflict, Ledger, metadata
+from bml_assets.lake.ledger import CommitConflict, Ledger
 from bml_assets.lake.scan import ProblemKind, damaged_files, scan
 from bml_assets.orchestration.errors import LakeRootNotWritable
 from bml_assets.orchestration.scans import scan_range
@@ -46,11 +45,8 @@ WRITERS = 8
 
 
 @pytest.fixture
-def state_url(postgres_url: str) -> str:
-    engine = sa.create_engine(postgres_url)
-    metadata.drop_all(engine)
-    engine.dispose()
-    return postgres_url
+def state_url(empty_postgres_url: str) -> str:
+    return empty_postgres_url
 
 
 @pytest.fixture
