@@ -296,7 +296,8 @@ def test_the_full_ledger_only_scan_finds_exactly_the_planted_problems(big: BigLa
     (stray,) = report.strays
     assert stray.path == stray_path(big.root) and stray.dataset == "funding_settlements"
     assert report.restat == []  # every marker's stat is the one its row records
-    assert elapsed < 30
+    # How long it took is printed above, not asserted: speed is measured in bench/, and under
+    # a loaded CI machine a time budget fails for no fault of the scan.
 
 
 def test_ticks_are_bounded_the_cursor_walks_and_a_sweep_requests_every_problem_once(big: BigLake) -> None:

@@ -328,16 +328,14 @@ def test_a_few_503s_are_retried_to_success(s3_root: str, proxy: _Proxy) -> None:
 def test_persistent_503s_end_in_a_clear_error_within_the_attempts(s3_root: str, proxy: _Proxy) -> None:
     store = S3Store(s3_root, endpoint_url=proxy.url, max_attempts=3)
     proxy.fail_next = 1000
-    began = time.monotonic()
     with pytest.raises(StoreUnavailable) as failed:
         store.put(KEY, b"hello", expect=ABSENT)
-    elapsed = time.monotonic() - began
     message = str(failed.value)
     assert store.location(KEY) in message
     assert proxy.url in message
     assert "HTTP 503" in message and "after 3 attempts" in message
+    # Bounded by attempts, not by a clock: exactly three requests, then the error.
     assert proxy.requests == ["PUT", "PUT", "PUT"]
-    assert elapsed < 30  # standard mode backs off at most 1 s + 2 s between three attempts
     with pytest.raises(StoreUnavailable, match="after 3 attempts"):
         store.stat(KEY)
 
