@@ -444,7 +444,7 @@ def run_once(symbols_text: str | None) -> None:
 def run_daemon(host: str, port: int, workspace: Path | None, no_live: bool) -> None:
     """Run `dagster dev` (web UI + daemon: schedules and sensors) and the live collector for
     BML_SYMBOLS beside it, with this environment; Ctrl-C stops both. The Dagster instance is
-    DAGSTER_HOME when set, else {BML_LAKE_ROOT}/_dagster: the one the bml commands use."""
+    DAGSTER_HOME when set, else {BML_WORK_DIR}/_dagster: the one the bml commands use."""
     from bml_assets.orchestration import daemon
 
     # A bad BML_* value is reported here, not by a code server later.
@@ -477,12 +477,18 @@ _CLUSTER_DIR = click.option(
 def _cluster_failure(fn: F) -> F:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        import subprocess
+
         from bml_assets.cluster.services import ServiceUnavailable
 
         try:
             return fn(*args, **kwargs)
         except ServiceUnavailable as err:
             _fail(f"cluster: {err}")
+        except subprocess.TimeoutExpired as err:
+            _fail(f"cluster: {err.cmd[0] if err.cmd else 'a command'} did not finish within {err.timeout:g} s")
+        except SettingsError as err:
+            raise BadArgument(f"configuration: {err}") from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -655,7 +661,7 @@ def coverage(
 ) -> None:
     """Per symbol, from the ledger: the committed ranges, missing days, incomplete and provisional
     days of the minute view; and a heatmap (symbols × days, coloured by state) written to
-    {BML_LAKE_ROOT}/_reports/coverage.png (needs the extra `plot`: matplotlib). The coverage_sensor
+    {BML_WORK_DIR}/_reports/coverage.png (needs the extra `plot`: matplotlib). The coverage_sensor
     shows the same picture on minute_view in the UI. Exit 0 (it reports; `bml scan` judges files)."""
     from bml_assets.defs.coverage import write_coverage_report
     from bml_assets.orchestration.state import coverage_report
@@ -1003,7 +1009,7 @@ def backfill_range(
     Every dataset is scanned; a damaged stream table is rebuilt with its day. Partitions
     are built through the real definitions (minute_view_job): ranged runs of up to
     --partitions-per-run days of one symbol, --workers of them at once, in the one
-    persistent Dagster instance (DAGSTER_HOME when set, else BML_LAKE_ROOT/_dagster, the
+    persistent Dagster instance (DAGSTER_HOME when set, else BML_WORK_DIR/_dagster, the
     instance `bml run-daemon` serves), so the UI shows them; committed partitions the
     ledger has and Dagster does not are reported to it. Days a symbol was not listed
     are skipped. Stray temporary files the scan finds are swept first (as `bml scan
@@ -1053,7 +1059,7 @@ def backfill_years(
 def live_rebuild(symbol: str, day: dt.date, dry_run: bool) -> None:
     """Rebuild live_1m of one symbol-day from the raw spool, through the live collector's own path.
 
-    Reads {BML_LAKE_ROOT}/_spool/live/SYMBOL/ from two hours before the day to ten minutes
+    Reads {BML_WORK_DIR}/_spool/live/SYMBOL/ from two hours before the day to ten minutes
     after it, replays frames, snapshots and the collector's notes, and replaces the day's
     live_1m table with the minutes of the day (unless --dry-run). Exit 1 when the spool
     holds no minute of the day.
@@ -1113,7 +1119,7 @@ if __name__ == "__main__":
 )
 @_guarded
 def cache(trim: bool) -> None:
-    """The Vision cache ({BML_LAKE_ROOT}/_cache/vision): size, files, least recently used; --trim."""
+    """The Vision cache ({BML_WORK_DIR}/_cache/vision): size, files, least recently used; --trim."""
     from bml_assets.defs.repair import trim_summary, trim_vision_cache
     from bml_assets.lake.cache_policy import eviction_plan
     from bml_assets.lake.ledger import Ledger

@@ -93,15 +93,18 @@ def _wait_for_workers(broker: str, procs: Sequence[subprocess.Popen], logs: Path
     app = Celery(broker=broker)
     deadline = time.monotonic() + timeout
     replies: list[object] = []
-    while time.monotonic() < deadline:
-        dead = [p for p in procs if p.poll() is not None]
-        if dead:
-            raise ServiceUnavailable(
-                f"a Celery worker exited with status {dead[0].returncode} at start-up; its log is in {logs}"
-            )
-        replies = app.control.ping(timeout=1.0) or []
-        if len(replies) >= len(procs):
-            return
+    try:
+        while time.monotonic() < deadline:
+            dead = [p for p in procs if p.poll() is not None]
+            if dead:
+                raise ServiceUnavailable(
+                    f"a Celery worker exited with status {dead[0].returncode} at start-up; its log is in {logs}"
+                )
+            replies = app.control.ping(timeout=1.0) or []
+            if len(replies) >= len(procs):
+                return
+    finally:
+        app.close()
     raise ServiceUnavailable(f"{len(replies)} of {len(procs)} Celery workers answered within {timeout:g} s ({logs})")
 
 
@@ -128,14 +131,14 @@ def up(
     started: dict[str, object] = {}
     try:
         pg_port = free_port()
+        started["postgres"] = True  # before: a start that times out may leave a server running
         server = postgres.start(folder / "postgres", pg_port)
-        started["postgres"] = True
         state_url = postgres.create_database(server, "bml")
         dagster_url = postgres.create_database(server, "dagster")
 
         redis_port = free_port()
+        started["redis"] = True  # before: redis-server daemonises before it answers
         broker = redis.start(folder / "redis", redis_port)
-        started["redis"] = True
 
         moto_port = free_port()
         moto_proc = moto.start(moto_port, folder / "moto" / "moto.log")
@@ -228,12 +231,7 @@ def _stop(folder: Path, started: Mapping[str, object]) -> None:
         if isinstance(started.get(name), int):
             stop_group(started[name])  # type: ignore[arg-type]
     if started.get("redis"):
-        pid = redis.pid(folder / "redis")
-        if pid is not None:
-            try:
-                os.kill(pid, 15)
-            except ProcessLookupError:
-                pass
+        redis.stop(folder / "redis")
     if started.get("postgres"):
         postgres.stop(folder / "postgres")
 

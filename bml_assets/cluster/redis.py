@@ -6,8 +6,11 @@ its URL, stopping it. What stays out: Celery (``workers.py``).
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 from bml_assets.cluster.services import ServiceUnavailable, wait_for_port
@@ -31,8 +34,16 @@ def start(folder: Path, port: int) -> str:
     return f"redis://127.0.0.1:{port}"
 
 
-def pid(folder: Path) -> int | None:
+def stop(folder: Path, *, timeout: float = 20.0) -> None:
+    """Stop the server whose pid is in ``folder/redis.pid`` (if it is still redis-server) and wait for it."""
     try:
-        return int((folder / "redis.pid").read_text().strip())
+        pid = int((folder / "redis.pid").read_text().strip())
+        command = Path(f"/proc/{pid}/cmdline").read_bytes()
     except (OSError, ValueError):
-        return None
+        return  # never started, or gone
+    if b"redis-server" not in command:
+        return  # a stale pid file: that number is another process now
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)

@@ -3,7 +3,7 @@ metadata of the ``minute_view`` asset.
 
 What belongs here: drawing a ``lake.coverage.Coverage`` (matplotlib, the optional extra
 ``plot``: without it ``HeatmapUnavailable`` says how to install it), writing the PNG under
-the lake root (``_reports/coverage.png``, atomically), the metadata Dagster's UI shows (the
+this host's work folder (``BML_WORK_DIR/_reports/coverage.png``, atomically), the metadata Dagster's UI shows (the
 path, and the picture inline as markdown), and ``coverage_sensor``: every
 ``COVERAGE_SENSOR_INTERVAL_S`` it reads the ledger (one query), and when the counts of the
 states changed since its last picture it draws a new one and reports it as an observation of
@@ -59,8 +59,8 @@ class HeatmapUnavailable(RuntimeError):
     """matplotlib is not installed (the optional extra ``plot``)."""
 
 
-def heatmap_path(lake_root: str | Path) -> Path:
-    return Path(lake_root) / REPORT_DIR / HEATMAP_FILE
+def heatmap_path(work_dir: str | Path) -> Path:
+    return Path(work_dir) / REPORT_DIR / HEATMAP_FILE
 
 
 def draw_heatmap(cov: Coverage, dest: Path) -> Path:
@@ -140,10 +140,10 @@ class CoverageReport:
     note: str | None = None  # why there is no picture
 
 
-def write_coverage_report(cov: Coverage, lake_root: str | Path) -> CoverageReport:
-    """Draw ``cov`` under the lake root; without matplotlib, the report says why there is no picture."""
+def write_coverage_report(cov: Coverage, work_dir: str | Path) -> CoverageReport:
+    """Draw ``cov`` under ``work_dir`` (``BML_WORK_DIR``); without matplotlib, the report says why there is no picture."""
     try:
-        return CoverageReport(cov, draw_heatmap(cov, heatmap_path(lake_root)))
+        return CoverageReport(cov, draw_heatmap(cov, heatmap_path(work_dir)))
     except HeatmapUnavailable as exc:
         return CoverageReport(cov, None, str(exc))
 

@@ -1,7 +1,7 @@
 """Dagster resources: one typed ``ConfigurableResource`` per external thing, built from one ``Settings``.
 
 What belongs here: ``LedgerResource`` (the state database), ``LakeResource`` (the
-lake's root), ``VisionResource`` (Binance Vision and the verified-zip cache),
+lake: its root, its S3 endpoint and lock database, this host's work folder), ``VisionResource`` (Binance Vision and the verified-zip cache),
 ``RestResource`` (the REST API and its shared weight budget), ``BuildResource``
 (the knobs of a day's build: safety lag, forward-fill bound), ``UrlCredentials``
 and ``resources_for(settings)``, the one function that makes them all from a

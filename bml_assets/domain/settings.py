@@ -188,10 +188,7 @@ class Settings:
 
     def __post_init__(self) -> None:
         if isinstance(self.lake_root, str) and not is_url(self.lake_root):
-            object.__setattr__(self, "lake_root", Path(self.lake_root))
-        if self.work_dir is None:
-            local = self.lake_root if isinstance(self.lake_root, Path) else Path(DEFAULT_WORK_DIR)
-            object.__setattr__(self, "work_dir", local)
+            object.__setattr__(self, "lake_root", Path(self.lake_root.removeprefix("file://")))
         if not self.state_url:
             if not isinstance(self.lake_root, Path):
                 raise SettingsError(
@@ -211,15 +208,12 @@ class Settings:
         return {"broker": self.celery_broker_url, "backend": self.celery_backend_url or self.celery_broker_url}
 
     @property
-    def local_lake(self) -> Path | None:
-        """The lake's folder when it is on this host's file system, else None (an object store)."""
-        return self.lake_root if isinstance(self.lake_root, Path) else None
-
-    @property
     def host_dir(self) -> Path:
-        """``work_dir``, resolved (see the field)."""
-        assert self.work_dir is not None  # set in __post_init__
-        return self.work_dir
+        """``work_dir``, or its default (see the field): derived on each call, so that
+        ``with_(lake_root=...)`` moves this host's files with the lake."""
+        if self.work_dir is not None:
+            return self.work_dir
+        return self.lake_root if isinstance(self.lake_root, Path) else Path(DEFAULT_WORK_DIR)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *, dotenv_path: str | Path | None = ".env") -> Settings:

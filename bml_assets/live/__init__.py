@@ -13,7 +13,7 @@ Wiring a collector process to it
 One ``LiveCore`` per shard of symbols, fed from one thread (the event loop)::
 
     lake, ledger = Lake.from_settings(settings), Ledger(settings.state_url)  # ledger.init() first
-    spool = SpoolWriter(lake.store, started_ns=time.time_ns())
+    spool = SpoolWriter(spool_store(lake.store, settings.host_dir), started_ns=time.time_ns())
     core = LiveCore(symbols, sink=LiveSink(lake, ledger), spool=spool)
 
     # per WebSocket frame, as received (text or bytes), on the /public or /market connection:

@@ -178,8 +178,8 @@ class Rebuild:
 def rebuild_day(
     lake: Lake, ledger: Ledger, symbol: str, day: dt.date, *, commit: bool = True, spool: Store | None = None
 ) -> Rebuild:
-    """Rebuild ``live_1m`` of (symbol, day) from the spool (``spool``, default the lake's own
-    store) through the live path; replace the day's table with the result (``commit=False``:
+    """Rebuild ``live_1m`` of (symbol, day) from the spool (``spool``: where the collector
+    spooled, ``spool_store``; default the lake's own store, right for a local lake only) through the live path; replace the day's table with the result (``commit=False``:
     compute only). A day with no spooled minutes is left as it is."""
     start_ms, end_ms = day_bounds_ms(day)
     core = LiveCore([symbol])

@@ -5,7 +5,8 @@ What belongs here: the spool's layout in the lake, the writer (``SpoolWriter``) 
 reader (``segments``, ``read_segment``, ``spool_lines``). What stays out: what a line
 means (``frames.py``, ``rebuild.py``), sockets.
 
-Layout, relative to the lake root (``_`` keeps it out of the hive readers)::
+Layout, relative to the spool's store (``spool_store``: the lake root when it is a local
+folder, else ``BML_WORK_DIR``; ``_`` keeps it out of the hive readers)::
 
     _spool/live/{SYMBOL}/{YYYY-MM-DD}/{YYYYMMDDTHH}Z_{start}_{pid}.gz
 
@@ -28,8 +29,8 @@ lines are kept, the partial last line is dropped, and ``SegmentRead.truncated`` 
 
 The store seam: keys and listing go through ``storage/store`` (``Store.list``,
 ``Store.read``), so the reader works on any store; the writer appends to a local file,
-which only a ``LocalStore`` has — an object store (issue 12) would upload each finished
-segment instead, and is refused by name until then.
+which only a ``LocalStore`` has: with an object-store lake the spool stays on the
+collector's disk (``spool_store``), and a writer handed an object store refuses it by name.
 """
 
 from __future__ import annotations

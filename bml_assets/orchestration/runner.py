@@ -1,7 +1,7 @@
 """The one in-process run helper: a job of the real definitions, run for one partition or a range of days.
 
 What belongs here: the Dagster instance the runs go to (one state: ``DAGSTER_HOME``
-when set, else ``{BML_LAKE_ROOT}/_dagster``, the instance ``bml run-daemon`` serves),
+when set, else ``{BML_WORK_DIR}/_dagster`` (the lake root when it is local), the instance ``bml run-daemon`` serves),
 the resource and the definitions built from the ``Settings`` (with a partition set
 that covers what is asked), executing a job for a partition or for one symbol's
 consecutive days in one run (a ranged run, like the UI's ``multi_run`` backfill
@@ -80,7 +80,7 @@ LAKE_DAGSTER_DIR = "_dagster"
 
 def dagster_home(settings: Settings) -> Path:
     """Where the one Dagster instance lives: ``DAGSTER_HOME`` when set, else
-    ``{BML_LAKE_ROOT}/_dagster`` (created, with the project's dagster.yaml when it has none)."""
+    ``{BML_WORK_DIR}/_dagster`` (the lake root when it is local; created, with the project's dagster.yaml when it has none)."""
     # DAGSTER_HOME is Dagster's own variable, not a BML_* setting: read where the instance is opened.
     home = Path(os.environ["DAGSTER_HOME"]) if os.environ.get("DAGSTER_HOME") else settings.host_dir / LAKE_DAGSTER_DIR
     home = home.resolve()
@@ -230,7 +230,7 @@ def _run_detail(result: Any) -> str:
 class InProcessRunner:
     """``job`` run from this process in ``instance``: one run per partition, per range of one
     symbol's days (a ``RangeRunner``), or per day over a range of symbols. Its steps run in this
-    process, or, when ``job`` is reconstructable (``celery_runner``), wherever its executor
+    process, or, when ``job`` is reconstructable (``celery_job``), wherever its executor
     sends them (the Celery workers) while this process follows the run."""
 
     def __init__(self, job: Any, instance: Any) -> None:

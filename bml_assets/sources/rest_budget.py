@@ -301,7 +301,8 @@ class WeightBudget:
             sent = conn.execute(sa.select(_E.c.at_ms).where(_E.c.id == event_id)).scalar_one_or_none()
             conn.execute(sa.update(_E).where(_E.c.id == event_id, _E.c.at_ms < now).values(at_ms=now))
             if sent is None or int(sent) // self.window_ms == now // self.window_ms:
-                # Sent in an earlier minute: the exchange may have counted it, and reported, either one.
+                # Re-sync only when sent and answered in the same minute: one sent in an earlier
+                # minute may have been counted, and reported, in either.
                 self._observe(conn, now, used_weight)
 
     def observe_used_weight(self, used: int | str | None) -> int:

@@ -121,7 +121,6 @@ def test_an_s3_lake_root_stays_a_url_and_needs_a_postgresql_state_url() -> None:
         dotenv_path=None,
     )
     assert s.lake_root == "s3://bucket/lake"
-    assert s.local_lake is None
     assert s.s3_endpoint_url == "http://127.0.0.1:9000"
     # This host's files cannot live in a bucket: they default to ./bml-work.
     assert s.host_dir == Path("bml-work")
@@ -130,11 +129,17 @@ def test_an_s3_lake_root_stays_a_url_and_needs_a_postgresql_state_url() -> None:
 
 def test_a_local_lake_keeps_its_files_in_it_and_file_urls_are_folders() -> None:
     s = Settings.from_env({"BML_LAKE_ROOT": "file:///data/lake"}, dotenv_path=None)
-    assert s.lake_root == Path("/data/lake") and s.local_lake == Path("/data/lake")
+    assert s.lake_root == Path("/data/lake")
     assert s.host_dir == Path("/data/lake")
     assert s.state_url == "sqlite:////data/lake/_state/ledger.sqlite"
     w = Settings.from_env({"BML_LAKE_ROOT": "/data/lake", "BML_WORK_DIR": "/scratch/bml"}, dotenv_path=None)
     assert w.cache_dir == Path("/scratch/bml/_cache/vision")
+    # A derived lake (bml demo --lake-root) takes this host's files with it, unless they were set.
+    moved = s.with_(lake_root=Path("/elsewhere"), state_url="")
+    assert moved.cache_dir == Path("/elsewhere/_cache/vision")
+    assert moved.state_url == "sqlite:////elsewhere/_state/ledger.sqlite"
+    assert w.with_(lake_root=Path("/elsewhere")).cache_dir == Path("/scratch/bml/_cache/vision")
+    assert Settings(lake_root="file:///data/lake").lake_root == Path("/data/lake")
 
 
 @pytest.mark.parametrize(
