@@ -286,4 +286,3 @@ def test_a_worker_killed_mid_step_loses_nothing_and_leaves_lake_and_ledger_consi
     assert f"pid:{killed} exited with 'signal 9 (SIGKILL)'" in logs
     assert "WorkerLostError('Worker exited prematurely: signal 9 (SIGKILL) Job:" in logs
     assert _days(dt.date(2024, 4, 1), dt.date(2024, 4, 2)) <= _minutes_matching_their_objects(backfilled)
-
