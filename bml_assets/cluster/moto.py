@@ -30,8 +30,6 @@ CREDENTIALS: Final = {
     "AWS_DEFAULT_REGION": "us-east-1",
 }
 
-__all__ = ["CREDENTIALS", "MotoUnavailable", "create_bucket", "free_port", "moto_server", "start"]
-
 
 class MotoUnavailable(ServiceUnavailable):
     """No moto server can be started here (the reason is the message)."""

@@ -13,7 +13,6 @@ import datetime as dt
 import json
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from bml_assets.cluster.services import free_port
 from bml_assets.lake.ledger import Ledger
 from bml_assets.replay.clock import MarketClock
 from bml_assets.replay.market import MarketConfig, SyntheticMarket
@@ -449,14 +449,8 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_run_daemon_serves_the_ui_and_stops_on_ctrl_c(bml: Bml) -> None:
-    port = _free_port()
+    port = free_port()
     with ThreadedStreamServer() as ws:
         bml.env["BML_WS_BASE_URL"] = ws.base_url
         proc = bml.popen("run-daemon", "--port", str(port))

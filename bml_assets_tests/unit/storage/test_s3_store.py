@@ -341,7 +341,7 @@ def test_persistent_503s_end_in_a_clear_error_within_the_attempts(s3_root: str, 
 
 
 def test_an_unreachable_server_is_a_clear_error(s3_root: str) -> None:
-    from bml_assets.cluster.moto import free_port
+    from bml_assets.cluster.services import free_port
 
     where = f"http://127.0.0.1:{free_port()}"
     store = S3Store(s3_root, endpoint_url=where, max_attempts=2, connect_timeout=1)
