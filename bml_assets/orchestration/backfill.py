@@ -136,7 +136,10 @@ def _worker_start(settings: Settings, symbols: tuple[str, ...], first_day: dt.da
 
     warnings.filterwarnings("ignore", message=r".*is currently in (beta|preview)")
     stack = ExitStack()
-    _WORKER["runner"] = stack.enter_context(in_process(settings, MINUTE_VIEW_JOB, symbols=symbols, first_day=first_day))
+    _WORKER["runner"] = stack.enter_context(
+        # The parent swept the instance's orphaned runs once, before starting the workers.
+        in_process(settings, MINUTE_VIEW_JOB, symbols=symbols, first_day=first_day, sweep=False)
+    )
     _WORKER["stack"] = stack  # closed when the process ends
 
 
@@ -222,7 +225,7 @@ def execute_plan(
 
         import multiprocessing
 
-        from bml_assets.orchestration.runner import dagster_instance
+        from bml_assets.orchestration.runner import dagster_instance, release_orphans
         from bml_assets.sources.rest import REST_POOL
 
         # Created here, once: workers opening a new SQLite instance at the same moment both
@@ -231,6 +234,7 @@ def execute_plan(
         # (Dagster catches the unique violation, but PostgreSQL has already aborted the
         # transaction, so its fallback UPDATE fails too).
         with dagster_instance(settings) as instance:
+            release_orphans(instance)
             storage = instance.event_log_storage
             if storage.supports_global_concurrency_limits and REST_POOL not in storage.get_concurrency_keys():
                 storage.initialize_concurrency_limit_to_default(REST_POOL)

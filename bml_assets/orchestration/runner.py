@@ -22,14 +22,24 @@ resolving the conflict means rebuilding on what the winner committed: the stream
 assets re-read the committed table as their incremental base and the minute view
 re-joins them. The IO manager cannot rebuild a table, and a Dagster retry policy
 would also re-run failures that no retry can fix (bad input).
+
+PostgreSQL going away (a restart) mid-run: the run fails, or its orchestration breaks off
+and it is left STARTED holding its pool slots. Either way the run is released
+(``orphans.release``: marked failed, its slots freed, once the server is back) and run
+again, at most ``MAX_STORAGE_RERUNS`` times, each after a line on stderr saying so. The
+commit protocol makes the rerun safe: what the first run committed stays, and a commit it
+left half done is adopted or replaced after its hash is checked.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 import re
 import shutil
+import sys
+import uuid
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -39,6 +49,7 @@ from typing import Any, Protocol
 
 from bml_assets.domain.partitions import partition_key
 from bml_assets.domain.settings import Settings
+from bml_assets.orchestration import orphans
 from bml_assets.orchestration.errors import BadRequest
 
 # Per-partition warnings (e.g. "no hot snapshots for a past day") would bury the progress:
@@ -46,6 +57,8 @@ from bml_assets.orchestration.errors import BadRequest
 RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
 # Runs of one partition when each loses a commit race (see the module docstring).
 MAX_RUN_ATTEMPTS = 3
+# Runs of one partition again after PostgreSQL went away under them (see the module docstring).
+MAX_STORAGE_RERUNS = 3
 
 
 @dataclass(frozen=True)
@@ -53,7 +66,7 @@ class RunOutcome:
     """How a partition's run(s) ended."""
 
     ok: bool
-    runs: int = 1  # more than one: earlier runs lost a commit race and were run again
+    runs: int = 1  # more than one: earlier runs lost a commit race, or PostgreSQL, and were run again
     error: str | None = None  # one line: the failed step and its innermost cause, or the exception
     interrupted: bool = False  # the process was interrupted (Ctrl-C / SIGTERM) inside a step
     # The whole error chain with its tracebacks (``--verbose``); not part of an outcome's identity.
@@ -167,9 +180,6 @@ _GET_URL = re.compile(r"GET (\S+) failed")
 _NO_SPACE = re.compile(r"No space left on device(?:: '([^']+)')?")
 _BANNED = re.compile(r"(\S+) has banned this IP .* until (\S+ \S+ UTC)")
 _CHECKSUM = re.compile(r"(checksum mismatch for \S+?):?(?:\s|$)")
-# psycopg2's words for a PostgreSQL server that is down, or went away mid-transaction (a restart).
-_PG_DOWN = re.compile(r'connection to server at "([^"]+)"(?: \([^)]*\))?, port (\d+) failed')
-_PG_GONE = re.compile(r"server closed the connection unexpectedly|terminating connection due to administrator command")
 
 
 def plain_cause(message: str) -> str:
@@ -177,12 +187,12 @@ def plain_cause(message: str) -> str:
     ``connection refused at <url>``,
     ``HTTP 418 (banned) from <host> until <t>``, ``checksum mismatch for <url>``,
     ``No space left on device``; else the message's first line."""
-    if found := _PG_DOWN.search(message):
+    if found := orphans.PG_DOWN.search(message):
         return (
             f"PostgreSQL at {found.group(1)}:{found.group(2)} cannot be reached: run the command again when it is "
             "back (what was committed stays)"
         )
-    if _PG_GONE.search(message):
+    if orphans.PG_GONE.search(message):
         return "the PostgreSQL server closed the connection (restarted?); run the command again to resume"
     if _CONNECTION_REFUSED.search(message):
         url = _GET_URL.search(message)
@@ -236,6 +246,8 @@ class InProcessRunner:
     def __init__(self, job: Any, instance: Any) -> None:
         self._job = job
         self._instance = instance
+        self._orchestrator = orphans.this_process()
+        logging.getLogger().addFilter(_QUIET_RETRIES)
 
     def run(self, symbol: str, day: dt.date, tags: Mapping[str, str]) -> RunOutcome:
         """Run the job for the partition, again while it only lost commit races, at most
@@ -279,21 +291,79 @@ class InProcessRunner:
         )
 
     def _execute(self, tags: dict[str, str], *, partition_key: str | None) -> RunOutcome:
-        runs = 0
-        try:
-            while True:
-                runs += 1
-                result = self._run_once(tags, partition_key)
+        import traceback
+
+        from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+
+        runs = storage_reruns = 0
+        while True:
+            runs += 1
+            attempt = uuid.uuid4().hex
+            tagged = {**tags, orphans.ATTEMPT_TAG: attempt, orphans.ORCHESTRATOR_TAG: self._orchestrator}
+            try:
+                result = self._run_once(tagged, partition_key)
+            except Exception as exc:
+                result = None
+                failed = RunOutcome(
+                    False, runs, f"{type(exc).__name__}: {plain_cause(str(exc))}", detail=traceback.format_exc()
+                )
+                lost = str(exc) if orphans.storage_lost(str(exc)) else None
+            else:
                 if result.success:
                     return RunOutcome(True, runs)
-                if runs >= MAX_RUN_ATTEMPTS or not _lost_commit_race(result):
-                    return RunOutcome(False, runs, _run_error(result), _interrupted(result), _run_detail(result))
-        except Exception as exc:
-            import traceback
-
-            return RunOutcome(
-                False, runs, f"{type(exc).__name__}: {plain_cause(str(exc))}", detail=traceback.format_exc()
+                failed = RunOutcome(False, runs, _run_error(result), _interrupted(result), _run_detail(result))
+                lost = next((e.message for e in _errors(result) if orphans.storage_lost(e.message)), None)
+            what = (
+                partition_key
+                or f"{tags.get(ASSET_PARTITION_RANGE_START_TAG)} … {tags.get(ASSET_PARTITION_RANGE_END_TAG)}"
             )
+            rerun = lost is not None and storage_reruns < MAX_STORAGE_RERUNS and not failed.interrupted
+            if rerun:
+                _say(
+                    f"{what}: {orphans.storage_loss(lost)} during its run; waiting for it "
+                    f"(up to {orphans.STORAGE_WAIT_S / 60:.0f} min), then running it again"
+                )
+            unreleased = orphans.release(
+                self._instance,
+                attempt,
+                f"bml: {failed.error}",
+                wait_s=orphans.STORAGE_WAIT_S if lost is not None else 10.0,
+            )
+            if unreleased is not None:
+                # Its slots stay claimed: say so, so the next command's wait is explained.
+                error = f"{failed.error} (and its REST pool slots could not be freed: {plain_cause(unreleased)})"
+                return RunOutcome(False, runs, error, failed.interrupted, failed.detail)
+            if rerun:
+                storage_reruns += 1
+                continue
+            if result is not None and runs < MAX_RUN_ATTEMPTS and _lost_commit_race(result):
+                continue
+            return failed
+
+
+def _errors(result: Any) -> Iterator[Any]:
+    """Every error a failed run recorded: each failed step's chain and the run's own failure."""
+    for event in result.all_events:
+        if event.is_step_failure:
+            yield from _chain(event.step_failure_data.error)
+        elif event.is_run_failure and event.job_failure_data is not None:
+            yield from _chain(event.job_failure_data.error)
+
+
+def _say(line: str) -> None:
+    """A line for the person at the terminal, on stderr (the progress owns stdout)."""
+    print(line, file=sys.stderr, flush=True)
+
+
+class _QuietConnectionRetries(logging.Filter):
+    """Dagster's PostgreSQL storage logs a warning with a traceback on every connection retry; a
+    restart makes dozens. The runner says once what happened (``_say``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Retrying failed database connection")
+
+
+_QUIET_RETRIES = _QuietConnectionRetries()
 
 
 CODE_LOCATION = ("bml_assets.definitions", "defs")  # pyproject's [tool.dagster] module, and its attribute
@@ -324,9 +394,19 @@ def celery_job(settings: Settings, job_name: str, *, symbols: Iterable[str], fir
     return ReconstructableRepository.for_module(module, attribute).get_reconstructable_job(job_name)
 
 
+def release_orphans(instance: Any) -> None:
+    """``orphans.sweep`` of ``instance``, saying on stderr what it released."""
+    released = orphans.sweep(instance)
+    if released:
+        _say(
+            f"released {len(released)} run(s) left unfinished by a process of this host that is gone "
+            f"({', '.join(r[:8] for r in released)}): marked failed, their REST pool slots freed"
+        )
+
+
 @contextmanager
 def in_process(
-    settings: Settings, job_name: str, *, symbols: Iterable[str], first_day: dt.date
+    settings: Settings, job_name: str, *, symbols: Iterable[str], first_day: dt.date, sweep: bool = True
 ) -> Iterator[InProcessRunner]:
     """A runner of the real definitions' ``job_name`` for ``symbols`` from ``first_day``, in
     ``dagster_instance(settings)``; the definitions' resources are built from ``settings``.
@@ -339,4 +419,6 @@ def in_process(
     else:
         job = _definitions(settings, symbols, first_day).resolve_job_def(job_name)
     with dagster_instance(settings) as instance:
+        if sweep:
+            release_orphans(instance)
         yield InProcessRunner(job, instance)

@@ -3,10 +3,6 @@ cluster — PostgreSQL (ledger and Dagster), Redis, two Celery workers, the lake
 against the replay server, checked object by object against the ledger, row by row against
 the same days built on one machine, and in the Dagster instance the UI reads.
 
-PostgreSQL restarted mid-backfill is not tested here: a run on the Celery executor can then
-hang holding every slot of the REST pool (see the closing note of issue 12); a run failing on
-it is worded by ``runner.plain_cause`` (tested in ``unit/core``).
-
 Needs PostgreSQL, redis-server and moto_server (``.ci/run`` installs them); skipped, saying
 which is missing, where they cannot be had.
 """
@@ -29,6 +25,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from bml_assets.cluster import postgres
 from bml_assets.cluster.local import ClusterState, local_cluster
 from bml_assets.cluster.services import ServiceUnavailable, free_port, wait_for_port
 from bml_assets.cluster.workers import pool_processes
@@ -286,3 +283,56 @@ def test_a_worker_killed_mid_step_loses_nothing_and_leaves_lake_and_ledger_consi
     assert f"pid:{killed} exited with 'signal 9 (SIGKILL)'" in logs
     assert "WorkerLostError('Worker exited prematurely: signal 9 (SIGKILL) Job:" in logs
     assert _days(dt.date(2024, 4, 1), dt.date(2024, 4, 2)) <= _minutes_matching_their_objects(backfilled)
+
+
+def _held_slots_and_unfinished_runs(cluster: ClusterState) -> tuple[int, list[str]]:
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(cluster.env["DAGSTER_PG_URL"])
+    try:
+        with engine.connect() as conn:
+            held = conn.execute(sa.text("SELECT count(*) FROM concurrency_slots WHERE run_id IS NOT NULL")).scalar()
+            unfinished = conn.execute(
+                sa.text("SELECT run_id FROM runs WHERE status NOT IN ('SUCCESS', 'FAILURE', 'CANCELED')")
+            ).all()
+    finally:
+        engine.dispose()
+    return int(held or 0), [r[0] for r in unfinished]
+
+
+def test_postgresql_restarted_mid_backfill_the_runs_it_cut_off_are_released_and_run_again(
+    backfilled: ClusterState, server: ReplayServer
+) -> None:
+    """The ledger's and Dagster's server goes away mid-backfill (an immediate stop: every
+    connection cut) and comes back 2 s later. The runs it cut off are marked failed, give back
+    their REST pool slots (before, they kept them and every other run waited for the pool
+    forever) and run again: the same command ends with every partition built, a clean scan,
+    no slot held and no run left unfinished."""
+    env = {**_base_env(server), **backfilled.env}
+    days = ["backfill-range", "--start", "2024-05-01", "--end", "2024-05-02", "--workers", "2"]
+    days += ["--partitions-per-run", "1"]
+    backfill = subprocess.Popen(
+        [*BML, *days], env=env, cwd=backfilled.folder, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 300
+    while _busy_worker(backfilled) is None and backfill.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert backfill.poll() is None, "the backfill ended before any step ran on a worker"
+    folder = Path(backfilled.folder) / "postgres"
+    postgres.stop(folder)  # immediate: every connection is cut
+    time.sleep(2)
+    postgres.start(folder, backfilled.postgres_port)
+    try:
+        out, err = backfill.communicate(timeout=600)
+    except subprocess.TimeoutExpired:
+        backfill.kill()
+        out, err = backfill.communicate()
+        pytest.fail("the backfill did not end after PostgreSQL came back:\n" + out[-2000:] + err[-2000:])
+    assert backfill.returncode == 0, out[-3000:] + err[-3000:]
+    assert "built 4 of 4 partition(s)" in out and "final scan: clean" in out, out[-2000:]
+    # The runs it cut off were said, and run again (a run between steps may also just wait).
+    for line in err.splitlines():
+        if "running it again" in line:
+            assert re.match(r"2024-05-0[12]\|(BTC|ETH)USDT: the PostgreSQL server went away", line), line
+    assert _held_slots_and_unfinished_runs(backfilled) == (0, [])
+    assert _days(dt.date(2024, 5, 1), dt.date(2024, 5, 2)) <= _minutes_matching_their_objects(backfilled)

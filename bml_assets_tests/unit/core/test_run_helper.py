@@ -13,7 +13,7 @@ from dagster._core.errors import DagsterExecutionInterruptedError
 
 from bml_assets.domain.partitions import partition_key
 from bml_assets.lake.ledger import CommitConflict
-from bml_assets.orchestration.runner import MAX_RUN_ATTEMPTS, InProcessRunner, RunOutcome
+from bml_assets.orchestration.runner import MAX_RUN_ATTEMPTS, MAX_STORAGE_RERUNS, InProcessRunner, RunOutcome
 
 BTC = "BTCUSDT"
 DAY = dt.date(2024, 3, 1)
@@ -84,3 +84,41 @@ def test_an_exception_of_the_run_itself_is_a_failed_outcome(instance: DagsterIns
     assert (outcome.ok, outcome.runs, outcome.interrupted) == (False, 1, False)
     assert outcome.error == "DagsterUnknownPartitionError: Could not find a partition with key `2024-03-01|ETHUSDT`."
     assert instance.get_runs() == []
+
+
+class StorageGone(Exception):
+    """An error in psycopg2's words for a PostgreSQL server that restarted under the run."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "(psycopg2.OperationalError) server closed the connection unexpectedly\n"
+            "\tThis probably means the server terminated abnormally"
+        )
+
+
+def test_a_run_cut_off_by_postgresql_going_away_is_released_and_run_again(
+    instance: DagsterInstance, capsys: pytest.CaptureFixture[str]
+) -> None:
+    outcome = InProcessRunner(failing_job([StorageGone(), None]), instance).run(BTC, DAY, TAGS)
+    assert outcome == RunOutcome(ok=True, runs=2)
+    said = [line for line in capsys.readouterr().err.splitlines() if "running it again" in line]
+    assert said == [
+        "2024-03-01|BTCUSDT: the PostgreSQL server went away (restarted?) during its run; waiting for it "
+        "(up to 5 min), then running it again"
+    ]
+    second, first = instance.get_runs()  # newest first
+    assert (first.status.value, second.status.value) == ("FAILURE", "SUCCESS")
+    assert first.tags["bml/attempt"] != second.tags["bml/attempt"]
+    assert first.tags["bml/orchestrator"] == second.tags["bml/orchestrator"]
+
+
+def test_postgresql_going_away_is_run_again_at_most_max_storage_reruns_times(
+    instance: DagsterInstance, capsys: pytest.CaptureFixture[str]
+) -> None:
+    outcome = InProcessRunner(failing_job([StorageGone()] * 10), instance).run(BTC, DAY, TAGS)
+    assert MAX_STORAGE_RERUNS == 3
+    assert (outcome.ok, outcome.runs) == (False, 4)
+    assert outcome.error == (
+        "build_day: the PostgreSQL server closed the connection (restarted?); run the command again to resume"
+    )
+    assert capsys.readouterr().err.count("then running it again") == 3
