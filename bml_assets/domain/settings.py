@@ -223,7 +223,19 @@ class Settings:
         if dotenv_path is not None and Path(dotenv_path).is_file():
             env.update({k: v for k, v in dotenv_values(dotenv_path).items() if k.startswith("BML_") and v is not None})
         source = os.environ if environ is None else environ
+        from_dotenv = set(env) - set(source)
         env.update({k: v for k, v in source.items() if k.startswith("BML_")})
+        for name in ("celery_broker_url", "celery_backend_url"):
+            var = variable(name)
+            if var in from_dotenv and redact_url(env[var].strip()) != env[var].strip():
+                # defs/executor.py passes such a URL to Dagster by its variable's name, so that
+                # the password is never stored with a run: Dagster and every worker read it
+                # from their own environment, where a .env line is not.
+                raise SettingsError(
+                    f"{var} holds a password and is set only in {dotenv_path}: the Celery executor reads it from "
+                    "the environment of the run's process and of every worker (so that it is never stored with "
+                    "a run); export it instead"
+                )
         values: dict[str, Any] = {}
         for f in fields(cls):
             raw = env.get(variable(f.name))
