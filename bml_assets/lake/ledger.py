@@ -557,7 +557,12 @@ class Ledger:
         from bml_assets.lake.migrations import upgrade_to_head
 
         meta = ledger_meta_table
-        with self._write_engine.begin() as conn:
+        engine = self._write_engine
+        if engine.dialect.name == "postgresql":
+            # The upgrade reads the revision after waiting for the migration lock: under a server
+            # default of REPEATABLE READ its snapshot would predate the holder's commit.
+            engine = engine.execution_options(isolation_level="READ COMMITTED")
+        with engine.begin() as conn:
             done = upgrade_to_head(conn, where=self.display_url)
             stored = conn.execute(sa.select(meta.c.value).where(meta.c.key == "schema_version")).scalar_one_or_none()
             if stored != str(SCHEMA_VERSION):

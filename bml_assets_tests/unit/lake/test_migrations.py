@@ -6,6 +6,7 @@ Tests taking ``url`` run on SQLite and on PostgreSQL (see conftest.py).
 from __future__ import annotations
 
 import multiprocessing
+import time
 from collections.abc import Iterator
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -479,3 +480,38 @@ def test_bml_db_current_and_upgrade(url: str, engine: Engine, tmp_path: Path) ->
     assert refused.exit_code == 1
     assert "revision '0042'" in refused.output and "Upgrade bml" in refused.output and "what to do" in refused.output
     assert "a newer bml upgraded this ledger" in runner.invoke(main, ["db", "current"], env=env).output
+
+
+def test_the_migration_lock_holds_under_a_repeatable_read_server_default(empty_postgres_url: str) -> None:
+    """A server (or role) whose default isolation is REPEATABLE READ: processes that waited for
+    the migration lock while another migrated must see its commit, not migrate again. The test
+    holds the lock itself, migrating, until both processes wait for it."""
+    from bml_assets.lake.migrations import upgrade_to_head
+
+    url = empty_postgres_url + "?options=-c%20default_transaction_isolation%3Drepeatable%5C%20read"
+    engine = sa.create_engine(url)
+    ctx = multiprocessing.get_context("spawn")
+    start, out = ctx.Event(), ctx.Queue()
+    workers = [ctx.Process(target=upgrade_worker, args=(url, start, out)) for _ in range(2)]
+    try:
+        with engine.begin() as conn:
+            assert conn.execute(sa.text("SHOW transaction_isolation")).scalar() == "repeatable read"
+            assert upgrade_to_head(conn, where="test").after == "0003"  # takes the lock, migrates
+            for w in workers:
+                w.start()
+            start.set()
+            waiting = sa.text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
+            with engine.connect() as probe:
+                for _ in range(600):
+                    if probe.execute(waiting).scalar() == 2:
+                        break
+                    probe.rollback()  # a fresh snapshot for the next look
+                    time.sleep(0.1)
+                else:
+                    pytest.fail("the two processes never waited for the migration lock")
+        outcomes = sorted(out.get(timeout=120) for _ in workers)
+    finally:
+        for w in workers:
+            w.join(30)
+        engine.dispose()
+    assert outcomes == [("0003", "0003"), ("0003", "0003")], outcomes
