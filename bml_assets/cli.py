@@ -326,18 +326,28 @@ def db() -> None:
 @_guarded
 def db_current() -> None:
     """Show the ledger's migration revision and what `bml db upgrade` would run; changes nothing."""
+    from sqlalchemy.engine import make_url
+
     from bml_assets.lake.ledger import Ledger
 
-    with Ledger(_settings().state_url) as ledger:
+    url = _settings().state_url
+    parsed = make_url(url)
+    # Looking must not create: opening a SQLite file that is not there makes an empty one.
+    missing = parsed.get_backend_name() == "sqlite" and bool(parsed.database) and not Path(parsed.database).exists()
+    with Ledger("sqlite://" if missing else url) as ledger:  # a missing file reads as an empty database
         state = ledger.migration_state()
-        click.echo(f"ledger:   {ledger.display_url}")
-    if state.empty:
+    click.echo(f"ledger:   {parsed.render_as_string(hide_password=True)}{' (no such file)' if missing else ''}")
+    if state.refused is not None:
+        click.echo(f"revision: none; `bml db upgrade` would refuse it: {state.refused}")
+    elif state.empty:
         click.echo("revision: none (no ledger yet: `bml db upgrade` or `bml init-state` creates it)")
     elif state.current is None:
         click.echo(f"revision: none (a ledger older than the migrations, schema_version {state.pre_migration})")
     else:
         click.echo(f"revision: {state.current}")
     click.echo(f"head:     {state.head} (the newest this bml knows)")
+    if state.refused is not None:
+        return
     if not state.known:
         click.echo("a newer bml upgraded this ledger: upgrade bml before using it")
     elif state.pending:

@@ -579,7 +579,7 @@ class Ledger:
         from bml_assets.lake.migrations import migration_state
 
         with self._engine.connect() as conn:
-            return migration_state(conn)
+            return migration_state(conn, where=self.display_url)
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:

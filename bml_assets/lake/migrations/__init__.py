@@ -89,17 +89,19 @@ class MigrationState:
     ``current``: its revision (None: no version table). ``pre_migration``: the
     ``schema_version`` of a ledger older than the migrations. ``known``: ``current`` is a
     revision of this bml (False: a newer bml upgraded it). ``pending``: (revision, what it
-    does) of every step ``bml db upgrade`` would run, oldest first."""
+    does) of every step ``bml db upgrade`` would run, oldest first. ``refused``: why the
+    upgrade would refuse the database (ledger tables this bml cannot adopt), else None."""
 
     current: str | None
     head: str
     known: bool
     pre_migration: str | None
     pending: tuple[tuple[str, str], ...]
+    refused: str | None = None
 
     @property
     def empty(self) -> bool:
-        return self.current is None and self.pre_migration is None
+        return self.current is None and self.pre_migration is None and self.refused is None
 
 
 def alembic_config(connection: Connection | None = None) -> Config:
@@ -243,15 +245,17 @@ def upgrade_to_head(conn: Connection, *, where: str) -> Upgrade:
     return Upgrade(before=current, after=head, adopted=adopted)
 
 
-def migration_state(conn: Connection) -> MigrationState:
-    """Where the ledger behind ``conn`` stands; reads only."""
+def migration_state(conn: Connection, *, where: str) -> MigrationState:
+    """Where the ledger behind ``conn`` stands; reads only. ``where`` names it in ``refused``."""
     head = head_revision()
     current = _current_revision(conn)
     known = current is None or current in _known_revisions()
     pre_migration = None
-    if current is None and sa.inspect(conn).has_table(ledger_meta_table.name):
-        meta = ledger_meta_table
-        pre_migration = conn.execute(sa.select(meta.c.value).where(meta.c.key == "schema_version")).scalar_one_or_none()
+    if current is None:
+        try:
+            pre_migration = _pre_migration_version(conn, where)
+        except LedgerVersionError as exc:  # the upgrade would refuse it the same way
+            return MigrationState(current, head, known, None, (), refused=str(exc))
     start = current if current is not None else PRE_MIGRATION_REVISIONS.get(pre_migration or "")
     pending: tuple[tuple[str, str], ...] = ()
     if known and start != head:

@@ -386,6 +386,10 @@ def test_ledger_tables_of_no_known_version_are_refused(url: str, engine: Engine,
     with engine.begin() as conn:
         for statement in setup:
             conn.execute(sa.text(statement))
+    # `bml db current` says the same before anything is tried, and lists no steps.
+    state = Ledger(url).migration_state()
+    assert state.refused is not None and f"with {stored} and no {VERSION_TABLE}" in state.refused
+    assert (state.pending, state.empty) == ((), False)
     with pytest.raises(LedgerVersionError, match=f"holds ledger tables .* with {stored} and no {VERSION_TABLE}"):
         Ledger(url).init()
     assert _version_rows(engine) is None
@@ -480,6 +484,16 @@ def test_bml_db_current_and_upgrade(url: str, engine: Engine, tmp_path: Path) ->
     assert refused.exit_code == 1
     assert "revision '0042'" in refused.output and "Upgrade bml" in refused.output and "what to do" in refused.output
     assert "a newer bml upgraded this ledger" in runner.invoke(main, ["db", "current"], env=env).output
+
+
+def test_bml_db_current_on_a_sqlite_ledger_not_yet_created_does_not_create_it(tmp_path: Path) -> None:
+    ledger = tmp_path / "lake" / "_state" / "ledger.sqlite"
+    current = CliRunner().invoke(main, ["db", "current"], env={"BML_LAKE_ROOT": str(tmp_path / "lake")})
+    assert current.exit_code == 0, current.output
+    assert f"ledger:   sqlite:///{ledger} (no such file)" in current.output
+    assert "revision: none (no ledger yet" in current.output
+    assert "3 migration(s) pending" in current.output
+    assert not ledger.exists() and not ledger.parent.exists()
 
 
 def test_the_migration_lock_holds_under_a_repeatable_read_server_default(empty_postgres_url: str) -> None:
