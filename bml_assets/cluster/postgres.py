@@ -96,11 +96,22 @@ def stop(folder: Path, *, fast: bool = True) -> None:
     data = home / "data"
     if not (data / "postmaster.pid").exists():
         return
-    subprocess.run(
-        [*prefix, binary("pg_ctl"), "-D", str(data), "-m", "immediate" if fast else "fast", "stop"],
+    pg_ctl = binary("pg_ctl")
+    done = subprocess.run(
+        [*prefix, pg_ctl, "-D", str(data), "-m", "immediate" if fast else "fast", "stop"],
         capture_output=True,
+        text=True,
         timeout=60,
     )
+    # pg_ctl also fails on a stale pid file with no server behind it: only a server still
+    # running is an error (``pg_ctl status`` exits 0 then).
+    if (
+        done.returncode != 0
+        and subprocess.run([*prefix, pg_ctl, "-D", str(data), "status"], capture_output=True).returncode == 0
+    ):
+        raise PostgresUnavailable(
+            f"pg_ctl stop failed ({done.returncode}) and the server in {data} still runs: {done.stderr.strip()[-500:]}"
+        )
 
 
 def remove(folder: Path) -> None:

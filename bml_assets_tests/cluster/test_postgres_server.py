@@ -1,0 +1,49 @@
+"""cluster/postgres.py: a cluster in a folder started, stopped and started again on its port; a
+stale pid file (a server that crashed) is not an error to stop.
+
+Needs Debian's postgresql (``.ci/run`` installs it); skipped, saying so, where it is missing.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from bml_assets.cluster import postgres
+from bml_assets.cluster.services import free_port
+
+
+def _answers(url: str) -> bool:
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return conn.execute(sa.text("SELECT 1")).scalar() == 1
+    except sa.exc.OperationalError:
+        return False
+    finally:
+        engine.dispose()
+
+
+def test_a_cluster_stops_and_starts_again_and_a_stale_pid_file_is_not_an_error(tmp_path: Path) -> None:
+    folder, port = tmp_path / "pg", free_port()
+    try:
+        url = postgres.start(folder, port)
+    except postgres.PostgresUnavailable as exc:
+        pytest.skip(f"no PostgreSQL here: {exc}")
+    try:
+        assert _answers(url)
+        data = (folder / "home").resolve() / "data" if (folder / "home").is_symlink() else folder / "data"
+        pid_file = (data / "postmaster.pid").read_bytes()
+        postgres.stop(folder)
+        assert not _answers(url)
+        # A crashed server leaves its pid file: pg_ctl stop then fails, with nothing to stop.
+        (data / "postmaster.pid").write_bytes(pid_file)
+        shutil.chown(data / "postmaster.pid", data.owner(), data.group())
+        postgres.stop(folder)
+        assert postgres.start(folder, port) == url and _answers(url)  # the restart the e2e test uses
+    finally:
+        postgres.stop(folder)
+        postgres.remove(folder)
