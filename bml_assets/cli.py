@@ -930,11 +930,13 @@ class _BackfillScreen:
         return f"{per_min:.1f} partitions/min", f"ETA {dt.timedelta(seconds=round(left))}"
 
     def _built(self, outcome: Any) -> None:
+        from bml_assets.sources.http import size_text
+
         self._done += 1
         self._received += outcome.bytes_received
         self._weight += outcome.rest_weight
         rate, eta = self._rate()
-        traffic = f"{self._received / (1 << 20):.1f} MiB, weight {self._weight}"
+        traffic = f"{size_text(self._received)}, weight {self._weight}"
         if _live_bar():
             self._bar.update(self._task, advance=1, rate=rate, traffic=traffic, last=_outcome_label(outcome))
         else:

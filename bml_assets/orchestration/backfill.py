@@ -52,7 +52,7 @@ from bml_assets.orchestration.plan import (
 from bml_assets.orchestration.runner import PartitionRunner, RunOutcome, check_worker_partitions, in_process
 from bml_assets.orchestration.scans import cache_strays, check_range, remaining_problems, scan_span, sweep_strays
 from bml_assets.orchestration.state import Workspace, open_workspace, utc_today
-from bml_assets.sources.http import Traffic, traffic
+from bml_assets.sources.http import Traffic, size_text, traffic
 from bml_assets.sources.vision import VisionClient
 
 # Tag of the runs a backfill launches (visible in the UI).
@@ -188,6 +188,8 @@ def execute_plan(
             batch: Sequence[Target], before: list[str | None], began: float, runs: list[RunOutcome], spent: Traffic
         ):
             seconds = (time.monotonic() - began) / len(batch)  # a ranged run's time, shared by its days
+            for run in {id(r): r for r in runs}.values():  # a ranged run's outcome repeats per day
+                spent += run.traffic_elsewhere
             received = _shares(spent.bytes_received, len(batch))
             weights = _shares(spent.rest_weight, len(batch))
             for i, (target, hash_before, run) in enumerate(zip(batch, before, runs, strict=False)):
@@ -332,7 +334,7 @@ def summary_lines(outcomes: Sequence[PartitionOutcome], remaining: Sequence[Any]
     ]
     received, weight = sum(o.bytes_received for o in outcomes), sum(o.rest_weight for o in outcomes)
     if outcomes:
-        out.append(f"traffic: {received / (1 << 20):.1f} MiB received, REST weight {weight}")
+        out.append(f"traffic: {size_text(received)} received, REST weight {weight}")
     if failed:
         out.append(f"FAILED {len(failed)} partition(s):")
         out += [f"  {o.symbol} {o.day.isoformat()}: {o.error}" for o in failed]

@@ -51,6 +51,7 @@ from bml_assets.domain.partitions import partition_key
 from bml_assets.domain.settings import Settings
 from bml_assets.orchestration import orphans
 from bml_assets.orchestration.errors import BadRequest
+from bml_assets.sources.http import Traffic
 
 # Per-partition warnings (e.g. "no hot snapshots for a past day") would bury the progress:
 # the commands report failures themselves; the full logs are in the run (DAGSTER_HOME).
@@ -71,6 +72,9 @@ class RunOutcome:
     interrupted: bool = False  # the process was interrupted (Ctrl-C / SIGTERM) inside a step
     # The whole error chain with its tracebacks (``--verbose``); not part of an outcome's identity.
     detail: str | None = field(default=None, compare=False)
+    # What the run's steps downloaded in other processes (Celery workers), from their step
+    # outputs; steps run in this process count in its own ``traffic()`` instead.
+    traffic_elsewhere: Traffic = field(default_factory=Traffic, compare=False)
 
 
 class PartitionRunner(Protocol):
@@ -243,9 +247,10 @@ class InProcessRunner:
     process, or, when ``job`` is reconstructable (``celery_job``), wherever its executor
     sends them (the Celery workers) while this process follows the run."""
 
-    def __init__(self, job: Any, instance: Any) -> None:
+    def __init__(self, job: Any, instance: Any, *, steps_elsewhere: bool = False) -> None:
         self._job = job
         self._instance = instance
+        self._steps_elsewhere = steps_elsewhere  # its executor runs the steps in other processes
         self._orchestrator = orphans.this_process()
         logging.getLogger().addFilter(_QUIET_RETRIES)
 
@@ -296,6 +301,7 @@ class InProcessRunner:
         from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
         runs = storage_reruns = 0
+        elsewhere = Traffic()
         while True:
             runs += 1
             attempt = uuid.uuid4().hex
@@ -305,13 +311,21 @@ class InProcessRunner:
             except Exception as exc:
                 result = None
                 failed = RunOutcome(
-                    False, runs, f"{type(exc).__name__}: {plain_cause(str(exc))}", detail=traceback.format_exc()
+                    False,
+                    runs,
+                    f"{type(exc).__name__}: {plain_cause(str(exc))}",
+                    detail=traceback.format_exc(),
+                    traffic_elsewhere=elsewhere,
                 )
                 lost = str(exc) if orphans.storage_lost(str(exc)) else None
             else:
+                if self._steps_elsewhere:
+                    elsewhere += _traffic_of_steps(result)
                 if result.success:
-                    return RunOutcome(True, runs)
-                failed = RunOutcome(False, runs, _run_error(result), _interrupted(result), _run_detail(result))
+                    return RunOutcome(True, runs, traffic_elsewhere=elsewhere)
+                failed = RunOutcome(
+                    False, runs, _run_error(result), _interrupted(result), _run_detail(result), elsewhere
+                )
                 lost = next((e.message for e in _errors(result) if orphans.storage_lost(e.message)), None)
             what = (
                 partition_key
@@ -332,13 +346,24 @@ class InProcessRunner:
             if unreleased is not None:
                 # Its slots stay claimed: say so, so the next command's wait is explained.
                 error = f"{failed.error} (and its REST pool slots could not be freed: {plain_cause(unreleased)})"
-                return RunOutcome(False, runs, error, failed.interrupted, failed.detail)
+                return RunOutcome(False, runs, error, failed.interrupted, failed.detail, elsewhere)
             if rerun:
                 storage_reruns += 1
                 continue
             if result is not None and runs < MAX_RUN_ATTEMPTS and _lost_commit_race(result):
                 continue
             return failed
+
+
+def _traffic_of_steps(result: Any) -> Traffic:
+    """What a run's steps downloaded, as their outputs record it (``STEP_BYTES_KEY``)."""
+    from bml_assets.defs.assets.streams import step_traffic
+
+    spent = Traffic()
+    for event in result.all_events:
+        if event.is_successful_output:
+            spent += step_traffic(event.step_output_data.metadata)
+    return spent
 
 
 def _errors(result: Any) -> Iterator[Any]:
@@ -414,11 +439,12 @@ def in_process(
     workers load it (``celery_job``)."""
     from bml_assets.definitions import MINUTE_VIEW_JOB
 
-    if settings.celery is not None and job_name == MINUTE_VIEW_JOB:
+    celery = settings.celery is not None and job_name == MINUTE_VIEW_JOB
+    if celery:
         job = celery_job(settings, job_name, symbols=symbols, first_day=first_day)
     else:
         job = _definitions(settings, symbols, first_day).resolve_job_def(job_name)
     with dagster_instance(settings) as instance:
         if sweep:
             release_orphans(instance)
-        yield InProcessRunner(job, instance)
+        yield InProcessRunner(job, instance, steps_elsewhere=celery)

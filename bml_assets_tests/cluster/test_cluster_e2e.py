@@ -81,6 +81,9 @@ def backfilled(cluster: ClusterState, server: ReplayServer) -> ClusterState:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "built 20 of 20 partition(s)" in done.stdout, done.stdout[-2000:]
     assert "final scan: clean" in done.stdout
+    # The workers downloaded, not this process: the total comes from their steps' outputs.
+    traffic = re.search(r"traffic: ([\d.]+) (KiB|MiB) received", done.stdout)
+    assert traffic is not None and float(traffic.group(1)) > 0, done.stdout[-1500:]
     return cluster
 
 

@@ -32,6 +32,7 @@ from bml_assets.days.vision_days import StreamFetcher
 from bml_assets.defs.io_manager import DATASET_METADATA_KEY
 from bml_assets.defs.resources import BuildResource, LakeResource, LedgerResource, RestResource, VisionResource
 from bml_assets.domain.partitions import SymbolDay, parse_partition_key
+from bml_assets.sources.http import Traffic, traffic
 from bml_assets.sources.rest import REST_POOL
 
 IO_MANAGER_KEY = "lake_io_manager"
@@ -48,6 +49,21 @@ PROMOTION_TAG = "bml/promotion"
 # Set by the hot poller, which launches a run a few seconds early to hide process
 # start-up: the run waits until the exchange's clock reaches it (epoch ms).
 NOT_BEFORE_TAG = "bml/not_before_ms"
+# What a step downloaded, on each of its materializations (the step's total, however many
+# partitions it built): a backfill whose steps ran on Celery workers adds them up from the
+# step outputs (``runner``), since its own process downloaded nothing.
+STEP_BYTES_KEY = "step bytes received"
+STEP_WEIGHT_KEY = "step REST weight"
+
+
+def step_traffic(metadata: Mapping[str, object]) -> Traffic:
+    """The ``Traffic`` a step output's metadata records (none: zero)."""
+
+    def value(key: str) -> int:
+        entry = metadata.get(key)
+        return int(getattr(entry, "value", entry) or 0)
+
+    return Traffic(value(STEP_BYTES_KEY), value(STEP_WEIGHT_KEY))
 
 
 def hot_band_run(tags: Mapping[str, str]) -> bool:
@@ -121,7 +137,12 @@ def _stream_asset(table: StreamTable, partitions_def: PartitionsDefinition) -> A
             inputs = {name: by_key[sd.key] for name, by_key in upstream.items()}
             return build_stream_day(ctx, table, sd, inputs)
 
-        return dict(_each(context, build_one))
+        before = traffic()
+        built = dict(_each(context, build_one))
+        if not hot_band_run(context.run.tags):
+            spent = traffic() - before
+            context.add_output_metadata({STEP_BYTES_KEY: spent.bytes_received, STEP_WEIGHT_KEY: spent.rest_weight})
+        return built
 
     return _asset
 
