@@ -49,6 +49,15 @@ def test_the_deploy_instance_is_valid_dagster_config_on_postgresql(monkeypatch: 
     assert "run_coordinator" not in config  # concurrency: + run_queue: make it the queued one
 
 
+@pytest.mark.parametrize("home", [DEPLOY, DEPLOY.parent], ids=["deploy", "one machine"])
+def test_the_daemon_frees_the_pool_slots_of_ended_runs(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dagster._core.instance.config import dagster_instance_config
+
+    monkeypatch.setenv("DAGSTER_PG_URL", "postgresql+psycopg2://u@127.0.0.1:1/dagster")
+    config, _ = dagster_instance_config(str(home))
+    assert config["run_monitoring"] == {"enabled": True, "free_slots_after_run_end_seconds": 60}
+
+
 def test_the_minute_view_job_takes_the_celery_executor_only_when_a_broker_is_set() -> None:
     plain = build_definitions(Settings()).resolve_job_def(MINUTE_VIEW_JOB)
     assert plain.executor_def.name == "in_process"
