@@ -66,6 +66,8 @@ class _Proxy(ThreadingHTTPServer):
         self.drop_conditions = False
         self.fail_next = 0  # answer 503 to this many requests without forwarding them
         self.lose_next_answers = 0  # forward, then answer 503 instead of moto's answer
+        self.stall_next = 0  # hold this many requests unanswered for stall_s, then drop them
+        self.stall_s = 0.0
         self.requests: list[str] = []
         self.lock = threading.Lock()
 
@@ -100,6 +102,12 @@ class _Forward(BaseHTTPRequestHandler):
             proxy.fail_next -= refuse
             lose = not refuse and proxy.lose_next_answers > 0
             proxy.lose_next_answers -= lose
+            stall = not refuse and not lose and proxy.stall_next > 0
+            proxy.stall_next -= stall
+        if stall:  # a slow endpoint: nothing comes back before the client's read timeout
+            time.sleep(proxy.stall_s)
+            self.close_connection = True
+            return
         if refuse:
             self._unavailable()
             return
@@ -338,6 +346,25 @@ def test_persistent_503s_end_in_a_clear_error_within_the_attempts(s3_root: str, 
     assert proxy.requests == ["PUT", "PUT", "PUT"]
     with pytest.raises(StoreUnavailable, match="after 3 attempts"):
         store.stat(KEY)
+
+
+def test_a_slow_server_is_timed_out_and_retried_to_success(s3_root: str, proxy: _Proxy) -> None:
+    store = S3Store(s3_root, endpoint_url=proxy.url, max_attempts=4, read_timeout=0.5)
+    proxy.stall_next, proxy.stall_s = 2, 2.0
+    published = store.put(KEY, b"hello", expect=ABSENT)
+    assert proxy.requests == ["PUT", "PUT", "PUT", "HEAD"]  # two stalled, the third answered
+    assert store.stat(KEY) == published
+
+
+def test_a_server_that_stays_slow_ends_in_a_clear_error_within_the_attempts(s3_root: str, proxy: _Proxy) -> None:
+    store = S3Store(s3_root, endpoint_url=proxy.url, max_attempts=3, read_timeout=0.5)
+    proxy.stall_next, proxy.stall_s = 1000, 2.0
+    with pytest.raises(StoreUnavailable) as failed:
+        store.put(KEY, b"hello", expect=ABSENT)
+    message = str(failed.value)
+    assert store.location(KEY) in message and proxy.url in message
+    assert "did not answer" in message and "after 3 attempts" in message, message
+    assert proxy.requests == ["PUT", "PUT", "PUT"]  # bounded by attempts
 
 
 def test_an_unreachable_server_is_a_clear_error(s3_root: str) -> None:
