@@ -40,6 +40,8 @@ PG_DOWN: Final = re.compile(r'connection to server at "([^"]+)"(?: \([^)]*\))?, 
 PG_GONE: Final = re.compile(
     r"server closed the connection unexpectedly|terminating connection due to administrator command"
     r"|the database system is (?:starting up|shutting down|in recovery mode)"
+    # dagster-postgres's own words once its connection retries (≈ 2 s) are spent
+    r"|too many retries for DB (?:connection|creation)"
 )
 # How long a command waits for its Dagster storage to come back before it gives up on a run.
 STORAGE_WAIT_S: Final = 300.0
@@ -49,6 +51,17 @@ _RETRY_EVERY_S: Final = 2.0
 def storage_lost(text: str) -> bool:
     """Whether an error's text says the PostgreSQL server could not be reached or went away."""
     return PG_DOWN.search(text) is not None or PG_GONE.search(text) is not None
+
+
+def error_text(exc: BaseException) -> str:
+    """An exception's message and those of its causes (``raise … from``, or the context), for
+    ``storage_lost``: Dagster wraps the driver's error in its own."""
+    seen: list[str] = []
+    error: BaseException | None = exc
+    while error is not None and len(seen) < 10:
+        seen.append(f"{type(error).__name__}: {error}")
+        error = error.__cause__ or error.__context__
+    return "\n".join(seen)
 
 
 def storage_loss(text: str) -> str:
@@ -123,7 +136,7 @@ def release(
                 _release_now(instance, run, why)
             return None
         except Exception as exc:  # the storage's driver errors: any of them, worded by the caller
-            if not storage_lost(str(exc)) or time.monotonic() >= deadline:
+            if not storage_lost(error_text(exc)) or time.monotonic() >= deadline:
                 return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
         sleep(_RETRY_EVERY_S)
 

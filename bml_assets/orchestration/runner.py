@@ -43,7 +43,7 @@ import uuid
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -252,6 +252,9 @@ class InProcessRunner:
         self._instance = instance
         self._steps_elsewhere = steps_elsewhere  # its executor runs the steps in other processes
         self._orchestrator = orphans.this_process()
+        # Attempts whose release failed (the storage stayed away): their slots are still
+        # claimed, so they are released before the next run, which would wait for them.
+        self._unreleased: list[str] = []
         logging.getLogger().addFilter(_QUIET_RETRIES)
 
     def run(self, symbol: str, day: dt.date, tags: Mapping[str, str]) -> RunOutcome:
@@ -296,63 +299,72 @@ class InProcessRunner:
         )
 
     def _execute(self, tags: dict[str, str], *, partition_key: str | None) -> RunOutcome:
-        import traceback
-
         from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
+        what = (
+            partition_key or f"{tags.get(ASSET_PARTITION_RANGE_START_TAG)} … {tags.get(ASSET_PARTITION_RANGE_END_TAG)}"
+        )
         runs = storage_reruns = 0
         elsewhere = Traffic()
         while True:
+            self._release_earlier()
             runs += 1
             attempt = uuid.uuid4().hex
             tagged = {**tags, orphans.ATTEMPT_TAG: attempt, orphans.ORCHESTRATOR_TAG: self._orchestrator}
-            try:
-                result = self._run_once(tagged, partition_key)
-            except Exception as exc:
-                result = None
-                failed = RunOutcome(
-                    False,
-                    runs,
-                    f"{type(exc).__name__}: {plain_cause(str(exc))}",
-                    detail=traceback.format_exc(),
-                    traffic_elsewhere=elsewhere,
-                )
-                lost = str(exc) if orphans.storage_lost(str(exc)) else None
-            else:
-                if self._steps_elsewhere:
-                    elsewhere += _traffic_of_steps(result)
-                if result.success:
-                    return RunOutcome(True, runs, traffic_elsewhere=elsewhere)
-                failed = RunOutcome(
-                    False, runs, _run_error(result), _interrupted(result), _run_detail(result), elsewhere
-                )
-                lost = next((e.message for e in _errors(result) if orphans.storage_lost(e.message)), None)
-            what = (
-                partition_key
-                or f"{tags.get(ASSET_PARTITION_RANGE_START_TAG)} … {tags.get(ASSET_PARTITION_RANGE_END_TAG)}"
-            )
+            result, failed, lost = self._attempt(tagged, partition_key, runs)
+            if result is not None and self._steps_elsewhere:
+                elsewhere += _traffic_of_steps(result)
+            if failed is None:
+                return RunOutcome(True, runs, traffic_elsewhere=elsewhere)
+            failed = replace(failed, traffic_elsewhere=elsewhere)
             rerun = lost is not None and storage_reruns < MAX_STORAGE_RERUNS and not failed.interrupted
             if rerun:
                 _say(
-                    f"{what}: {orphans.storage_loss(lost)} during its run; waiting for it "
+                    f"{what}: {orphans.storage_loss(lost or '')} during its run; waiting for it "
                     f"(up to {orphans.STORAGE_WAIT_S / 60:.0f} min), then running it again"
                 )
-            unreleased = orphans.release(
-                self._instance,
-                attempt,
-                f"bml: {failed.error}",
-                wait_s=orphans.STORAGE_WAIT_S if lost is not None else 10.0,
-            )
+            wait_s = orphans.STORAGE_WAIT_S if lost is not None else 10.0
+            unreleased = orphans.release(self._instance, attempt, f"bml: {failed.error}", wait_s=wait_s)
             if unreleased is not None:
-                # Its slots stay claimed: say so, so the next command's wait is explained.
+                # Its slots stay claimed: say so, and try again before the next run.
+                self._unreleased.append(attempt)
                 error = f"{failed.error} (and its REST pool slots could not be freed: {plain_cause(unreleased)})"
-                return RunOutcome(False, runs, error, failed.interrupted, failed.detail, elsewhere)
+                return replace(failed, error=error)
             if rerun:
                 storage_reruns += 1
                 continue
             if result is not None and runs < MAX_RUN_ATTEMPTS and _lost_commit_race(result):
                 continue
             return failed
+
+    def _attempt(
+        self, tags: dict[str, str], partition_key: str | None, runs: int
+    ) -> tuple[Any, RunOutcome | None, str | None]:
+        """One run: its result (None when Dagster raised), its failure (None: it succeeded) and,
+        when the storage went away under it, the error text that says so."""
+        import traceback
+
+        try:
+            result = self._run_once(tags, partition_key)
+        except Exception as exc:
+            text = orphans.error_text(exc)
+            lost = text if orphans.storage_lost(text) else None
+            error = f"{type(exc).__name__}: {plain_cause(lost or str(exc))}"
+            return None, RunOutcome(False, runs, error, detail=traceback.format_exc()), lost
+        if result.success:
+            return result, None, None
+        failed = RunOutcome(False, runs, _run_error(result), _interrupted(result), _run_detail(result))
+        return result, failed, next((e.message for e in _errors(result) if orphans.storage_lost(e.message)), None)
+
+    def _release_earlier(self) -> None:
+        """Release the runs whose release failed earlier (``_unreleased``), waiting for the
+        storage as ``orphans.release`` does; what still fails is kept for the next run."""
+        still = []
+        for attempt in self._unreleased:
+            why = "bml: its orchestration was cut off"
+            if orphans.release(self._instance, attempt, why, wait_s=orphans.STORAGE_WAIT_S) is not None:
+                still.append(attempt)
+        self._unreleased = still
 
 
 def _traffic_of_steps(result: Any) -> Traffic:

@@ -135,6 +135,27 @@ def test_release_gives_up_after_its_wait_and_says_why(instance: DagsterInstance)
     assert held(instance, run_id) == 2  # nothing released: the storage never answered
 
 
+def test_dagsters_own_wrapper_of_the_drivers_error_is_waited_for_too(instance: DagsterInstance) -> None:
+    """dagster-postgres gives up connecting after ≈ 2 s with its own exception, raised from the
+    driver's: the release still waits."""
+
+    class Wrapped(StorageAway):
+        def get_runs(self, *args, **kwargs):
+            if self.calls > 0:
+                self.calls -= 1
+                try:
+                    raise RuntimeError('connection to server at "127.0.0.1", port 5432 failed: Connection refused')
+                except RuntimeError as exc:
+                    raise LookupError("too many retries for DB connection") from exc
+            return self._instance.get_runs(*args, **kwargs)
+
+    attempt = uuid.uuid4().hex
+    run_id = started_run(instance, {orphans.ATTEMPT_TAG: attempt})
+    slept: list[float] = []
+    assert orphans.release(Wrapped(instance, calls=3), attempt, "why", wait_s=60, sleep=slept.append) is None
+    assert slept == [2.0, 2.0, 2.0] and held(instance, run_id) == 0
+
+
 def test_an_error_that_is_not_the_storage_going_away_is_not_waited_for(instance: DagsterInstance) -> None:
     class Broken(StorageAway):
         def get_runs(self, *args, **kwargs):
@@ -156,6 +177,7 @@ def test_an_error_that_is_not_the_storage_going_away_is_not_waited_for(instance:
             "PostgreSQL at 127.0.0.1:50119 cannot be reached",
         ),
         ("FATAL:  the database system is starting up", "the PostgreSQL server went away (restarted?)"),
+        ("too many retries for DB connection", "the PostgreSQL server went away (restarted?)"),
     ],
 )
 def test_the_storage_going_away_is_recognised_from_psycopg2s_words(text: str, words: str) -> None:

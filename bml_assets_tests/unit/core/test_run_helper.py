@@ -122,3 +122,31 @@ def test_postgresql_going_away_is_run_again_at_most_max_storage_reruns_times(
         "build_day: the PostgreSQL server closed the connection (restarted?); run the command again to resume"
     )
     assert capsys.readouterr().err.count("then running it again") == 3
+
+
+def test_a_run_whose_release_failed_is_released_again_before_the_next_run(
+    instance: DagsterInstance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The storage stayed away past the wait: the failed run keeps its pool slots, the outcome
+    says so, and the same runner releases it before its next run (which would wait for them)."""
+    from bml_assets.orchestration import orphans
+
+    released: list[str] = []
+    real = orphans.release
+
+    def storage_away_once(instance: DagsterInstance, attempt: str, why: str, **_: object) -> str | None:
+        released.append(attempt)
+        if len(released) == 1:
+            return "DagsterPostgresException: too many retries for DB connection"
+        return real(instance, attempt, why, wait_s=0)
+
+    monkeypatch.setattr(orphans, "release", storage_away_once)
+    runner = InProcessRunner(failing_job([ValueError("bad row 7"), None]), instance)
+    first = runner.run(BTC, DAY, TAGS)
+    assert first.error == (
+        "build_day: ValueError: bad row 7 (and its REST pool slots could not be freed: "
+        "the PostgreSQL server closed the connection (restarted?); run the command again to resume)"
+    )
+    assert runner.run(BTC, DAY, TAGS).ok
+    assert released[1] == released[0]  # the first run's attempt, again, before the second run
+    assert len(released) == 2
