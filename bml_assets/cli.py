@@ -338,7 +338,9 @@ def db_current() -> None:
         state = ledger.migration_state()
     click.echo(f"ledger:   {parsed.render_as_string(hide_password=True)}{' (no such file)' if missing else ''}")
     if state.refused is not None:
-        click.echo(f"revision: none; `bml db upgrade` would refuse it: {state.refused}")
+        click.echo(
+            f"revision: none; `bml db upgrade` would refuse it: {state.refused.removesuffix('; nothing was changed')}"
+        )
     elif state.empty:
         click.echo("revision: none (no ledger yet: `bml db upgrade` or `bml init-state` creates it)")
     elif state.current is None:
@@ -930,7 +932,7 @@ class _BackfillScreen:
         return f"{per_min:.1f} partitions/min", f"ETA {dt.timedelta(seconds=round(left))}"
 
     def _built(self, outcome: Any) -> None:
-        from bml_assets.sources.http import size_text
+        from bml_assets.orchestration.backfill import size_text
 
         self._done += 1
         self._received += outcome.bytes_received

@@ -18,7 +18,7 @@ from typing import Any
 from dagster import ExecutorDefinition, in_process_executor
 
 from bml_assets.domain.redaction import redact_url
-from bml_assets.domain.settings import Settings, variable
+from bml_assets.domain.settings import Settings, SettingsError, variable
 
 CELERY_SETTINGS: Mapping[str, object] = {
     "task_acks_late": True,
@@ -45,7 +45,16 @@ def backfill_executor(settings: Settings) -> ExecutorDefinition:
     backend_var = variable("celery_backend_url") if settings.celery_backend_url else broker_var
 
     def source(url: str, var: str) -> object:
-        return {"env": var} if redact_url(url) != url else url
+        if redact_url(url) == url:
+            return url
+        if var in settings.dotenv_only:
+            # Dagster and every worker read it from their own environment, where a .env line is not.
+            raise SettingsError(
+                f"{var} holds credentials and is set only in .env: the Celery executor reads it from the "
+                "environment of the run's process and of every worker (so that it is never stored with a "
+                "run); export it instead"
+            )
+        return {"env": var}
 
     config = celery_config(source(celery["broker"], broker_var), source(celery["backend"], backend_var))
     return celery_executor.configured(config, name="celery")

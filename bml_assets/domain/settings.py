@@ -16,7 +16,7 @@ import datetime as dt
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -177,6 +177,9 @@ class Settings:
     live_shard_size: int = 50
     # A live connection is replaced after this long: the exchange cuts it at 24 h.
     live_rotate_seconds: int = 23 * 3600 + 50 * 60
+    # The variables read from the .env file and not from the environment: another process
+    # (Dagster resolving a config's ``env:``, a Celery worker) does not see them.
+    dotenv_only: frozenset[str] = field(default=frozenset(), compare=False)
 
     def __repr__(self) -> str:
         # A URL's password must not reach a log or a traceback through a repr.
@@ -223,26 +226,17 @@ class Settings:
         if dotenv_path is not None and Path(dotenv_path).is_file():
             env.update({k: v for k, v in dotenv_values(dotenv_path).items() if k.startswith("BML_") and v is not None})
         source = os.environ if environ is None else environ
-        from_dotenv = set(env) - set(source)
+        from_dotenv = frozenset(env) - frozenset(source)
         env.update({k: v for k, v in source.items() if k.startswith("BML_")})
-        for name in ("celery_broker_url", "celery_backend_url"):
-            var = variable(name)
-            if var in from_dotenv and redact_url(env[var].strip()) != env[var].strip():
-                # defs/executor.py passes such a URL to Dagster by its variable's name, so that
-                # the password is never stored with a run: Dagster and every worker read it
-                # from their own environment, where a .env line is not.
-                raise SettingsError(
-                    f"{var} holds a password and is set only in {dotenv_path}: the Celery executor reads it from "
-                    "the environment of the run's process and of every worker (so that it is never stored with "
-                    "a run); export it instead"
-                )
         values: dict[str, Any] = {}
         for f in fields(cls):
+            if f.name not in _PARSERS:  # not a variable (dotenv_only)
+                continue
             raw = env.get(variable(f.name))
             if raw is None or (f.name in _EMPTY_IS_UNSET and not raw.strip()):
                 continue
             values[f.name] = _PARSERS[f.name](raw, variable(f.name))
-        return cls(**values)
+        return cls(**values, dotenv_only=from_dotenv)
 
     def with_(self, **changes: object) -> Settings:
         return replace(self, **changes)  # type: ignore[arg-type]

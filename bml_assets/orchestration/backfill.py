@@ -30,7 +30,7 @@ from collections.abc import Generator, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from bml_assets.domain.schema import MINUTE_VIEW
@@ -52,7 +52,7 @@ from bml_assets.orchestration.plan import (
 from bml_assets.orchestration.runner import PartitionRunner, RunOutcome, check_worker_partitions, in_process
 from bml_assets.orchestration.scans import cache_strays, check_range, remaining_problems, scan_span, sweep_strays
 from bml_assets.orchestration.state import Workspace, open_workspace, utc_today
-from bml_assets.sources.http import Traffic, size_text, traffic
+from bml_assets.sources.http import Traffic, traffic
 from bml_assets.sources.vision import VisionClient
 
 # Tag of the runs a backfill launches (visible in the UI).
@@ -100,15 +100,19 @@ def _run_batch(runner: PartitionRunner, batch: Sequence[Target], tags: Mapping[s
     the batch has several days; when that run fails (not interrupted), each day again on its
     own, so each failure names its own cause and the good days are built. One outcome per day."""
     run_range = getattr(runner, "run_range", None)
+    ranged = None
     if len(batch) > 1 and run_range is not None:
-        outcome = run_range(batch[0].symbol, batch[0].day, batch[-1].day, tags)
-        if outcome.ok or outcome.interrupted:
-            return [outcome] * len(batch)
+        ranged = run_range(batch[0].symbol, batch[0].day, batch[-1].day, tags)
+        if ranged.ok or ranged.interrupted:
+            return [ranged] * len(batch)
     outcomes: list[RunOutcome] = []
     for target in batch:
         outcomes.append(runner.run(target.symbol, target.day, tags))
         if outcomes[-1].interrupted:
             break
+    if ranged is not None:  # what the failed ranged run's steps downloaded counts too
+        first = outcomes[0]
+        outcomes[0] = replace(first, traffic_elsewhere=first.traffic_elsewhere + ranged.traffic_elsewhere)
     return outcomes
 
 
@@ -170,7 +174,8 @@ def execute_plan(
     (default: ``runner.in_process`` over the real definitions). A plan of one run runs here
     whatever ``workers`` says: a worker process would import everything and open the
     definitions and the instance a second time (2-5 s on 2 cores) with nothing to share.
-    A failed partition is reported and the others run. An interrupt (Ctrl-C) stops the plan: the interrupted
+    Before the workers start, the runs a killed command of this host left unfinished are
+    released (``runner.release_orphans``). A failed partition is reported and the others run. An interrupt (Ctrl-C) stops the plan: the interrupted
     partitions are yielded as failed, then ``KeyboardInterrupt`` is raised. Committed
     partitions stay; a re-run goes on.
     """
@@ -317,6 +322,16 @@ def report_unknown_partitions(settings: Settings, symbols: Sequence[str], start:
             )
             reported += 1
     return reported
+
+
+def size_text(n: int) -> str:
+    """Bytes for a person: B below a KiB, KiB below a MiB, else MiB with one decimal (a small
+    backfill's downloads are not "0.0 MiB")."""
+    if n < 1024:
+        return f"{n} B"
+    if n < 1023.5 * 1024:  # rounds to 1024 KiB beyond: say 1.0 MiB
+        return f"{n / 1024:.0f} KiB"
+    return f"{n / (1 << 20):.1f} MiB"
 
 
 def summary_lines(outcomes: Sequence[PartitionOutcome], remaining: Sequence[Any]) -> list[str]:

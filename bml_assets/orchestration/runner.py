@@ -8,7 +8,8 @@ consecutive days in one run (a ranged run, like the UI's ``multi_run`` backfill
 policy) with tags, running it again when it only lost a commit race, and a run's end
 as a ``RunOutcome``: success, the number of runs, the failure as one line a person
 can act on (the failed step and the root cause: ``plain_cause``), the whole error
-chain for ``--verbose``, whether the process was interrupted. The backfill
+chain for ``--verbose``, whether the process was interrupted, and what its steps
+downloaded when they ran in other processes (Celery workers). The backfill
 (``backfill.py``) and the hot pass (``hot.py``) both run their partitions through it.
 
 What stays out: what to run and in which order (the callers), how a partition is
@@ -25,8 +26,8 @@ would also re-run failures that no retry can fix (bad input).
 
 PostgreSQL going away (a restart) mid-run: the run fails, or its orchestration breaks off
 and it is left STARTED holding its pool slots. Either way the run is released
-(``orphans.release``: marked failed, its slots freed, once the server is back) and run
-again, at most ``MAX_STORAGE_RERUNS`` times, each after a line on stderr saying so. The
+(``orphans.release``: marked failed, its slots freed, once the server is back: one wait
+per outage) and run again, at most ``MAX_STORAGE_RERUNS`` times, each logged. The
 commit protocol makes the rerun safe: what the first run committed stays, and a commit it
 left half done is adopted or replaced after its hash is checked.
 """
@@ -38,7 +39,7 @@ import logging
 import os
 import re
 import shutil
-import sys
+import time
 import uuid
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
@@ -60,6 +61,10 @@ RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
 MAX_RUN_ATTEMPTS = 3
 # Runs of one partition again after PostgreSQL went away under them (see the module docstring).
 MAX_STORAGE_RERUNS = 3
+# How long the release of a run that failed for another reason waits for the storage.
+RELEASE_WAIT_S = 10.0
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -191,13 +196,8 @@ def plain_cause(message: str) -> str:
     ``connection refused at <url>``,
     ``HTTP 418 (banned) from <host> until <t>``, ``checksum mismatch for <url>``,
     ``No space left on device``; else the message's first line."""
-    if found := orphans.PG_DOWN.search(message):
-        return (
-            f"PostgreSQL at {found.group(1)}:{found.group(2)} cannot be reached: run the command again when it is "
-            "back (what was committed stays)"
-        )
-    if orphans.PG_GONE.search(message):
-        return "the PostgreSQL server closed the connection (restarted?); run the command again to resume"
+    if orphans.storage_lost(message):
+        return f"{orphans.storage_loss(message)}: run the command again when it is back (what was committed stays)"
     if _CONNECTION_REFUSED.search(message):
         url = _GET_URL.search(message)
         return f"connection refused at {url.group(1)}" if url else "connection refused"
@@ -255,11 +255,13 @@ class InProcessRunner:
         # Attempts whose release failed (the storage stayed away): their slots are still
         # claimed, so they are released before the next run, which would wait for them.
         self._unreleased: list[str] = []
-        logging.getLogger().addFilter(_QUIET_RETRIES)
+        # One wait for the storage per outage, not one per run: set when a wait starts,
+        # cleared when a release goes through. Past it, runs fail as fast as Dagster does.
+        self._storage_deadline: float | None = None
 
     def run(self, symbol: str, day: dt.date, tags: Mapping[str, str]) -> RunOutcome:
-        """Run the job for the partition, again while it only lost commit races, at most
-        ``MAX_RUN_ATTEMPTS`` runs. An exception becomes a failed outcome: one partition's
+        """Run the job for the partition, again while it only lost commit races (at most
+        ``MAX_RUN_ATTEMPTS`` runs) or PostgreSQL went away under it (``MAX_STORAGE_RERUNS`` more). An exception becomes a failed outcome: one partition's
         crash must not stop the caller's other partitions."""
         return self._execute(dict(tags), partition_key=partition_key(symbol, day))
 
@@ -304,7 +306,7 @@ class InProcessRunner:
         what = (
             partition_key or f"{tags.get(ASSET_PARTITION_RANGE_START_TAG)} … {tags.get(ASSET_PARTITION_RANGE_END_TAG)}"
         )
-        runs = storage_reruns = 0
+        runs = race_runs = storage_reruns = 0
         elsewhere = Traffic()
         while True:
             self._release_earlier()
@@ -317,25 +319,45 @@ class InProcessRunner:
             if failed is None:
                 return RunOutcome(True, runs, traffic_elsewhere=elsewhere)
             failed = replace(failed, traffic_elsewhere=elsewhere)
-            rerun = lost is not None and storage_reruns < MAX_STORAGE_RERUNS and not failed.interrupted
-            if rerun:
-                _say(
-                    f"{what}: {orphans.storage_loss(lost or '')} during its run; waiting for it "
-                    f"(up to {orphans.STORAGE_WAIT_S / 60:.0f} min), then running it again"
-                )
-            wait_s = orphans.STORAGE_WAIT_S if lost is not None else 10.0
-            unreleased = orphans.release(self._instance, attempt, f"bml: {failed.error}", wait_s=wait_s)
+
+            # An interrupted command does not wait: its release is tried before the next run, or at exit.
+            waits = lost is not None and not failed.interrupted
+            if waits:
+                log.warning(f"{what}: {orphans.storage_loss(lost)} during its run; waiting for it to release the run")
+            unreleased = self._release(attempt, f"bml: {failed.error}", storage_lost=waits)
             if unreleased is not None:
-                # Its slots stay claimed: say so, and try again before the next run.
+                # Its slots stay claimed: tried again before this runner's next run.
                 self._unreleased.append(attempt)
-                error = f"{failed.error} (and its REST pool slots could not be freed: {plain_cause(unreleased)})"
-                return replace(failed, error=error)
-            if rerun:
+                suffix = "its REST pool slots stay claimed until Dagster's storage answers again"
+                return replace(failed, error=f"{failed.error}; {suffix}")
+            if waits and storage_reruns < MAX_STORAGE_RERUNS:
                 storage_reruns += 1
+                log.warning(f"{what}: PostgreSQL is back; running it again")
                 continue
-            if result is not None and runs < MAX_RUN_ATTEMPTS and _lost_commit_race(result):
+            race_runs += 1
+            if result is not None and race_runs < MAX_RUN_ATTEMPTS and _lost_commit_race(result):
                 continue
             return failed
+
+    def _release(self, attempt: str, why: str, *, storage_lost: bool) -> str | None:
+        """``orphans.release`` of ``attempt``: after its storage went away, within this
+        outage's one wait (``_storage_deadline``); else with a short one."""
+        if storage_lost or self._storage_deadline is not None:
+            if self._storage_deadline is None:
+                self._storage_deadline = time.monotonic() + orphans.STORAGE_WAIT_S
+            wait_s = max(0.0, self._storage_deadline - time.monotonic())
+        else:
+            wait_s = RELEASE_WAIT_S
+        unreleased = orphans.release(self._instance, attempt, why, wait_s=wait_s)
+        if unreleased is None:
+            self._storage_deadline = None
+        return unreleased
+
+    def release_leftovers(self) -> list[str]:
+        """Try once more to release what earlier releases could not (``_release_earlier``);
+        the attempts still holding slots, for the caller to report."""
+        self._release_earlier()
+        return list(self._unreleased)
 
     def _attempt(
         self, tags: dict[str, str], partition_key: str | None, runs: int
@@ -357,24 +379,23 @@ class InProcessRunner:
         return result, failed, next((e.message for e in _errors(result) if orphans.storage_lost(e.message)), None)
 
     def _release_earlier(self) -> None:
-        """Release the runs whose release failed earlier (``_unreleased``), waiting for the
-        storage as ``orphans.release`` does; what still fails is kept for the next run."""
-        still = []
-        for attempt in self._unreleased:
-            why = "bml: its orchestration was cut off"
-            if orphans.release(self._instance, attempt, why, wait_s=orphans.STORAGE_WAIT_S) is not None:
-                still.append(attempt)
-        self._unreleased = still
+        """Release the runs whose release failed earlier (``_unreleased``), within the
+        outage's wait; what still fails is kept for the next run."""
+        self._unreleased = [
+            attempt
+            for attempt in self._unreleased
+            if self._release(attempt, "bml: its orchestration was cut off", storage_lost=True) is not None
+        ]
 
 
 def _traffic_of_steps(result: Any) -> Traffic:
-    """What a run's steps downloaded, as their outputs record it (``STEP_BYTES_KEY``)."""
-    from bml_assets.defs.assets.streams import step_traffic
+    """What a run's steps downloaded, as their materializations record it (``BYTES_KEY``)."""
+    from bml_assets.defs.assets.streams import recorded_traffic
 
     spent = Traffic()
     for event in result.all_events:
-        if event.is_successful_output:
-            spent += step_traffic(event.step_output_data.metadata)
+        if event.is_step_materialization:
+            spent += recorded_traffic(event.event_specific_data.materialization.metadata)
     return spent
 
 
@@ -387,14 +408,9 @@ def _errors(result: Any) -> Iterator[Any]:
             yield from _chain(event.job_failure_data.error)
 
 
-def _say(line: str) -> None:
-    """A line for the person at the terminal, on stderr (the progress owns stdout)."""
-    print(line, file=sys.stderr, flush=True)
-
-
 class _QuietConnectionRetries(logging.Filter):
     """Dagster's PostgreSQL storage logs a warning with a traceback on every connection retry; a
-    restart makes dozens. The runner says once what happened (``_say``)."""
+    restart makes dozens. The runner says once what happened (``log``)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not str(record.msg).startswith("Retrying failed database connection")
@@ -432,13 +448,15 @@ def celery_job(settings: Settings, job_name: str, *, symbols: Iterable[str], fir
 
 
 def release_orphans(instance: Any) -> None:
-    """``orphans.sweep`` of ``instance``, saying on stderr what it released."""
-    released = orphans.sweep(instance)
+    """``orphans.sweep`` of ``instance``, logging what it released and what it could not."""
+    released, failed = orphans.sweep(instance)
     if released:
-        _say(
+        log.warning(
             f"released {len(released)} run(s) left unfinished by a process of this host that is gone "
             f"({', '.join(r[:8] for r in released)}): marked failed, their REST pool slots freed"
         )
+    for line in failed:
+        log.warning(f"an unfinished run of a gone process could not be released: {line}")
 
 
 @contextmanager
@@ -456,7 +474,21 @@ def in_process(
         job = celery_job(settings, job_name, symbols=symbols, first_day=first_day)
     else:
         job = _definitions(settings, symbols, first_day).resolve_job_def(job_name)
-    with dagster_instance(settings) as instance:
-        if sweep:
-            release_orphans(instance)
-        yield InProcessRunner(job, instance, steps_elsewhere=celery)
+    root = logging.getLogger()
+    root.addFilter(_QUIET_RETRIES)
+    try:
+        with dagster_instance(settings) as instance:
+            if sweep:
+                release_orphans(instance)
+            runner = InProcessRunner(job, instance, steps_elsewhere=celery)
+            try:
+                yield runner
+            finally:
+                held = runner.release_leftovers()
+                if held:
+                    log.warning(
+                        f"{len(held)} run(s) still hold REST pool slots (PostgreSQL did not come back): the next "
+                        "bml command on this host releases them once it can, or terminate them in the UI"
+                    )
+    finally:
+        root.removeFilter(_QUIET_RETRIES)

@@ -67,12 +67,6 @@ class Traffic:
         return Traffic(self.bytes_received + other.bytes_received, self.rest_weight + other.rest_weight)
 
 
-def size_text(n: int) -> str:
-    """Bytes for a person: MiB from one MiB up (one decimal), else KiB (a small backfill's
-    downloads are not "0.0 MiB")."""
-    return f"{n / (1 << 20):.1f} MiB" if n >= 1 << 20 else f"{n / 1024:.0f} KiB"
-
-
 _traffic = Traffic()
 _traffic_lock = threading.Lock()  # the hot band's steps fetch from threads
 

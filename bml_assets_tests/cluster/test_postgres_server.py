@@ -47,3 +47,28 @@ def test_a_cluster_stops_and_starts_again_and_a_stale_pid_file_is_not_an_error(t
     finally:
         postgres.stop(folder)
         postgres.remove(folder)
+
+
+def test_a_stop_that_failed_with_the_server_still_running_is_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pg_ctl stop fails and pg_ctl status says the server runs: raised, with pg_ctl's words."""
+    import subprocess
+
+    folder = tmp_path / "pg"
+    (folder / "data").mkdir(parents=True)
+    (folder / "data" / "postmaster.pid").write_text("4242\n")
+    monkeypatch.setattr(postgres, "_home", lambda f: (f, []))
+    monkeypatch.setattr(postgres, "binary", lambda name: name)
+
+    def pg_ctl(args, **_):
+        if args[-1] == "stop":
+            return subprocess.CompletedProcess(args, 1, "", "pg_ctl: server does not shut down\n")
+        return subprocess.CompletedProcess(args, 0, "pg_ctl: server is running (PID: 4242)\n", "")
+
+    monkeypatch.setattr(postgres.subprocess, "run", pg_ctl)
+    with pytest.raises(postgres.PostgresUnavailable) as failed:
+        postgres.stop(folder)
+    assert str(failed.value) == (
+        f"pg_ctl stop failed (1) and the server in {folder / 'data'} still runs: pg_ctl: server does not shut down"
+    )

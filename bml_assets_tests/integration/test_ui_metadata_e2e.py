@@ -86,3 +86,25 @@ def test_ranged_run_reports_each_check_against_its_partition(lake: Lake) -> None
             AssetCheckKey(AssetKey("minute_view"), name), limit=10
         )
         assert sorted(h.partition for h in history if h.run_id == result.run_id) == [first, last], name
+
+
+def test_each_stream_partition_records_what_it_downloaded(lake: Lake) -> None:
+    """A stream step records per partition what it downloaded (``bytes received``, ``REST
+    weight``): with Celery workers, the backfill adds these up from the run's events
+    (``runner._traffic_of_steps``) because its own process downloads nothing. In process, the
+    sum must equal what this process counted."""
+    from bml_assets.defs.assets.streams import BYTES_KEY, WEIGHT_KEY
+    from bml_assets.orchestration.runner import _traffic_of_steps
+    from bml_assets.sources.http import traffic
+
+    before = traffic()
+    result = lake.materialize("BTCUSDT", DAY)
+    spent = traffic() - before
+    assert result.success and spent.bytes_received > 0
+    streams = [
+        e.materialization.metadata
+        for e in result.get_asset_materialization_events()
+        if e.asset_key.to_user_string() != "minute_view"
+    ]
+    assert streams and all(BYTES_KEY in m and WEIGHT_KEY in m for m in streams)
+    assert _traffic_of_steps(result) == spent

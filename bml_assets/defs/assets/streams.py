@@ -5,7 +5,7 @@ per ``StreamTable``, the run's partitions, the run tags the sensors set (the ban
 a hot-poll run, a Vision promotion, the instant a run launched early waits for) and
 ``day_context``, which makes a ``DayContext`` from the resources and those tags —
 then calling ``days/`` per partition and logging what came of it (not in a hot-band
-run: ``hot_band_run``). What stays out:
+run: ``hot_band_run``), with what it downloaded on its materialization. What stays out:
 choosing sources, the day builders and the coverage fills (``days/``), and the
 commit (the IO manager).
 
@@ -49,21 +49,20 @@ PROMOTION_TAG = "bml/promotion"
 # Set by the hot poller, which launches a run a few seconds early to hide process
 # start-up: the run waits until the exchange's clock reaches it (epoch ms).
 NOT_BEFORE_TAG = "bml/not_before_ms"
-# What a step downloaded, on each of its materializations (the step's total, however many
-# partitions it built): a backfill whose steps ran on Celery workers adds them up from the
-# step outputs (``runner``), since its own process downloaded nothing.
-STEP_BYTES_KEY = "step bytes received"
-STEP_WEIGHT_KEY = "step REST weight"
+# What building a partition downloaded, on its materialization: a backfill whose steps ran
+# on Celery workers adds them up (``runner``), since its own process downloaded nothing.
+BYTES_KEY = "bytes received"
+WEIGHT_KEY = "REST weight"
 
 
-def step_traffic(metadata: Mapping[str, object]) -> Traffic:
-    """The ``Traffic`` a step output's metadata records (none: zero)."""
+def recorded_traffic(metadata: Mapping[str, object]) -> Traffic:
+    """The ``Traffic`` a materialization's metadata records (none: zero)."""
 
     def value(key: str) -> int:
         entry = metadata.get(key)
         return int(getattr(entry, "value", entry) or 0)
 
-    return Traffic(value(STEP_BYTES_KEY), value(STEP_WEIGHT_KEY))
+    return Traffic(value(BYTES_KEY), value(WEIGHT_KEY))
 
 
 def hot_band_run(tags: Mapping[str, str]) -> bool:
@@ -133,16 +132,19 @@ def _stream_asset(table: StreamTable, partitions_def: PartitionsDefinition) -> A
     ) -> dict[str, PartitionData]:
         ctx = day_context(context, ledger=ledger, lake=lake, vision=vision, rest=rest, build=build)
 
+        quiet = hot_band_run(context.run.tags)
+
         def build_one(sd: SymbolDay) -> PartitionData:
             inputs = {name: by_key[sd.key] for name, by_key in upstream.items()}
-            return build_stream_day(ctx, table, sd, inputs)
+            before = traffic()
+            data = build_stream_day(ctx, table, sd, inputs)
+            if not quiet:  # a hot run's events stay lean (see hot_band_run)
+                spent = traffic() - before
+                metadata = {BYTES_KEY: spent.bytes_received, WEIGHT_KEY: spent.rest_weight}
+                context.add_asset_metadata(metadata, partition_key=sd.key)
+            return data
 
-        before = traffic()
-        built = dict(_each(context, build_one))
-        if not hot_band_run(context.run.tags):
-            spent = traffic() - before
-            context.add_output_metadata({STEP_BYTES_KEY: spent.bytes_received, STEP_WEIGHT_KEY: spent.rest_weight})
-        return built
+        return dict(_each(context, build_one))
 
     return _asset
 

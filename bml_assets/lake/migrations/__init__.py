@@ -17,7 +17,9 @@ table: the ledger's version table is ``bml_alembic_version``, and only the table
 Two processes starting at once: the upgrade runs in the caller's write transaction, which
 on SQLite holds the write lock from its first statement (``BEGIN IMMEDIATE``), and on
 PostgreSQL takes a transaction-scoped advisory lock first. The second process waits, then
-finds the database at head and does nothing. An error rolls the whole upgrade back.
+finds the database at head and does nothing. On PostgreSQL that needs READ COMMITTED
+(``Ledger`` asks for it): at REPEATABLE READ the waiter's snapshot predates the holder's
+commit and it would migrate again. An error rolls the whole upgrade back.
 
 A database at a revision this bml does not know was upgraded by a newer bml: it is refused
 (``LedgerVersionError``, "upgrade bml") before anything is changed.
@@ -210,7 +212,8 @@ def upgrade_to_head(conn: Connection, *, where: str) -> Upgrade:
     """Bring the ledger behind ``conn`` to the newest revision, inside ``conn``'s transaction
     (the caller commits it; an error rolls everything back). ``where`` names the database in
     errors. A no-op at head; ``LedgerVersionError`` for a database from a newer bml or a
-    pre-migration ledger that differs from its layout."""
+    pre-migration ledger that differs from its layout. On PostgreSQL ``conn`` must be at READ
+    COMMITTED (see the module docstring)."""
     if conn.dialect.name == "postgresql":
         conn.execute(sa.select(sa.func.pg_advisory_xact_lock(ADVISORY_LOCK_KEY)))
     head = head_revision()

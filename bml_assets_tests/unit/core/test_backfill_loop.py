@@ -130,7 +130,7 @@ def test_an_empty_lake_is_scanned_swept_planned_built_and_rescanned_clean(settin
     assert end.clean and end.remaining == () and len(end.outcomes) == 4
     assert end.lines() == [
         "built 4 of 4 partition(s) (4 committed; 4 written, 0 unchanged)",
-        "traffic: 0 KiB received, REST weight 0",  # the fake runner fetches nothing
+        "traffic: 0 B received, REST weight 0",  # the fake runner fetches nothing
         "final scan: clean",
     ]
 
@@ -157,7 +157,7 @@ def test_a_failed_partition_does_not_stop_the_others_and_the_rescan_reports_it(s
     assert [(p.symbol, p.day, str(p.kind)) for p in end.remaining] == [(BTC, D1, "not_built")]
     assert end.lines() == [
         "built 3 of 4 partition(s) (3 committed; 3 written, 0 unchanged)",
-        "traffic: 0 KiB received, REST weight 0",
+        "traffic: 0 B received, REST weight 0",
         "FAILED 1 partition(s):",
         "  BTCUSDT 2024-03-01: minute_view: the day has no klines",
         "final scan: 1 problem(s) remain (not_built: 1)",

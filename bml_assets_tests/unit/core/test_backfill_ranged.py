@@ -4,6 +4,7 @@ reported to Dagster, and failure lines that name the root cause (runner.plain_ca
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -173,7 +174,15 @@ def test_partitions_the_ledger_has_and_dagster_has_not_are_reported_once(
         (
             "OperationalError: (psycopg2.OperationalError) server closed the connection unexpectedly\n\tThis "
             "probably means the server terminated abnormally",
-            "the PostgreSQL server closed the connection (restarted?); run the command again to resume",
+            "PostgreSQL went away or is not accepting connections (restarted?): run the command again when it is "
+            "back (what was committed stays)",
+        ),
+        (
+            # A refused password is not the server being away: waiting does not mend it.
+            'OperationalError: connection to server at "10.0.0.5", port 5432 failed: FATAL:  password '
+            'authentication failed for user "bml"',
+            'OperationalError: connection to server at "10.0.0.5", port 5432 failed: FATAL:  password '
+            'authentication failed for user "bml"',
         ),
     ],
 )
@@ -201,3 +210,40 @@ def test_a_run_that_failed_outside_its_steps_says_why() -> None:
         "(what was committed stays)"
     )
     assert _run_error(SimpleNamespace(all_events=[other])) == "run failed"
+
+
+def test_what_a_failed_ranged_run_downloaded_elsewhere_counts_with_its_days(settings: Settings) -> None:
+    """With Celery the steps download on the workers: a ranged run that failed still spent its
+    traffic, counted with the first of the days that were then run one by one."""
+    from bml_assets.sources.http import Traffic
+
+    class Elsewhere(RangeFakeRunner):
+        def run_range(self, symbol, first, last, tags):
+            return dataclasses.replace(super().run_range(symbol, first, last, tags), traffic_elsewhere=Traffic(5000, 7))
+
+        def run(self, symbol, day, tags):
+            return dataclasses.replace(super().run(symbol, day, tags), traffic_elsewhere=Traffic(1000, 1))
+
+    runner = Elsewhere(settings, fail={(BTC, D[1]): RunOutcome(False, 1, "minute_view: no klines")})
+    outcomes = list(execute_plan(plan_of([t(BTC, 0), t(BTC, 1), t(BTC, 2)]), settings, runner=runner))
+    # The ranged run (5000 B, weight 7) and three single runs (1000 B, weight 1 each).
+    assert sum(o.bytes_received for o in outcomes) == 8000
+    assert sum(o.rest_weight for o in outcomes) == 10
+
+
+@pytest.mark.parametrize(
+    ("n", "text"),
+    [
+        (0, "0 B"),
+        (600, "600 B"),
+        (1024, "1 KiB"),
+        (307_200, "300 KiB"),
+        (1_047_552, "1023 KiB"),
+        (1_048_064, "1.0 MiB"),
+        (5_242_880, "5.0 MiB"),
+    ],
+)
+def test_sizes_read_in_b_kib_or_mib(n: int, text: str) -> None:
+    from bml_assets.orchestration.backfill import size_text
+
+    assert size_text(n) == text

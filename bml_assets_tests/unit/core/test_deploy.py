@@ -68,19 +68,22 @@ def test_the_minute_view_job_takes_the_celery_executor_only_when_a_broker_is_set
     assert celery.resolve_job_def("hot_minute_job").executor_def.name == "in_process"
 
 
-def test_a_celery_url_with_a_password_only_in_dotenv_is_refused_naming_the_variable(tmp_path: Path) -> None:
+def test_a_celery_url_with_credentials_only_in_dotenv_is_refused_naming_the_variable(tmp_path: Path) -> None:
+    from bml_assets.defs.executor import backfill_executor
     from bml_assets.domain.settings import SettingsError
 
     dotenv = tmp_path / ".env"
     dotenv.write_text("BML_CELERY_BROKER_URL=redis://:s3cret@10.0.0.5:6379/0\n")
+    from_dotenv = Settings.from_env({}, dotenv_path=dotenv)  # read: commands without Celery work
+    assert from_dotenv.celery_broker_url == "redis://:s3cret@10.0.0.5:6379/0"
     with pytest.raises(SettingsError) as refused:
-        Settings.from_env({}, dotenv_path=dotenv)
+        backfill_executor(from_dotenv)
     message = str(refused.value)
-    assert message.startswith(f"BML_CELERY_BROKER_URL holds a password and is set only in {dotenv}:")
+    assert message.startswith("BML_CELERY_BROKER_URL holds credentials and is set only in .env:")
     assert "export it instead" in message and "s3cret" not in message
-    # Exported, it is read (the executor passes it to Dagster by the variable's name).
+    # Exported, it is taken (Dagster reads it from the environment by the variable's name).
     exported = Settings.from_env({"BML_CELERY_BROKER_URL": "redis://:s3cret@10.0.0.5:6379/0"}, dotenv_path=dotenv)
-    assert exported.celery_broker_url == "redis://:s3cret@10.0.0.5:6379/0"
-    # Without a password, .env is enough: the URL itself goes into the executor's config.
+    assert backfill_executor(exported).name == "celery"
+    # Without credentials, .env is enough: the URL itself goes into the executor's config.
     dotenv.write_text("BML_CELERY_BROKER_URL=redis://10.0.0.5:6379/0\n")
-    assert Settings.from_env({}, dotenv_path=dotenv).celery_broker_url == "redis://10.0.0.5:6379/0"
+    assert backfill_executor(Settings.from_env({}, dotenv_path=dotenv)).name == "celery"

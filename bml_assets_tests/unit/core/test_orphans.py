@@ -5,6 +5,7 @@ a release waits for a storage that went away, for a bounded time."""
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -55,23 +56,31 @@ def held(instance: DagsterInstance, run_id: str) -> int:
 
 def test_this_process_is_alive_and_a_finished_one_is_gone() -> None:
     assert not orphans.process_gone(orphans.this_process())
-    host, pid, ticks = orphans.this_process().split(":")
-    assert (host, int(pid)) == (socket.gethostname(), __import__("os").getpid())
-    assert orphans.process_gone(f"{host}:{dead_pid()}:{ticks}")
+    host, namespace, pid, ticks = orphans.this_process().split(":")
+    assert (host, int(pid)) == (socket.gethostname(), os.getpid())
+    assert namespace == os.readlink("/proc/self/ns/pid").removeprefix("pid:[").removesuffix("]")
+    assert orphans.process_gone(f"{host}:{namespace}:{dead_pid()}:{ticks}")
     # The same pid started at another time is another process (a reused pid).
-    assert orphans.process_gone(f"{host}:{pid}:{int(ticks) + 1}")
-    # A process of another host is never judged from here.
-    assert not orphans.process_gone(f"not-{host}:{dead_pid()}:1")
+    assert orphans.process_gone(f"{host}:{namespace}:{pid}:{int(ticks) + 1}")
+    # A process of another host, or of another PID namespace (a container sharing the host's
+    # name), is never judged from here; nor is a tag of another shape.
+    assert not orphans.process_gone(f"not-{host}:{namespace}:{dead_pid()}:1")
+    assert not orphans.process_gone(f"{host}:1{namespace}:{dead_pid()}:1")
+    assert not orphans.process_gone(f"{host}:{dead_pid()}:1")
+
+
+def gone_process() -> str:
+    host, namespace, _, _ = orphans.this_process().split(":")
+    return f"{host}:{namespace}:{dead_pid()}:1"
 
 
 def test_sweep_releases_the_runs_of_gone_processes_of_this_host_only(instance: DagsterInstance) -> None:
-    host = socket.gethostname()
-    gone = started_run(instance, {orphans.ORCHESTRATOR_TAG: f"{host}:{dead_pid()}:1"})
+    gone = started_run(instance, {orphans.ORCHESTRATOR_TAG: gone_process()})
     alive = started_run(instance, {orphans.ORCHESTRATOR_TAG: orphans.this_process()}, slots=1)
-    elsewhere = started_run(instance, {orphans.ORCHESTRATOR_TAG: f"not-{host}:{dead_pid()}:1"}, slots=1)
+    elsewhere = started_run(instance, {orphans.ORCHESTRATOR_TAG: "not-" + gone_process()}, slots=1)
     daemon = started_run(instance, {}, slots=0)  # launched by the daemon: no orchestrator tag
 
-    assert orphans.sweep(instance) == [gone]
+    assert orphans.sweep(instance) == ([gone], [])
 
     run = instance.get_run_by_id(gone)
     assert run is not None and run.status == DagsterRunStatus.FAILURE
@@ -84,7 +93,37 @@ def test_sweep_releases_the_runs_of_gone_processes_of_this_host_only(instance: D
         assert held(instance, run_id) == slots
     # The freed slots are there for the next run: 4 in the pool, 2 held.
     assert instance.event_log_storage.get_concurrency_info(REST_POOL).active_slot_count == 2
-    assert orphans.sweep(instance) == []
+    assert orphans.sweep(instance) == ([], [])
+
+
+def test_a_run_launched_from_a_code_location_with_a_bml_runs_tags_is_left_alone(instance: DagsterInstance) -> None:
+    """A re-execution from the UI copies its parent's tags, the orchestrator's too; it has a
+    job origin, which a bml command's runs have not."""
+    from dagster._core.remote_origin import (
+        GrpcServerCodeLocationOrigin,
+        RemoteJobOrigin,
+        RemoteRepositoryOrigin,
+    )
+
+    origin = RemoteJobOrigin(
+        RemoteRepositoryOrigin(GrpcServerCodeLocationOrigin(host="localhost", port=4000), "defs"), "minute_view_job"
+    )
+    attempt = uuid.uuid4().hex
+    run_id = str(uuid.uuid4())
+    tags = {orphans.ORCHESTRATOR_TAG: gone_process(), orphans.ATTEMPT_TAG: attempt}
+    instance.add_run(
+        DagsterRun(
+            job_name="minute_view_job",
+            run_id=run_id,
+            status=DagsterRunStatus.STARTED,
+            tags=tags,
+            remote_job_origin=origin,
+        )
+    )
+    assert orphans.sweep(instance) == ([], [])
+    assert orphans.release(instance, attempt, "why", wait_s=0) is None
+    run = instance.get_run_by_id(run_id)
+    assert run is not None and run.status == DagsterRunStatus.STARTED
 
 
 def test_release_marks_the_unfinished_run_failed_and_frees_its_slots(instance: DagsterInstance) -> None:
@@ -171,13 +210,15 @@ def test_an_error_that_is_not_the_storage_going_away_is_not_waited_for(instance:
 @pytest.mark.parametrize(
     ("text", "words"),
     [
-        (PG_RESTARTED, "the PostgreSQL server went away (restarted?)"),
+        (PG_RESTARTED, "PostgreSQL went away or is not accepting connections (restarted?)"),
         (
             '(psycopg2.OperationalError) connection to server at "127.0.0.1", port 50119 failed: Connection refused',
             "PostgreSQL at 127.0.0.1:50119 cannot be reached",
         ),
-        ("FATAL:  the database system is starting up", "the PostgreSQL server went away (restarted?)"),
-        ("too many retries for DB connection", "the PostgreSQL server went away (restarted?)"),
+        (
+            "FATAL:  the database system is starting up",
+            "PostgreSQL went away or is not accepting connections (restarted?)",
+        ),
     ],
 )
 def test_the_storage_going_away_is_recognised_from_psycopg2s_words(text: str, words: str) -> None:
@@ -185,6 +226,24 @@ def test_the_storage_going_away_is_recognised_from_psycopg2s_words(text: str, wo
     assert orphans.storage_loss(text) == words
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "SSL SYSCALL error: EOF detected",
+        "SSL connection has been closed unexpectedly",
+        "(psycopg2.InterfaceError) connection already closed",
+        'connection to server on socket "/run/postgresql/.s.PGSQL.5432" failed: No such file or directory',
+    ],
+)
+def test_a_restart_seen_over_tls_or_a_socket_is_recognised_too(text: str) -> None:
+    assert orphans.storage_lost(text)
+
+
 def test_other_errors_are_not_taken_for_the_storage_going_away() -> None:
     assert not orphans.storage_lost("connection refused at http://127.0.0.1:9/fapi/v1/klines")
     assert not orphans.storage_lost("CommitConflict: minute/BTCUSDT/2024-03-01")
+    # A refused password or a missing database: waiting does not mend them.
+    for fatal in ('password authentication failed for user "bml"', 'database "bml" does not exist'):
+        assert not orphans.storage_lost(f'connection to server at "10.0.0.5", port 5432 failed: FATAL:  {fatal}')
+    # dagster-postgres's give-up alone says nothing of why: its cause must (``error_text``).
+    assert not orphans.storage_lost("too many retries for DB connection")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from bml_assets.sources.http import HttpClient, HttpError, Traffic, size_text, traffic
+from bml_assets.sources.http import HttpClient, HttpError, Traffic, traffic
 
 from .conftest import FakeHost, Reply
 
@@ -188,21 +188,3 @@ def test_head_size_reads_the_length_without_the_body(fake_host: FakeHost, http: 
     with pytest.raises(HttpError, match=r"^HTTP 500 for http://127\.0\.0\.1:\d+/broken\.zip \(after 4 attempts\)$"):
         http.head_size(fake_host.url("/broken.zip"))
     assert len(sleeps) == 3
-
-
-@pytest.mark.parametrize(
-    ("n", "text"),
-    [(0, "0 KiB"), (600, "1 KiB"), (307_200, "300 KiB"), (1_048_575, "1024 KiB"), (1_048_576, "1.0 MiB")],
-)
-def test_sizes_read_in_kib_below_one_mib_and_in_mib_above(n: int, text: str) -> None:
-    assert size_text(n) == text
-
-
-def test_a_steps_traffic_is_read_back_from_its_output_metadata() -> None:
-    from dagster import MetadataValue
-
-    from bml_assets.defs.assets.streams import STEP_BYTES_KEY, STEP_WEIGHT_KEY, step_traffic
-
-    recorded = {STEP_BYTES_KEY: MetadataValue.int(52_000), STEP_WEIGHT_KEY: MetadataValue.int(12), "rows": 1440}
-    assert step_traffic(recorded) == Traffic(52_000, 12)
-    assert step_traffic({"rows": 1440}) == Traffic()  # a step that records none (hot band)
