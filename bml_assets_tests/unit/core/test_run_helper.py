@@ -5,6 +5,7 @@ as its step and innermost cause, an interrupt is told apart, and an exception be
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -200,3 +201,27 @@ def test_a_run_whose_release_failed_is_released_again_before_the_next_run(
     assert runner.run(BTC, DAY, TAGS).ok
     assert released[1] == released[0]  # the first run's attempt, again, before the second run
     assert len(released) == 2
+
+
+def test_postgresql_down_for_good_costs_one_wait_not_one_per_run(
+    instance: DagsterInstance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every release fails (the storage never comes back): the first waits the whole
+    STORAGE_WAIT_S, every later one only what is left of it, so partitions then fail at once."""
+    from bml_assets.orchestration import orphans
+
+    monkeypatch.setattr(orphans, "STORAGE_WAIT_S", 0.5)
+    waits: list[float] = []
+
+    def never_back(instance: DagsterInstance, attempt: str, why: str, *, wait_s: float) -> str:
+        waits.append(wait_s)
+        time.sleep(wait_s)
+        return "OperationalError: PostgreSQL cannot be reached"
+
+    monkeypatch.setattr(orphans, "release", never_back)
+    runner = InProcessRunner(failing_job([StorageGone()] * 3), instance)
+    for _ in range(3):
+        assert not runner.run(BTC, DAY, TAGS).ok
+    assert 0.45 <= waits[0] <= 0.5
+    assert sum(waits[1:]) <= 0.05, waits  # later releases found the outage's wait spent
+    assert len(waits) == 1 + (1 + 1) + (2 + 1)  # each later run retries every earlier attempt, then its own
