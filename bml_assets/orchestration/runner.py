@@ -77,8 +77,8 @@ class RunOutcome:
     interrupted: bool = False  # the process was interrupted (Ctrl-C / SIGTERM) inside a step
     # The whole error chain with its tracebacks (``--verbose``); not part of an outcome's identity.
     detail: str | None = field(default=None, compare=False)
-    # What the run's steps downloaded in other processes (Celery workers), from their step
-    # outputs; steps run in this process count in its own ``traffic()`` instead.
+    # What the run's steps downloaded in other processes (Celery workers), as their
+    # materializations record it; steps run in this process count in its own ``traffic()``.
     traffic_elsewhere: Traffic = field(default_factory=Traffic, compare=False)
 
 
@@ -261,8 +261,9 @@ class InProcessRunner:
 
     def run(self, symbol: str, day: dt.date, tags: Mapping[str, str]) -> RunOutcome:
         """Run the job for the partition, again while it only lost commit races (at most
-        ``MAX_RUN_ATTEMPTS`` runs) or PostgreSQL went away under it (``MAX_STORAGE_RERUNS`` more). An exception becomes a failed outcome: one partition's
-        crash must not stop the caller's other partitions."""
+        ``MAX_RUN_ATTEMPTS`` runs) or PostgreSQL went away under it (``MAX_STORAGE_RERUNS``
+        more). An exception becomes a failed outcome: one partition's crash must not stop the
+        caller's other partitions."""
         return self._execute(dict(tags), partition_key=partition_key(symbol, day))
 
     def run_range(self, symbol: str, first: dt.date, last: dt.date, tags: Mapping[str, str]) -> RunOutcome:
@@ -319,7 +320,6 @@ class InProcessRunner:
             if failed is None:
                 return RunOutcome(True, runs, traffic_elsewhere=elsewhere)
             failed = replace(failed, traffic_elsewhere=elsewhere)
-
             # An interrupted command does not wait: its release is tried before the next run, or at exit.
             waits = lost is not None and not failed.interrupted
             if waits:
