@@ -175,9 +175,9 @@ def execute_plan(
     whatever ``workers`` says: a worker process would import everything and open the
     definitions and the instance a second time (2-5 s on 2 cores) with nothing to share.
     Before the workers start, the runs a killed command of this host left unfinished are
-    released (``runner.release_orphans``). A failed partition is reported and the others run. An interrupt (Ctrl-C) stops the plan: the interrupted
-    partitions are yielded as failed, then ``KeyboardInterrupt`` is raised. Committed
-    partitions stay; a re-run goes on.
+    released (``runner.release_orphans``). A failed partition is reported and the others
+    run. An interrupt (Ctrl-C) stops the plan: the interrupted partitions are yielded as
+    failed, then ``KeyboardInterrupt`` is raised. Committed partitions stay; a re-run goes on.
     """
     if not plan.partitions:
         return
