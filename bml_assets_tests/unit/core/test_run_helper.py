@@ -222,6 +222,8 @@ def test_postgresql_down_for_good_costs_one_wait_not_one_per_run(
     runner = InProcessRunner(failing_job([StorageGone()] * 3), instance)
     for _ in range(3):
         assert not runner.run(BTC, DAY, TAGS).ok
-    assert 0.45 <= waits[0] <= 0.5
-    assert sum(waits[1:]) <= 0.05, waits  # later releases found the outage's wait spent
+    # The first gets the whole budget (less any stall of a loaded machine); the wait is spent by
+    # the time the later ones start, so theirs is exactly nothing.
+    assert 0.25 < waits[0] <= 0.5
+    assert waits[1:] == [0.0] * 5, waits
     assert len(waits) == 1 + (1 + 1) + (2 + 1)  # each later run retries every earlier attempt, then its own

@@ -349,16 +349,17 @@ def test_persistent_503s_end_in_a_clear_error_within_the_attempts(s3_root: str, 
 
 
 def test_a_slow_server_is_timed_out_and_retried_to_success(s3_root: str, proxy: _Proxy) -> None:
-    store = S3Store(s3_root, endpoint_url=proxy.url, max_attempts=4, read_timeout=0.5)
-    proxy.stall_next, proxy.stall_s = 2, 2.0
+    # Timeouts of seconds, not fractions: a loaded machine's moto must answer the others in time.
+    store = S3Store(s3_root, endpoint_url=proxy.url, max_attempts=4, read_timeout=2.0)
+    proxy.stall_next, proxy.stall_s = 2, 5.0
     published = store.put(KEY, b"hello", expect=ABSENT)
     assert proxy.requests == ["PUT", "PUT", "PUT", "HEAD"]  # two stalled, the third answered
     assert store.stat(KEY) == published
 
 
 def test_a_server_that_stays_slow_ends_in_a_clear_error_within_the_attempts(s3_root: str, proxy: _Proxy) -> None:
-    store = S3Store(s3_root, endpoint_url=proxy.url, max_attempts=3, read_timeout=0.5)
-    proxy.stall_next, proxy.stall_s = 1000, 2.0
+    store = S3Store(s3_root, endpoint_url=proxy.url, max_attempts=3, read_timeout=2.0)
+    proxy.stall_next, proxy.stall_s = 1000, 5.0
     with pytest.raises(StoreUnavailable) as failed:
         store.put(KEY, b"hello", expect=ABSENT)
     message = str(failed.value)
