@@ -66,16 +66,14 @@ def dagster_command() -> str:
 
 
 def pool_processes(worker_pid: int) -> list[int]:
-    """The processes below a worker (``dagster-celery`` → ``celery`` → its pool children), deepest last."""
-    found: list[int] = []
-    frontier = [worker_pid]
-    while frontier:
-        parent = frontier.pop()
-        try:
-            children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
-        except OSError:
-            continue
-        for child in map(int, children):
-            found.append(child)
-            frontier.append(child)
-    return found
+    """The pool processes of a worker: the children of the ``celery`` process that ``dagster-celery``
+    (``worker_pid``) starts. Empty while the pool is being replaced (never the ``celery`` process
+    itself: killing it takes the whole worker down, not one step)."""
+    return [pool for celery in _children(worker_pid) for pool in _children(celery)]
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
