@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 import click
 
 from bml_assets.domain.settings import Settings, SettingsError, parse_symbols
+from bml_assets.orchestration.console import console_logging
 
 DEMO_DAYS = (dt.date(2024, 2, 29), dt.date(2024, 3, 1), dt.date(2024, 3, 2))
 
@@ -146,6 +147,7 @@ def _progress(**kw: Any) -> Any:
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """bml — the Binance Minute Lake: a verified 1-minute view of USD-M perpetuals."""
+    console_logging()
     # Dagster's beta/preview notices about the project's own definitions are not for terminal users.
     warnings.filterwarnings("ignore", message=r".*is currently in (beta|preview)")
 
@@ -609,7 +611,10 @@ def live_collect(symbols_text: str | None, duration: float | None) -> None:
     settings = _settings()
     symbols = _symbols_option(symbols_text)
     check_lake(Lake.from_settings(settings))
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Its own format, in place of the console's (``main``): the collector's lines are a timed log.
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
+    )
     logging.getLogger("websockets").setLevel(logging.WARNING)
     summary = run_collector(settings, symbols, duration_s=duration)
     for line in _summary_lines(summary):

@@ -37,6 +37,7 @@ from bml_assets.domain.schema import MINUTE_VIEW
 from bml_assets.domain.settings import Settings
 from bml_assets.lake.lake import Lake
 from bml_assets.lake.ledger import Ledger
+from bml_assets.orchestration.console import console_logging
 from bml_assets.orchestration.estimate import BackfillEstimate, estimate_plan, record_rate
 from bml_assets.orchestration.plan import (
     DEFAULT_CHUNK_DAYS,
@@ -135,6 +136,7 @@ def _worker_start(settings: Settings, symbols: tuple[str, ...], first_day: dt.da
     import warnings
 
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), name="exit-with-parent", daemon=True).start()
+    console_logging()
 
     from bml_assets.definitions import MINUTE_VIEW_JOB
 

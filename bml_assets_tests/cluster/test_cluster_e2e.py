@@ -364,6 +364,8 @@ def test_postgresql_restarted_mid_backfill_the_runs_it_cut_off_are_released_and_
     # wait; the one whose step a worker held cannot: its events go to PostgreSQL all along).
     again = [line for line in err.splitlines() if "PostgreSQL is back; running it again" in line]
     assert again, err[-3000:]
-    assert all(re.search(r"2024-05-0[12]\|(BTC|ETH)USDT: PostgreSQL is back", line) for line in again), again
+    assert all(
+        re.fullmatch(r"2024-05-0[12]\|(BTC|ETH)USDT: PostgreSQL is back; running it again", line) for line in again
+    ), again
     assert _held_slots_and_unfinished_runs(backfilled) == (0, [])
     assert _days(dt.date(2024, 5, 1), dt.date(2024, 5, 2)) <= _minutes_matching_their_objects(backfilled)
