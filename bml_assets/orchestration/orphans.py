@@ -57,7 +57,7 @@ PG_GONE: Final = re.compile(
 )
 # How long a command waits for its Dagster storage to come back before it gives up on a run.
 STORAGE_WAIT_S: Final = 300.0
-_RETRY_EVERY_S: Final = 2.0
+RETRY_EVERY_S: Final = 2.0
 
 
 def storage_lost(text: str) -> bool:
@@ -173,7 +173,7 @@ def release(
         except Exception as exc:  # the storage's driver errors: any of them, worded by the caller
             if not storage_lost(error_text(exc)) or time.monotonic() >= deadline:
                 return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
-        sleep(_RETRY_EVERY_S)
+        sleep(RETRY_EVERY_S)
 
 
 def sweep(instance: Any) -> tuple[list[str], list[str]]:

@@ -27,7 +27,8 @@ would also re-run failures that no retry can fix (bad input).
 PostgreSQL going away (a restart) mid-run: the run fails, or its orchestration breaks off
 and it is left STARTED holding its pool slots. Either way the run is released
 (``orphans.release``: marked failed, its slots freed, once the server is back: one wait
-per outage) and run again, at most ``MAX_STORAGE_RERUNS`` times, each logged. The
+per outage) and, once the ledger's server answers too (``BML_STATE_URL``, which need not be
+Dagster's), run again, at most ``MAX_STORAGE_RERUNS`` times, each logged. The
 commit protocol makes the rerun safe: what the first run committed stays, and a commit it
 left half done is adopted or replaced after its hash is checked.
 """
@@ -42,7 +43,7 @@ import shutil
 import time
 import uuid
 import warnings
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -53,6 +54,7 @@ from bml_assets.domain.settings import Settings
 from bml_assets.orchestration import orphans
 from bml_assets.orchestration.errors import BadRequest
 from bml_assets.sources.http import Traffic
+from bml_assets.storage.state_db import server_probe
 
 # Per-partition warnings (e.g. "no hot snapshots for a past day") would bury the progress:
 # the commands report failures themselves; the full logs are in the run (DAGSTER_HOME).
@@ -247,10 +249,21 @@ class InProcessRunner:
     process, or, when ``job`` is reconstructable (``celery_job``), wherever its executor
     sends them (the Celery workers) while this process follows the run."""
 
-    def __init__(self, job: Any, instance: Any, *, steps_elsewhere: bool = False) -> None:
+    def __init__(
+        self,
+        job: Any,
+        instance: Any,
+        *,
+        steps_elsewhere: bool = False,
+        ledger_probe: Callable[[], object] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self._job = job
         self._instance = instance
         self._steps_elsewhere = steps_elsewhere  # its executor runs the steps in other processes
+        # Raises while the ledger's server (BML_STATE_URL) does not answer; None on SQLite.
+        self._ledger_probe = ledger_probe
+        self._sleep = sleep
         self._orchestrator = orphans.this_process()
         # Attempts whose release failed (the storage stayed away): their slots are still
         # claimed, so they are released before the next run, which would wait for them.
@@ -258,6 +271,7 @@ class InProcessRunner:
         # One wait for the storage per outage, not one per run: set when a wait starts,
         # cleared when a release goes through. Past it, runs fail as fast as Dagster does.
         self._storage_deadline: float | None = None
+        self._ledger_deadline: float | None = None  # the same, for the ledger's server
 
     def run(self, symbol: str, day: dt.date, tags: Mapping[str, str]) -> RunOutcome:
         """Run the job for the partition, again while it only lost commit races (at most
@@ -331,6 +345,12 @@ class InProcessRunner:
                 suffix = "its REST pool slots stay claimed until Dagster's storage answers again"
                 return replace(failed, error=f"{failed.error}; {suffix}")
             if waits and storage_reruns < MAX_STORAGE_RERUNS:
+                ledger_down = self._await_ledger()
+                if ledger_down is not None:
+                    return replace(
+                        failed,
+                        error=f"{failed.error}; the ledger's server (BML_STATE_URL) still does not answer: {ledger_down}",
+                    )
                 storage_reruns += 1
                 log.warning(f"{what}: PostgreSQL is back; running it again")
                 continue
@@ -352,6 +372,27 @@ class InProcessRunner:
         if unreleased is None:
             self._storage_deadline = None
         return unreleased
+
+    def _await_ledger(self) -> str | None:
+        """Wait until the ledger's server answers, within this outage's one wait: the run may
+        have lost the ledger's PostgreSQL, which need not be Dagster's (whose answer the release
+        waited for). None when it answers, else its last error."""
+        if self._ledger_probe is None:
+            return None
+        if self._ledger_deadline is None:
+            self._ledger_deadline = time.monotonic() + orphans.STORAGE_WAIT_S
+        while True:
+            try:
+                self._ledger_probe()
+            except Exception as exc:  # the driver's errors: any of them, worded here
+                text = orphans.error_text(exc)
+                if not orphans.storage_lost(text) or time.monotonic() >= self._ledger_deadline:
+                    first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                    return f"{type(exc).__name__}: {first_line}"
+                self._sleep(orphans.RETRY_EVERY_S)
+                continue
+            self._ledger_deadline = None
+            return None
 
     def release_leftovers(self) -> list[str]:
         """Try once more to release what earlier releases could not (``_release_earlier``);
@@ -480,7 +521,9 @@ def in_process(
         with dagster_instance(settings) as instance:
             if sweep:
                 release_orphans(instance)
-            runner = InProcessRunner(job, instance, steps_elsewhere=celery)
+            runner = InProcessRunner(
+                job, instance, steps_elsewhere=celery, ledger_probe=server_probe(settings.state_url)
+            )
             try:
                 yield runner
             finally:

@@ -3,12 +3,14 @@
 What belongs here: creating the engine for ``BML_STATE_URL``. On SQLite: the
 parent folder, WAL, a busy timeout, and ``BEGIN IMMEDIATE`` for transactions
 that will write, so several processes wait for each other instead of failing
-with "database is locked". On PostgreSQL: a pre-pinged pool. What stays out:
+with "database is locked". On PostgreSQL: a pre-pinged pool, and a probe of the
+server for callers that wait out its restart (``server_probe``). What stays out:
 tables and queries (``lake/ledger.py``, ``sources/rest_budget.py``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -56,3 +58,21 @@ def create_state_engine(
         conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
     return engine
+
+
+def server_probe(url: str) -> Callable[[], None] | None:
+    """A check that the server behind ``url`` answers (a new connection and ``SELECT 1``; it
+    raises the driver's error when not), for a caller waiting out a restart. None on SQLite:
+    a file does not go away under a run."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return None
+    connect_args = {"connect_timeout": 5} if parsed.get_backend_name() == "postgresql" else {}
+    # No pool: a probe must not be answered by a connection opened before the restart.
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool, connect_args=connect_args)
+
+    def probe() -> None:
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+
+    return probe

@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from dagster import DagsterEvent, DagsterInstance, StaticPartitionsDefinition, job, op
@@ -227,3 +228,78 @@ def test_postgresql_down_for_good_costs_one_wait_not_one_per_run(
     assert 0.25 < waits[0] <= 0.5
     assert waits[1:] == [0.0] * 5, waits
     assert len(waits) == 1 + (1 + 1) + (2 + 1)  # each later run retries every earlier attempt, then its own
+
+
+class LedgerServer:
+    """A probe of the ledger's server (``ledger_probe``) that raises ``down`` times, in psycopg2's
+    words for a refused connection, then answers; it records the runner's sleeps."""
+
+    def __init__(self, down: int) -> None:
+        self.down = down
+        self.probes = 0
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> None:
+        self.probes += 1
+        if self.probes <= self.down:
+            raise StorageGone()
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+
+
+def test_the_rerun_waits_for_the_ledgers_server_too(
+    instance: DagsterInstance, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Dagster's storage answers at once (here: an ephemeral instance), the ledger's
+    PostgreSQL only at the third probe: the partition runs again after that, not before."""
+    ledger = LedgerServer(down=2)
+    errors: list[BaseException | None] = [StorageGone(), None]
+    runner = InProcessRunner(failing_job(errors), instance, ledger_probe=ledger, sleep=ledger.sleep)
+    assert runner.run(BTC, DAY, TAGS) == RunOutcome(ok=True, runs=2)
+    assert (ledger.probes, ledger.sleeps) == (3, [2.0, 2.0])
+    assert said(caplog)[-1] == "2024-03-01|BTCUSDT: PostgreSQL is back; running it again"
+
+
+def test_a_ledger_server_that_stays_away_fails_the_partition_and_says_so(
+    instance: DagsterInstance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bml_assets.orchestration import orphans
+
+    monkeypatch.setattr(orphans, "STORAGE_WAIT_S", 0.0)  # spent at once: one probe, then the verdict
+    ledger = LedgerServer(down=100)
+    errors: list[BaseException | None] = [StorageGone(), None]
+    outcome = InProcessRunner(failing_job(errors), instance, ledger_probe=ledger, sleep=ledger.sleep).run(
+        BTC, DAY, TAGS
+    )
+    assert (outcome.ok, outcome.runs) == (False, 1)
+    assert outcome.error == (
+        "build_day: PostgreSQL went away or is not accepting connections (restarted?): run the command again when "
+        "it is back (what was committed stays); the ledger's server (BML_STATE_URL) still does not answer: "
+        "StorageGone: (psycopg2.OperationalError) server closed the connection unexpectedly"
+    )
+    assert errors == [None]  # not run again
+    assert ledger.probes == 1
+
+
+def test_a_run_that_failed_for_another_reason_does_not_probe_the_ledger(instance: DagsterInstance) -> None:
+    ledger = LedgerServer(down=0)
+    InProcessRunner(failing_job([ValueError("bad row 7")]), instance, ledger_probe=ledger).run(BTC, DAY, TAGS)
+    assert ledger.probes == 0
+
+
+def test_the_ledgers_probe_raises_while_nothing_listens_and_is_none_on_sqlite(tmp_path: Path) -> None:
+    import socket
+
+    from bml_assets.orchestration import orphans
+    from bml_assets.storage.state_db import server_probe
+
+    assert server_probe(f"sqlite:///{tmp_path / 'ledger.sqlite'}") is None
+    with socket.socket() as spare:
+        spare.bind(("127.0.0.1", 0))
+        port = spare.getsockname()[1]  # closed again when the block ends: nothing listens there
+    probe = server_probe(f"postgresql+psycopg2://bml@127.0.0.1:{port}/bml")
+    assert probe is not None
+    with pytest.raises(Exception) as refused:
+        probe()
+    assert orphans.storage_lost(orphans.error_text(refused.value))
