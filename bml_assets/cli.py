@@ -611,10 +611,7 @@ def live_collect(symbols_text: str | None, duration: float | None) -> None:
     settings = _settings()
     symbols = _symbols_option(symbols_text)
     check_lake(Lake.from_settings(settings))
-    # Its own format, in place of the console's (``main``): the collector's lines are a timed log.
-    logging.basicConfig(
-        level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
-    )
+    console_logging(timed_info=True)  # the collector's lines are a timed log
     logging.getLogger("websockets").setLevel(logging.WARNING)
     summary = run_collector(settings, symbols, duration_s=duration)
     for line in _summary_lines(summary):

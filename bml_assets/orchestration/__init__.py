@@ -10,7 +10,11 @@
 - ``state``: the lake root, the ledger, the symbols asked for, the watermark and coverage reports;
 - ``symbols``: the symbol universe (``exchangeInfo``) and the listing rules;
 - ``daemon``: ``dagster dev`` as a child process;
-- ``errors``: the problems a command reports to its user.
+- ``orphans``: releasing runs left unfinished (cut off by PostgreSQL, or by a killed process);
+- ``errors``: the problems a command reports to its user;
+- ``console``: where a ``bml`` process's log lines go (stderr), set up first by the CLI and by
+  the backfill's worker processes, which cannot import ``cli.py``.
 
-Nothing here parses arguments or prints: that is ``cli.py``'s.
+Nothing here parses arguments or prints: that is ``cli.py``'s (log lines aside: the runner
+warns through ``logging`` when it releases a run or runs a partition again).
 """

@@ -271,7 +271,9 @@ class InProcessRunner:
         # One wait for the storage per outage, not one per run: set when a wait starts,
         # cleared when a release goes through. Past it, runs fail as fast as Dagster does.
         self._storage_deadline: float | None = None
-        self._ledger_deadline: float | None = None  # the same, for the ledger's server
+        # The ledger's server gets the same wait, not one of its own: set with the storage's
+        # (or at its first probe), cleared when it answers or a run succeeds.
+        self._ledger_deadline: float | None = None
 
     def run(self, symbol: str, day: dt.date, tags: Mapping[str, str]) -> RunOutcome:
         """Run the job for the partition, again while it only lost commit races (at most
@@ -332,6 +334,7 @@ class InProcessRunner:
             if result is not None and self._steps_elsewhere:
                 elsewhere += _traffic_of_steps(result)
             if failed is None:
+                self._ledger_deadline = None  # the run reached the ledger
                 return RunOutcome(True, runs, traffic_elsewhere=elsewhere)
             failed = replace(failed, traffic_elsewhere=elsewhere)
             # An interrupted command does not wait: its release is tried before the next run, or at exit.
@@ -365,6 +368,8 @@ class InProcessRunner:
         if storage_lost or self._storage_deadline is not None:
             if self._storage_deadline is None:
                 self._storage_deadline = time.monotonic() + orphans.STORAGE_WAIT_S
+                if self._ledger_deadline is None:
+                    self._ledger_deadline = self._storage_deadline
             wait_s = max(0.0, self._storage_deadline - time.monotonic())
         else:
             wait_s = RELEASE_WAIT_S
@@ -374,9 +379,11 @@ class InProcessRunner:
         return unreleased
 
     def _await_ledger(self) -> str | None:
-        """Wait until the ledger's server answers, within this outage's one wait: the run may
-        have lost the ledger's PostgreSQL, which need not be Dagster's (whose answer the release
-        waited for). None when it answers, else its last error."""
+        """Wait until the ledger's server answers, within this outage's one wait (the release
+        waited for Dagster's storage from the same deadline): the run may have lost the ledger's
+        PostgreSQL, which need not be Dagster's. Past the wait, as for the storage, a partition
+        fails at the first refused probe until the server answers or a run succeeds. None when
+        it answers, else its last error."""
         if self._ledger_probe is None:
             return None
         if self._ledger_deadline is None:

@@ -67,7 +67,12 @@ def server_probe(url: str) -> Callable[[], None] | None:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         return None
-    connect_args = {"connect_timeout": 5} if parsed.get_backend_name() == "postgresql" else {}
+    # libpq's: a bounded connect, and keepalives so that a peer gone silent mid-query is given up.
+    connect_args = (
+        {"connect_timeout": 5, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 2}
+        if parsed.get_backend_name() == "postgresql"
+        else {}
+    )
     # No pool: a probe must not be answered by a connection opened before the restart.
     engine = sa.create_engine(url, poolclass=sa.pool.NullPool, connect_args=connect_args)
 

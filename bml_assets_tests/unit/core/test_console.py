@@ -5,6 +5,7 @@ keeps its own on it), and the bug was about which handler a process ends up with
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import textwrap
@@ -37,15 +38,39 @@ def test_the_runners_lines_stay_plain_after_a_library_logs_through_the_root() ->
     ]
 
 
-def test_without_it_the_line_carries_pythons_default_prefix() -> None:
-    # The case above without console_logging(): the prefix the console removes.
-    assert _stderr(
+def test_a_traceback_stays_and_lines_below_warning_stay_out() -> None:
+    lines = _stderr(
         """
         import logging
-        logging.warning("a library's notice")
-        logging.getLogger("bml_assets.orchestration.runner").warning("2024-05-01|BTCUSDT: x")
+        from bml_assets.orchestration.console import console_logging
+        console_logging()
+        logging.getLogger("dagster.builtin").setLevel(logging.DEBUG)  # as Dagster does for a run
+        logging.getLogger("dagster.builtin").info("op chatter")
+        try:
+            1 / 0
+        except ZeroDivisionError:
+            logging.getLogger("bml_assets.replay.server").exception("the handler failed")
         """
-    ) == ["WARNING:root:a library's notice", "WARNING:bml_assets.orchestration.runner:2024-05-01|BTCUSDT: x"]
+    )
+    assert lines[0] == "ERROR:bml_assets.replay.server: the handler failed"
+    assert lines[1] == "Traceback (most recent call last):"
+    assert lines[-1] == "ZeroDivisionError: division by zero"
+    assert not any("op chatter" in line for line in lines)
+
+
+def test_the_live_collectors_log_is_timed_and_from_info() -> None:
+    lines = _stderr(
+        """
+        import logging
+        from bml_assets.orchestration.console import console_logging
+        console_logging()
+        console_logging(timed_info=True)  # live-collect, after the CLI's start
+        logging.getLogger("bml.live").info("shard 0 connected")
+        logging.getLogger("bml.live").debug("not shown")
+        """
+    )
+    assert len(lines) == 1
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO bml.live: shard 0 connected", lines[0]), lines
 
 
 def test_a_root_logger_with_handlers_is_left_alone() -> None:

@@ -303,3 +303,21 @@ def test_the_ledgers_probe_raises_while_nothing_listens_and_is_none_on_sqlite(tm
     with pytest.raises(Exception) as refused:
         probe()
     assert orphans.storage_lost(orphans.error_text(refused.value))
+
+
+def test_a_run_that_succeeds_gives_the_next_outage_its_own_wait_for_the_ledger(
+    instance: DagsterInstance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Outage 1 outlasts the wait (the partition fails); a run then succeeds; outage 2 gets a
+    wait again: its refused probe is waited out, not taken for the first outage's verdict."""
+    from bml_assets.orchestration import orphans
+
+    ledger = LedgerServer(down=2)  # outage 1's probe, then outage 2's first one
+    errors: list[BaseException | None] = [StorageGone(), None, StorageGone(), None]
+    runner = InProcessRunner(failing_job(errors), instance, ledger_probe=ledger, sleep=ledger.sleep)
+    monkeypatch.setattr(orphans, "STORAGE_WAIT_S", 0.0)
+    assert not runner.run(BTC, DAY, TAGS).ok
+    assert runner.run(BTC, DAY, TAGS).ok
+    monkeypatch.setattr(orphans, "STORAGE_WAIT_S", 300.0)  # never reached: the fake sleep takes no time
+    assert runner.run(BTC, DAY, TAGS) == RunOutcome(ok=True, runs=2)
+    assert (ledger.probes, ledger.sleeps, errors) == (3, [2.0], [])
