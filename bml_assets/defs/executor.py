@@ -3,7 +3,9 @@
 What belongs here: ``backfill_executor(settings)`` and the Celery executor's config block
 (``celery_config``), which the workers must be started with too (``cluster/workers.py``
 writes it into their ``-y`` file). What stays out: starting workers (``cluster/``), the
-hot job's executor (always in-process: it must finish within its minute).
+hot job's executor (always in-process: it must finish within its minute), the Celery
+executor's loop (``celery_executor.py``: dagster-celery's, guarded against a run that
+never ends).
 
 The Celery settings (``CELERY_SETTINGS``): a step is acknowledged only when it ends and
 given back to the broker when the process running it dies, so a worker killed mid-step
@@ -39,7 +41,7 @@ def backfill_executor(settings: Settings) -> ExecutorDefinition:
     celery = settings.celery
     if celery is None:
         return in_process_executor
-    from dagster_celery import celery_executor
+    from bml_assets.defs.celery_executor import guarded_celery_executor
 
     broker_var = variable("celery_broker_url")
     backend_var = variable("celery_backend_url") if settings.celery_backend_url else broker_var
@@ -57,4 +59,4 @@ def backfill_executor(settings: Settings) -> ExecutorDefinition:
         return {"env": var}
 
     config = celery_config(source(celery["broker"], broker_var), source(celery["backend"], backend_var))
-    return celery_executor.configured(config, name="celery")
+    return guarded_celery_executor.configured(config, name="celery")
