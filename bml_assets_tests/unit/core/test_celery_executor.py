@@ -11,10 +11,10 @@ import threading
 from typing import Any
 
 import pytest
-from celery.exceptions import TaskRevokedError
 
 pytest.importorskip("dagster_celery", reason="the Celery executor is the optional 'celery' extra")
 
+from celery.exceptions import TaskRevokedError
 from dagster import (
     DagsterInstance,
     execute_job,
