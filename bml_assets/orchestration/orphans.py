@@ -57,7 +57,7 @@ PG_GONE: Final = re.compile(
 )
 # How long a command waits for its Dagster storage to come back before it gives up on a run.
 STORAGE_WAIT_S: Final = 300.0
-RETRY_EVERY_S: Final = 2.0
+_RETRY_EVERY_S: Final = 2.0
 
 
 def storage_lost(text: str) -> bool:
@@ -163,17 +163,29 @@ def release(
     never created), else why it could not be."""
     from dagster import RunsFilter
 
-    deadline = time.monotonic() + wait_s
+    def release_now() -> None:
+        for run in instance.get_runs(filters=RunsFilter(tags={ATTEMPT_TAG: attempt})):
+            if _ours(run):
+                _release_now(instance, run, why)
+
+    return retry_while_lost(release_now, time.monotonic() + wait_s, sleep)
+
+
+def retry_while_lost(
+    call: Callable[[], object], deadline: float, sleep: Callable[[float], None] = time.sleep
+) -> str | None:
+    """``call`` until it returns, tried again every 2 s while its error says the PostgreSQL
+    server went away (``storage_lost``) and ``deadline`` (``time.monotonic``) has not passed.
+    None when it returned, else its last error in one line."""
     while True:
         try:
-            for run in instance.get_runs(filters=RunsFilter(tags={ATTEMPT_TAG: attempt})):
-                if _ours(run):
-                    _release_now(instance, run, why)
+            call()
             return None
-        except Exception as exc:  # the storage's driver errors: any of them, worded by the caller
+        except Exception as exc:  # the driver's errors: any of them, worded by the caller
             if not storage_lost(error_text(exc)) or time.monotonic() >= deadline:
-                return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
-        sleep(RETRY_EVERY_S)
+                message = str(exc).strip()
+                return f"{type(exc).__name__}: {message.splitlines()[0] if message else ''}"
+        sleep(_RETRY_EVERY_S)
 
 
 def sweep(instance: Any) -> tuple[list[str], list[str]]:

@@ -388,18 +388,10 @@ class InProcessRunner:
             return None
         if self._ledger_deadline is None:
             self._ledger_deadline = time.monotonic() + orphans.STORAGE_WAIT_S
-        while True:
-            try:
-                self._ledger_probe()
-            except Exception as exc:  # the driver's errors: any of them, worded here
-                text = orphans.error_text(exc)
-                if not orphans.storage_lost(text) or time.monotonic() >= self._ledger_deadline:
-                    first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-                    return f"{type(exc).__name__}: {first_line}"
-                self._sleep(orphans.RETRY_EVERY_S)
-                continue
+        down = orphans.retry_while_lost(self._ledger_probe, self._ledger_deadline, self._sleep)
+        if down is None:
             self._ledger_deadline = None
-            return None
+        return down
 
     def release_leftovers(self) -> list[str]:
         """Try once more to release what earlier releases could not (``_release_earlier``);
